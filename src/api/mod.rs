@@ -1,0 +1,1 @@
+//! HTTPS API for client applications (SPEC §4).

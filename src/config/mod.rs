@@ -1,0 +1,342 @@
+//! Configuration: parse the TOML file (SPEC §3), validate every key, and hand
+//! the rest of the program typed, checked values.
+//!
+//! Owns: reading the file, resolving `*_file` secrets (systemd
+//! `$CREDENTIALS_DIRECTORY` first, then relative to the config file), and every
+//! rule about what a valid config is. Errors are collected, not returned at the
+//! first one, and each names its key path (`campaigns[1].numbers[0]: …`).
+//!
+//! Unknown keys are errors. They are found with `serde_ignored` rather than
+//! `#[serde(deny_unknown_fields)]`, because the latter stops at the first one and
+//! an operator fixing a config wants all of them in one run.
+//!
+//! Must not know: sockets, TLS objects, the store. Later code never re-parses a
+//! string from here.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::RawConfig;
+
+use crate::types::{Secret, E164};
+
+/// One problem in a config file: the key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path with indices, e.g. `campaigns[1].numbers[0]`.
+    pub key: String,
+    /// What is wrong, in words an operator acts on.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn one(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }])
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for reloads and relative paths).
+    pub path: PathBuf,
+    /// SHA-256 of the file bytes, hex; audited on reload.
+    pub file_sha256: String,
+    pub node: Node,
+    pub tls: Tls,
+    pub api: Api,
+    pub metrics: Metrics,
+    pub smpp_server: SmppServer,
+    pub carriers: Vec<Carrier>,
+    pub peers: Vec<Peer>,
+    pub brands: Vec<Brand>,
+    pub campaigns: Vec<Campaign>,
+    pub clients: Vec<Client>,
+    pub audit: Audit,
+    pub store: Store,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub drain: Duration,
+    pub lock_memory: bool,
+    /// 32 bytes: the HMAC key for number pseudonyms (SPEC §1.2).
+    pub pseudonym_key: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub listen: SocketAddr,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+    /// Plain HTTP is allowed only on loopback; otherwise the listener uses TLS.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmppServer {
+    pub listen: Option<SocketAddr>,
+    pub plaintext_listen: Option<SocketAddr>,
+    pub idle_timeout: Duration,
+    pub window: u32,
+}
+
+/// How an outbound pool binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    Transceiver,
+    Transmitter,
+    Receiver,
+    /// One transmitter and one receiver session per configured bind.
+    TransmitterReceiver,
+}
+
+impl BindMode {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "transceiver" => Some(BindMode::Transceiver),
+            "transmitter" => Some(BindMode::Transmitter),
+            "receiver" => Some(BindMode::Receiver),
+            "transmitter+receiver" | "transmitter_receiver" => Some(BindMode::TransmitterReceiver),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Carrier {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub system_id: String,
+    pub password: Secret,
+    pub system_type: String,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: String,
+    pub bind: BindMode,
+    pub binds: u32,
+    pub window: u32,
+    /// 0 = no limit.
+    pub max_tps: u32,
+    /// E.164 prefixes with `+` (`+1`, `+4420`); empty = every destination.
+    pub prefixes: Vec<String>,
+    pub priority: u32,
+    pub enquire_link: Duration,
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub system_id: String,
+    /// SHA-256 of the password.
+    pub password_sha256: [u8; 32],
+    pub allow: Vec<ipnet::IpNet>,
+    pub max_binds: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Brand {
+    pub id: String,
+    /// Segments per local day over all the brand's campaigns; 0 = none.
+    pub daily_cap: u64,
+    pub daily_reset_tz: chrono_tz::Tz,
+}
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub id: String,
+    pub brand: String,
+    pub numbers: Vec<E164>,
+    pub segments_per_minute: u32,
+    pub burst: u32,
+    /// 0 = no per-number limit.
+    pub number_segments_per_minute: u32,
+    pub help_text: String,
+    pub stop_text: String,
+    pub start_text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    /// SHA-256 digests of the client's API keys.
+    pub key_sha256: Vec<[u8; 32]>,
+    pub campaigns: Vec<String>,
+    pub webhook: Option<Webhook>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: Secret,
+    pub ca_file: Option<PathBuf>,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub metadata_retention_days: u32,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Every problem is reported.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            )
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let mut cfg = Self::from_toml(&text, &base, creds.as_deref())?;
+        cfg.path = path.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text. `base` resolves relative `*_file`
+    /// paths; `credentials_dir` (systemd LoadCredential=) is searched first.
+    pub fn from_toml(
+        text: &str,
+        base: &Path,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
+        let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(ignored);
+        let mut errors: Vec<ConfigError> = unknown
+            .iter()
+            .map(|k| ConfigError {
+                key: k.clone(),
+                problem: "unknown key".into(),
+            })
+            .collect();
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.message().to_string();
+                let line = inner
+                    .span()
+                    .map(|s| {
+                        format!(
+                            " (line {})",
+                            text[..s.start.min(text.len())].lines().count().max(1)
+                        )
+                    })
+                    .unwrap_or_default();
+                let key = if key == "." { String::new() } else { key };
+                errors.push(ConfigError {
+                    key,
+                    problem: format!("{msg}{line}"),
+                });
+                return Err(ConfigErrors(errors));
+            }
+        };
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        };
+        let files = validate::FileResolver {
+            base,
+            credentials_dir,
+        };
+        match validate::validate(raw, &files) {
+            Ok(mut cfg) if errors.is_empty() => {
+                cfg.file_sha256 = digest;
+                Ok(cfg)
+            }
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(mut more) => {
+                errors.append(&mut more.0);
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
+    /// Campaigns by id.
+    pub fn campaign(&self, id: &str) -> Option<&Campaign> {
+        self.campaigns.iter().find(|c| c.id == id)
+    }
+
+    /// Brands by id.
+    pub fn brand(&self, id: &str) -> Option<&Brand> {
+        self.brands.iter().find(|b| b.id == id)
+    }
+
+    /// Map from each sender number to its campaign id.
+    pub fn number_index(&self) -> HashMap<E164, String> {
+        let mut m = HashMap::new();
+        for c in &self.campaigns {
+            for n in &c.numbers {
+                m.insert(n.clone(), c.id.clone());
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests;

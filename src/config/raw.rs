@@ -1,0 +1,252 @@
+//! The configuration file as written (SPEC §3): serde structs, one per TOML
+//! table. Nothing here is checked beyond TOML types; `validate` turns these into
+//! the typed [`super::Config`]. Field names are the contract; defaults match
+//! `config/sms-conduit.example.toml`.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+pub struct RawConfig {
+    pub node: RawNode,
+    pub tls: Option<RawTls>,
+    pub api: Option<RawApi>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub smpp_server: RawSmppServer,
+    #[serde(default)]
+    pub carriers: Vec<RawCarrier>,
+    #[serde(default)]
+    pub peers: Vec<RawPeer>,
+    #[serde(default)]
+    pub brands: Vec<RawBrand>,
+    #[serde(default)]
+    pub campaigns: Vec<RawCampaign>,
+    #[serde(default)]
+    pub clients: Vec<RawClient>,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawNode {
+    pub id: String,
+    pub state_dir: String,
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+    #[serde(default)]
+    pub lock_memory: bool,
+    pub pseudonym_key_file: String,
+}
+
+fn default_drain_secs() -> u64 {
+    20
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
+    pub client_ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawApi {
+    pub listen: String,
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    4096
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSmppServer {
+    #[serde(default)]
+    pub listen: String,
+    #[serde(default)]
+    pub plaintext_listen: String,
+    #[serde(default = "default_smpp_idle")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "default_window")]
+    pub window: u32,
+}
+
+fn default_smpp_idle() -> u64 {
+    90
+}
+fn default_window() -> u32 {
+    64
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCarrier {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    pub system_id: String,
+    pub password_file: String,
+    #[serde(default)]
+    pub system_type: String,
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    #[serde(default = "default_one_u32")]
+    pub binds: u32,
+    #[serde(default = "default_window")]
+    pub window: u32,
+    #[serde(default)]
+    pub max_tps: u32,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default = "default_one_u32")]
+    pub priority: u32,
+    #[serde(default = "default_enquire_link")]
+    pub enquire_link_secs: u64,
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_bind() -> String {
+    "transceiver".into()
+}
+fn default_one_u32() -> u32 {
+    1
+}
+fn default_enquire_link() -> u64 {
+    30
+}
+fn default_response_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPeer {
+    pub name: String,
+    pub system_id: String,
+    pub password_sha256: String,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default = "default_one_u32")]
+    pub max_binds: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawBrand {
+    pub id: String,
+    #[serde(default)]
+    pub daily_cap: u64,
+    #[serde(default = "default_tz")]
+    pub daily_reset_tz: String,
+}
+
+fn default_tz() -> String {
+    "America/Los_Angeles".into()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCampaign {
+    pub id: String,
+    pub brand: String,
+    #[serde(default)]
+    pub numbers: Vec<String>,
+    pub segments_per_minute: u32,
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub number_segments_per_minute: u32,
+    pub help_text: Option<String>,
+    pub stop_text: Option<String>,
+    pub start_text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawClient {
+    pub id: String,
+    #[serde(default)]
+    pub key_sha256: Vec<String>,
+    #[serde(default)]
+    pub campaigns: Vec<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret_file: Option<String>,
+    pub webhook_ca_file: Option<String>,
+    #[serde(default = "default_webhook_concurrency")]
+    pub webhook_concurrency: u32,
+}
+
+fn default_webhook_concurrency() -> u32 {
+    8
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAudit {
+    #[serde(default = "default_audit_retention")]
+    pub retention_days: u32,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            retention_days: default_audit_retention(),
+        }
+    }
+}
+
+fn default_audit_retention() -> u32 {
+    2190
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStore {
+    #[serde(default = "default_metadata_retention")]
+    pub metadata_retention_days: u32,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            metadata_retention_days: default_metadata_retention(),
+        }
+    }
+}
+
+fn default_metadata_retention() -> u32 {
+    30
+}

@@ -1,0 +1,18 @@
+//! sms-conduit: a carrier-edge SMS relay that is a HIPAA conduit.
+//!
+//! The module tree follows a message: [`api`] (clients in, HTTPS) →
+//! [`relay`] (decide, limit, route) → [`smpp`] (carriers out and in) →
+//! [`webhook`] (clients out), with [`store`], [`audit`], [`config`],
+//! [`metrics`], [`tls`] and [`service`] beside them. See `ARCHITECTURE.md`.
+
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod metrics;
+pub mod relay;
+pub mod service;
+pub mod smpp;
+pub mod store;
+pub mod tls;
+pub mod types;
+pub mod webhook;

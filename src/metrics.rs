@@ -1,0 +1,243 @@
+//! Prometheus metrics, declared in one place (SPEC §7).
+//!
+//! Owns: every metric family and its labels. Label values come from config
+//! (carrier, peer, campaign, client names) or from small fixed sets in code
+//! (PDU command names, status names, outcomes) — never from a request, so a
+//! client cannot blow up the series count and no number or text can reach a
+//! label.
+//!
+//! Each [`Metrics`] has its own registry, so several relays can run in one
+//! test process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metric families of the appliance.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages by direction (`mt`, `mo`), outcome and carrier.
+    pub messages: IntCounterVec,
+    /// Segments by direction and carrier.
+    pub segments: IntCounterVec,
+    /// Refusals by campaign and code (`rate_limited`, `daily_cap_reached`, …).
+    pub refusals: IntCounterVec,
+    /// End-to-end latency of an MT, request in to 201 out, by outcome class.
+    pub latency: HistogramVec,
+    /// SMPP sessions by link (carrier or peer name) and state.
+    pub smpp_sessions: IntGaugeVec,
+    /// Outstanding requests per link.
+    pub smpp_window: IntGaugeVec,
+    /// PDUs by link, command, direction (`in`/`out`) and command status.
+    pub smpp_pdus: IntCounterVec,
+    /// Failed binds by link and reason.
+    pub smpp_bind_failures: IntCounterVec,
+    /// Webhook attempts by client and outcome.
+    pub webhook_attempts: IntCounterVec,
+    /// Status events waiting in the durable outbox.
+    pub outbox_depth: IntGauge,
+    /// Audit records written.
+    pub audit_records: IntCounter,
+    /// Store commit latency (one commit carries many writes).
+    pub store_commit: Histogram,
+    /// Writes per store commit.
+    pub store_batch: Histogram,
+    /// API requests by route template and status code.
+    pub api_requests: IntCounterVec,
+    /// Failed API authentications.
+    pub auth_failures: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition");
+    r.register(Box::new(h.clone())).expect("unique metric name");
+    h
+}
+
+/// Latency buckets from 100 µs to 10 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    /// Creates and registers every family. Panics only on a programming error
+    /// in the static definitions above (caught by the unit test).
+    pub fn new() -> Self {
+        let r = Registry::new_custom(None, None).expect("empty registry");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "sms_conduit_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build)).expect("unique metric name");
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            // Registration fails only if /proc is unreadable at start; the
+            // appliance still runs without process metrics then.
+            let _ = r.register(Box::new(pc));
+        }
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sms_conduit_message_latency_seconds",
+                "End-to-end MT latency, request received to answer sent.",
+            )
+            .buckets(latency_buckets()),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(latency.clone()))
+            .expect("unique metric name");
+        let audit_records =
+            IntCounter::new("sms_conduit_audit_records_total", "Audit records written.")
+                .expect("static metric definition");
+        r.register(Box::new(audit_records.clone()))
+            .expect("unique metric name");
+        let auth_failures = IntCounter::new(
+            "sms_conduit_auth_failures_total",
+            "Failed API authentications.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(auth_failures.clone()))
+            .expect("unique metric name");
+        let outbox_depth = IntGauge::new(
+            "sms_conduit_outbox_depth",
+            "Status events waiting for webhook delivery.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(outbox_depth.clone()))
+            .expect("unique metric name");
+        Metrics {
+            messages: counter_vec(
+                &r,
+                "sms_conduit_messages_total",
+                "Messages by direction, outcome and carrier.",
+                &["direction", "outcome", "carrier"],
+            ),
+            segments: counter_vec(
+                &r,
+                "sms_conduit_segments_total",
+                "Segments by direction and carrier.",
+                &["direction", "carrier"],
+            ),
+            refusals: counter_vec(
+                &r,
+                "sms_conduit_refusals_total",
+                "Refused MT requests by campaign and code.",
+                &["campaign", "code"],
+            ),
+            latency,
+            smpp_sessions: gauge_vec(
+                &r,
+                "sms_conduit_smpp_sessions",
+                "SMPP sessions by link and state.",
+                &["link", "state"],
+            ),
+            smpp_window: gauge_vec(
+                &r,
+                "sms_conduit_smpp_window_in_use",
+                "Outstanding SMPP requests by link.",
+                &["link"],
+            ),
+            smpp_pdus: counter_vec(
+                &r,
+                "sms_conduit_smpp_pdus_total",
+                "SMPP PDUs by link, command, direction and status.",
+                &["link", "command", "direction", "status"],
+            ),
+            smpp_bind_failures: counter_vec(
+                &r,
+                "sms_conduit_smpp_bind_failures_total",
+                "Failed SMPP binds by link and reason.",
+                &["link", "reason"],
+            ),
+            webhook_attempts: counter_vec(
+                &r,
+                "sms_conduit_webhook_attempts_total",
+                "Webhook attempts by client and outcome.",
+                &["client", "outcome"],
+            ),
+            outbox_depth,
+            audit_records,
+            store_commit: histogram(
+                &r,
+                "sms_conduit_store_commit_seconds",
+                "Store commit latency.",
+                latency_buckets(),
+            ),
+            store_batch: histogram(
+                &r,
+                "sms_conduit_store_commit_batch_size",
+                "Writes carried by one store commit.",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            api_requests: counter_vec(
+                &r,
+                "sms_conduit_api_requests_total",
+                "API requests by route and status.",
+                &["route", "status"],
+            ),
+            auth_failures,
+            registry: r,
+        }
+    }
+
+    /// The registry, for collectors added by other modules.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_register_and_render() {
+        let m = Metrics::new();
+        m.messages
+            .with_label_values(&["mt", "accepted", "carrier-a"])
+            .inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("sms_conduit_build_info"));
+        assert!(text.contains("sms_conduit_messages_total{carrier=\"carrier-a\",direction=\"mt\",outcome=\"accepted\"} 1"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Service lifecycle: signals, systemd notify, drain, process hardening.

@@ -1,0 +1,1 @@
+//! The embedded store: one redb file, group-commit writer.

@@ -1,0 +1,1 @@
+//! TLS configuration for every listener and outbound connection (rustls).

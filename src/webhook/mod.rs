@@ -1,0 +1,1 @@
+//! Signed webhooks to client applications. Arrives with the return-path issue.
