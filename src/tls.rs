@@ -1,1 +1,217 @@
-//! TLS configuration for every listener and outbound connection (rustls).
+//! TLS for every listener and every outbound connection (rustls, ring
+//! provider, TLS 1.2 and 1.3 only).
+//!
+//! Owns: reading PEM certificates and keys, building `rustls` server and
+//! client configs, optional client-certificate verification for SMPP peers,
+//! and hot reload: a [`ServerTls`] hands out an acceptor built from the
+//! *current* config, and [`ServerTls::reload`] swaps it (SIGHUP) without
+//! touching connections already established.
+//!
+//! Must not know: which protocol runs over the stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config;
+
+/// A TLS setup problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey { path: PathBuf },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.into(),
+            what: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.into() });
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?);
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| TlsError::Invalid {
+            path: path.into(),
+            what: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::NoKey { path: path.into() })
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Invalid {
+            path: path.into(),
+            what: format!("bad CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate requested.
+    None,
+    /// `tls.client_ca_file` (when set) must have signed the client's certificate.
+    RequireIfConfigured,
+}
+
+/// Builds a server config from the `[tls]` table.
+pub fn server_config(
+    cfg: &config::Tls,
+    alpn: &[&[u8]],
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(&cfg.cert_file)?;
+    let key = load_key(&cfg.key_file)?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_protocol_versions(VERSIONS)?;
+    let builder = match (&cfg.client_ca_file, client_auth) {
+        (Some(ca), ClientAuth::RequireIfConfigured) => {
+            let roots = Arc::new(roots_from(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| TlsError::Invalid {
+                    path: ca.clone(),
+                    what: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut sc = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Invalid {
+            path: cfg.key_file.clone(),
+            what: format!("key does not match certificate or is unsupported: {e}"),
+        })?;
+    sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(sc))
+}
+
+/// A listener's TLS state that can be swapped on reload.
+pub struct ServerTls {
+    alpn: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+    // A std lock: held only to clone an Arc, never across an await.
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Loads the certificate and key for a listener.
+    pub fn load(
+        cfg: &config::Tls,
+        alpn: &[&[u8]],
+        client_auth: ClientAuth,
+    ) -> Result<Arc<Self>, TlsError> {
+        let sc = server_config(cfg, alpn, client_auth)?;
+        Ok(Arc::new(ServerTls {
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            client_auth,
+            current: RwLock::new(sc),
+        }))
+    }
+
+    /// An acceptor using the current certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let sc = match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        TlsAcceptor::from(sc)
+    }
+
+    /// Re-reads the certificate files; on error the old certificate stays.
+    pub fn reload(&self, cfg: &config::Tls) -> Result<(), TlsError> {
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        let sc = server_config(cfg, &alpn, self.client_auth)?;
+        match self.current.write() {
+            Ok(mut g) => *g = sc,
+            Err(poisoned) => *poisoned.into_inner() = sc,
+        }
+        Ok(())
+    }
+}
+
+/// A client config trusting `ca_file` when given, else the webpki roots.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca_file {
+        Some(p) => roots_from(p)?,
+        None => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let mut cc = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cc))
+}
+
+/// A connector for outbound TLS (carriers, webhooks).
+pub fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    Ok(TlsConnector::from(client_config(ca_file, &[])?))
+}
+
+/// A self-signed certificate and key, PEM encoded, for the demo and tests.
+pub struct SelfSigned {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Generates a self-signed certificate for `names` (DNS names or IPs).
+pub fn self_signed(names: &[&str]) -> Result<SelfSigned, TlsError> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    Ok(SelfSigned {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.key_pair.serialize_pem(),
+    })
+}
