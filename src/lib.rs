@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod metrics;
+pub mod preflight;
 pub mod relay;
 pub mod service;
 pub mod smpp;

@@ -262,7 +262,7 @@ impl Config {
     ) -> Result<Config, ConfigErrors> {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(text);
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
         let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
         let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(ignored);
         let mut errors: Vec<ConfigError> = unknown
@@ -335,6 +335,27 @@ impl Config {
             }
         }
         m
+    }
+}
+
+/// Formats a `serde_ignored` path the way every other error names keys:
+/// `campaigns[0].burst`, skipping `Option` wrappers.
+fn key_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let head = key_path(parent);
+            if head.is_empty() {
+                key.to_string()
+            } else {
+                format!("{head}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 

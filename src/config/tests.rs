@@ -1,1 +1,279 @@
+//! Config validation tests: every rule that keeps a bad config from starting.
 
+use super::*;
+
+/// A temp dir holding the secret files a valid config names.
+fn dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("pseudonym.key"), [7u8; 32]).unwrap();
+    std::fs::write(d.path().join("server.crt"), "cert").unwrap();
+    std::fs::write(d.path().join("server.key"), "key").unwrap();
+    std::fs::write(d.path().join("carrier-a.pass"), "secret1\n").unwrap();
+    std::fs::write(d.path().join("clinic.whsec"), "whsec_abc").unwrap();
+    d
+}
+
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn valid() -> String {
+    format!(
+        r#"
+[node]
+id = "edge-1"
+state_dir = "state"
+pseudonym_key_file = "pseudonym.key"
+
+[tls]
+cert_file = "server.crt"
+key_file = "server.key"
+
+[api]
+listen = "127.0.0.1:8443"
+
+[smpp_server]
+listen = "127.0.0.1:3550"
+plaintext_listen = "127.0.0.1:2775"
+
+[[carriers]]
+name = "carrier-a"
+host = "smsc.example"
+port = 3550
+system_id = "acme"
+password_file = "carrier-a.pass"
+prefixes = ["+1"]
+
+[[peers]]
+name = "carrier-b"
+system_id = "carrierb"
+password_sha256 = "{HASH}"
+allow = ["203.0.113.0/24", "127.0.0.1"]
+
+[[brands]]
+id = "BQ7A1Z0"
+daily_cap = 100
+
+[[campaigns]]
+id = "CX4K2M9"
+brand = "BQ7A1Z0"
+numbers = ["+15551230001"]
+segments_per_minute = 240
+burst = 20
+help_text = "help"
+stop_text = "stop"
+start_text = "start"
+
+[[clients]]
+id = "clinic-app"
+key_sha256 = ["{HASH}"]
+campaigns = ["CX4K2M9"]
+webhook_url = "https://app.example/sms-events"
+webhook_secret_file = "clinic.whsec"
+"#
+    )
+}
+
+fn load(text: &str, d: &tempfile::TempDir) -> Result<Config, ConfigErrors> {
+    Config::from_toml(text, d.path(), None)
+}
+
+/// Asserts the config is refused with an error on `key` mentioning `what`.
+fn refused(text: &str, key: &str, what: &str) {
+    let d = dir();
+    let errs = match load(text, &d) {
+        Ok(_) => panic!("config accepted, expected an error on {key}"),
+        Err(e) => e,
+    };
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.key == key && e.problem.contains(what)),
+        "no error on {key} mentioning {what:?}; got:\n{errs}"
+    );
+}
+
+#[test]
+fn valid_config_loads_typed() {
+    let d = dir();
+    let cfg = load(&valid(), &d).unwrap();
+    assert_eq!(cfg.node.id, "edge-1");
+    assert_eq!(cfg.node.pseudonym_key.expose(), &[7u8; 32]);
+    assert_eq!(cfg.carriers[0].password.expose(), b"secret1");
+    assert_eq!(cfg.carriers[0].server_name, "smsc.example");
+    assert_eq!(cfg.campaigns[0].numbers[0].as_str(), "+15551230001");
+    assert!(!cfg.metrics.tls, "loopback metrics are plain HTTP");
+    assert_eq!(cfg.node.state_dir, d.path().join("state"));
+    assert_eq!(
+        cfg.brands[0].daily_reset_tz,
+        chrono_tz::America::Los_Angeles
+    );
+    assert_eq!(cfg.file_sha256.len(), 64);
+}
+
+#[test]
+fn unknown_keys_are_all_named() {
+    let text = valid()
+        .replace("[api]\n", "[api]\nlsiten = \"x\"\n")
+        .replace("burst = 20", "burst = 20\nburts = 3");
+    let d = dir();
+    let errs = load(&text, &d).unwrap_err();
+    let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"api.lsiten"), "{errs}");
+    assert!(keys.contains(&"campaigns[0].burts"), "{errs}");
+}
+
+#[test]
+fn missing_secret_file_names_the_key() {
+    refused(
+        &valid().replace("carrier-a.pass", "nope.pass"),
+        "carriers[0].password_file",
+        "cannot read",
+    );
+}
+
+#[test]
+fn bad_e164_names_the_key() {
+    refused(
+        &valid().replace("\"+15551230001\"", "\"+1555\""),
+        "campaigns[0].numbers[0]",
+        "not an E.164",
+    );
+}
+
+#[test]
+fn duplicate_campaign_id() {
+    let extra = r#"
+[[campaigns]]
+id = "CX4K2M9"
+brand = "BQ7A1Z0"
+segments_per_minute = 60
+"#;
+    refused(
+        &format!("{}{extra}", valid()),
+        "campaigns[1].id",
+        "duplicate campaign id",
+    );
+}
+
+#[test]
+fn client_with_unknown_campaign() {
+    refused(
+        &valid().replace("campaigns = [\"CX4K2M9\"]", "campaigns = [\"NOPE\"]"),
+        "clients[0].campaigns[0]",
+        "unknown campaign",
+    );
+}
+
+#[test]
+fn plaintext_listener_must_be_loopback() {
+    refused(
+        &valid().replace("127.0.0.1:2775", "0.0.0.0:2775"),
+        "smpp_server.plaintext_listen",
+        "not a loopback",
+    );
+}
+
+#[test]
+fn plaintext_carrier_must_be_loopback() {
+    refused(
+        &valid().replace("port = 3550\n", "port = 3550\ntls = false\n"),
+        "carriers[0].tls",
+        "plaintext",
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = valid()
+        .replace("\"+15551230001\"", "\"+1555\"")
+        .replace("127.0.0.1:2775", "0.0.0.0:2775")
+        .replace(
+            "daily_cap = 100",
+            "daily_cap = 100\ndaily_reset_tz = \"Mars/Olympus\"",
+        );
+    let d = dir();
+    let errs = load(&text, &d).unwrap_err();
+    assert!(errs.0.len() >= 3, "{errs}");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    refused(
+        &valid().replace("port = 3550", "port = \"x\""),
+        "carriers[0].port",
+        "invalid type",
+    );
+}
+
+#[test]
+fn campaign_texts_required_with_numbers() {
+    refused(
+        &valid().replace("help_text = \"help\"\n", ""),
+        "campaigns[0].help_text",
+        "required",
+    );
+}
+
+#[test]
+fn webhook_must_be_https() {
+    refused(
+        &valid().replace("https://app.example", "http://app.example"),
+        "clients[0].webhook_url",
+        "https",
+    );
+}
+
+#[test]
+fn credentials_directory_is_searched_first() {
+    let d = dir();
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("carrier-a.pass"), "fromcred").unwrap();
+    let cfg = Config::from_toml(&valid(), d.path(), Some(creds.path())).unwrap();
+    assert_eq!(cfg.carriers[0].password.expose(), b"fromcred");
+}
+
+#[test]
+fn long_smpp_password_refused() {
+    let d = dir();
+    std::fs::write(d.path().join("carrier-a.pass"), "waytoolongpassword").unwrap();
+    let errs = load(&valid(), &d).unwrap_err();
+    assert!(
+        errs.0.iter().any(|e| e.key == "carriers[0].password_file"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn bad_peer_cidr_and_hash() {
+    refused(
+        &valid().replace("203.0.113.0/24", "203.0.113.0/99"),
+        "peers[0].allow[0]",
+        "CIDR",
+    );
+    refused(
+        &valid().replace(
+            &format!("password_sha256 = \"{HASH}\""),
+            "password_sha256 = \"abc\"",
+        ),
+        "peers[0].password_sha256",
+        "64 hex",
+    );
+}
+
+#[test]
+fn number_bound_to_two_campaigns() {
+    let extra = r#"
+[[campaigns]]
+id = "OTHER"
+brand = "BQ7A1Z0"
+numbers = ["+15551230001"]
+segments_per_minute = 60
+help_text = "h"
+stop_text = "s"
+start_text = "s"
+"#;
+    refused(
+        &format!("{}{extra}", valid()),
+        "campaigns[1].numbers[0]",
+        "already bound",
+    );
+}
