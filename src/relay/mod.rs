@@ -1,1 +1,9 @@
-//! The relay: authorisation, 10DLC limits, routing, opt-outs. Arrives with the send-path issue.
+//! The relay: what happens between a client's request and a carrier's
+//! session — authorisation on campaigns and sender numbers, 10DLC limits,
+//! opt-out checks, routing to a carrier pool, and the metadata record.
+//!
+//! Must not know: HTTP or SMPP wire details (the API and the SMPP engine
+//! translate), and never keeps a body beyond the request.
+
+pub mod limits;
+pub mod route;
