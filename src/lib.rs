@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod preflight;

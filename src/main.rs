@@ -25,6 +25,43 @@ enum Command {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
         config: PathBuf,
     },
+    /// Load generator for the HTTPS API: progress bar, msg/s, latency percentiles.
+    Bench {
+        /// Base URL of the API, e.g. https://127.0.0.1:8443
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "SMS_CONDUIT_API_KEY")]
+        api_key: String,
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// Concurrent connections (HTTP/1.1) or streams (HTTP/2).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Messages per second; omitted = as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// One multiplexed HTTP/2 connection instead of HTTP/1.1 keep-alive connections.
+        #[arg(long)]
+        http2: bool,
+        /// PEM CA to trust (a self-signed relay).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long, default_value = "+15551230001")]
+        from: String,
+        #[arg(long, default_value = "CX4K2M9")]
+        campaign: String,
+        /// Recipients are this prefix plus a counter.
+        #[arg(long, default_value = "+1555")]
+        to_prefix: String,
+        #[arg(
+            long,
+            default_value = "Reminder: your appointment is tomorrow at 10:00. Reply STOP to opt out."
+        )]
+        text: String,
+        /// PID of the relay, to report its CPU time per message.
+        #[arg(long)]
+        relay_pid: Option<u32>,
+    },
     /// Print the pseudonym of a number (HMAC-SHA256 with the deployment key), for audit look-ups.
     NumberId {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
@@ -48,6 +85,40 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Bench {
+            url,
+            api_key,
+            messages,
+            connections,
+            rate,
+            http2,
+            ca_file,
+            from,
+            campaign,
+            to_prefix,
+            text,
+            relay_pid,
+        } => {
+            let opts = sms_conduit::bench::BenchOptions {
+                url,
+                api_key,
+                messages,
+                connections,
+                rate,
+                http2,
+                ca_file,
+                from,
+                campaign,
+                to_prefix,
+                text,
+                relay_pid,
+                progress: true,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(sms_conduit::bench::run(opts))?;
+            print!("{}", report.table());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::NumberId { config, number } => {
             let cfg = load_or_report(&config).ok_or_else(|| anyhow::anyhow!("invalid config"))?;
             let n = sms_conduit::types::E164::parse(&number)?;

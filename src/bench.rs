@@ -1,0 +1,369 @@
+//! `sms-conduit bench`: a load generator for the HTTPS API (SPEC §2).
+//!
+//! Owns: opening keep-alive TLS connections (HTTP/1.1, one request at a time
+//! per connection) or one multiplexed HTTP/2 connection, pacing to a fixed
+//! rate or running flat out, and the end table: msg/s, latency percentiles
+//! (HdrHistogram), answers by status and problem `code`, and — given the
+//! relay's PID — its CPU time per message from `/proc`.
+//!
+//! It speaks hyper directly instead of reqwest so the generator itself costs
+//! little CPU: on a 2-core machine it shares the cores with the relay it
+//! measures.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Mutex;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Base URL, e.g. `https://127.0.0.1:8443`.
+    pub url: String,
+    pub api_key: String,
+    pub messages: u64,
+    /// Concurrent HTTP/1.1 connections, or concurrent streams on HTTP/2.
+    pub connections: usize,
+    /// Messages per second; `None` = as fast as possible.
+    pub rate: Option<f64>,
+    pub http2: bool,
+    /// PEM CA to trust (self-signed relays); else the public web roots.
+    pub ca_file: Option<PathBuf>,
+    pub from: String,
+    pub campaign: String,
+    /// Recipients are `to_prefix` followed by a counter, padded to 11 digits.
+    pub to_prefix: String,
+    pub text: String,
+    /// PID of the relay, to report its CPU time per message.
+    pub relay_pid: Option<u32>,
+    pub progress: bool,
+}
+
+/// The measured outcome.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Answers other than 201, by `"<status> <code>"`.
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    /// Relay user+system CPU per message, when its PID was given.
+    pub relay_cpu_per_msg: Option<Duration>,
+}
+
+impl BenchReport {
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The end table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let us = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+        s.push_str(&format!("sent          {}\n", self.sent));
+        s.push_str(&format!("accepted      {}\n", self.accepted));
+        for (k, v) in &self.errors {
+            s.push_str(&format!("refused       {v}  ({k})\n"));
+        }
+        s.push_str(&format!(
+            "elapsed       {:.3} s\n",
+            self.elapsed.as_secs_f64()
+        ));
+        s.push_str(&format!("throughput    {:.0} msg/s\n", self.msgs_per_sec()));
+        s.push_str(&format!(
+            "latency       p50 {}  p90 {}  p99 {}  max {}\n",
+            us(self.p50),
+            us(self.p90),
+            us(self.p99),
+            us(self.max)
+        ));
+        if let Some(c) = self.relay_cpu_per_msg {
+            s.push_str(&format!(
+                "relay CPU     {:.1} µs/msg (user+sys)\n",
+                c.as_secs_f64() * 1e6
+            ));
+        }
+        s
+    }
+}
+
+/// Bench failures that stop the run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bad --url: {0}")]
+    Url(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+struct Target {
+    host: String,
+    port: u16,
+    authority: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, BenchError> {
+    let u = reqwest::Url::parse(url).map_err(|e| BenchError::Url(e.to_string()))?;
+    if u.scheme() != "https" {
+        return Err(BenchError::Url(
+            "the API is HTTPS only: use https://".into(),
+        ));
+    }
+    let host = u
+        .host_str()
+        .ok_or_else(|| BenchError::Url("no host".into()))?
+        .to_owned();
+    let port = u.port().unwrap_or(443);
+    Ok(Target {
+        authority: format!("{host}:{port}"),
+        host,
+        port,
+    })
+}
+
+async fn connect(t: &Target, opts: &BenchOptions) -> Result<Sender, BenchError> {
+    let alpn: &[&[u8]] = if opts.http2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let cc = crate::tls::client_config(opts.ca_file.as_deref(), alpn)?;
+    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+        .await
+        .map_err(|source| BenchError::Connect {
+            addr: t.authority.clone(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+        .map_err(|e| BenchError::Url(format!("bad host name: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(cc)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| BenchError::Connect {
+            addr: t.authority.clone(),
+            source,
+        })?;
+    let io = TokioIo::new(tls);
+    if opts.http2 {
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(send))
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(send))
+    }
+}
+
+/// CPU time (user + system) of a process so far, from `/proc/PID/stat`.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)` part; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_micros((utime + stime) * 1_000_000 / hz))
+}
+
+struct Shared {
+    next: AtomicU64,
+    accepted: AtomicU64,
+    errors: std::sync::Mutex<BTreeMap<String, u64>>,
+    hist: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Runs the load and returns the report.
+pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
+    let target = parse_url(&opts.url)?;
+    let uri: hyper::Uri = format!("https://{}/v1/messages", target.authority)
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| BenchError::Url(e.to_string()))?;
+    let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| BenchError::Url(format!("histogram: {e}")))?;
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        errors: Default::default(),
+        hist: std::sync::Mutex::new(hist),
+    });
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(opts.messages);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let conns = opts.connections.max(1);
+    let mut senders = Vec::with_capacity(conns);
+    if opts.http2 {
+        if let Sender::H2(h) = connect(&target, &opts).await? {
+            senders.extend((0..conns).map(|_| Sender::H2(h.clone())));
+        }
+    } else {
+        for _ in 0..conns {
+            senders.push(connect(&target, &opts).await?);
+        }
+    }
+    // Fixed rate: a pacer hands out one permit per interval.
+    let pacer = opts.rate.filter(|r| *r > 0.0).map(|r| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<()>(conns * 2);
+        let n = opts.messages;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..n {
+                tick.tick().await;
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Arc::new(Mutex::new(rx))
+    });
+    let cpu_before = opts.relay_pid.and_then(process_cpu);
+    let started = Instant::now();
+    let opts = Arc::new(opts);
+    let auth = Bytes::from(format!("Bearer {}", opts.api_key));
+    let mut tasks = Vec::with_capacity(conns);
+    for mut sender in senders {
+        let (shared, opts, uri, auth, bar, pacer) = (
+            shared.clone(),
+            opts.clone(),
+            uri.clone(),
+            auth.clone(),
+            bar.clone(),
+            pacer.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                if i >= opts.messages {
+                    break;
+                }
+                if let Some(p) = &pacer {
+                    if p.lock().await.recv().await.is_none() {
+                        break;
+                    }
+                }
+                let width = 11usize.saturating_sub(opts.to_prefix.trim_start_matches('+').len());
+                let body = serde_json::json!({
+                    "from": opts.from,
+                    "to": format!("{}{:0>width$}", opts.to_prefix, i % 10u64.pow(width.min(18) as u32)),
+                    "text": opts.text,
+                    "campaign_id": opts.campaign,
+                });
+                let req = Request::post(uri.clone())
+                    .header(hyper::header::AUTHORIZATION, auth.as_ref())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())));
+                let Ok(req) = req else { break };
+                let t0 = Instant::now();
+                let resp = match &mut sender {
+                    Sender::H1(s) => {
+                        if s.ready().await.is_err() {
+                            record_error(&shared, "connection closed".into());
+                            break;
+                        }
+                        s.send_request(req).await
+                    }
+                    Sender::H2(s) => s.send_request(req).await,
+                };
+                match resp {
+                    Ok(r) => {
+                        let status = r.status();
+                        let bytes = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let us = t0.elapsed().as_micros() as u64;
+                        if let Ok(mut h) = shared.hist.lock() {
+                            let _ = h.record(us.max(1));
+                        }
+                        if status == hyper::StatusCode::CREATED {
+                            shared.accepted.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                                .ok()
+                                .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
+                                .unwrap_or_default();
+                            record_error(&shared, format!("{} {code}", status.as_u16()));
+                        }
+                    }
+                    Err(e) => {
+                        record_error(&shared, format!("transport: {e}"));
+                        if matches!(sender, Sender::H1(_)) {
+                            break;
+                        }
+                    }
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let relay_cpu_per_msg = match (cpu_before, opts.relay_pid.and_then(process_cpu)) {
+        (Some(a), Some(b)) => {
+            let n = shared
+                .next
+                .load(Ordering::Relaxed)
+                .min(opts.messages)
+                .max(1);
+            Some(b.saturating_sub(a) / n as u32)
+        }
+        _ => None,
+    };
+    let h = shared.hist.lock().map(|h| h.clone()).ok();
+    let q = |p: f64| {
+        h.as_ref().map_or(Duration::ZERO, |h| {
+            Duration::from_micros(h.value_at_quantile(p))
+        })
+    };
+    let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let accepted = shared.accepted.load(Ordering::Relaxed);
+    Ok(BenchReport {
+        sent: accepted + errors.values().sum::<u64>(),
+        accepted,
+        errors,
+        elapsed,
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        max: h
+            .as_ref()
+            .map_or(Duration::ZERO, |h| Duration::from_micros(h.max())),
+        relay_cpu_per_msg,
+    })
+}
+
+fn record_error(shared: &Shared, key: String) {
+    if let Ok(mut e) = shared.errors.lock() {
+        *e.entry(key).or_insert(0) += 1;
+    }
+}
