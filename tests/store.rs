@@ -54,6 +54,7 @@ async fn concurrent_writes_are_group_committed_and_survive_reopen() {
     }
     let writes = (tasks * per_task) as u64;
     let stats = store.stats();
+    eprintln!("{writes} writes in {} durable commits", stats.commits);
     assert_eq!(stats.ops, writes);
     assert!(
         stats.commits < writes / 10,

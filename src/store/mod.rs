@@ -19,7 +19,8 @@
 //! - the queue in front of the writer is bounded, so a slow disk slows
 //!   callers down instead of growing memory;
 //! - reads never wait for the writer ([`Store::read`] is a redb MVCC
-//!   snapshot).
+//!   snapshot). A read may see an op's writes a moment before they are
+//!   durable (see [`writer`]); it never sees a failed op's writes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sms_conduit::store::StoreError> {

@@ -171,6 +171,8 @@ fn run_batch(
         if kept > 0 {
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
+        // `store_commit` is the batch's wall time (ops + fsync): what the
+        // first caller of the batch waited for, once the writer picked it up.
         if let Some(m) = metrics {
             m.store_commit.observe(started.elapsed().as_secs_f64());
             m.store_batch.observe(replies.len() as f64);
