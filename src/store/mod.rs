@@ -1,1 +1,291 @@
-//! The embedded store: one redb file, group-commit writer.
+//! The embedded store: one redb file, one group-commit writer.
+//!
+//! Owns: `<state_dir>/sms-conduit.redb`, its schema version, the only write
+//! path into it ([`Store::write`]), and the shared-state seam of SPEC §8
+//! ([`shared::SharedState`], implemented locally by [`shared::LocalShared`]).
+//!
+//! Must not know: message bodies (SPEC §1.1 — ops only ever carry metadata),
+//! sockets, config files. Tables for messages, audit records and the outbox
+//! belong to the modules that use them; they define their
+//! `redb::TableDefinition`s and open them with [`tables::open`] /
+//! [`tables::open_read`].
+//!
+//! Invariants:
+//! - every write goes through the single writer thread ([`writer`]); a
+//!   caller's `write(..).await` returns `Ok` only once its writes are durable,
+//!   and many writes share one fsync (group commit);
+//! - an op that returns `Err` (or panics) is rolled back alone; the other ops
+//!   of its batch are committed;
+//! - the queue in front of the writer is bounded, so a slow disk slows
+//!   callers down instead of growing memory;
+//! - reads never wait for the writer ([`Store::read`] is a redb MVCC
+//!   snapshot). A read may see an op's writes a moment before they are
+//!   durable (see [`writer`]); it never sees a failed op's writes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sms_conduit::store::StoreError> {
+//! use sms_conduit::store::{tables, Store};
+//! let store = Store::open(std::path::Path::new("/var/lib/sms-conduit"), None)?;
+//! store
+//!     .write(|txn| {
+//!         tables::open(txn, tables::KV)?.insert("boot", b"1".as_slice())?;
+//!         Ok(())
+//!     })
+//!     .await?;
+//! let boot = store.read(|rtxn| {
+//!     let Some(t) = tables::open_read(rtxn, tables::KV)? else { return Ok(None) };
+//!     Ok(t.get("boot")?.map(|v| v.value().to_vec()))
+//! })?;
+//! # let _ = boot;
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod shared;
+pub mod tables;
+mod writer;
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadTransaction, ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::StoreError;
+pub use shared::{LocalShared, SharedState};
+
+use crate::metrics::Metrics;
+use writer::{Counters, Msg, OpJob};
+
+/// File name of the database inside `state_dir`.
+pub const DB_FILE: &str = "sms-conduit.redb";
+
+/// Counts since the store was opened (for tests and diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Durable commits (fsyncs) done by the writer.
+    pub commits: u64,
+    /// Ops the writer ran (kept or not).
+    pub ops: u64,
+}
+
+/// Handle to the store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` once closed. The lock is only held to clone the `Arc`.
+    db: RwLock<Option<Arc<Database>>>,
+    tx: mpsc::Sender<Msg>,
+    counters: Arc<Counters>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `<state_dir>/sms-conduit.redb` and starts
+    /// the writer thread.
+    ///
+    /// The directory is created with mode 0700 and the file with 0600. A file
+    /// whose schema version is newer than [`tables::SCHEMA_VERSION`] is
+    /// refused with [`StoreError::SchemaTooNew`]. Needs no runtime; writes
+    /// need a tokio runtime to be awaited.
+    pub fn open(state_dir: &Path, metrics: Option<Arc<Metrics>>) -> Result<Store, StoreError> {
+        prepare_dir(state_dir)?;
+        let path = state_dir.join(DB_FILE);
+        precreate_file(&path)?;
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: Arc::new(e),
+        })?;
+        check_schema(&db, &path)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let counters = Arc::new(Counters::default());
+        let thread = {
+            let (db, counters) = (db.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer::run(db, rx, metrics, counters))
+                .map_err(|e| StoreError::Thread(Arc::new(e)))?
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                db: RwLock::new(Some(db)),
+                tx,
+                counters,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Queues `op` for the writer and waits until its writes are durable.
+    ///
+    /// `op` runs on the writer thread in its own transaction. Returning `Err`
+    /// rolls back everything `op` wrote and is handed back here; the other ops
+    /// of the batch are unaffected. `op` must be short and must not block on
+    /// anything but redb: it holds up every write behind it.
+    ///
+    /// Once queued, the write happens even if this future is dropped.
+    pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Op(Box::new(OpJob { op, tx })))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // The sender is dropped unanswered only if the op (or the writer)
+        // panicked; every queued op is otherwise answered, even on close.
+        rx.await.unwrap_or(Err(StoreError::OpPanicked))
+    }
+
+    /// Runs `f` on a consistent snapshot. Synchronous and fast; never waits
+    /// for the writer.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db()?;
+        let rtxn = db.begin_read()?;
+        f(&rtxn)
+    }
+
+    /// Waits until every write queued before this call is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Graceful shutdown: refuses new writes, commits everything queued,
+    /// stops the writer thread and releases the file (so it may be reopened
+    /// once every clone of this handle is dropped or closed). Idempotent.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Close(tx)).await.is_ok() {
+            // An error means the writer already ended: nothing left to wait for.
+            let _ = rx.await;
+        }
+        if let Ok(mut db) = self.inner.db.write() {
+            db.take();
+        }
+        let handle = self.inner.thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            // Joining is quick (the thread has answered everything) but
+            // blocking, so keep it off the async worker.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        Ok(())
+    }
+
+    /// Commits and op counts since open.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.inner.counters.commits.load(Ordering::Relaxed),
+            ops: self.inner.counters.ops.load(Ordering::Relaxed),
+        }
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        match self.inner.db.read() {
+            Ok(guard) => guard.clone().ok_or(StoreError::Closed),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+    let err = |e| StoreError::StateDir {
+        path: dir.to_path_buf(),
+        source: Arc::new(e),
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        // An existing directory made by an operator: say so, do not chmod it
+        // behind their back (systemd's StateDirectory= makes it 0700).
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format_args!("{:o}", mode & 0o777),
+            "state directory is accessible to group/others; 0700 is expected"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the file with 0600 before redb opens it, whatever the umask.
+fn precreate_file(path: &Path) -> Result<(), StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| StoreError::StateDir {
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        })
+}
+
+/// Writes the version into a new file, refuses a newer one, and creates the
+/// store's own tables so readers find them.
+fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut t = txn.open_table(tables::SCHEMA_VERSION_TABLE)?;
+        let found = t.get(tables::SCHEMA_VERSION_KEY)?.map(|v| v.value());
+        match found {
+            Some(v) if v > tables::SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    path: path.to_path_buf(),
+                    found: v,
+                    supported: tables::SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                t.insert(tables::SCHEMA_VERSION_KEY, tables::SCHEMA_VERSION)?;
+            }
+        }
+        txn.open_table(tables::KV)?;
+        txn.open_table(tables::DAILY_COUNTERS)?;
+        txn.open_table(tables::OPT_OUTS)?;
+        txn.open_table(tables::CARRIER_IDS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! Service lifecycle: signals, systemd notify, drain, process hardening.

@@ -1,0 +1,353 @@
+//! The store against real redb files in a temp dir: group commit, durability
+//! across reopen, isolation of failing ops, schema versions, and the
+//! shared-state seam (SPEC §8).
+
+use std::sync::Arc;
+
+use redb::ReadableTable;
+use sms_conduit::metrics::Metrics;
+use sms_conduit::store::{tables, LocalShared, SharedState, Store, StoreError};
+
+fn key(i: usize) -> String {
+    format!("k{i:06}")
+}
+
+async fn put(store: &Store, k: String, v: u64) -> Result<(), StoreError> {
+    store
+        .write(move |txn| {
+            tables::open(txn, tables::KV)?.insert(k.as_str(), v.to_be_bytes().as_slice())?;
+            Ok(())
+        })
+        .await
+}
+
+fn get(store: &Store, k: &str) -> Option<u64> {
+    store
+        .read(|rtxn| {
+            let t = tables::open_read(rtxn, tables::KV)?.expect("kv exists");
+            Ok(t.get(k)?.map(|v| {
+                let b: [u8; 8] = v.value().try_into().expect("8 bytes");
+                u64::from_be_bytes(b)
+            }))
+        })
+        .expect("read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_are_group_committed_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(dir.path(), Some(metrics.clone())).unwrap();
+    let (tasks, per_task) = (100usize, 100usize);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let n = t * per_task + i;
+                put(&store, key(n), n as u64).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let writes = (tasks * per_task) as u64;
+    let stats = store.stats();
+    eprintln!("{writes} writes in {} durable commits", stats.commits);
+    assert_eq!(stats.ops, writes);
+    assert!(
+        stats.commits < writes / 10,
+        "{} commits for {writes} writes",
+        stats.commits
+    );
+    assert_eq!(metrics.store_batch.get_sample_count(), stats.commits);
+    assert_eq!(metrics.store_batch.get_sample_sum() as u64, writes);
+    // Visible before reopen, too.
+    assert_eq!(get(&store, &key(4242)), Some(4242));
+    drop(store);
+    // Dropping every handle lets the writer finish and release the file.
+    let store = reopen(dir.path()).await;
+    for n in 0..(tasks * per_task) {
+        assert_eq!(get(&store, &key(n)), Some(n as u64), "key {n}");
+    }
+}
+
+/// Reopens, retrying while the previous writer thread releases the file.
+async fn reopen(dir: &std::path::Path) -> Store {
+    for _ in 0..100 {
+        match Store::open(dir, None) {
+            Ok(s) => return s,
+            Err(StoreError::Open { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+    panic!("database still locked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_op_does_not_lose_the_others_in_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    // Queue many writes at once so they share batches; every 7th writes and
+    // then fails, every 11th writes and then panics.
+    let mut handles = Vec::new();
+    for n in 0..500usize {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let k = key(n);
+            let res = store
+                .write(move |txn| {
+                    tables::open(txn, tables::KV)?.insert(k.as_str(), b"x".as_slice())?;
+                    if n % 7 == 0 {
+                        return Err(StoreError::Refused("test refusal".into()));
+                    }
+                    if n % 11 == 0 {
+                        panic!("test panic in op");
+                    }
+                    Ok(n)
+                })
+                .await;
+            (n, res)
+        }));
+    }
+    let mut batches_with_failure = 0;
+    for h in handles {
+        let (n, res) = h.await.unwrap();
+        match res {
+            Ok(v) => assert_eq!(v, n),
+            Err(StoreError::Refused(_)) => {
+                assert_eq!(n % 7, 0);
+                batches_with_failure += 1;
+            }
+            Err(StoreError::OpPanicked) => assert_eq!(n % 11, 0),
+            Err(e) => panic!("{n}: unexpected {e}"),
+        }
+    }
+    assert!(batches_with_failure > 0);
+    assert!(store.stats().commits < 500, "writes were batched");
+    store.close().await.unwrap();
+    drop(store);
+    let store = reopen(dir.path()).await;
+    let present = |n: usize| {
+        store
+            .read(|r| {
+                Ok(tables::open_read(r, tables::KV)?
+                    .expect("kv")
+                    .get(key(n).as_str())?
+                    .is_some())
+            })
+            .unwrap()
+    };
+    for n in 0..500usize {
+        let failed = n % 7 == 0 || n % 11 == 0;
+        assert_eq!(present(n), !failed, "key {n}");
+    }
+}
+
+#[tokio::test]
+async fn close_commits_everything_queued_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    let mut pending = Vec::new();
+    for n in 0..300usize {
+        let s = store.clone();
+        pending.push(tokio::spawn(async move { put(&s, key(n), n as u64).await }));
+    }
+    tokio::task::yield_now().await;
+    store.flush().await.unwrap();
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    put(&store, "last".into(), 7).await.unwrap();
+    store.close().await.unwrap();
+    store.close().await.unwrap(); // idempotent
+    assert!(matches!(
+        put(&store, "after".into(), 1).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.read(|_| Ok(())), Err(StoreError::Closed)));
+    // close() released the file even though this handle still exists.
+    let again = Store::open(dir.path(), None).unwrap();
+    assert_eq!(get(&again, "last"), Some(7));
+    for n in 0..300usize {
+        assert_eq!(get(&again, &key(n)), Some(n as u64));
+    }
+}
+
+#[tokio::test]
+async fn newer_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    let path = store.path().to_path_buf();
+    store.close().await.unwrap();
+    drop(store);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(tables::SCHEMA_VERSION_TABLE).unwrap();
+            let v = t.get(tables::SCHEMA_VERSION_KEY).unwrap().unwrap().value();
+            assert_eq!(v, tables::SCHEMA_VERSION);
+            t.insert(tables::SCHEMA_VERSION_KEY, tables::SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    match Store::open(dir.path(), None) {
+        Err(
+            e @ StoreError::SchemaTooNew {
+                found, supported, ..
+            },
+        ) => {
+            assert_eq!(found, supported + 1);
+            assert!(e.to_string().contains("schema version"), "{e}");
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn state_dir_and_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("a/b");
+    let store = Store::open(&state, None).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(store.path()), 0o600);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daily_cap_accepts_exactly_cap_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared: Arc<dyn SharedState> = Arc::new(LocalShared::new(store.clone()));
+    let cap = 1000u64;
+    let mut handles = Vec::new();
+    for _ in 0..50 {
+        let shared = shared.clone();
+        handles.push(tokio::spawn(async move {
+            let mut accepted = 0u64;
+            for _ in 0..30 {
+                if shared
+                    .add_daily("brand:BQ7A1Z0", "2025-01-02", 1, cap)
+                    .await
+                    .unwrap()
+                    .is_ok()
+                {
+                    accepted += 1;
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for h in handles {
+        accepted += h.await.unwrap();
+    }
+    assert_eq!(accepted, cap);
+    assert_eq!(
+        shared.daily("brand:BQ7A1Z0", "2025-01-02").await.unwrap(),
+        cap
+    );
+    assert_eq!(
+        shared
+            .add_daily("brand:BQ7A1Z0", "2025-01-02", 1, cap)
+            .await
+            .unwrap(),
+        Err(cap)
+    );
+    // Another day, and an amount that would cross the cap, and no cap.
+    assert_eq!(
+        shared
+            .add_daily("brand:BQ7A1Z0", "2025-01-03", 3, 4)
+            .await
+            .unwrap(),
+        Ok(3)
+    );
+    assert_eq!(
+        shared
+            .add_daily("brand:BQ7A1Z0", "2025-01-03", 2, 4)
+            .await
+            .unwrap(),
+        Err(3)
+    );
+    assert_eq!(
+        shared
+            .add_daily("brand:BQ7A1Z0", "2025-01-03", 500, 0)
+            .await
+            .unwrap(),
+        Ok(503)
+    );
+    assert_eq!(shared.daily("nobody", "2025-01-03").await.unwrap(), 0);
+    let local = LocalShared::new(store.clone());
+    assert_eq!(local.prune_daily_before("2025-01-03").await.unwrap(), 1);
+    assert_eq!(
+        shared.daily("brand:BQ7A1Z0", "2025-01-02").await.unwrap(),
+        0
+    );
+    assert_eq!(
+        shared.daily("brand:BQ7A1Z0", "2025-01-03").await.unwrap(),
+        503
+    );
+}
+
+#[tokio::test]
+async fn opt_out_survives_reopen_and_opt_in_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = ([1u8; 32], [2u8; 32]);
+    {
+        let store = Store::open(dir.path(), None).unwrap();
+        let shared = LocalShared::new(store.clone());
+        shared.opt_out("CX4K2M9", &alice).await.unwrap();
+        shared.opt_out("CX4K2M9", &alice).await.unwrap(); // idempotent
+        shared.opt_out("CX4K2M9", &bob).await.unwrap();
+        shared.opt_in("CX4K2M9", &bob).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared = LocalShared::new(store);
+    assert!(shared.is_opted_out("CX4K2M9", &alice).await.unwrap());
+    assert!(!shared.is_opted_out("CX4K2M9", &bob).await.unwrap());
+    assert!(!shared.is_opted_out("OTHER", &alice).await.unwrap());
+}
+
+#[tokio::test]
+async fn carrier_id_index_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared = LocalShared::new(store.clone());
+    let ids = vec!["0a1b2c".to_string(), "0a1b2d".to_string()];
+    shared
+        .index_carrier_ids("carrier-a", &ids, "msg_1")
+        .await
+        .unwrap();
+    shared
+        .index_carrier_ids("carrier-b", &["0a1b2c".to_string()], "msg_2")
+        .await
+        .unwrap();
+    let look = |c: &'static str, id: &'static str| {
+        let s = shared.clone();
+        async move { s.lookup_carrier_id(c, id).await.unwrap() }
+    };
+    assert_eq!(look("carrier-a", "0a1b2c").await.as_deref(), Some("msg_1"));
+    assert_eq!(look("carrier-a", "0a1b2d").await.as_deref(), Some("msg_1"));
+    assert_eq!(look("carrier-b", "0a1b2c").await.as_deref(), Some("msg_2"));
+    assert_eq!(look("carrier-b", "0a1b2d").await, None);
+    store.close().await.unwrap();
+    drop(shared);
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared = LocalShared::new(store);
+    assert_eq!(
+        shared
+            .lookup_carrier_id("carrier-a", "0a1b2d")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("msg_1")
+    );
+}
