@@ -243,3 +243,52 @@ mod tests {
         ));
     }
 }
+
+/// The brand's local day for daily caps (`YYYY-MM-DD` in `tz`), and the time
+/// left until it ends — caps reset at local midnight, as T-Mobile counts them
+/// in Pacific time. DST days are 23 or 25 hours long; this follows the zone.
+pub fn local_day(tz: chrono_tz::Tz, now: chrono::DateTime<chrono::Utc>) -> (String, Duration) {
+    use chrono::{Days, TimeZone};
+    let local = now.with_timezone(&tz);
+    let day = local.date_naive();
+    let next = day.checked_add_days(Days::new(1)).unwrap_or(day);
+    let midnight = next
+        .and_hms_opt(0, 0, 0)
+        .map(|m| tz.from_local_datetime(&m).earliest());
+    let left = match midnight {
+        Some(Some(m)) => (m.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::from_secs(1)),
+        // A zone whose midnight does not exist that day: try again in an hour.
+        _ => Duration::from_secs(3600),
+    };
+    (
+        day.format("%Y-%m-%d").to_string(),
+        left.max(Duration::from_secs(1)),
+    )
+}
+
+#[cfg(test)]
+mod day_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn pacific_midnight() {
+        let tz = chrono_tz::America::Los_Angeles;
+        // 2026-11-26 07:30 UTC = 2026-11-25 23:30 PST.
+        let now = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 26, 7, 30, 0)
+            .unwrap();
+        let (day, left) = local_day(tz, now);
+        assert_eq!(day, "2026-11-25");
+        assert_eq!(left, Duration::from_secs(30 * 60));
+        // 08:00 UTC is midnight PST: a new day.
+        let (day, left) = local_day(
+            tz,
+            chrono::Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap(),
+        );
+        assert_eq!(day, "2026-11-26");
+        assert_eq!(left, Duration::from_secs(24 * 3600));
+    }
+}

@@ -6,4 +6,5 @@
 //! translate), and never keeps a body beyond the request.
 
 pub mod limits;
+pub mod record;
 pub mod route;
