@@ -182,3 +182,40 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .await
         .expect("connection tasks must end after shutdown");
 }
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_413_before_it_is_all_sent() {
+    let env = TestEnv::new();
+    let api = start_api_with(
+        &env,
+        NoRouteService,
+        Arc::new(AlwaysReady),
+        ConnLimits::from_api(&env.config.api),
+    )
+    .await;
+    let mut s = tls_connect(api.addr, &env.cert_pem).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        env.api_key
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // 80 KiB in 8 KiB chunks, no terminating chunk: the server must answer
+    // without waiting for the end of the body.
+    let chunk = format!("2000\r\n{}\r\n", "a".repeat(0x2000));
+    for _ in 0..10 {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answer before the body ends")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("application/problem+json"), "{resp}");
+    assert!(resp.contains("payload_too_large"), "{resp}");
+    api.stop().await;
+}
