@@ -1,1 +1,67 @@
-//! HTTPS API for client applications (SPEC §4).
+//! HTTPS API for client applications (SPEC §4) and the metrics listener
+//! (SPEC §7).
+//!
+//! Code map:
+//! * [`server`] — TCP accept loop, TLS (certificate taken per connection, so
+//!   reloads apply to new connections), HTTP/1.1 + HTTP/2 by ALPN, timeouts,
+//!   connection limit, graceful shutdown. Shared by both listeners.
+//! * [`routes`] — the axum router: endpoints, body reading, request counting.
+//! * [`auth`] — API keys: constant-time look-up, failure throttling, audit hook.
+//! * [`problem`] — [`SendError`] and its one mapping to problem documents.
+//! * [`service`] — the seam to the relay: [`MessageService`], [`Readiness`]
+//!   and the request/answer types.
+//! * [`metrics`] — `GET /metrics`, plain on loopback or TLS.
+//!
+//! Must not know: how messages are routed, limited or sent; the relay does.
+//! Conduit rule: no message text and no clear recipient number reaches a log
+//! line or an error response from here.
+
+pub mod auth;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+pub mod server;
+pub mod service;
+
+use std::sync::Arc;
+
+pub use auth::{new_key, AuthAudit, AuthFailure, Authenticator, NoAudit};
+pub use metrics::{serve_metrics, MetricsServeError};
+pub use problem::{Problem, SendError};
+pub use server::{serve_api, ConnLimits};
+pub use service::{
+    AlwaysReady, ClientId, DynMessageService, Encoding, MessageService, MessageStatus, MessageView,
+    NoRouteService, Readiness, SendAccepted, SendRequest,
+};
+
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Sends and looks up messages (the relay; [`NoRouteService`] until then).
+    pub service: Arc<dyn DynMessageService>,
+    /// Behind `/readyz`.
+    pub readiness: Arc<dyn Readiness>,
+    /// API keys and the failed-authentication limit.
+    pub auth: Arc<Authenticator>,
+    /// Where `api_requests` and `auth_failures` are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ApiState {
+    /// Bundles the parts; `service` is any [`MessageService`].
+    pub fn new(
+        service: impl MessageService,
+        readiness: Arc<dyn Readiness>,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ApiState {
+            service: Arc::new(service),
+            readiness,
+            auth,
+            metrics,
+        }
+    }
+}

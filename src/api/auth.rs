@@ -1,0 +1,428 @@
+//! API-key authentication (SPEC §4: `Authorization: Bearer KEY`).
+//!
+//! Owns: the key table (SHA-256 digests from `[[clients]].key_sha256`,
+//! swapped whole on reload), the constant-time look-up, the per-source-address
+//! limit on failed authentications, the audit hook, and making new keys.
+//!
+//! Why this shape:
+//! * Only digests are configured, so the presented key is hashed and the
+//!   digest compared against *every* entry with `subtle` — no early exit, so
+//!   timing does not tell which entry (or whether any) matched.
+//! * Brute force is throttled per source address: failures feed a `governor`
+//!   keyed limiter; once an address exceeds it, it is refused with 429 before
+//!   its key is even looked at, until the limiter would admit it again. IPv6
+//!   sources are keyed by their /64, since one host usually owns the prefix.
+//! * The table lives behind a `std::sync::RwLock<Arc<_>>`, read by cloning the
+//!   `Arc`; no lock is held across an `.await`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::problem::SendError;
+use super::service::ClientId;
+use crate::config;
+use crate::metrics::Metrics;
+
+/// Prefix of every API key, so leaked keys are recognisable by scanners.
+pub const KEY_PREFIX: &str = "sk_live_";
+/// Longest `Authorization` value considered (anything longer is malformed).
+const MAX_HEADER_LEN: usize = 512;
+/// Most addresses remembered as locked out; beyond it the oldest are dropped.
+const MAX_BLOCKED: usize = 65_536;
+
+/// Makes a new API key: 32 random bytes as `sk_live_<base64url>`, and the
+/// hex SHA-256 that goes into `[[clients]].key_sha256`.
+pub fn new_key() -> (String, String) {
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+    let key = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
+    );
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    (key, hash)
+}
+
+/// Why an authentication failed (for the audit log; never the key itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// Not `Bearer <token>`, or not visible ASCII.
+    Malformed,
+    /// A well-formed key that matches no client.
+    UnknownKey,
+    /// The address is over its failure limit; the key was not checked.
+    LockedOut,
+}
+
+impl AuthFailure {
+    /// A short label, e.g. for audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::LockedOut => "locked_out",
+        }
+    }
+}
+
+/// Hook for the audit log. Called synchronously on the request path, so an
+/// implementation should only enqueue. The default methods do nothing.
+pub trait AuthAudit: Send + Sync + 'static {
+    /// A request authenticated with the client's `key_index`-th key.
+    fn key_used(&self, _client: &ClientId, _key_index: usize, _peer: IpAddr) {}
+    /// A request failed authentication.
+    fn auth_failed(&self, _peer: IpAddr, _reason: AuthFailure) {}
+}
+
+/// The audit hook used until the audit log exists.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoAudit;
+
+impl AuthAudit for NoAudit {}
+
+/// Every configured key digest with its client.
+struct KeyTable {
+    entries: Vec<KeyEntry>,
+}
+
+struct KeyEntry {
+    digest: [u8; 32],
+    client: ClientId,
+    index: usize,
+}
+
+impl KeyTable {
+    fn from_clients(clients: &[config::Client]) -> Self {
+        let entries = clients
+            .iter()
+            .flat_map(|c| {
+                let id = ClientId::new(&c.id);
+                c.key_sha256
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, digest)| KeyEntry {
+                        digest: *digest,
+                        client: id.clone(),
+                        index,
+                    })
+            })
+            .collect();
+        KeyTable { entries }
+    }
+
+    /// Compares `digest` with every entry in constant time.
+    fn lookup(&self, digest: &[u8; 32]) -> Option<(&ClientId, usize)> {
+        let mut found = subtle::Choice::from(0);
+        let mut at: u64 = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            let eq = e.digest.ct_eq(digest);
+            at.conditional_assign(&(i as u64), eq);
+            found |= eq;
+        }
+        if bool::from(found) {
+            let e = self.entries.get(at as usize)?;
+            Some((&e.client, e.index))
+        } else {
+            None
+        }
+    }
+}
+
+/// Authenticates API requests; shared by all connections.
+pub struct Authenticator {
+    keys: RwLock<Arc<KeyTable>>,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    audit: Arc<dyn AuthAudit>,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    /// 10 failed authentications per minute per source address.
+    pub const DEFAULT_FAILURES_PER_MINUTE: u32 = 10;
+
+    /// A table of the clients' keys with the default failure limit.
+    pub fn new(
+        clients: &[config::Client],
+        audit: Arc<dyn AuthAudit>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self::with_failure_limit(
+            clients,
+            audit,
+            metrics,
+            NonZeroU32::MIN.saturating_add(Self::DEFAULT_FAILURES_PER_MINUTE - 1),
+        )
+    }
+
+    /// As [`Authenticator::new`] with `failures_per_minute` (also the burst).
+    pub fn with_failure_limit(
+        clients: &[config::Client],
+        audit: Arc<dyn AuthAudit>,
+        metrics: Arc<Metrics>,
+        failures_per_minute: NonZeroU32,
+    ) -> Self {
+        Authenticator {
+            keys: RwLock::new(Arc::new(KeyTable::from_clients(clients))),
+            failures: RateLimiter::keyed(Quota::per_minute(failures_per_minute)),
+            clock: DefaultClock::default(),
+            blocked: Mutex::new(HashMap::new()),
+            audit,
+            metrics,
+        }
+    }
+
+    /// Replaces the key table (SIGHUP). Requests in flight keep the old one.
+    pub fn reload(&self, clients: &[config::Client]) {
+        let table = Arc::new(KeyTable::from_clients(clients));
+        match self.keys.write() {
+            Ok(mut g) => *g = table,
+            Err(p) => *p.into_inner() = table,
+        }
+    }
+
+    fn table(&self) -> Arc<KeyTable> {
+        match self.keys.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Checks an `Authorization` header value from `peer`.
+    pub fn authenticate(&self, header: Option<&[u8]>, peer: IpAddr) -> Result<ClientId, SendError> {
+        let key = limiter_key(peer);
+        if let Some(wait) = self.locked_out(key) {
+            self.metrics.auth_failures.inc();
+            self.audit.auth_failed(peer, AuthFailure::LockedOut);
+            return Err(SendError::RateLimited { retry_after: wait });
+        }
+        let outcome = match header {
+            None => Err(AuthFailure::Missing),
+            Some(h) => match bearer_token(h) {
+                None => Err(AuthFailure::Malformed),
+                Some(token) => {
+                    let digest: [u8; 32] = Sha256::digest(token).into();
+                    let table = self.table();
+                    match table.lookup(&digest) {
+                        Some((client, index)) => Ok((client.clone(), index)),
+                        None => Err(AuthFailure::UnknownKey),
+                    }
+                }
+            },
+        };
+        match outcome {
+            Ok((client, index)) => {
+                self.audit.key_used(&client, index, peer);
+                Ok(client)
+            }
+            Err(reason) => {
+                self.metrics.auth_failures.inc();
+                self.audit.auth_failed(peer, reason);
+                match self.record_failure(key) {
+                    Some(wait) => Err(SendError::RateLimited { retry_after: wait }),
+                    None => Err(SendError::Unauthorized),
+                }
+            }
+        }
+    }
+
+    /// Time left on a lock-out of this address, if any.
+    fn locked_out(&self, key: IpAddr) -> Option<Duration> {
+        let blocked = match self.blocked.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let until = *blocked.get(&key)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a failure; returns the lock-out time when over the limit.
+    fn record_failure(&self, key: IpAddr) -> Option<Duration> {
+        let not_until = self.failures.check_key(&key).err()?;
+        let wait = not_until
+            .wait_time_from(self.clock.now())
+            .max(Duration::from_secs(1));
+        let mut blocked = match self.blocked.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if blocked.len() >= MAX_BLOCKED {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+            if blocked.len() >= MAX_BLOCKED {
+                // Still full: forget an arbitrary entry rather than grow.
+                if let Some(k) = blocked.keys().next().copied() {
+                    blocked.remove(&k);
+                }
+            }
+        }
+        blocked.insert(key, Instant::now() + wait);
+        Some(wait)
+    }
+
+    /// Drops limiter state that no longer matters; call about once a minute.
+    pub fn housekeeping(&self) {
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+        let now = Instant::now();
+        let mut blocked = match self.blocked.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        blocked.retain(|_, until| *until > now);
+    }
+
+    /// Addresses with failure state (for tests and diagnostics).
+    pub fn tracked_addresses(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+/// The token of a `Bearer` credential, if well formed.
+fn bearer_token(h: &[u8]) -> Option<&[u8]> {
+    if h.len() > MAX_HEADER_LEN {
+        return None;
+    }
+    let (scheme, rest) = h.split_at(h.iter().position(|b| *b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    let ok = !token.is_empty() && token.iter().all(|b| b.is_ascii_graphic());
+    ok.then_some(token)
+}
+
+/// The limiter key for an address: IPv4 as is (also when IPv4-mapped),
+/// IPv6 by its /64.
+fn limiter_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: &str, keys: &[&str]) -> config::Client {
+        config::Client {
+            id: id.into(),
+            key_sha256: keys
+                .iter()
+                .map(|k| Sha256::digest(k.as_bytes()).into())
+                .collect(),
+            campaigns: vec![],
+            webhook: None,
+        }
+    }
+
+    fn auth(limit: u32) -> Authenticator {
+        Authenticator::with_failure_limit(
+            &[client("a", &["ka1", "ka2"]), client("b", &["kb"])],
+            Arc::new(NoAudit),
+            Arc::new(Metrics::new()),
+            NonZeroU32::new(limit).unwrap(),
+        )
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn finds_the_right_client() {
+        let a = auth(10);
+        assert_eq!(
+            a.authenticate(Some(b"Bearer ka2"), PEER).unwrap().as_str(),
+            "a"
+        );
+        assert_eq!(
+            a.authenticate(Some(b"bearer kb"), PEER).unwrap().as_str(),
+            "b"
+        );
+        for bad in [
+            &b"Bearer nope"[..],
+            b"Basic ka1",
+            b"Bearer",
+            b"Bearer  ",
+            b"ka1",
+        ] {
+            assert_eq!(
+                a.authenticate(Some(bad), PEER),
+                Err(SendError::Unauthorized)
+            );
+        }
+        assert_eq!(a.authenticate(None, PEER), Err(SendError::Unauthorized));
+    }
+
+    #[test]
+    fn locks_out_after_the_limit_even_for_a_good_key() {
+        let a = auth(3);
+        for _ in 0..3 {
+            assert_eq!(
+                a.authenticate(Some(b"Bearer x"), PEER),
+                Err(SendError::Unauthorized)
+            );
+        }
+        assert!(matches!(
+            a.authenticate(Some(b"Bearer x"), PEER),
+            Err(SendError::RateLimited { .. })
+        ));
+        assert!(matches!(
+            a.authenticate(Some(b"Bearer ka1"), PEER),
+            Err(SendError::RateLimited { .. })
+        ));
+        // Another address is unaffected.
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(a.authenticate(Some(b"Bearer ka1"), other).is_ok());
+    }
+
+    #[test]
+    fn reload_swaps_keys() {
+        let a = auth(10);
+        a.reload(&[client("c", &["kc"])]);
+        assert!(a.authenticate(Some(b"Bearer ka1"), PEER).is_err());
+        assert_eq!(
+            a.authenticate(Some(b"Bearer kc"), PEER).unwrap().as_str(),
+            "c"
+        );
+    }
+
+    #[test]
+    fn new_keys_are_distinct_and_hash_matches() {
+        let (k1, h1) = new_key();
+        let (k2, _) = new_key();
+        assert_ne!(k1, k2);
+        assert!(k1.starts_with(KEY_PREFIX));
+        assert_eq!(k1.len(), KEY_PREFIX.len() + 43);
+        assert_eq!(h1, hex::encode(Sha256::digest(k1.as_bytes())));
+    }
+
+    #[test]
+    fn ipv6_keyed_by_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(limiter_key(a), limiter_key(b));
+        let m: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(limiter_key(m), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,338 @@
+//! Errors of the send path and their one mapping to HTTP problem documents
+//! (RFC 9457, SPEC §4).
+//!
+//! Owns: [`SendError`], the single error enum every layer of the send path
+//! returns (the relay, the limits, the SMPP client all end here), and
+//! [`SendError::problem`], the *only* place a `SendError` becomes a status
+//! code, a `code`, a title and a `Retry-After` header. HTTP-level failures that
+//! never reach the service (bad JSON, unknown route, wrong method, oversized
+//! body) are built as [`Problem`]s directly by the routes.
+//!
+//! Conduit rule: nothing here may carry message text or a clear phone number.
+//! Details are written by our code from field names and fixed phrases, never
+//! copied from request bytes.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Base of the `type` URI of every problem document.
+pub const PROBLEM_TYPE_BASE: &str = "https://sms-conduit.dev/problems/";
+
+/// Media type of every error response.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// Why a send (or a look-up) did not succeed. One variant per SPEC §4 code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The request is malformed; the detail names the field, never its value.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Missing or unknown API key.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The key's client may not use this campaign.
+    #[error("campaign not allowed for this client")]
+    CampaignNotAllowed,
+    /// `from` is not one of the campaign's numbers.
+    #[error("sender number not in campaign")]
+    SenderNotInCampaign,
+    /// Same idempotency key, different request; or the first attempt's
+    /// outcome is unknown.
+    #[error("idempotency conflict")]
+    IdempotencyConflict,
+    /// The recipient opted out of this campaign's numbers.
+    #[error("recipient opted out")]
+    RecipientOptedOut,
+    /// A campaign (or authentication-failure) rate limit.
+    #[error("rate limited, retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// The brand's daily segment cap is used up.
+    #[error("daily cap reached, retry after {retry_after:?}")]
+    DailyCapReached { retry_after: Duration },
+    /// The carrier answered an SMPP error; `status_name` is e.g. `ESME_RINVDSTADR`.
+    #[error("carrier rejected the message: {status_name}")]
+    CarrierRejected { status_name: String },
+    /// No bound carrier for the destination.
+    #[error("no route")]
+    NoRoute,
+    /// No carrier answer within the window timeout; outcome unknown.
+    #[error("carrier timeout")]
+    CarrierTimeout,
+    /// `GET /v1/messages/{id}`: no such message for this client.
+    #[error("not found")]
+    NotFound,
+    /// A bug or an unavailable dependency (the store); details go to the log.
+    #[error("internal error")]
+    Internal,
+}
+
+impl SendError {
+    /// The machine-readable `code` (SPEC §4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SendError::InvalidRequest(_) => "invalid_request",
+            SendError::Unauthorized => "unauthorized",
+            SendError::CampaignNotAllowed => "campaign_not_allowed",
+            SendError::SenderNotInCampaign => "sender_not_in_campaign",
+            SendError::IdempotencyConflict => "idempotency_conflict",
+            SendError::RecipientOptedOut => "recipient_opted_out",
+            SendError::RateLimited { .. } => "rate_limited",
+            SendError::DailyCapReached { .. } => "daily_cap_reached",
+            SendError::CarrierRejected { .. } => "carrier_rejected",
+            SendError::NoRoute => "no_route",
+            SendError::CarrierTimeout => "carrier_timeout",
+            SendError::NotFound => "not_found",
+            SendError::Internal => "internal_error",
+        }
+    }
+
+    /// The one mapping from a send-path error to its problem document.
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        let (status, title, detail) = match self {
+            SendError::InvalidRequest(d) => (S::BAD_REQUEST, "Invalid request", d.clone()),
+            SendError::Unauthorized => (
+                S::UNAUTHORIZED,
+                "Unauthorized",
+                "a valid API key is required: Authorization: Bearer <key>".into(),
+            ),
+            SendError::CampaignNotAllowed => (
+                S::FORBIDDEN,
+                "Campaign not allowed",
+                "this API key may not send on the requested campaign".into(),
+            ),
+            SendError::SenderNotInCampaign => (
+                S::FORBIDDEN,
+                "Sender not in campaign",
+                "`from` is not one of the campaign's numbers".into(),
+            ),
+            SendError::IdempotencyConflict => (
+                S::CONFLICT,
+                "Idempotency conflict",
+                "this Idempotency-Key was used for a different request, or its first attempt has no known outcome".into(),
+            ),
+            SendError::RecipientOptedOut => (
+                S::UNPROCESSABLE_ENTITY,
+                "Recipient opted out",
+                "the recipient opted out of this campaign's messages".into(),
+            ),
+            SendError::RateLimited { retry_after } => (
+                S::TOO_MANY_REQUESTS,
+                "Rate limited",
+                format!("rate limit reached; retry after {} s", retry_secs(*retry_after)),
+            ),
+            SendError::DailyCapReached { retry_after } => (
+                S::TOO_MANY_REQUESTS,
+                "Daily cap reached",
+                format!("the brand's daily segment cap is used up; retry after {} s", retry_secs(*retry_after)),
+            ),
+            SendError::CarrierRejected { status_name } => (
+                S::BAD_GATEWAY,
+                "Carrier rejected",
+                format!("the carrier refused the message: {status_name}"),
+            ),
+            SendError::NoRoute => (
+                S::SERVICE_UNAVAILABLE,
+                "No route",
+                "no carrier session is bound for this destination".into(),
+            ),
+            SendError::CarrierTimeout => (
+                S::GATEWAY_TIMEOUT,
+                "Carrier timeout",
+                "the carrier did not answer in time; the outcome is unknown".into(),
+            ),
+            SendError::NotFound => (S::NOT_FOUND, "Not found", "no such message".into()),
+            SendError::Internal => (
+                S::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                "the request could not be processed; it was not sent".into(),
+            ),
+        };
+        let mut p = Problem::new(status, self.code(), title, detail);
+        match self {
+            SendError::RateLimited { retry_after } | SendError::DailyCapReached { retry_after } => {
+                p.retry_after = Some(*retry_after);
+            }
+            SendError::Unauthorized => p.www_authenticate = true,
+            _ => {}
+        }
+        p
+    }
+}
+
+impl IntoResponse for SendError {
+    fn into_response(self) -> Response {
+        self.problem().into_response()
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_secs(d: Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
+/// An `application/problem+json` response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    #[serde(serialize_with = "ser_status")]
+    pub status: StatusCode,
+    pub detail: String,
+    pub code: &'static str,
+    /// Sent as a `Retry-After` header (seconds).
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+    /// Adds `WWW-Authenticate: Bearer`.
+    #[serde(skip)]
+    pub www_authenticate: bool,
+}
+
+fn ser_status<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_u16(s.as_u16())
+}
+
+impl Problem {
+    /// A problem with `type` derived from `code`.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem {
+            type_uri: format!("{PROBLEM_TYPE_BASE}{code}"),
+            title,
+            status,
+            detail: detail.into(),
+            code,
+            retry_after: None,
+            www_authenticate: false,
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Invalid request",
+            detail,
+        )
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Payload too large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    }
+
+    /// 404 `not_found` for an unknown route.
+    pub fn route_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "no such endpoint",
+        )
+    }
+
+    /// 405 `method_not_allowed`.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "this endpoint does not accept that method",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        // Serialising a struct of strings and a number cannot fail; the
+        // fallback keeps the response well-formed regardless.
+        let body = serde_json::to_vec(&self).unwrap_or_else(|_| {
+            br#"{"type":"about:blank","title":"Internal error","status":500,"code":"internal_error"}"#
+                .to_vec()
+        });
+        let mut resp = (self.status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        if let Some(d) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(d)));
+        }
+        if self.www_authenticate {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_status() {
+        let cases = [
+            (SendError::InvalidRequest("x".into()), 400),
+            (SendError::Unauthorized, 401),
+            (SendError::CampaignNotAllowed, 403),
+            (SendError::SenderNotInCampaign, 403),
+            (SendError::IdempotencyConflict, 409),
+            (SendError::RecipientOptedOut, 422),
+            (
+                SendError::RateLimited {
+                    retry_after: Duration::from_millis(1500),
+                },
+                429,
+            ),
+            (
+                SendError::DailyCapReached {
+                    retry_after: Duration::from_secs(60),
+                },
+                429,
+            ),
+            (
+                SendError::CarrierRejected {
+                    status_name: "ESME_RINVDSTADR".into(),
+                },
+                502,
+            ),
+            (SendError::NoRoute, 503),
+            (SendError::CarrierTimeout, 504),
+            (SendError::NotFound, 404),
+            (SendError::Internal, 500),
+        ];
+        for (e, status) in cases {
+            let p = e.problem();
+            assert_eq!(p.status.as_u16(), status, "{e:?}");
+            assert_eq!(p.type_uri, format!("{PROBLEM_TYPE_BASE}{}", e.code()));
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let r = SendError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
+        let r = SendError::Unauthorized.into_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

@@ -1,0 +1,263 @@
+//! The HTTP routes of the client API (SPEC §4) and their error mapping.
+//!
+//! Owns: the axum [`router`], the `Bearer` extractor, reading request bodies
+//! (size limit before buffering, buffered into a zeroizing buffer because the
+//! body holds message text), turning axum's own failures (unknown route, wrong
+//! method, wrong content type) into problem documents, and counting requests
+//! per route *template* in `api_requests`.
+//!
+//! Must not know: sockets, TLS, or what sending means — that is the
+//! [`MessageService`](super::MessageService) behind [`ApiState`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Body as HttpBody;
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use zeroize::Zeroizing;
+
+use super::problem::{Problem, SendError};
+use super::service::{ClientId, SendRequest};
+use super::ApiState;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Time allowed to receive a whole request body once its headers arrived.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Route template label for requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+/// The client API router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/messages", post(send_message))
+        .route("/v1/messages/{id}", get(get_message))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts the request by route template and status, and marks API answers
+/// uncacheable (they may carry metadata about patients' messages).
+async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    state
+        .metrics
+        .api_requests
+        .with_label_values(&[
+            route.as_deref().unwrap_or(UNMATCHED),
+            resp.status().as_str(),
+        ])
+        .inc();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.readiness.ready() {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(reason) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "Not ready",
+            reason,
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::route_not_found()
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::method_not_allowed()
+}
+
+/// An authenticated client, from `Authorization: Bearer …`.
+pub struct Authed(pub ClientId);
+
+impl FromRequestParts<ApiState> for Authed {
+    type Rejection = SendError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let h = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        state.auth.authenticate(h, peer).map(Authed)
+    }
+}
+
+async fn send_message(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    headers: HeaderMap,
+    body: HttpBody,
+) -> Response {
+    if let Err(p) = check_json_content_type(&headers) {
+        return p.into_response();
+    }
+    let idempotency_key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let bytes = match read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(p) => return p.into_response(),
+    };
+    let req = match SendRequest::from_json(&bytes) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    drop(bytes); // zeroized: the raw JSON held the text
+    match state
+        .service
+        .send_boxed(&client, req, idempotency_key)
+        .await
+    {
+        Ok(accepted) => {
+            let location = HeaderValue::try_from(format!("/v1/messages/{}", accepted.id)).ok();
+            let mut resp = (StatusCode::CREATED, Json(accepted)).into_response();
+            if let Some(l) = location {
+                resp.headers_mut().insert(header::LOCATION, l);
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_message(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(Path(id)) = id else {
+        return SendError::NotFound.into_response();
+    };
+    let plausible = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !plausible {
+        return SendError::NotFound.into_response();
+    }
+    match state.service.get_boxed(&client, &id).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `Content-Type` must be `application/json` (parameters allowed).
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let mime = v.split(';').next().unwrap_or("").trim();
+            mime.eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "Unsupported media type",
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// The optional `Idempotency-Key`: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, SendError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > MAX_IDEMPOTENCY_KEY || !b.iter().all(u8::is_ascii_graphic) {
+        return Err(SendError::InvalidRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(b).into_owned()))
+}
+
+/// Reads a request body into a zeroizing buffer, refusing more than
+/// [`MAX_BODY`] bytes as soon as that is known (from `Content-Length`, or
+/// while streaming) and giving up after [`BODY_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: HttpBody) -> Result<Zeroizing<Vec<u8>>, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(Problem::payload_too_large(MAX_BODY));
+    }
+    let cap = declared.map_or(4096, |n| n as usize);
+    match tokio::time::timeout(BODY_TIMEOUT, collect_limited(body, cap)).await {
+        Ok(r) => r,
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "Request timeout",
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+async fn collect_limited(mut body: HttpBody, cap: usize) -> Result<Zeroizing<Vec<u8>>, Problem> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(cap.min(MAX_BODY)));
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| Problem::invalid_request("the request body could not be read"))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(Problem::payload_too_large(MAX_BODY));
+            }
+            if buf.capacity() < buf.len() + data.len() {
+                // Grow by hand so the old allocation is wiped, not just freed.
+                let mut bigger = Zeroizing::new(Vec::with_capacity(
+                    (buf.len() + data.len()).max(buf.len() * 2),
+                ));
+                bigger.extend_from_slice(&buf);
+                buf = bigger;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}

@@ -1,0 +1,324 @@
+//! The HTTPS listener: from an accepted TCP socket to a served HTTP
+//! connection. Shared by the client API and the metrics listener.
+//!
+//! Owns, per connection (one task each, tracked by a `TaskTracker`):
+//! * the connection limit — a semaphore permit is taken at accept; when none
+//!   is left the new socket is closed at once, so overload cannot queue;
+//! * the TLS handshake, with a timeout, using the acceptor current *at accept
+//!   time* ([`ServerTls::acceptor`]), so a SIGHUP reload applies to new
+//!   connections while old ones keep their certificate;
+//! * HTTP/2 when ALPN chose `h2`, HTTP/1.1 otherwise (hyper-util `auto`);
+//! * the header read timeout (HTTP/1.1) and an idle timeout for keep-alive
+//!   connections (both versions): no request in flight for `idle_timeout`
+//!   closes the connection gracefully;
+//! * graceful shutdown: when the token fires the accept loop stops and every
+//!   connection gets `graceful_shutdown()` — in-flight requests finish, idle
+//!   connections close.
+//!
+//! A plaintext HTTP request to a TLS port fails the handshake and the socket
+//! is closed: no HTTP answer is ever written outside TLS.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::{routes, ApiState};
+use crate::config;
+use crate::tls::ServerTls;
+
+/// How long a connection that is shutting down may take to finish its
+/// in-flight requests before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// How often the failed-authentication limiter is pruned.
+const AUTH_HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// Per-listener connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to receive a request's headers (HTTP/1.1).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections at most; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl ConnLimits {
+    /// The limits of `[api]`; the handshake shares the header timeout.
+    pub fn from_api(api: &config::Api) -> Self {
+        ConnLimits {
+            handshake_timeout: api.header_timeout,
+            header_timeout: api.header_timeout,
+            idle_timeout: api.idle_timeout,
+            max_connections: api.max_connections,
+        }
+    }
+
+    /// Limits for the metrics listener (a few scrapers).
+    pub fn metrics() -> Self {
+        ConnLimits {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 32,
+        }
+    }
+}
+
+/// Serves the client API on `listener` over TLS until `shutdown` fires.
+/// Connection tasks are spawned on `tracker`; after this returns, close and
+/// wait on the tracker to let in-flight requests finish.
+pub async fn serve_api(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    state: ApiState,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let auth = state.auth.clone();
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        let mut every = tokio::time::interval(AUTH_HOUSEKEEPING);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = every.tick() => auth.housekeeping(),
+            }
+        }
+    });
+    let router = routes::router(state);
+    accept_loop(
+        listener,
+        Some(tls),
+        router,
+        limits,
+        shutdown,
+        tracker,
+        "api",
+    )
+    .await;
+}
+
+/// Accepts connections until `shutdown` fires; TLS when `tls` is given.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    name: &'static str,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = name, %addr, tls = tls.is_some(), "listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(listener = name, %peer, "connection limit reached; closing");
+            drop(tcp);
+            continue;
+        };
+        let conn = Conn {
+            peer,
+            router: router.clone(),
+            limits,
+            shutdown: shutdown.clone(),
+        };
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            conn.run(tcp, tls).await;
+            drop(permit);
+        });
+    }
+    tracing::info!(listener = name, "stopped accepting");
+}
+
+/// One accepted connection.
+struct Conn {
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+}
+
+impl Conn {
+    async fn run(self, tcp: TcpStream, tls: Option<Arc<ServerTls>>) {
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = tls else {
+            return self.serve(tcp, None).await;
+        };
+        // The acceptor current now: a reload affects only later connections.
+        let acceptor = tls.acceptor();
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp));
+        let stream = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        self.serve(stream, Some(h2)).await
+    }
+
+    /// Serves HTTP on an established stream. `alpn_h2`: `Some` on TLS (the
+    /// ALPN decision), `None` on plaintext (protocol sniffed).
+    async fn serve<S>(self, io: S, alpn_h2: Option<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let svc_activity = activity.clone();
+        let peer = self.peer;
+        let router = self.router;
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let guard = svc_activity.begin();
+            let router = router.clone();
+            async move {
+                let resp = router.oneshot(req).await;
+                drop(guard);
+                resp
+            }
+        });
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .keep_alive(true)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            .max_header_list_size(32 * 1024)
+            .keep_alive_interval(Some(self.limits.idle_timeout))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let builder = match alpn_h2 {
+            Some(true) => builder.http2_only(),
+            Some(false) => builder.http1_only(),
+            None => builder,
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+
+        let check =
+            (self.limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closing = loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                    break false;
+                }
+                _ = self.shutdown.cancelled() => break true,
+                _ = tick.tick() => {
+                    if activity.idle_for() >= self.limits.idle_timeout {
+                        tracing::debug!(peer = %peer, "idle connection closed");
+                        break true;
+                    }
+                }
+            }
+        };
+        if closing {
+            conn.as_mut().graceful_shutdown();
+            if tokio::time::timeout(CLOSE_GRACE, conn.as_mut())
+                .await
+                .is_err()
+            {
+                tracing::debug!(peer = %peer, "connection did not finish in time; dropped");
+            }
+        }
+    }
+}
+
+/// Requests in flight on a connection and when the last one ended.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `start` when a request last began or ended.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ActivityGuard(self.clone())
+    }
+
+    /// Zero while a request is in flight, else time since the last one.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,171 @@
+//! The metrics listener: scraped over real HTTP on loopback (and TLS), checked
+//! with `promtool`, and request counting by route template.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use sms_conduit::api::{serve_metrics, AlwaysReady, MetricsServeError, NoRouteService};
+use sms_conduit::metrics::Metrics;
+use support::{start_api, TestEnv};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs `promtool check metrics` on `text`. Without promtool the test fails
+/// unless `SMS_CONDUIT_SKIP_PROMTOOL=1`.
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var("SMS_CONDUIT_SKIP_PROMTOOL").as_deref() == Ok("1") {
+                eprintln!("promtool not found; skipped (SMS_CONDUIT_SKIP_PROMTOOL=1)");
+                return;
+            }
+            panic!(
+                "promtool is not on PATH: install the Debian package `prometheus` \
+                 (apt-get install prometheus), or set SMS_CONDUIT_SKIP_PROMTOOL=1 to skip"
+            );
+        }
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn start_metrics(metrics: Arc<Metrics>) -> (String, CancellationToken, TaskTracker) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::spawn(serve_metrics(
+        listener,
+        None,
+        metrics,
+        token.clone(),
+        tracker.clone(),
+    ));
+    (url, token, tracker)
+}
+
+#[tokio::test]
+async fn scrape_over_loopback_http_passes_promtool() {
+    let env = TestEnv::new();
+    let api = start_api(&env, NoRouteService, Arc::new(AlwaysReady)).await;
+    let c = env.client();
+    // Some traffic so the request families have series.
+    c.get(api.url("/healthz")).send().await.unwrap();
+    c.get(api.url("/v1/messages/msg_secret42"))
+        .bearer_auth(&env.api_key)
+        .send()
+        .await
+        .unwrap();
+    c.get(api.url("/v1/messages/msg_1")).send().await.unwrap();
+    c.get(api.url("/no/such/path/777")).send().await.unwrap();
+
+    let (url, token, tracker) = start_metrics(api.metrics.clone()).await;
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = r.text().await.unwrap();
+
+    assert!(text.contains("sms_conduit_build_info"));
+    assert!(
+        text.contains(r#"sms_conduit_api_requests_total{route="/healthz",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"sms_conduit_api_requests_total{route="/v1/messages/{id}",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"sms_conduit_api_requests_total{route="/v1/messages/{id}",status="401"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(text.contains("sms_conduit_auth_failures_total 1"), "{text}");
+    // Raw paths never become labels.
+    assert!(!text.contains("msg_secret42") && !text.contains("777"));
+
+    promtool_check(&text);
+
+    let r = reqwest::get(url.replace("/metrics", "/other"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn plaintext_metrics_refused_off_loopback() {
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = serve_metrics(
+        listener,
+        None,
+        Arc::new(Metrics::new()),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, MetricsServeError::PlaintextNotLoopback(_)));
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn metrics_over_tls() {
+    let env = TestEnv::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::spawn(serve_metrics(
+        listener,
+        Some(env.server_tls()),
+        Arc::new(Metrics::new()),
+        token.clone(),
+        tracker.clone(),
+    ));
+    let r = env
+        .client()
+        .get(format!("https://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("sms_conduit_build_info"));
+    // Plain HTTP to the TLS metrics port gets nothing.
+    assert!(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .is_err());
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
