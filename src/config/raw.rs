@@ -92,7 +92,7 @@ fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct RawSmppServer {
     #[serde(default)]
     pub listen: String,
@@ -102,6 +102,17 @@ pub struct RawSmppServer {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_window")]
     pub window: u32,
+}
+
+impl Default for RawSmppServer {
+    fn default() -> Self {
+        RawSmppServer {
+            listen: String::new(),
+            plaintext_listen: String::new(),
+            idle_timeout_secs: default_smpp_idle(),
+            window: default_window(),
+        }
+    }
 }
 
 fn default_smpp_idle() -> u64 {

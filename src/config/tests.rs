@@ -277,3 +277,18 @@ start_text = "s"
         "already bound",
     );
 }
+
+#[test]
+fn optional_tables_take_their_defaults() {
+    let d = dir();
+    let text = valid().replace(
+        "[smpp_server]\nlisten = \"127.0.0.1:3550\"\nplaintext_listen = \"127.0.0.1:2775\"\n",
+        "",
+    );
+    assert!(!text.contains("[smpp_server]"));
+    let cfg = load(&text, &d).unwrap();
+    assert_eq!(cfg.smpp_server.window, 64);
+    assert!(cfg.smpp_server.listen.is_none());
+    assert_eq!(cfg.metrics.listen.port(), 9464);
+    assert_eq!(cfg.audit.retention_days, 2190);
+}
