@@ -6,6 +6,7 @@
 //! [`metrics`], [`tls`] and [`service`] beside them. See `ARCHITECTURE.md`.
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod bench;
 pub mod config;

@@ -20,6 +20,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the appliance (what the systemd unit starts).
+    Run {
+        #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
+        config: PathBuf,
+    },
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Validate a config file; every error names its key. Exit 1 on any error.
     CheckConfig {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
@@ -71,6 +81,24 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new API key once, and the line (its SHA-256) to put in the config.
+    New {
+        /// The `[[clients]] id` the key is for.
+        #[arg(long)]
+        client: String,
+    },
+}
+
+/// Logs go to stderr (journald under systemd). `RUST_LOG` filters; the
+/// default keeps rusmpp's per-PDU tracing off.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rusmpp=off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -84,6 +112,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(sms_conduit::app::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::New { client } } => {
+            let (key, hash) = sms_conduit::api::new_key();
+            println!("API key for client {client:?} (shown once; give it to the client, store it nowhere else):");
+            println!("  {key}");
+            println!("Add its hash to [[clients]] id = {client:?} in the config:");
+            println!("  key_sha256 = [\"{hash}\"]");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Bench {
             url,

@@ -1,0 +1,222 @@
+//! The appliance: builds every part from a validated [`Config`], runs it, and
+//! takes it down in order.
+//!
+//! Owns: start-up order (store before listeners, listeners before `READY=1`),
+//! SIGHUP reload (config, keys, certificates — binds that did not change are
+//! kept), and the drain on SIGTERM (stop accepting, finish in-flight work,
+//! unbind, flush and close the store) within `node.drain_secs`.
+//!
+//! [`App::start`] is what the integration tests run in-process on
+//! `127.0.0.1:0`; [`run`] adds the process concerns (hardening, signals,
+//! systemd notify) for `sms-conduit run`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState, Authenticator, ConnLimits};
+use crate::config::{Config, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::service::{self, notify, Event, Shutdown, Signals};
+use crate::store::{Store, StoreError};
+use crate::tls::{ClientAuth, ServerTls, TlsError};
+
+/// Why the appliance could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Service(#[from] service::ServiceError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Addresses the listeners actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// A running appliance.
+pub struct App {
+    pub bound: Bound,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    config: Config,
+    shutdown: Shutdown,
+    api_tls: Arc<ServerTls>,
+    metrics_tls: Option<Arc<ServerTls>>,
+    auth: Arc<Authenticator>,
+}
+
+async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Listen { what, addr, source })
+}
+
+/// `/readyz`: the store is open and every priority-1 carrier has a bound session.
+struct Ready {
+    store: Store,
+}
+
+impl api::Readiness for Ready {
+    fn ready(&self) -> Result<(), String> {
+        self.store.read(|_| Ok(())).map_err(|_| "store is not open".to_string())
+    }
+}
+
+impl App {
+    /// Opens the store, binds every listener and starts every task.
+    pub async fn start(config: Config) -> Result<App, AppError> {
+        let errors = crate::preflight::check_tls_material(&config);
+        if !errors.is_empty() {
+            return Err(AppError::Config(ConfigErrors(errors)));
+        }
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(&config.node.state_dir, Some(metrics.clone()))?;
+        let shutdown = Shutdown::new();
+
+        let api_tls = ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], ClientAuth::None)?;
+        let auth = Arc::new(Authenticator::new(&config.clients, Arc::new(api::NoAudit), metrics.clone()));
+        let state = ApiState::new(
+            api::NoRouteService,
+            Arc::new(Ready { store: store.clone() }),
+            auth.clone(),
+            metrics.clone(),
+        );
+        let api_listener = listen("api.listen", config.api.listen).await?;
+        let metrics_listener = listen("metrics.listen", config.metrics.listen).await?;
+        let bound = Bound {
+            api: api_listener.local_addr().map_err(|e| AppError::Other(e.to_string()))?,
+            metrics: metrics_listener.local_addr().map_err(|e| AppError::Other(e.to_string()))?,
+        };
+        let metrics_tls = if config.metrics.tls {
+            Some(ServerTls::load(&config.tls, &[b"http/1.1"], ClientAuth::None)?)
+        } else {
+            None
+        };
+
+        let limits = ConnLimits::from_api(&config.api);
+        let (token, tracker) = (shutdown.token(), shutdown.tracker().clone());
+        let tls = api_tls.clone();
+        shutdown.spawn("api", async move { api::serve_api(api_listener, tls, state, limits, token, tracker).await });
+        let (token, tracker, m, tls) =
+            (shutdown.token(), shutdown.tracker().clone(), metrics.clone(), metrics_tls.clone());
+        shutdown.spawn("metrics", async move {
+            if let Err(e) = api::serve_metrics(metrics_listener, tls, m, token, tracker).await {
+                tracing::error!("metrics listener stopped: {e}");
+            }
+        });
+        tracing::info!(api = %bound.api, metrics = %bound.metrics, node = %config.node.id, "listening");
+        Ok(App { bound, metrics, store, config, shutdown, api_tls, metrics_tls, auth })
+    }
+
+    /// The running configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies a new configuration: API keys and TLS certificates now;
+    /// listener addresses and the state dir need a restart (reported, not
+    /// applied).
+    pub async fn reload(&mut self, new: Config) -> Result<(), AppError> {
+        let errors = crate::preflight::check_tls_material(&new);
+        if !errors.is_empty() {
+            return Err(AppError::Config(ConfigErrors(errors)));
+        }
+        self.api_tls.reload(&new.tls)?;
+        if let Some(t) = &self.metrics_tls {
+            t.reload(&new.tls)?;
+        }
+        self.auth.reload(&new.clients);
+        if new.api.listen != self.config.api.listen
+            || new.metrics.listen != self.config.metrics.listen
+            || new.node.state_dir != self.config.node.state_dir
+        {
+            tracing::warn!("listener addresses and node.state_dir change only on restart");
+        }
+        tracing::info!(config_sha256 = %new.file_sha256, "configuration reloaded");
+        self.config = new;
+        Ok(())
+    }
+
+    /// Drains within `deadline`: stop accepting, let in-flight requests and
+    /// sessions finish, then flush and close the store. Returns whether every
+    /// task finished in time.
+    pub async fn stop(self, deadline: Duration) -> bool {
+        let clean = self.shutdown.drain(deadline).await;
+        if let Err(e) = self.store.close().await {
+            tracing::error!("closing the store: {e}");
+        }
+        clean
+    }
+}
+
+/// `sms-conduit run`: the appliance under systemd (or a terminal).
+pub async fn run(config_path: &Path) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    service::harden_process(config.node.lock_memory)?;
+    let mut signals = Signals::new()?;
+    let drain = config.node.drain;
+    let mut app = App::start(config).await?;
+
+    let watchdog = notify::Watchdog::from_env();
+    let heartbeat = watchdog.as_ref().map(|w| w.heartbeat());
+    let beat_every = watchdog.as_ref().map_or(Duration::from_secs(5), |w| w.beat_every());
+    let watchdog_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(w) = watchdog {
+        w.spawn(watchdog_stop.clone());
+    }
+    notify_or_log(notify::ready());
+    let mut tick = tokio::time::interval(beat_every);
+    loop {
+        tokio::select! {
+            ev = signals.recv() => match ev {
+                Event::Reload => {
+                    notify_or_log(notify::reloading());
+                    match Config::load(config_path) {
+                        Ok(new) => {
+                            if let Err(e) = app.reload(new).await {
+                                tracing::error!("reload refused, keeping the running configuration: {e}");
+                            }
+                        }
+                        Err(e) => tracing::error!("reload refused, keeping the running configuration:\n{e}"),
+                    }
+                    notify_or_log(notify::ready());
+                }
+                Event::Shutdown => break,
+            },
+            _ = tick.tick() => {
+                if let Some(h) = &heartbeat {
+                    h.beat();
+                }
+            }
+        }
+    }
+    notify_or_log(notify::stopping());
+    tracing::info!("draining (up to {} s)", drain.as_secs());
+    let clean = app.stop(drain).await;
+    watchdog_stop.cancel();
+    if clean {
+        tracing::info!("stopped cleanly");
+        Ok(())
+    } else {
+        Err(AppError::Other("drain deadline passed with work still in flight".into()))
+    }
+}
+
+fn notify_or_log(r: Result<(), service::ServiceError>) {
+    if let Err(e) = r {
+        tracing::warn!("systemd notify: {e}");
+    }
+}
