@@ -214,7 +214,10 @@ fn check_part_limits(enc: &Encoded) {
             Encoding::Ucs2 => {
                 assert_eq!(payload.len() % 2, 0);
                 let hi = payload[payload.len() - 2];
-                assert!(!(0xD8..=0xDB).contains(&hi), "part ends on a high surrogate");
+                assert!(
+                    !(0xD8..=0xDB).contains(&hi),
+                    "part ends on a high surrogate"
+                );
             }
         }
     }
