@@ -23,6 +23,35 @@ use sms_conduit::smpp::{
 };
 use tokio_util::codec::{Decoder, Encoder};
 
+/// Counts heap allocations per thread, so the `analyze` property can check
+/// that the API's hot-path call never allocates (other tests run in parallel
+/// on other threads and do not disturb the count).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: delegates every call to `System` unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(std::cell::Cell::get)
+}
+
 /// Every character of GSM 03.38 (default alphabet and extension table).
 const GSM_CHARS: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
 ¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€\u{0C}";
@@ -301,6 +330,20 @@ proptest! {
     }
 
     #[test]
+    fn analyze_never_allocates_and_encode_allocates_twice(text in ".{0,500}") {
+        let before = allocations();
+        let info = encoding::analyze(&text);
+        prop_assert_eq!(allocations(), before);
+        prop_assert!(info.segments <= info.units);
+        // encode: one zeroizing buffer plus one range list, whatever the
+        // number of parts (this also proves the counter counts).
+        if let Ok(enc) = encoding::encode(&text, 1) {
+            prop_assert_eq!(allocations() - before, 2);
+            drop(enc);
+        }
+    }
+
+    #[test]
     fn unicode_text_round_trips(text in ".{1,300}", reference in any::<u8>()) {
         let info = encoding::analyze(&text);
         let enc = encoding::encode(&text, reference).unwrap();
@@ -327,4 +370,26 @@ fn seed_pdus_decode_and_parse() {
     let receipt = dlr::parse(sm.short_message().as_ref(), &ReceiptTlvs::default()).unwrap();
     assert_eq!(receipt.message_id, "1A2B");
     assert_eq!(receipt.state, dlr::ReceiptState::Delivered);
+}
+
+/// Documents a rusmpp 0.4 behaviour the session must design around: when a
+/// PDU body fails to decode, `CommandCodec` has consumed only part of it, so
+/// the next `decode` reads body bytes as a header. After any decode error
+/// the session must answer generic_nack and close the connection rather than
+/// keep reading. (If this starts failing after a rusmpp upgrade, the codec
+/// skips whole bad PDUs and the session could keep the connection.)
+#[test]
+fn codec_error_mid_pdu_leaves_the_rest_in_the_buffer() {
+    let mut bad = submit_sm_bytes();
+    let bad_len = bad.len();
+    for b in bad.iter_mut().skip(16).take(40) {
+        *b = 0xFF; // no NUL terminators: service_type/addresses overrun
+    }
+    bad.extend_from_slice(&deliver_sm_bytes());
+    let mut buf = BytesMut::from(&bad[..]);
+    let mut codec = CommandCodec::new().with_max_length(65536);
+    assert!(codec.decode(&mut buf).is_err());
+    let consumed = bad.len() - buf.len();
+    assert!(consumed < bad_len, "consumed {consumed} of {bad_len}");
+    assert!(codec.decode(&mut buf).is_err(), "framing is lost");
 }
