@@ -640,8 +640,9 @@ fn into_plain(mut text: Zeroizing<String>) -> String {
 /// GSM 7-bit unpacked: one septet per octet, ESC introduces the extension
 /// table; an unknown extension shows its default-table character (23.038).
 fn decode_gsm7(bytes: &[u8]) -> Result<String, DecodeError> {
-    // Worst case 3 UTF-8 octets per septet (€ is 2 septets → 3 octets).
-    let mut text = text_buffer(bytes.len().saturating_mul(3));
+    // Every default-table character is at most 2 UTF-8 octets (all are
+    // below U+0800); € (3 octets) costs 2 septets. So 2 octets per septet.
+    let mut text = text_buffer(bytes.len().saturating_mul(2));
     let mut iter = bytes.iter().copied().enumerate();
     while let Some((offset, septet)) = iter.next() {
         let basic = gsm_basic(septet, offset)?;
@@ -747,6 +748,7 @@ mod tests {
                 continue;
             }
             let ch = GSM_BASIC[usize::from(septet)];
+            assert!(ch.len_utf8() <= 2, "decode_gsm7 reserves 2 octets/septet");
             assert_eq!(
                 gsm_encode(ch),
                 Some(Gsm::Basic(septet)),
@@ -760,6 +762,7 @@ mod tests {
     #[test]
     fn every_extension_char_costs_two_septets() {
         for (septet, ch) in GSM_EXT {
+            assert!(ch.len_utf8() <= 4, "decode_gsm7 reserves 2 octets/septet");
             let text = format!("a{ch}b");
             let info = analyze(&text);
             assert_eq!(info.encoding, Encoding::Gsm7, "{ch:?}");
