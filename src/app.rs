@@ -34,7 +34,11 @@ pub enum AppError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {what} {addr}: {source}")]
-    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Service(#[from] service::ServiceError),
     #[error("{0}")]
@@ -61,7 +65,9 @@ pub struct App {
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Listen { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen { what, addr, source })
 }
 
 /// `/readyz`: the store is open and every priority-1 carrier has a bound session.
@@ -71,7 +77,9 @@ struct Ready {
 
 impl api::Readiness for Ready {
     fn ready(&self) -> Result<(), String> {
-        self.store.read(|_| Ok(())).map_err(|_| "store is not open".to_string())
+        self.store
+            .read(|_| Ok(()))
+            .map_err(|_| "store is not open".to_string())
     }
 }
 
@@ -87,21 +95,35 @@ impl App {
         let shutdown = Shutdown::new();
 
         let api_tls = ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], ClientAuth::None)?;
-        let auth = Arc::new(Authenticator::new(&config.clients, Arc::new(api::NoAudit), metrics.clone()));
+        let auth = Arc::new(Authenticator::new(
+            &config.clients,
+            Arc::new(api::NoAudit),
+            metrics.clone(),
+        ));
         let state = ApiState::new(
             api::NoRouteService,
-            Arc::new(Ready { store: store.clone() }),
+            Arc::new(Ready {
+                store: store.clone(),
+            }),
             auth.clone(),
             metrics.clone(),
         );
         let api_listener = listen("api.listen", config.api.listen).await?;
         let metrics_listener = listen("metrics.listen", config.metrics.listen).await?;
         let bound = Bound {
-            api: api_listener.local_addr().map_err(|e| AppError::Other(e.to_string()))?,
-            metrics: metrics_listener.local_addr().map_err(|e| AppError::Other(e.to_string()))?,
+            api: api_listener
+                .local_addr()
+                .map_err(|e| AppError::Other(e.to_string()))?,
+            metrics: metrics_listener
+                .local_addr()
+                .map_err(|e| AppError::Other(e.to_string()))?,
         };
         let metrics_tls = if config.metrics.tls {
-            Some(ServerTls::load(&config.tls, &[b"http/1.1"], ClientAuth::None)?)
+            Some(ServerTls::load(
+                &config.tls,
+                &[b"http/1.1"],
+                ClientAuth::None,
+            )?)
         } else {
             None
         };
@@ -109,16 +131,31 @@ impl App {
         let limits = ConnLimits::from_api(&config.api);
         let (token, tracker) = (shutdown.token(), shutdown.tracker().clone());
         let tls = api_tls.clone();
-        shutdown.spawn("api", async move { api::serve_api(api_listener, tls, state, limits, token, tracker).await });
-        let (token, tracker, m, tls) =
-            (shutdown.token(), shutdown.tracker().clone(), metrics.clone(), metrics_tls.clone());
+        shutdown.spawn("api", async move {
+            api::serve_api(api_listener, tls, state, limits, token, tracker).await
+        });
+        let (token, tracker, m, tls) = (
+            shutdown.token(),
+            shutdown.tracker().clone(),
+            metrics.clone(),
+            metrics_tls.clone(),
+        );
         shutdown.spawn("metrics", async move {
             if let Err(e) = api::serve_metrics(metrics_listener, tls, m, token, tracker).await {
                 tracing::error!("metrics listener stopped: {e}");
             }
         });
         tracing::info!(api = %bound.api, metrics = %bound.metrics, node = %config.node.id, "listening");
-        Ok(App { bound, metrics, store, config, shutdown, api_tls, metrics_tls, auth })
+        Ok(App {
+            bound,
+            metrics,
+            store,
+            config,
+            shutdown,
+            api_tls,
+            metrics_tls,
+            auth,
+        })
     }
 
     /// The running configuration.
@@ -172,7 +209,9 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
 
     let watchdog = notify::Watchdog::from_env();
     let heartbeat = watchdog.as_ref().map(|w| w.heartbeat());
-    let beat_every = watchdog.as_ref().map_or(Duration::from_secs(5), |w| w.beat_every());
+    let beat_every = watchdog
+        .as_ref()
+        .map_or(Duration::from_secs(5), |w| w.beat_every());
     let watchdog_stop = tokio_util::sync::CancellationToken::new();
     if let Some(w) = watchdog {
         w.spawn(watchdog_stop.clone());
@@ -211,7 +250,9 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
         tracing::info!("stopped cleanly");
         Ok(())
     } else {
-        Err(AppError::Other("drain deadline passed with work still in flight".into()))
+        Err(AppError::Other(
+            "drain deadline passed with work still in flight".into(),
+        ))
     }
 }
 

@@ -96,7 +96,11 @@ enum KeysCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rusmpp=off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -118,7 +122,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(sms_conduit::app::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { command: KeysCommand::New { client } } => {
+        Command::Keys {
+            command: KeysCommand::New { client },
+        } => {
             let (key, hash) = sms_conduit::api::new_key();
             println!("API key for client {client:?} (shown once; give it to the client, store it nowhere else):");
             println!("  {key}");

@@ -60,7 +60,11 @@ campaigns = ["C1"]
 "#
     );
     std::fs::write(dir.path().join("sms-conduit.toml"), toml).unwrap();
-    Files { dir, cert_pem: ss.cert_pem, api_key }
+    Files {
+        dir,
+        cert_pem: ss.cert_pem,
+        api_key,
+    }
 }
 
 /// Reads the child's stderr lines into a channel.
@@ -114,7 +118,8 @@ fn run_notifies_serves_reloads_and_drains() {
     let f = files();
     let notify_path = f.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
         .args(["run", "--config"])
         .arg(f.dir.path().join("sms-conduit.toml"))
@@ -126,7 +131,7 @@ fn run_notifies_serves_reloads_and_drains() {
         .unwrap();
     let rx = lines(&mut child);
     let mut log = Vec::new();
-    let line = wait_line(&rx, "listening", &mut log);
+    let line = wait_line(&rx, "listening api=", &mut log);
     wait_notify(&sock, "READY=1");
     let api: std::net::SocketAddr = line
         .split("api=")
@@ -143,10 +148,23 @@ fn run_notifies_serves_reloads_and_drains() {
         .build()
         .unwrap();
     let base = format!("https://localhost:{}", api.port());
-    let status = rt.block_on(async { client.get(format!("{base}/healthz")).send().await.unwrap().status() });
+    let status = rt.block_on(async {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
     assert_eq!(status, 200);
     let status = rt.block_on(async {
-        client.get(format!("{base}/v1/messages/msg_x")).bearer_auth(&f.api_key).send().await.unwrap().status()
+        client
+            .get(format!("{base}/v1/messages/msg_x"))
+            .bearer_auth(&f.api_key)
+            .send()
+            .await
+            .unwrap()
+            .status()
     });
     assert_eq!(status, 404, "an authenticated request reaches the service");
 
@@ -156,12 +174,15 @@ fn run_notifies_serves_reloads_and_drains() {
     wait_notify(&sock, "READY=1");
 
     // The process refuses core dumps.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     assert!(
         std::fs::read_to_string(format!("/proc/{}/limits", child.id()))
             .unwrap_or_default()
             .lines()
-            .any(|l| l.starts_with("Max core file size") && l.split_whitespace().nth(4) == Some("0")),
+            .any(
+                |l| l.starts_with("Max core file size") && l.split_whitespace().nth(4) == Some("0")
+            ),
         "RLIMIT_CORE is 0"
     );
     drop(status);
@@ -173,13 +194,20 @@ fn run_notifies_serves_reloads_and_drains() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "did not exit within the drain time");
+        assert!(
+            Instant::now() < deadline,
+            "did not exit within the drain time"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(code.success(), "exit status {code:?}");
     while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
         log.push(l);
     }
-    assert!(log.iter().any(|l| l.contains("stopped cleanly")), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("stopped cleanly")),
+        "{}",
+        log.join("\n")
+    );
     assert!(f.dir.path().join("state/sms-conduit.redb").exists());
 }
