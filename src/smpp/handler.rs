@@ -1,0 +1,161 @@
+//! The seam between SMPP and the relay: what a session does with a message
+//! PDU the peer sent (deliver_sm, data_sm, or submit_sm from a peer bound to
+//! our server).
+//!
+//! Owns: [`InboundMessage`] (the decoded, text-redacting form of those PDUs),
+//! the [`InboundHandler`] trait, [`TempErrorHandler`] (the default until the
+//! relay exists) and [`RecordingHandler`] (for tests).
+//!
+//! Must not know: receipt text formats, opt-out keywords, webhooks.
+//!
+//! Invariants: the message bytes live in zeroizing buffers, and `Debug` never
+//! prints them (only lengths) nor an unmasked number.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use rusmpp::CommandStatus;
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::types::masked;
+
+/// Which PDU an [`InboundMessage`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundKind {
+    DeliverSm,
+    DataSm,
+    SubmitSm,
+}
+
+/// Receipt TLVs as the peer sent them; all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiptTlvs {
+    /// `receipted_message_id` (0x001E): the carrier's id of the original MT.
+    pub receipted_message_id: Option<String>,
+    /// `message_state` (0x0427): 2 = delivered, 5 = undeliverable, …
+    pub message_state: Option<u8>,
+    /// `network_error_code` (0x0423): network type and error code.
+    pub network_error_code: Option<(u8, u16)>,
+}
+
+/// A message PDU received from a peer. The text bytes are zeroized on drop.
+pub struct InboundMessage {
+    pub kind: InboundKind,
+    pub source_addr_ton: u8,
+    pub source_addr: String,
+    pub dest_addr_ton: u8,
+    pub dest_addr: String,
+    /// 0x04 = delivery receipt; 0x40 = UDH present.
+    pub esm_class: u8,
+    pub data_coding: u8,
+    pub registered_delivery: u8,
+    /// `short_message` bytes as received (empty when the payload TLV is used).
+    pub short_message: Zeroizing<Vec<u8>>,
+    /// `message_payload` TLV bytes, when present.
+    pub message_payload: Option<Zeroizing<Vec<u8>>>,
+    pub receipt: ReceiptTlvs,
+    /// For submit_sm/data_sm: the message id the session will answer with
+    /// when the handler returns `ESME_ROK`.
+    pub message_id: Option<String>,
+}
+
+impl InboundMessage {
+    /// True for a delivery receipt (esm_class message type 0x04 or 0x08, or
+    /// a `receipted_message_id` TLV).
+    pub fn is_receipt(&self) -> bool {
+        matches!(self.esm_class & 0x3C, 0x04 | 0x08) || self.receipt.receipted_message_id.is_some()
+    }
+
+    /// The text bytes: the payload TLV when present, else `short_message`.
+    pub fn body_bytes(&self) -> &[u8] {
+        match &self.message_payload {
+            Some(p) => p,
+            None => &self.short_message,
+        }
+    }
+}
+
+impl fmt::Debug for InboundMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundMessage")
+            .field("kind", &self.kind)
+            .field("source_addr", &masked(&self.source_addr))
+            .field("dest_addr", &masked(&self.dest_addr))
+            .field("esm_class", &self.esm_class)
+            .field("data_coding", &self.data_coding)
+            .field("short_message_len", &self.short_message.len())
+            .field(
+                "message_payload_len",
+                &self.message_payload.as_ref().map(|p| p.len()),
+            )
+            .field("receipt", &self.receipt)
+            .field("message_id", &self.message_id)
+            .finish()
+    }
+}
+
+/// What the relay implements to take messages from SMPP peers. The returned
+/// status is sent to the peer in the matching `_resp`; `ESME_ROK` acknowledges
+/// the message, `ESME_RX_T_APPN` asks the peer to retry later.
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Handles one message from `link` (carrier or peer name from config).
+    fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus>;
+}
+
+/// Answers `ESME_RX_T_APPN` (temporary application error) to everything, so
+/// carriers keep MO and receipts queued until a real handler exists.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TempErrorHandler;
+
+impl InboundHandler for TempErrorHandler {
+    fn deliver<'a>(&'a self, _link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
+        drop(msg);
+        Box::pin(async { CommandStatus::EsmeRxTAppn })
+    }
+}
+
+/// A handler for tests: forwards every message to a channel and answers a
+/// fixed status.
+pub struct RecordingHandler {
+    tx: mpsc::Sender<(String, InboundMessage)>,
+    status: Mutex<CommandStatus>,
+}
+
+impl RecordingHandler {
+    /// A handler answering `ESME_ROK`, and the receiving end of its channel.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<(String, InboundMessage)>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            RecordingHandler {
+                tx,
+                status: Mutex::new(CommandStatus::EsmeRok),
+            },
+            rx,
+        )
+    }
+
+    /// Changes the status answered from now on.
+    pub fn set_status(&self, status: CommandStatus) {
+        match self.status.lock() {
+            Ok(mut g) => *g = status,
+            Err(p) => *p.into_inner() = status,
+        }
+    }
+}
+
+impl InboundHandler for RecordingHandler {
+    fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
+        let status = match self.status.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        Box::pin(async move {
+            if self.tx.send((link.to_owned(), msg)).await.is_err() {
+                return CommandStatus::EsmeRxTAppn;
+            }
+            status
+        })
+    }
+}
