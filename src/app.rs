@@ -20,15 +20,20 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState, Authenticator, ConnLimits};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::service::{self, notify, Event, Shutdown, Signals};
+use crate::smpp::{self, Pool, ServerHandle};
+use crate::store::shared::LocalShared;
 use crate::store::{Store, StoreError};
 use crate::tls::{ClientAuth, ServerTls, TlsError};
 
 /// Why the appliance could not start or reload.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    // Not `#[from]`: that would also make it the `source`, and `{:#}`
+    // would print every error twice.
     #[error("invalid configuration:\n{0}")]
-    Config(#[from] ConfigErrors),
+    Config(ConfigErrors),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error("store: {0}")]
@@ -45,11 +50,21 @@ pub enum AppError {
     Other(String),
 }
 
+impl From<ConfigErrors> for AppError {
+    fn from(e: ConfigErrors) -> Self {
+        AppError::Config(e)
+    }
+}
+
 /// Addresses the listeners actually bound (port 0 resolved).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub api: SocketAddr,
     pub metrics: SocketAddr,
+    /// `[smpp_server] listen` (TLS), when configured.
+    pub smpp: Option<SocketAddr>,
+    /// `[smpp_server] plaintext_listen` (loopback), when configured.
+    pub smpp_plaintext: Option<SocketAddr>,
 }
 
 /// A running appliance.
@@ -62,6 +77,9 @@ pub struct App {
     api_tls: Arc<ServerTls>,
     metrics_tls: Option<Arc<ServerTls>>,
     auth: Arc<Authenticator>,
+    relay: Relay,
+    smpp_tls: Option<Arc<ServerTls>>,
+    smpp_server: Option<ServerHandle>,
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -73,13 +91,26 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, App
 /// `/readyz`: the store is open and every priority-1 carrier has a bound session.
 struct Ready {
     store: Store,
+    /// Pools of the priority-1 carriers.
+    first: Vec<Pool>,
 }
 
 impl api::Readiness for Ready {
     fn ready(&self) -> Result<(), String> {
         self.store
             .read(|_| Ok(()))
-            .map_err(|_| "store is not open".to_string())
+            .map_err(|_| "store is not open".to_string())?;
+        let down: Vec<&str> = self
+            .first
+            .iter()
+            .filter(|p| p.bound_sessions() == 0)
+            .map(|p| p.name())
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no bound session for carrier {}", down.join(", ")))
+        }
     }
 }
 
@@ -94,6 +125,62 @@ impl App {
         let store = Store::open(&config.node.state_dir, Some(metrics.clone()))?;
         let shutdown = Shutdown::new();
 
+        // Carriers first: binds proceed while the listeners come up.
+        let inbound: Arc<dyn smpp::InboundHandler> = Arc::new(smpp::TempErrorHandler);
+        let pools: Vec<Pool> = config
+            .carriers
+            .iter()
+            .map(|c| {
+                Pool::start(
+                    c.clone(),
+                    metrics.clone(),
+                    inbound.clone(),
+                    shutdown.token(),
+                )
+            })
+            .collect();
+        let shared = Arc::new(LocalShared::new(store.clone()));
+        let relay = Relay::new(
+            &config,
+            pools.clone(),
+            store.clone(),
+            shared,
+            metrics.clone(),
+        );
+        let first = config
+            .carriers
+            .iter()
+            .zip(&pools)
+            .filter(|(c, _)| c.priority == 1)
+            .map(|(_, p)| p.clone())
+            .collect();
+
+        let smpp_tls = match config.smpp_server.listen {
+            Some(_) => Some(ServerTls::load(
+                &config.tls,
+                &[],
+                ClientAuth::RequireIfConfigured,
+            )?),
+            None => None,
+        };
+        let smpp_server = if config.smpp_server.listen.is_some()
+            || config.smpp_server.plaintext_listen.is_some()
+        {
+            let server = smpp::start_server(
+                &config.smpp_server,
+                smpp_tls.clone(),
+                config.peers.clone(),
+                inbound.clone(),
+                metrics.clone(),
+                shutdown.token(),
+            )
+            .await
+            .map_err(|e| AppError::Other(format!("smpp_server: {e}")))?;
+            Some(server)
+        } else {
+            None
+        };
+
         let api_tls = ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], ClientAuth::None)?;
         let auth = Arc::new(Authenticator::new(
             &config.clients,
@@ -101,9 +188,10 @@ impl App {
             metrics.clone(),
         ));
         let state = ApiState::new(
-            api::NoRouteService,
+            relay.clone(),
             Arc::new(Ready {
                 store: store.clone(),
+                first,
             }),
             auth.clone(),
             metrics.clone(),
@@ -117,6 +205,8 @@ impl App {
             metrics: metrics_listener
                 .local_addr()
                 .map_err(|e| AppError::Other(e.to_string()))?,
+            smpp: smpp_server.as_ref().and_then(|s| s.local_addr()),
+            smpp_plaintext: smpp_server.as_ref().and_then(|s| s.plaintext_addr()),
         };
         let metrics_tls = if config.metrics.tls {
             Some(ServerTls::load(
@@ -155,7 +245,15 @@ impl App {
             api_tls,
             metrics_tls,
             auth,
+            relay,
+            smpp_tls,
+            smpp_server,
         })
+    }
+
+    /// The relay (send path), e.g. for in-process tests.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
     }
 
     /// The running configuration.
@@ -175,7 +273,11 @@ impl App {
         if let Some(t) = &self.metrics_tls {
             t.reload(&new.tls)?;
         }
+        if let Some(t) = &self.smpp_tls {
+            t.reload(&new.tls)?;
+        }
         self.auth.reload(&new.clients);
+        self.relay.reload(&new);
         if new.api.listen != self.config.api.listen
             || new.metrics.listen != self.config.metrics.listen
             || new.node.state_dir != self.config.node.state_dir
@@ -192,6 +294,17 @@ impl App {
     /// task finished in time.
     pub async fn stop(self, deadline: Duration) -> bool {
         let clean = self.shutdown.drain(deadline).await;
+        // Sessions unbind when the token fires; wait for them within the
+        // same deadline.
+        let sessions = async {
+            for p in self.relay.pools() {
+                p.wait().await;
+            }
+            if let Some(s) = &self.smpp_server {
+                s.wait().await;
+            }
+        };
+        let clean = clean && tokio::time::timeout(deadline, sessions).await.is_ok();
         if let Err(e) = self.store.close().await {
             tracing::error!("closing the store: {e}");
         }

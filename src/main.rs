@@ -25,6 +25,30 @@ enum Command {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
         config: PathBuf,
     },
+    /// A simulated carrier SMSC for tests, demos and benchmarks.
+    SimCarrier {
+        #[arg(long, default_value = "127.0.0.1:2775")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate (with --tls-key: SMPP over TLS).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Only this system_id may bind (with --password).
+        #[arg(long, requires = "password")]
+        system_id: Option<String>,
+        #[arg(long, requires = "system_id")]
+        password: Option<String>,
+        /// Delay before the delivery receipt.
+        #[arg(long, default_value_t = 100)]
+        dlr_delay_ms: u64,
+        /// Fraction (0 to 1) of submits refused with ESME_RSUBMITFAIL.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Above this many submits per second answer ESME_RTHROTTLED; 0 = never.
+        #[arg(long, default_value_t = 0)]
+        throttle_tps: u32,
+    },
     /// API keys.
     Keys {
         #[command(subcommand)]
@@ -120,6 +144,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(sms_conduit::app::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SimCarrier {
+            listen,
+            tls_cert,
+            tls_key,
+            system_id,
+            password,
+            dlr_delay_ms,
+            fail_rate,
+            throttle_tps,
+        } => {
+            init_logging();
+            if !(0.0..=1.0).contains(&fail_rate) {
+                anyhow::bail!("--fail-rate must be between 0 and 1");
+            }
+            let mut opts = sms_conduit::smpp::sim::SimOptions::new(listen);
+            opts.tls = tls_cert.zip(tls_key);
+            opts.system_id = system_id;
+            opts.password = password;
+            opts.dlr_delay = std::time::Duration::from_millis(dlr_delay_ms);
+            opts.fail_rate = fail_rate;
+            opts.throttle_tps = throttle_tps;
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let sim = sms_conduit::smpp::sim::start_sim(opts, stop.clone()).await?;
+                eprintln!("sim-carrier listening on {}", sim.local_addr());
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                stop.cancel();
+                sim.wait().await;
+                anyhow::Ok(sim.report())
+            })?;
+            println!(
+                "binds {}  bind failures {}  submits {}  accepted {}  failed {}  throttled {}  receipts sent {}  mo sent {}",
+                report.binds,
+                report.bind_failures,
+                report.submits,
+                report.accepted,
+                report.failed,
+                report.throttled,
+                report.receipts_sent,
+                report.mo_sent
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {

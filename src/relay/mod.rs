@@ -8,3 +8,7 @@
 pub mod limits;
 pub mod record;
 pub mod route;
+
+pub mod service;
+
+pub use service::Relay;

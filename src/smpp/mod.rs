@@ -23,9 +23,9 @@
 //! numbers are masked in logs; no lock is held across an `.await`.
 
 pub mod bind;
+pub mod codec;
 pub mod dlr;
 pub mod encoding;
-pub mod codec;
 pub mod handler;
 pub mod pdu;
 pub mod pool;

@@ -1,0 +1,575 @@
+//! The send path: `POST /v1/messages` from an authenticated client to a
+//! carrier's submit_sm_resp, and `GET /v1/messages/{id}`.
+//!
+//! Order of checks (cheapest and most specific first, nothing consumed by a
+//! refusal): campaign allowed → sender in campaign → text fits 10 segments →
+//! idempotency key → opt-out → a bound route → campaign/number rate →
+//! brand daily cap → encode and submit every segment → metadata committed →
+//! 201. The text lives only in the request's [`Body`] and the encoder's
+//! zeroizing buffer, for the life of this call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use zeroize::Zeroizing;
+
+use super::limits::{local_day, Limits, Refusal};
+use super::record::{self, Idem, MessageRecord};
+use super::route::Routes;
+use crate::api::{
+    ClientId, Encoding as ApiEncoding, MessageService, MessageStatus, MessageView, SendAccepted,
+    SendError, SendRequest,
+};
+use crate::config::{Brand, Campaign, Config};
+use crate::metrics::Metrics;
+use crate::smpp::encoding::{self, Encoding};
+use crate::smpp::{dlr, Pool, SmppError, SubmitRequest};
+use crate::store::shared::SharedState;
+use crate::store::Store;
+use crate::types::{Pseudonym, Secret, E164};
+
+/// At most this many segments per message (SPEC §4).
+pub const MAX_SEGMENTS: usize = 10;
+
+/// The config the send path reads, swapped whole on reload.
+struct View {
+    /// client id → campaign ids it may use.
+    clients: HashMap<String, HashSet<String>>,
+    campaigns: HashMap<String, Campaign>,
+    brands: HashMap<String, Brand>,
+    routes: Routes,
+}
+
+impl View {
+    fn new(cfg: &Config) -> Self {
+        View {
+            clients: cfg
+                .clients
+                .iter()
+                .map(|c| (c.id.clone(), c.campaigns.iter().cloned().collect()))
+                .collect(),
+            campaigns: cfg
+                .campaigns
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+            brands: cfg
+                .brands
+                .iter()
+                .map(|b| (b.id.clone(), b.clone()))
+                .collect(),
+            routes: Routes::new(&cfg.carriers),
+        }
+    }
+}
+
+/// The relay: implements the API's [`MessageService`].
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // std lock: read-and-clone only, never held across an await.
+    view: RwLock<Arc<View>>,
+    limits: RwLock<Arc<Limits>>,
+    /// One pool per `[[carriers]]` entry, in config order (as `Routes`).
+    pools: Vec<Pool>,
+    store: Store,
+    shared: Arc<dyn SharedState>,
+    metrics: Arc<Metrics>,
+    pseudonym_key: Secret,
+    /// Concatenation reference for the next multi-part message.
+    reference: AtomicU8,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn read<T: ?Sized>(l: &RwLock<Arc<T>>) -> Arc<T> {
+    match l.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+/// A new message id: `msg_` + 12 hex digits of milliseconds + 12 random hex digits.
+fn message_id() -> String {
+    let r: u64 = rand::random::<u64>() & 0xFFFF_FFFF_FFFF;
+    format!("msg_{:012x}{:012x}", now_ms() & 0xFFFF_FFFF_FFFF, r)
+}
+
+fn api_encoding(e: &str) -> ApiEncoding {
+    if e == Encoding::Ucs2.as_str() {
+        ApiEncoding::Ucs2
+    } else {
+        ApiEncoding::Gsm7
+    }
+}
+
+fn api_status(s: &str) -> MessageStatus {
+    match s {
+        "accepted" => MessageStatus::Accepted,
+        "delivered" => MessageStatus::Delivered,
+        "undeliverable" => MessageStatus::Undeliverable,
+        "expired" => MessageStatus::Expired,
+        "rejected" => MessageStatus::Rejected,
+        "failed" => MessageStatus::Failed,
+        _ => MessageStatus::Unknown,
+    }
+}
+
+fn to_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// What came back from the carrier for a whole message.
+struct Sent {
+    carrier: usize,
+    ids: Vec<String>,
+}
+
+impl Relay {
+    /// A relay over `pools` (one per `cfg.carriers` entry, same order).
+    pub fn new(
+        cfg: &Config,
+        pools: Vec<Pool>,
+        store: Store,
+        shared: Arc<dyn SharedState>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Relay {
+            inner: Arc::new(Inner {
+                view: RwLock::new(Arc::new(View::new(cfg))),
+                limits: RwLock::new(Arc::new(Limits::new(cfg))),
+                pools,
+                store,
+                shared,
+                metrics,
+                pseudonym_key: cfg.node.pseudonym_key.clone(),
+                reference: AtomicU8::new(rand::random()),
+            }),
+        }
+    }
+
+    /// Applies a reloaded config: clients, campaigns, brands and limits.
+    /// (Carrier pools are kept as they are; routes change with them.)
+    pub fn reload(&self, cfg: &Config) {
+        let v = Arc::new(View::new(cfg));
+        match self.inner.view.write() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+        let l = Arc::new(Limits::new(cfg));
+        match self.inner.limits.write() {
+            Ok(mut g) => *g = l,
+            Err(p) => *p.into_inner() = l,
+        }
+    }
+
+    /// The pools, in config order.
+    pub fn pools(&self) -> &[Pool] {
+        &self.inner.pools
+    }
+
+    /// Keyed hash of everything that makes a request what it is, text
+    /// included, so an idempotent retry can be told from a different request
+    /// without storing anything that discloses the text.
+    fn request_hash(&self, req: &SendRequest) -> String {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac =
+            <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(self.inner.pseudonym_key.expose())
+                .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        for part in [
+            req.from.as_str().as_bytes(),
+            req.to.as_str().as_bytes(),
+            req.campaign_id.as_bytes(),
+            req.validity
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .to_string()
+                .as_bytes(),
+            req.client_ref.as_deref().unwrap_or("").as_bytes(),
+            req.text.expose().as_bytes(),
+        ] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn refuse(&self, campaign: &str, e: SendError, t0: Instant) -> SendError {
+        let view = read(&self.inner.view);
+        // Label values come from config only.
+        let label = if view.campaigns.contains_key(campaign) {
+            campaign
+        } else {
+            "unknown"
+        };
+        let m = &self.inner.metrics;
+        m.refusals.with_label_values(&[label, e.code()]).inc();
+        m.messages.with_label_values(&["mt", e.code(), ""]).inc();
+        m.latency
+            .with_label_values(&["refused"])
+            .observe(t0.elapsed().as_secs_f64());
+        e
+    }
+
+    async fn forget(&self, client: &str, key: &Option<String>) {
+        if let Some(k) = key {
+            let (c, k) = (client.to_owned(), k.clone());
+            if let Err(e) = self
+                .inner
+                .store
+                .write(move |t| record::forget_idempotent(t, &c, &k))
+                .await
+            {
+                tracing::error!("forgetting an idempotency key: {e}");
+            }
+        }
+    }
+
+    /// Submits every segment on carrier `i`; the first error wins.
+    async fn submit_all(
+        &self,
+        i: usize,
+        req: &SendRequest,
+        enc: &encoding::Encoded,
+    ) -> Result<Vec<String>, (SmppError, usize)> {
+        let pool = &self.inner.pools[i];
+        let esm_class = enc.esm_class_bits();
+        let futs = enc.parts().map(|part| {
+            pool.submit(SubmitRequest {
+                source: req.from.clone(),
+                dest: req.to.clone(),
+                short_message: Zeroizing::new(part.to_vec()),
+                data_coding: enc.data_coding(),
+                esm_class,
+                registered_delivery: 1,
+                validity: req.validity,
+            })
+        });
+        let results = join_all(futs).await;
+        let accepted = results.iter().filter(|r| r.is_ok()).count();
+        let mut ids = Vec::with_capacity(results.len());
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(resp) => ids.push(resp.message_id),
+                Err(e) => {
+                    ids.push(String::new());
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            None => Ok(ids),
+            Some(e) => Err((e, accepted)),
+        }
+    }
+
+    /// Sends on the best bound carrier, failing over while nothing was
+    /// accepted and the error says another carrier may take it.
+    async fn send_segments(
+        &self,
+        candidates: &[usize],
+        req: &SendRequest,
+        enc: &encoding::Encoded,
+    ) -> Result<Sent, (SendError, Option<Sent>)> {
+        let mut last = SendError::NoRoute;
+        for &i in candidates {
+            match self.submit_all(i, req, enc).await {
+                Ok(ids) => return Ok(Sent { carrier: i, ids }),
+                Err((e, accepted)) => {
+                    let mapped = match &e {
+                        SmppError::Status(_) => SendError::CarrierRejected {
+                            status_name: e
+                                .status_name()
+                                .map(|s| s.into_owned())
+                                .unwrap_or_default(),
+                        },
+                        SmppError::Timeout => SendError::CarrierTimeout,
+                        _ => SendError::NoRoute,
+                    };
+                    if accepted > 0 || !e.is_retryable() {
+                        // Some segment reached the carrier, or the carrier
+                        // gave a final answer: no failover (no duplicates).
+                        let partial = (accepted > 0).then(|| Sent {
+                            carrier: i,
+                            ids: Vec::new(),
+                        });
+                        return Err((mapped, partial));
+                    }
+                    tracing::warn!(carrier = %self.inner.pools[i].name(), "carrier failed before accepting; failing over: {e}");
+                    last = mapped;
+                }
+            }
+        }
+        Err((last, None))
+    }
+}
+
+impl MessageService for Relay {
+    async fn send(
+        &self,
+        client: &ClientId,
+        req: SendRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<SendAccepted, SendError> {
+        let t0 = Instant::now();
+        let view = read(&self.inner.view);
+        let cid = client.as_str();
+        let campaign_id = req.campaign_id.clone();
+        let fail = |e: SendError| self.refuse(&campaign_id, e, t0);
+        if !view
+            .clients
+            .get(cid)
+            .is_some_and(|c| c.contains(&req.campaign_id))
+        {
+            return Err(fail(SendError::CampaignNotAllowed));
+        }
+        let Some(campaign) = view.campaigns.get(&req.campaign_id) else {
+            return Err(fail(SendError::CampaignNotAllowed));
+        };
+        if !campaign.numbers.contains(&req.from) {
+            return Err(fail(SendError::SenderNotInCampaign));
+        }
+        let info = encoding::analyze(req.text.expose());
+        if info.segments > MAX_SEGMENTS {
+            return Err(fail(SendError::InvalidRequest(format!(
+                "`text` needs {} segments ({}); at most {MAX_SEGMENTS} are allowed",
+                info.segments,
+                info.encoding.as_str()
+            ))));
+        }
+        let segments = info.segments as u32;
+        if let Some(k) = &idempotency_key {
+            if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(fail(SendError::InvalidRequest(
+                    "`Idempotency-Key` must be 1 to 255 visible ASCII characters".into(),
+                )));
+            }
+            let hash = self.request_hash(&req);
+            let (c, kk, h) = (cid.to_owned(), k.clone(), hash.clone());
+            let found = self
+                .inner
+                .store
+                .write(move |t| record::begin_idempotent(t, &c, &kk, &h, now_ms()))
+                .await
+                .map_err(|e| {
+                    tracing::error!("idempotency record: {e}");
+                    fail(SendError::Internal)
+                })?;
+            if let Idem::Existing(r) = found {
+                if r.request_hash != hash || r.state != "done" {
+                    return Err(fail(SendError::IdempotencyConflict));
+                }
+                return self
+                    .replay(cid, &r)
+                    .ok_or_else(|| fail(SendError::IdempotencyConflict));
+            }
+        }
+        let refuse_fresh = |e: SendError| async {
+            self.forget(cid, &idempotency_key).await;
+            Err(self.refuse(&campaign_id, e, t0))
+        };
+        let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
+        match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
+            Ok(false) => {}
+            Ok(true) => return refuse_fresh(SendError::RecipientOptedOut).await,
+            Err(e) => {
+                tracing::error!("opt-out check: {e}");
+                return refuse_fresh(SendError::Internal).await;
+            }
+        }
+        let pools = &self.inner.pools;
+        let candidates = view.routes.candidates(&req.to, |i| {
+            pools.get(i).is_some_and(|p| p.bound_transmitters() > 0)
+        });
+        if candidates.is_empty() {
+            return refuse_fresh(SendError::NoRoute).await;
+        }
+        let limits = read(&self.inner.limits);
+        if let Err(Refusal::RateLimited(retry_after)) =
+            limits.take(&campaign.id, &req.from, segments)
+        {
+            return refuse_fresh(SendError::RateLimited { retry_after }).await;
+        }
+        if let Some(brand) = view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
+            let (day, left) = local_day(brand.daily_reset_tz, chrono::Utc::now());
+            match self
+                .inner
+                .shared
+                .add_daily(&brand.id, &day, u64::from(segments), brand.daily_cap)
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    limits.refund(&campaign.id, &req.from, segments);
+                    return refuse_fresh(SendError::DailyCapReached { retry_after: left }).await;
+                }
+                Err(e) => {
+                    limits.refund(&campaign.id, &req.from, segments);
+                    tracing::error!("daily cap counter: {e}");
+                    return refuse_fresh(SendError::Internal).await;
+                }
+            }
+        }
+        let reference = self.inner.reference.fetch_add(1, Ordering::Relaxed);
+        let enc = match encoding::encode(req.text.expose(), reference) {
+            Ok(e) => e,
+            Err(_) => {
+                return refuse_fresh(SendError::InvalidRequest("`text` cannot be encoded".into()))
+                    .await
+            }
+        };
+        let sent = self.send_segments(&candidates, &req, &enc).await;
+        drop(enc);
+        let id = message_id();
+        let created = now_ms();
+        let (sent, error) = match sent {
+            Ok(s) => (s, None),
+            Err((e, None)) => {
+                // Nothing reached a carrier: a definite refusal.
+                return match e {
+                    SendError::CarrierTimeout => Err(self.refuse(&campaign_id, e, t0)),
+                    e => refuse_fresh(e).await,
+                };
+            }
+            Err((e, Some(partial))) => (partial, Some(e)),
+        };
+        let carrier = pools[sent.carrier].name().to_owned();
+        let rec = MessageRecord {
+            id: id.clone(),
+            client: cid.to_owned(),
+            campaign: campaign.id.clone(),
+            from: req.from.as_str().to_owned(),
+            to_pseudonym: to_p.to_hex(),
+            carrier: Some(carrier.clone()),
+            carrier_ids: sent.ids.clone(),
+            encoding: info.encoding.as_str().to_owned(),
+            segments,
+            status: if error.is_some() {
+                "failed".into()
+            } else {
+                "accepted".into()
+            },
+            part_states: vec![None; segments as usize],
+            error_code: error.as_ref().map(|e| e.code().to_owned()),
+            client_ref: req.client_ref.clone(),
+            created_ms: created,
+            updated_ms: created,
+        };
+        let keys: Vec<String> = sent
+            .ids
+            .iter()
+            .filter(|s| !s.is_empty())
+            .flat_map(|s| dlr::id_keys(s))
+            .collect();
+        let (idem, c) = (idempotency_key.clone(), cid.to_owned());
+        let outcome = match &error {
+            None => serde_json::json!({ "message_id": id }),
+            Some(e) => serde_json::json!({ "message_id": id, "error": e.code() }),
+        };
+        let write = self.inner.store.write(move |t| {
+            record::put_message(t, &rec)?;
+            if let Some(k) = &idem {
+                record::finish_idempotent(t, &c, k, &rec.id, outcome)?;
+            }
+            Ok(())
+        });
+        let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
+        let (w, x) = futures::join!(write, index);
+        if let Err(e) = w.and(x) {
+            tracing::error!(message = %id, "recording a sent message: {e}");
+            return Err(self.refuse(&campaign_id, SendError::Internal, t0));
+        }
+        let m = &self.inner.metrics;
+        if let Some(e) = error {
+            m.messages
+                .with_label_values(&["mt", e.code(), &carrier])
+                .inc();
+            m.latency
+                .with_label_values(&["refused"])
+                .observe(t0.elapsed().as_secs_f64());
+            return Err(e);
+        }
+        m.messages
+            .with_label_values(&["mt", "accepted", &carrier])
+            .inc();
+        m.segments
+            .with_label_values(&["mt", &carrier])
+            .inc_by(u64::from(segments));
+        m.latency
+            .with_label_values(&["accepted"])
+            .observe(t0.elapsed().as_secs_f64());
+        Ok(SendAccepted {
+            id,
+            status: MessageStatus::Accepted,
+            segments,
+            encoding: api_encoding(info.encoding.as_str()),
+            carrier,
+            campaign_id: campaign.id.clone(),
+            created_at: to_time(created),
+        })
+    }
+
+    async fn get(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
+        let rec = record::get_message(&self.inner.store, id).map_err(|e| {
+            tracing::error!("reading a message record: {e}");
+            SendError::Internal
+        })?;
+        let rec = rec
+            .filter(|r| r.client == client.as_str())
+            .ok_or(SendError::NotFound)?;
+        view_of(rec)
+    }
+}
+
+impl Relay {
+    /// The first outcome of an idempotency key, replayed.
+    fn replay(&self, client: &str, r: &record::IdempotencyRecord) -> Option<SendAccepted> {
+        let outcome = r.outcome.as_ref()?;
+        if outcome.get("error").is_some() {
+            return None;
+        }
+        let id = r.message_id.as_deref()?;
+        let rec = record::get_message(&self.inner.store, id).ok()??;
+        if rec.client != client {
+            return None;
+        }
+        Some(SendAccepted {
+            id: rec.id,
+            status: MessageStatus::Accepted,
+            segments: rec.segments,
+            encoding: api_encoding(&rec.encoding),
+            carrier: rec.carrier.unwrap_or_default(),
+            campaign_id: rec.campaign,
+            created_at: to_time(rec.created_ms),
+        })
+    }
+}
+
+fn view_of(rec: MessageRecord) -> Result<MessageView, SendError> {
+    let from = E164::parse(&rec.from).map_err(|_| SendError::Internal)?;
+    Ok(MessageView {
+        status: api_status(&rec.status),
+        encoding: api_encoding(&rec.encoding),
+        id: rec.id,
+        campaign_id: rec.campaign,
+        from,
+        segments: rec.segments,
+        carrier: rec.carrier,
+        error_code: rec.error_code,
+        client_ref: rec.client_ref,
+        created_at: to_time(rec.created_ms),
+        updated_at: to_time(rec.updated_ms),
+    })
+}
