@@ -37,7 +37,7 @@
 //! ```text
 //! import sys, json, hashlib
 //! prev = None
-//! for line in sys.stdin:
+//! for line in sys.stdin.buffer:
 //!     r = json.loads(line); h = r.pop("hash")
 //!     c = json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 //!     assert hashlib.sha256(bytes.fromhex(r["prev_hash"]) + c.encode()).hexdigest() == h, r["seq"]
