@@ -233,6 +233,14 @@ async fn swapped_records_are_reordered() {
     })
     .await;
     assert_eq!(broken(verify(&store)), (20, BreakReason::Reordered));
+    // Moving the genesis record away is a reordering too.
+    let (a, b) = (raw(&store, 0), raw(&store, 5));
+    tamper(&store, move |t| {
+        t.insert(0, b.as_slice()).unwrap();
+        t.insert(5, a.as_slice()).unwrap();
+    })
+    .await;
+    assert_eq!(broken(verify(&store)), (0, BreakReason::Reordered));
     store.close().await.unwrap();
 }
 

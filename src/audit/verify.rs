@@ -196,16 +196,20 @@ fn malformed(detail: &'static str) -> BreakReason {
 /// Checks rules 1 and 2 of the module doc on one stored value.
 fn parse(bytes: &[u8]) -> Result<Parsed, BreakReason> {
     let value: Value = serde_json::from_slice(bytes).map_err(|_| malformed("not JSON"))?;
+    let flat = value
+        .as_object()
+        .is_some_and(|o| o.values().all(|v| v.is_string() || v.is_u64()));
+    if !flat {
+        return Err(malformed(
+            "not a JSON object of strings and unsigned integers",
+        ));
+    }
+    if canonical(&value).map_err(|_| malformed("not encodable"))? != bytes {
+        return Err(malformed("not in canonical form"));
+    }
     let Value::Object(mut obj) = value else {
         return Err(malformed("not a JSON object"));
     };
-    if !obj.values().all(|v| v.is_string() || v.is_u64()) {
-        return Err(malformed("a value is not a string or an unsigned integer"));
-    }
-    let again = canonical(&Value::Object(obj.clone())).map_err(|_| malformed("not encodable"))?;
-    if again != bytes {
-        return Err(malformed("not in canonical form"));
-    }
     let seq = obj
         .get("seq")
         .and_then(Value::as_u64)
@@ -268,6 +272,9 @@ pub(crate) fn walk(rtxn: &ReadTransaction) -> Result<VerifyReport, VerifyError> 
         let rec = parse(v.value()).map_err(broken)?;
         match &report.head {
             None => {
+                if rec.seq != key {
+                    return Err(broken(BreakReason::Reordered));
+                }
                 if key == 0 {
                     if rec.event != GENESIS {
                         return Err(broken(malformed("record 0 is not audit.genesis")));
@@ -277,9 +284,6 @@ pub(crate) fn walk(rtxn: &ReadTransaction) -> Result<VerifyReport, VerifyError> 
                     }
                 } else {
                     anchored = false;
-                }
-                if rec.seq != key {
-                    return Err(broken(BreakReason::Reordered));
                 }
                 report.first_seq = Some(key);
                 report.anchor = Some(rec.prev_hash.clone());
