@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiState, Authenticator, ConnLimits};
+use crate::api::{self, ApiState, AuthFailure, Authenticator, ClientId, ConnLimits};
+use crate::audit::{Audit, AuditEvent};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
@@ -78,6 +79,7 @@ pub struct App {
     metrics_tls: Option<Arc<ServerTls>>,
     auth: Arc<Authenticator>,
     relay: Relay,
+    audit: Audit,
     smpp_tls: Option<Arc<ServerTls>>,
     smpp_server: Option<ServerHandle>,
 }
@@ -124,6 +126,16 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&config.node.state_dir, Some(metrics.clone()))?;
         let shutdown = Shutdown::new();
+        let audit = Audit::open(store.clone(), &config.node.id, Some(metrics.clone())).await?;
+        log_head("audit log head at start", &audit);
+        shutdown.spawn(
+            "audit-key-use",
+            audit.clone().run_key_use_flusher(shutdown.token()),
+        );
+        shutdown.spawn(
+            "retention",
+            retention(config.clone(), audit.clone(), shutdown.token()),
+        );
 
         // Carriers first: binds proceed while the listeners come up.
         let inbound: Arc<dyn smpp::InboundHandler> = Arc::new(smpp::TempErrorHandler);
@@ -145,6 +157,7 @@ impl App {
             pools.clone(),
             store.clone(),
             shared,
+            audit.clone(),
             metrics.clone(),
         );
         let first = config
@@ -184,7 +197,7 @@ impl App {
         let api_tls = ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], ClientAuth::None)?;
         let auth = Arc::new(Authenticator::new(
             &config.clients,
-            Arc::new(api::NoAudit),
+            Arc::new(AuthToAudit(audit.clone())),
             metrics.clone(),
         ));
         let state = ApiState::new(
@@ -246,6 +259,7 @@ impl App {
             metrics_tls,
             auth,
             relay,
+            audit,
             smpp_tls,
             smpp_server,
         })
@@ -278,6 +292,18 @@ impl App {
         }
         self.auth.reload(&new.clients);
         self.relay.reload(&new);
+        if let Err(e) = self
+            .audit
+            .record(
+                AuditEvent::ConfigReloaded {
+                    sha256: new.file_sha256.clone(),
+                },
+                crate::audit::SYSTEM,
+            )
+            .await
+        {
+            tracing::error!("audit record of the reload: {e}");
+        }
         if new.api.listen != self.config.api.listen
             || new.metrics.listen != self.config.metrics.listen
             || new.node.state_dir != self.config.node.state_dir
@@ -305,10 +331,80 @@ impl App {
             }
         };
         let clean = clean && tokio::time::timeout(deadline, sessions).await.is_ok();
+        log_head("audit log head at stop", &self.audit);
         if let Err(e) = self.store.close().await {
             tracing::error!("closing the store: {e}");
         }
         clean
+    }
+}
+
+/// Logs the audit chain head, so an operator can notice a rewritten history.
+fn log_head(what: &str, audit: &Audit) {
+    match audit.head() {
+        Ok(Some(h)) => tracing::info!(seq = h.seq, hash = %h.hash, "{what}"),
+        Ok(None) => tracing::info!("{what}: empty"),
+        Err(e) => tracing::error!("{what}: unreadable: {e}"),
+    }
+}
+
+/// API key use and failures go to the audit log: use is aggregated per
+/// client per minute by the audit module; failures are already throttled per
+/// source address by the authenticator before they get here.
+struct AuthToAudit(Audit);
+
+impl api::AuthAudit for AuthToAudit {
+    fn key_used(&self, client: &ClientId, _key_index: usize, _peer: std::net::IpAddr) {
+        self.0.key_used(client.as_str());
+    }
+
+    fn auth_failed(&self, peer: std::net::IpAddr, why: AuthFailure) {
+        let audit = self.0.clone();
+        tokio::spawn(async move {
+            let ev = AuditEvent::AuthFailed {
+                source: peer,
+                reason: why.as_str(),
+            };
+            if let Err(e) = audit.record(ev, crate::audit::SYSTEM).await {
+                tracing::error!("audit record of an authentication failure: {e}");
+            }
+        });
+    }
+}
+
+/// Prunes message metadata and audit records past their retention, hourly.
+async fn retention(config: Config, audit: Audit, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = chrono::Utc::now();
+        let cutoff = now - chrono::TimeDelta::days(i64::from(config.store.metadata_retention_days));
+        let cutoff_ms = cutoff.timestamp_millis().max(0) as u64;
+        loop {
+            match audit
+                .store()
+                .write(move |t| crate::relay::record::prune_before(t, cutoff_ms, 10_000))
+                .await
+            {
+                Ok(10_000) => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(pruned = n, "message metadata past retention pruned");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("pruning message metadata: {e}");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = audit.prune(config.audit.retention_days, now).await {
+            tracing::error!("pruning the audit log: {e}");
+        }
     }
 }
 

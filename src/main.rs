@@ -96,12 +96,38 @@ enum Command {
         #[arg(long)]
         relay_pid: Option<u32>,
     },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the pseudonym of a number (HMAC-SHA256 with the deployment key), for audit look-ups.
     NumberId {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
         config: PathBuf,
         /// The number in E.164 form, e.g. +15551234567.
         number: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain (on a copy of the store, safe while the appliance runs).
+    /// Exit 1 and the first broken record on tampering.
+    Verify {
+        #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
+        config: PathBuf,
+    },
+    /// Audit records as JSON lines in seq order, with their hashes, for a SIEM.
+    Export {
+        #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
+        config: PathBuf,
+        /// Records at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
@@ -206,6 +232,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => {
+            let cfg = load_or_report(&config).ok_or_else(|| anyhow::anyhow!("invalid config"))?;
+            match sms_conduit::audit::verify_file(&cfg.node.state_dir) {
+                Ok(r) => {
+                    let head = r
+                        .head
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|| "empty".into());
+                    println!("audit chain ok: {} records, head {head}", r.count);
+                    if let Some(anchor) = r.anchor {
+                        println!(
+                            "(starts at seq {} after retention pruning; anchor {anchor})",
+                            r.first_seq.unwrap_or(0)
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    config,
+                    since,
+                    until,
+                },
+        } => {
+            let cfg = load_or_report(&config).ok_or_else(|| anyhow::anyhow!("invalid config"))?;
+            let t = |s: Option<String>, what: &str| -> anyhow::Result<_> {
+                s.map(|s| {
+                    sms_conduit::audit::parse_time(&s).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+                })
+                .transpose()
+            };
+            let (since, until) = (t(since, "since")?, t(until, "until")?);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = sms_conduit::audit::export_file(&cfg.node.state_dir, since, until, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("{n} records exported");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             url,
             api_key,

@@ -210,4 +210,31 @@ fn run_notifies_serves_reloads_and_drains() {
         log.join("\n")
     );
     assert!(f.dir.path().join("state/sms-conduit.redb").exists());
+
+    // The audit log of that run verifies and exports (genesis, the reload).
+    let cfg = f.dir.path().join("sms-conduit.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
+        .args(["audit", "verify", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain ok"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
+        .args(["audit", "export", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let export = String::from_utf8_lossy(&out.stdout);
+    assert!(export.contains("\"audit.genesis\""), "{export}");
+    assert!(export.contains("\"config.reloaded\""), "{export}");
+    assert!(
+        export.contains("\"api.key_used\""),
+        "key use is aggregated and flushed at stop: {export}"
+    );
 }

@@ -23,6 +23,7 @@ use crate::api::{
     ClientId, Encoding as ApiEncoding, MessageService, MessageStatus, MessageView, SendAccepted,
     SendError, SendRequest,
 };
+use crate::audit::{Audit, AuditEvent, AuditNumber, OwnNumbers};
 use crate::config::{Brand, Campaign, Config};
 use crate::metrics::Metrics;
 use crate::smpp::encoding::{self, Encoding};
@@ -41,6 +42,7 @@ struct View {
     campaigns: HashMap<String, Campaign>,
     brands: HashMap<String, Brand>,
     routes: Routes,
+    own: OwnNumbers,
 }
 
 impl View {
@@ -62,6 +64,7 @@ impl View {
                 .map(|b| (b.id.clone(), b.clone()))
                 .collect(),
             routes: Routes::new(&cfg.carriers),
+            own: OwnNumbers::from_config(cfg),
         }
     }
 }
@@ -80,6 +83,7 @@ struct Inner {
     pools: Vec<Pool>,
     store: Store,
     shared: Arc<dyn SharedState>,
+    audit: Audit,
     metrics: Arc<Metrics>,
     pseudonym_key: Secret,
     /// Concatenation reference for the next multi-part message.
@@ -143,6 +147,7 @@ impl Relay {
         pools: Vec<Pool>,
         store: Store,
         shared: Arc<dyn SharedState>,
+        audit: Audit,
         metrics: Arc<Metrics>,
     ) -> Self {
         Relay {
@@ -152,6 +157,7 @@ impl Relay {
                 pools,
                 store,
                 shared,
+                audit,
                 metrics,
                 pseudonym_key: cfg.node.pseudonym_key.clone(),
                 reference: AtomicU8::new(rand::random()),
@@ -205,14 +211,36 @@ impl Relay {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    fn refuse(&self, campaign: &str, e: SendError, t0: Instant) -> SendError {
+    fn refuse(
+        &self,
+        client: &str,
+        campaign: &str,
+        to: Option<&E164>,
+        e: SendError,
+        t0: Instant,
+    ) -> SendError {
         let view = read(&self.inner.view);
         // Label values come from config only.
-        let label = if view.campaigns.contains_key(campaign) {
-            campaign
-        } else {
-            "unknown"
+        let known = view.campaigns.contains_key(campaign);
+        let label = if known { campaign } else { "unknown" };
+        // The refusal's audit record, off the request's path (a refusal
+        // changes no state, so there is no transaction to share).
+        let event = AuditEvent::MessageRefused {
+            client: client.to_owned(),
+            campaign: known.then(|| campaign.to_owned()),
+            to: to.map(|n| AuditNumber::of(n, &self.inner.pseudonym_key, &view.own)),
+            code: e.code(),
+            detail: match &e {
+                SendError::CarrierRejected { status_name } => Some(status_name.clone()),
+                _ => None,
+            },
         };
+        let (audit, actor) = (self.inner.audit.clone(), client.to_owned());
+        tokio::spawn(async move {
+            if let Err(err) = audit.record(event, &actor).await {
+                tracing::error!("audit record of a refusal: {err}");
+            }
+        });
         let m = &self.inner.metrics;
         m.refusals.with_label_values(&[label, e.code()]).inc();
         m.messages.with_label_values(&["mt", e.code(), ""]).inc();
@@ -327,7 +355,7 @@ impl MessageService for Relay {
         let view = read(&self.inner.view);
         let cid = client.as_str();
         let campaign_id = req.campaign_id.clone();
-        let fail = |e: SendError| self.refuse(&campaign_id, e, t0);
+        let fail = |e: SendError| self.refuse(cid, &campaign_id, Some(&req.to), e, t0);
         if !view
             .clients
             .get(cid)
@@ -378,7 +406,7 @@ impl MessageService for Relay {
         }
         let refuse_fresh = |e: SendError| async {
             self.forget(cid, &idempotency_key).await;
-            Err(self.refuse(&campaign_id, e, t0))
+            Err(self.refuse(cid, &campaign_id, Some(&req.to), e, t0))
         };
         let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
         match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
@@ -439,7 +467,9 @@ impl MessageService for Relay {
             Err((e, None)) => {
                 // Nothing reached a carrier: a definite refusal.
                 return match e {
-                    SendError::CarrierTimeout => Err(self.refuse(&campaign_id, e, t0)),
+                    SendError::CarrierTimeout => {
+                        Err(self.refuse(cid, &campaign_id, Some(&req.to), e, t0))
+                    }
                     e => refuse_fresh(e).await,
                 };
             }
@@ -478,10 +508,24 @@ impl MessageService for Relay {
             None => serde_json::json!({ "message_id": id }),
             Some(e) => serde_json::json!({ "message_id": id, "error": e.code() }),
         };
-        let write = self.inner.store.write(move |t| {
-            record::put_message(t, &rec)?;
+        let accepted = error.is_none().then(|| AuditEvent::MessageAccepted {
+            message_id: id.clone(),
+            client: cid.to_owned(),
+            campaign: campaign.id.clone(),
+            from: AuditNumber::of(&req.from, &self.inner.pseudonym_key, &view.own),
+            to: AuditNumber::from(to_p),
+            carrier: carrier.clone(),
+            segments,
+        });
+        // The metadata, the idempotency outcome and the audit record commit
+        // in one transaction: no state change without its record.
+        let write = self.inner.audit.write(move |atx| {
+            record::put_message(atx.txn(), &rec)?;
             if let Some(k) = &idem {
-                record::finish_idempotent(t, &c, k, &rec.id, outcome)?;
+                record::finish_idempotent(atx.txn(), &c, k, &rec.id, outcome)?;
+            }
+            if let Some(ev) = accepted {
+                atx.append(ev, &c)?;
             }
             Ok(())
         });
@@ -489,7 +533,7 @@ impl MessageService for Relay {
         let (w, x) = futures::join!(write, index);
         if let Err(e) = w.and(x) {
             tracing::error!(message = %id, "recording a sent message: {e}");
-            return Err(self.refuse(&campaign_id, SendError::Internal, t0));
+            return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
         }
         let m = &self.inner.metrics;
         if let Some(e) = error {
