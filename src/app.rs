@@ -138,7 +138,14 @@ impl App {
         );
 
         // Carriers first: binds proceed while the listeners come up.
-        let inbound: Arc<dyn smpp::InboundHandler> = Arc::new(smpp::TempErrorHandler);
+        let shared: Arc<dyn crate::store::shared::SharedState> =
+            Arc::new(LocalShared::new(store.clone()));
+        let inbound: Arc<dyn smpp::InboundHandler> = Arc::new(crate::relay::inbound::Inbound::new(
+            shared.clone(),
+            audit.clone(),
+            metrics.clone(),
+            None,
+        ));
         let pools: Vec<Pool> = config
             .carriers
             .iter()
@@ -151,7 +158,6 @@ impl App {
                 )
             })
             .collect();
-        let shared = Arc::new(LocalShared::new(store.clone()));
         let relay = Relay::new(
             &config,
             pools.clone(),
