@@ -42,7 +42,11 @@ fn ensure_node_smpp() {
         .current_dir(node_dir())
         .output()
         .expect("npm is needed for the interop tests (it ships with node)");
-    assert!(out.status.success(), "npm install failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "npm install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     *done = true;
 }
 
@@ -72,7 +76,9 @@ impl NodeProc {
     fn spawn(script: &str, env: &[(&str, String)]) -> NodeProc {
         ensure_node_smpp();
         let mut cmd = Command::new("node");
-        cmd.arg(node_dir().join(script)).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg(node_dir().join(script))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -160,11 +166,20 @@ async fn our_pool_submits_to_node_smpp_and_it_reassembles_exactly() {
     let port = smsc.next("listening")["port"].as_u64().unwrap() as u16;
     let stop = CancellationToken::new();
     let (handler, _rx) = RecordingHandler::new(16);
-    let pool = Pool::start(carrier(port, &c.cert, "pw123"), Arc::new(Metrics::new()), Arc::new(handler), stop.clone());
+    let pool = Pool::start(
+        carrier(port, &c.cert, "pw123"),
+        Arc::new(Metrics::new()),
+        Arc::new(handler),
+        stop.clone(),
+    );
     bound(&pool).await;
     assert_eq!(smsc.next("bind")["ok"], true);
 
-    let long: String = "The clinic reminds you of your appointment tomorrow. ".repeat(8).chars().take(400).collect();
+    let long: String = "The clinic reminds you of your appointment tomorrow. "
+        .repeat(8)
+        .chars()
+        .take(400)
+        .collect();
     let texts = [
         "Hello from the clinic, your results are ready.".to_string(),
         "Extension table: [x] {y} ~z | back\\slash ^caret € euro".to_string(),
@@ -189,7 +204,11 @@ async fn our_pool_submits_to_node_smpp_and_it_reassembles_exactly() {
             .unwrap();
         }
         let got = smsc.next("message");
-        assert_eq!(got["text"].as_str().unwrap(), text, "text {i} as node-smpp decoded it");
+        assert_eq!(
+            got["text"].as_str().unwrap(),
+            text,
+            "text {i} as node-smpp decoded it"
+        );
         assert_eq!(got["parts"].as_u64().unwrap() as usize, enc.segments());
         assert_eq!(got["destination"], "15557654321");
     }
@@ -217,7 +236,11 @@ async fn node_smpp_binds_to_our_server_over_tls_and_delivers() {
         idle_timeout: Duration::from_secs(30),
         window: 16,
     };
-    let tls_cfg = config::Tls { cert_file: c.cert.clone(), key_file: c.key.clone(), client_ca_file: None };
+    let tls_cfg = config::Tls {
+        cert_file: c.cert.clone(),
+        key_file: c.key.clone(),
+        client_ca_file: None,
+    };
     let server_tls = ServerTls::load(&tls_cfg, &[], ClientAuth::RequireIfConfigured).unwrap();
     let (handler, mut rx) = RecordingHandler::new(16);
     let stop = CancellationToken::new();
@@ -251,7 +274,10 @@ async fn node_smpp_binds_to_our_server_over_tls_and_delivers() {
     let ok = esme(password);
     assert_eq!(ok.next("bind")["status"], 0);
     assert_eq!(ok.next("deliver_sm_resp")["status"], 0);
-    let (link, msg) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let (link, msg) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(link, "node-esme");
     let decoded = encoding::decode(msg.data_coding, msg.esm_class, msg.body_bytes()).unwrap();
     assert_eq!(decoded.text.expose(), text);
@@ -260,8 +286,17 @@ async fn node_smpp_binds_to_our_server_over_tls_and_delivers() {
 
     let bad = esme("wrongpw");
     let status = bad.next("bind")["status"].as_u64().unwrap();
-    assert_eq!(status, u32::from(CommandStatus::EsmeRinvpaswd) as u64, "wrong password refused with ESME_RINVPASWD");
-    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(), "nothing from the refused bind reached the handler");
+    assert_eq!(
+        status,
+        u32::from(CommandStatus::EsmeRinvpaswd) as u64,
+        "wrong password refused with ESME_RINVPASWD"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing from the refused bind reached the handler"
+    );
     stop.cancel();
     server.wait().await;
     drop(c.dir);

@@ -27,7 +27,8 @@ pub const MAX_COMMAND_LENGTH: usize = 64 * 1024;
 const HEADER: usize = 16;
 
 /// One decoded unit from the peer.
-#[derive(Debug)]
+// `Command` is the hot variant; boxing it would cost an allocation per PDU.
+#[allow(clippy::large_enum_variant)]
 pub enum Frame {
     /// A well-formed command.
     Command(Command),
@@ -41,6 +42,38 @@ pub enum Frame {
     /// `command_length` out of bounds: framing is lost. Answer generic_nack
     /// `ESME_RINVCMDLEN` and close.
     BadLength { sequence_number: u32, length: u32 },
+}
+
+/// Prints the header only: a `Command`'s own `Debug` would print the text.
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Command(c) => f
+                .debug_struct("Command")
+                .field("id", &c.id())
+                .field("status", &c.status())
+                .field("sequence_number", &c.sequence_number())
+                .finish_non_exhaustive(),
+            Frame::Invalid {
+                command_id,
+                sequence_number,
+                status,
+            } => f
+                .debug_struct("Invalid")
+                .field("command_id", command_id)
+                .field("sequence_number", sequence_number)
+                .field("status", status)
+                .finish(),
+            Frame::BadLength {
+                sequence_number,
+                length,
+            } => f
+                .debug_struct("BadLength")
+                .field("sequence_number", sequence_number)
+                .field("length", length)
+                .finish(),
+        }
+    }
 }
 
 /// Codec for `Framed<S, SmppCodec>`.

@@ -22,6 +22,7 @@
 //! Invariants: no message text in any log line, error or `Debug` output;
 //! numbers are masked in logs; no lock is held across an `.await`.
 
+pub mod bench;
 pub mod bind;
 pub mod codec;
 pub mod dlr;

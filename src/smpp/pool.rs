@@ -234,11 +234,19 @@ impl Pool {
                     });
                 }
                 s if is_slow_down(s) => {
-                    let streak = slot.throttle_streak.fetch_add(1, Ordering::Relaxed);
-                    let pause = backoff(streak, Duration::from_millis(50), Duration::from_secs(2));
-                    let until = self.inner.now_ms() + pause.as_millis() as u64;
-                    slot.paused_until.fetch_max(until, Ordering::Relaxed);
-                    debug!(link = %self.inner.name, status = status_label(s), ?pause, "carrier asked to slow down");
+                    // One pause per episode: the other answers of the same
+                    // burst arrive while paused and do not lengthen it; a
+                    // throttle right after a pause (no success between)
+                    // doubles the next one.
+                    let now = self.inner.now_ms();
+                    if slot.paused_until.load(Ordering::Relaxed) <= now {
+                        let streak = slot.throttle_streak.fetch_add(1, Ordering::Relaxed);
+                        let pause =
+                            backoff(streak, Duration::from_millis(100), Duration::from_secs(2));
+                        slot.paused_until
+                            .fetch_max(now + pause.as_millis() as u64, Ordering::Relaxed);
+                        debug!(link = %self.inner.name, status = status_label(s), ?pause, "carrier asked to slow down; pausing session");
+                    }
                     if started.elapsed() > MAX_THROTTLE_WAIT {
                         return Err(SmppError::Status(s));
                     }

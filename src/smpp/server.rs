@@ -399,19 +399,21 @@ fn authenticate(
             let Some(peer) = peers.iter().find(|p| p.system_id == attempt.system_id) else {
                 return Err((CommandStatus::EsmeRinvsysid, "unknown_system_id", None));
             };
+            // The source address is checked before the password, so hosts
+            // outside `allow` cannot probe passwords.
+            if !peer.allow.iter().any(|net| net.contains(&ip)) {
+                return Err((
+                    CommandStatus::EsmeRbindfail,
+                    "ip_not_allowed",
+                    Some(peer.name.clone()),
+                ));
+            }
             let digest = Sha256::digest(&attempt.password[..]);
             let ok: bool = digest.as_slice().ct_eq(&peer.password_sha256[..]).into();
             if !ok {
                 return Err((
                     CommandStatus::EsmeRinvpaswd,
                     "bad_password",
-                    Some(peer.name.clone()),
-                ));
-            }
-            if !peer.allow.iter().any(|net| net.contains(&ip)) {
-                return Err((
-                    CommandStatus::EsmeRbindfail,
-                    "ip_not_allowed",
                     Some(peer.name.clone()),
                 ));
             }

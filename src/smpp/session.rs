@@ -511,7 +511,11 @@ where
         let id = cmd.id();
         let allowed = match (self.cfg.role, id) {
             (Role::Esme, CommandId::DeliverSm | CommandId::DataSm) => self.cfg.kind.can_receive(),
-            (Role::Smsc, CommandId::SubmitSm | CommandId::DataSm) => self.cfg.kind.can_submit(),
+            // Carriers bound to our server deliver MO and receipts as
+            // deliver_sm (as they would to any ESME) or as submit_sm/data_sm.
+            (Role::Smsc, CommandId::SubmitSm | CommandId::DataSm | CommandId::DeliverSm) => {
+                self.cfg.kind.can_submit()
+            }
             _ => false,
         };
         let msg = if allowed {

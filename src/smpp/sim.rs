@@ -224,7 +224,10 @@ pub async fn start_sim(
     let counters = Arc::new(Counters::default());
     let (dlr_tx, dlr_rx) = mpsc::channel(4096);
     let throttle = std::num::NonZeroU32::new(opts.throttle_tps).map(|tps| {
-        RateLimiter::direct(Quota::per_second(tps).allow_burst(std::num::NonZeroU32::MIN))
+        // Carriers count per second; a tenth of a second of burst is closer
+        // to them than strict spacing.
+        let burst = std::num::NonZeroU32::new((tps.get() / 10).max(1)).unwrap_or(tps);
+        RateLimiter::direct(Quota::per_second(tps).allow_burst(burst))
     });
     let handler = Arc::new(SimHandler {
         counters: counters.clone(),

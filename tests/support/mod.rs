@@ -243,3 +243,8 @@ pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) ->
     );
     doc
 }
+
+/// SMPP helpers: certificates, carrier/peer configs, a raw-socket fake SMSC.
+mod smpp;
+#[allow(unused_imports)]
+pub use smpp::*;

@@ -1,0 +1,271 @@
+//! Outbound pools against the simulated carrier and against our own server,
+//! over real TLS on loopback.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sms_conduit::config::BindMode;
+use sms_conduit::smpp::sim::{start_sim, SimHandle, SimOptions};
+use sms_conduit::smpp::{
+    start_server, CommandStatus, DeliverRequest, InboundKind, Pool, ReceiptTlvs, RecordingHandler,
+    SmppError, TempErrorHandler,
+};
+use sms_conduit::tls::{ClientAuth, ServerTls};
+use support::*;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+async fn tls_sim(certs: &Certs, f: impl FnOnce(&mut SimOptions)) -> (SimHandle, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let mut opts = SimOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.tls = Some((certs.cert.clone(), certs.key.clone()));
+    opts.system_id = Some("acme".into());
+    opts.password = Some("secret1".into());
+    opts.dlr_delay = Duration::from_millis(5);
+    f(&mut opts);
+    (start_sim(opts, shutdown.clone()).await.unwrap(), shutdown)
+}
+
+async fn submit_many(
+    pool: &Pool,
+    n: u32,
+    conc: usize,
+    receipt: bool,
+) -> Vec<Result<String, SmppError>> {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let p = pool.clone();
+            async move { p.submit(submit(i, receipt)).await.map(|r| r.message_id) }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transceiver_over_tls_1000_submits_and_receipts() {
+    let certs = certs();
+    let (sim, shutdown) = tls_sim(&certs, |_| {}).await;
+    let (handler, mut rx) = RecordingHandler::new(2048);
+    let pool = Pool::start(
+        carrier(
+            sim.local_addr(),
+            Some(certs.cert.clone()),
+            BindMode::Transceiver,
+        ),
+        metrics(),
+        Arc::new(handler),
+        shutdown.clone(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || pool.bound_sessions() == 1).await);
+    let ids: Vec<String> = submit_many(&pool, 1000, 64, true)
+        .await
+        .into_iter()
+        .map(|r| r.expect("accepted"))
+        .collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 1000, "message ids are unique");
+    let mut receipted = HashSet::new();
+    while receipted.len() < 1000 {
+        let (link, msg) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("receipt in time")
+            .expect("channel open");
+        assert_eq!(link, "carrier-a");
+        assert_eq!(msg.kind, InboundKind::DeliverSm);
+        assert!(msg.is_receipt());
+        assert_eq!(msg.receipt.message_state, Some(2));
+        let text = String::from_utf8_lossy(&msg.short_message).into_owned();
+        assert!(text.contains("stat:DELIVRD") && text.contains("text:hello number"));
+        receipted.insert(msg.receipt.receipted_message_id.clone().expect("tlv"));
+    }
+    assert_eq!(receipted, ids.iter().cloned().collect::<HashSet<_>>());
+    shutdown.cancel();
+    pool.wait().await;
+    sim.wait().await;
+    let r = sim.report();
+    assert_eq!((r.submits, r.accepted, r.receipts_sent), (1000, 1000, 1000));
+    assert_eq!(r.binds, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transmitter_plus_receiver_mode_and_mo() {
+    let certs = certs();
+    let (sim, shutdown) = tls_sim(&certs, |_| {}).await;
+    let (handler, mut rx) = RecordingHandler::new(64);
+    let pool = Pool::start(
+        carrier(
+            sim.local_addr(),
+            Some(certs.cert.clone()),
+            BindMode::TransmitterReceiver,
+        ),
+        metrics(),
+        Arc::new(handler),
+        shutdown.clone(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || pool.bound_sessions() == 2).await);
+    assert_eq!(pool.bound_transmitters(), 1);
+    assert!(wait_until(Duration::from_secs(2), || sim.bound_sessions() == 2).await);
+    for r in submit_many(&pool, 20, 8, true).await {
+        r.expect("accepted");
+    }
+    for _ in 0..20 {
+        let (_, m) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(m.is_receipt());
+    }
+    // An MO goes to the receiver session.
+    assert_eq!(
+        sim.send_mo("15557654321", "15551230001", "STOP").await,
+        CommandStatus::EsmeRok
+    );
+    let (_, mo) = rx.recv().await.unwrap();
+    assert!(!mo.is_receipt());
+    assert_eq!(&mo.short_message[..], b"STOP");
+    assert_eq!(mo.source_addr, "15557654321");
+    shutdown.cancel();
+    pool.wait().await;
+    sim.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_backs_off_and_is_counted() {
+    let certs = certs();
+    let (sim, shutdown) = tls_sim(&certs, |_| {}).await;
+    let m = metrics();
+    let mut c = carrier(
+        sim.local_addr(),
+        Some(certs.cert.clone()),
+        BindMode::Transceiver,
+    );
+    c.password = sms_conduit::types::Secret::new(b"wrong".to_vec());
+    let pool = Pool::start(c, m.clone(), Arc::new(TempErrorHandler), shutdown.clone());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let failures = sim.report().bind_failures;
+    // Back-off starts at ~1 s and doubles: 2 or 3 attempts in 2.5 s, not a loop.
+    assert!((1..=3).contains(&failures), "{failures} bind attempts");
+    assert_eq!(pool.bound_sessions(), 0);
+    let counted = metric_sum(
+        &m,
+        "sms_conduit_smpp_bind_failures_total",
+        &["carrier-a", "bad_password"],
+    );
+    assert_eq!(counted as u64, failures);
+    match pool.submit(submit(1, false)).await {
+        Err(SmppError::NotBound) => {}
+        other => panic!("expected NotBound, got {other:?}"),
+    }
+    shutdown.cancel();
+    pool.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_answers_slow_down_without_failing() {
+    let certs = certs();
+    let (sim, shutdown) = tls_sim(&certs, |o| o.throttle_tps = 100).await;
+    let mut c = carrier(
+        sim.local_addr(),
+        Some(certs.cert.clone()),
+        BindMode::Transmitter,
+    );
+    c.window = 16;
+    let pool = Pool::start(c, metrics(), Arc::new(TempErrorHandler), shutdown.clone());
+    assert!(wait_until(Duration::from_secs(5), || pool.bound_sessions() == 1).await);
+    let start = Instant::now();
+    let results = submit_many(&pool, 150, 16, false).await;
+    let elapsed = start.elapsed();
+    assert!(results.iter().all(|r| r.is_ok()), "no message fails");
+    let r = sim.report();
+    assert_eq!(r.accepted, 150);
+    assert!(r.throttled > 0, "the sim did throttle");
+    let rate = 150.0 / elapsed.as_secs_f64();
+    eprintln!("throttle test: {elapsed:?} {r:?}");
+    assert!(rate < 130.0, "observed {rate:.0}/s against a 100/s carrier");
+    shutdown.cancel();
+    pool.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_status_is_permanent_and_named() {
+    let certs = certs();
+    let (sim, shutdown) = tls_sim(&certs, |o| o.fail_rate = 1.0).await;
+    let pool = Pool::start(
+        carrier(
+            sim.local_addr(),
+            Some(certs.cert.clone()),
+            BindMode::Transceiver,
+        ),
+        metrics(),
+        Arc::new(TempErrorHandler),
+        shutdown.clone(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || pool.bound_sessions() == 1).await);
+    let e = pool.submit(submit(1, true)).await.unwrap_err();
+    assert_eq!(e.status_name().as_deref(), Some("ESME_RSUBMITFAIL"));
+    assert!(!e.is_retryable());
+    shutdown.cancel();
+    pool.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_binds_to_our_server_over_tls_both_directions() {
+    let certs = certs();
+    let shutdown = CancellationToken::new();
+    let tls_cfg = sms_conduit::config::Tls {
+        cert_file: certs.cert.clone(),
+        key_file: certs.key.clone(),
+        client_ca_file: None,
+    };
+    let tls = ServerTls::load(&tls_cfg, &[], ClientAuth::RequireIfConfigured).unwrap();
+    let (srv_handler, mut srv_rx) = RecordingHandler::new(16);
+    let server = start_server(
+        &server_cfg(true, Duration::from_secs(30)),
+        Some(tls),
+        vec![peer("carrierb", "pw-b", "127.0.0.0/8")],
+        Arc::new(srv_handler),
+        metrics(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    assert_ne!(addr.port(), 0);
+    let (esme_handler, mut esme_rx) = RecordingHandler::new(16);
+    let mut c = carrier(addr, Some(certs.cert.clone()), BindMode::Transceiver);
+    c.system_id = "carrierb".into();
+    c.password = sms_conduit::types::Secret::new(b"pw-b".to_vec());
+    let pool = Pool::start(c, metrics(), Arc::new(esme_handler), shutdown.clone());
+    assert!(wait_until(Duration::from_secs(5), || pool.bound_sessions() == 1).await);
+    assert_eq!(server.bound_peers()[0].name, "carrier-b");
+
+    // Peer → us: submit_sm reaches the handler and is answered with an id.
+    let id = pool.submit(submit(7, false)).await.unwrap().message_id;
+    assert_eq!(id.len(), 16);
+    let (link, m) = srv_rx.recv().await.unwrap();
+    assert_eq!(link, "carrier-b");
+    assert_eq!(m.kind, InboundKind::SubmitSm);
+    assert_eq!(m.message_id.as_deref(), Some(id.as_str()));
+
+    // Us → peer: deliver_sm on the bound transceiver.
+    let req = DeliverRequest {
+        source_addr: "15557654321".into(),
+        dest_addr: "15551230001".into(),
+        esm_class: 0,
+        data_coding: 0,
+        registered_delivery: 0,
+        short_message: Zeroizing::new(b"hi there".to_vec()),
+        receipt: ReceiptTlvs::default(),
+    };
+    server.deliver("carrier-b", req).await.unwrap();
+    let (_, mo) = esme_rx.recv().await.unwrap();
+    assert_eq!(&mo.short_message[..], b"hi there");
+    shutdown.cancel();
+    pool.wait().await;
+    server.wait().await;
+}
