@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Whole-path benchmark: `sms-conduit bench` → relay (HTTPS, TLS) → sim-carrier
+# (SMPP over TLS), all on loopback, release build. Prints the bench tables:
+# flat out, then at a fixed rate (half of the flat-out figure unless RATE is
+# set). The relay's CPU time per message comes from /proc (user+sys).
+#
+#   benches/relay.sh [MESSAGES] [CONNECTIONS]
+#
+# Env: BIN (default target/release/sms-conduit), RATE, HTTP2=1, AUDIT (unused:
+# the audit log is always on).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-50000}
+C=${2:-64}
+BIN=${BIN:-target/release/sms-conduit}
+[ -x "$BIN" ] || cargo build --release
+work=$(mktemp -d)
+trap 'kill $SIM $RELAY 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+cp -r config/example "$work/example"
+KEY=$("$BIN" keys new --client bench | sed -n 2p | tr -d ' ')
+HASH=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+SIM_PORT=$((20000 + RANDOM % 10000)); API_PORT=$((SIM_PORT + 1)); MET_PORT=$((SIM_PORT + 2))
+cat > "$work/c.toml" <<TOML
+[node]
+id = "bench"
+state_dir = "state"
+pseudonym_key_file = "example/pseudonym.key"
+[tls]
+cert_file = "example/server.crt"
+key_file = "example/server.key"
+[api]
+listen = "127.0.0.1:$API_PORT"
+max_connections = 1024
+[metrics]
+listen = "127.0.0.1:$MET_PORT"
+[[carriers]]
+name = "sim"
+host = "127.0.0.1"
+port = $SIM_PORT
+system_id = "bench"
+password_file = "example/carrier-a.pass"
+ca_file = "example/server.crt"
+server_name = "localhost"
+binds = 2
+window = 256
+prefixes = ["+1"]
+[[brands]]
+id = "BBENCH1"
+[[campaigns]]
+id = "CBENCH1"
+brand = "BBENCH1"
+numbers = ["+15551230001"]
+segments_per_minute = 1000000
+burst = 1000000
+help_text = "help"
+stop_text = "stop"
+start_text = "start"
+[[clients]]
+id = "bench"
+key_sha256 = ["$HASH"]
+campaigns = ["CBENCH1"]
+TOML
+cd "$work"
+"$OLDPWD/$BIN" sim-carrier --listen 127.0.0.1:$SIM_PORT --tls-cert example/server.crt --tls-key example/server.key \
+  --system-id bench --password "$(cat example/carrier-a.pass)" --dlr-delay-ms 200 > sim.out 2> sim.err &
+SIM=$!
+sleep 0.3
+RUST_LOG=warn "$OLDPWD/$BIN" run --config c.toml 2> relay.err &
+RELAY=$!
+for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
+run() {
+  "$OLDPWD/$BIN" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
+    --campaign CBENCH1 --from +15551230001 --relay-pid $RELAY --connections "$C" "${extra[@]}" "$@"
+}
+echo "== flat out: $N messages, $C connections"
+run --messages "$N" | tee flat.txt
+rate=${RATE:-$(awk '/^throughput/ {printf "%d", $2/2}' flat.txt)}
+echo "== fixed rate: $rate msg/s, $((rate * 10)) messages"
+run --messages $((rate * 10)) --rate "$rate"
+echo "== relay metrics"
+curl -s "http://127.0.0.1:$MET_PORT/metrics" | grep -E '^sms_conduit_(messages_total|store_commit_batch_size_(sum|count))' || true
