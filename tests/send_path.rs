@@ -474,3 +474,39 @@ async fn get_message_returns_metadata_only_and_only_to_its_client() {
         .await;
     expect_problem(r, 404, "not_found").await;
 }
+
+/// SPEC §4: a 429's `Retry-After` "says when". A message of more segments
+/// than the campaign's burst (a 2-part text on a campaign whose burst is 1,
+/// the default for `segments_per_minute` < 120) must go through once the
+/// bucket is empty, and waiting the announced time must be enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_a_promise_even_for_messages_longer_than_the_burst() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    // 120 segments/min: one every 0.5 s; burst 1.
+    let relay = Relay::start(files, Setup::one(&sim, PW).limits(120, 1)).await;
+    let two_parts = message(&"b".repeat(200));
+    let sent = relay.send_ok(&two_parts).await;
+    assert_eq!(sent["segments"], 2, "{sent}");
+    // The bucket is now in debt: a one-part text waits, and is told how long.
+    let r = relay.send(&message("short")).await;
+    let wait = retry_after(&r);
+    expect_problem(r, 429, "rate_limited").await;
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    relay.send_ok(&message("short")).await;
+    // And a 2-part text after its Retry-After, too.
+    let mut tries = 0;
+    loop {
+        let r = relay.send(&two_parts).await;
+        if r.status() == 201 {
+            break;
+        }
+        tries += 1;
+        assert!(tries <= 2, "still refused after waiting Retry-After twice");
+        let wait = retry_after(&r);
+        expect_problem(r, 429, "rate_limited").await;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    assert_eq!(sim.submits(), 5);
+}
