@@ -510,3 +510,27 @@ async fn retry_after_is_a_promise_even_for_messages_longer_than_the_burst() {
     }
     assert_eq!(sim.submits(), 5);
 }
+
+/// A message the carrier refused was not sent: it must not use up the
+/// brand's daily segment cap (SPEC §3 `daily_cap`: segments per day; SPEC
+/// §1.4: a refused request is the client's to send again).
+///
+/// Fails today: `src/relay/service.rs` adds the segments to the daily
+/// counter before submitting (`add_daily`, ~line 408) and the refusal path
+/// for "nothing reached a carrier" (~line 436-444) never gives them back,
+/// so the third 502 becomes a 429 `daily_cap_reached`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_refusals_do_not_use_up_the_daily_cap() {
+    let files = Files::new();
+    let sim = files.sim(PW, |o| o.fail_rate = 1.0).await;
+    let relay = Relay::start(
+        files,
+        Setup::one(&sim, PW).daily_cap(2, "America/Los_Angeles"),
+    )
+    .await;
+    for i in 0..4 {
+        let r = relay.send(&message(&format!("attempt {i}"))).await;
+        expect_problem(r, 502, "carrier_rejected").await;
+    }
+    assert_eq!(sim.handle.report().failed, 4);
+}
