@@ -48,9 +48,16 @@ impl Gcra {
         if ahead <= self.tolerance {
             Ok(new_tat)
         } else if self.interval * n > self.tolerance {
-            // More cells than the burst can ever hold: never allowed. Report
-            // the time for the bucket to empty so clients don't spin.
-            Err(self.tolerance.max(Duration::from_secs(1)))
+            // More cells than the burst holds (a long text on a slow
+            // campaign): admitted when the bucket is empty, running it into
+            // debt so the average rate still holds; until then the wait is
+            // the time for it to empty. Refusing it outright would make the
+            // `Retry-After` of SPEC §4 a promise never kept.
+            if tat <= now {
+                Ok(new_tat)
+            } else {
+                Err(tat - now)
+            }
         } else {
             Err(ahead - self.tolerance)
         }
@@ -235,12 +242,25 @@ mod tests {
     }
 
     #[test]
-    fn oversized_request_never_fits() {
+    fn oversized_request_waits_for_an_empty_bucket() {
         let (l, n) = limits(60, 2, 0);
-        assert!(matches!(
-            l.take_at(Instant::now(), "C", &n, 3),
-            Err(Refusal::RateLimited(_))
-        ));
+        let now = Instant::now();
+        assert!(l.take_at(now, "C", &n, 1).is_ok());
+        // 3 cells > burst 2: refused until the bucket is empty (1 s).
+        assert_eq!(
+            l.take_at(now, "C", &n, 3),
+            Err(Refusal::RateLimited(Duration::from_secs(1)))
+        );
+        let empty = now + Duration::from_secs(1);
+        assert!(l.take_at(empty, "C", &n, 3).is_ok());
+        // Now 3 s of debt: even one cell waits until it is within the burst.
+        assert_eq!(
+            l.take_at(empty, "C", &n, 1),
+            Err(Refusal::RateLimited(Duration::from_secs(2)))
+        );
+        assert!(l
+            .take_at(empty + Duration::from_secs(2), "C", &n, 1)
+            .is_ok());
     }
 }
 

@@ -4,6 +4,8 @@
 //! Nothing here mocks the wire: tests talk TLS and HTTP to a real listener.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,615 @@
+//! A whole appliance for send-path scenarios: real TLS certificates, one or
+//! more simulated carriers (SMSCs over TLS), a config whose `[[carriers]]`
+//! point at them, [`App::start`] on `127.0.0.1:0`, and an HTTPS client that
+//! trusts the test certificate. Nothing is mocked: the tests speak HTTPS to
+//! the API and the App speaks SMPP over TLS to the simulators.
+//!
+//! Shape of a scenario:
+//!
+//! ```ignore
+//! let files = Files::new();
+//! let sim = files.sim(|_| {}).await;
+//! let relay = Relay::start(files, Setup::one(&sim)).await;
+//! let resp = relay.send(&message("hello")).await;
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use sms_conduit::app::App;
+use sms_conduit::config::{self, Config};
+use sms_conduit::smpp::codec::{Frame, SmppCodec};
+use sms_conduit::smpp::sim::{start_sim, SimHandle, SimOptions};
+use sms_conduit::smpp::{bind, CommandStatus};
+use sms_conduit::store::shared::LocalShared;
+use sms_conduit::tls::{self, ClientAuth, ServerTls};
+use sms_conduit::types::{Pseudonym, E164};
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::{client_trusting, write};
+
+/// The campaign the main client (`clinic-app`) may use.
+pub const CAMPAIGN: &str = "CTEST01";
+/// Its brand (the one with the configurable daily cap).
+pub const BRAND: &str = "BTEST01";
+/// Sender numbers of [`CAMPAIGN`].
+pub const FROM: &str = "+15551230001";
+pub const FROM_2: &str = "+15551230002";
+/// A campaign of the other client (`other-app`), and its number.
+pub const OTHER_CAMPAIGN: &str = "COTHER1";
+pub const OTHER_FROM: &str = "+15551230009";
+/// The usual recipient (routed by `+1`).
+pub const TO: &str = "+15557654321";
+/// SMPP credentials the simulators accept.
+pub const SYSTEM_ID: &str = "conduit";
+
+/// A valid send body from [`FROM`] to [`TO`] on [`CAMPAIGN`].
+pub fn message(text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "from": FROM,
+        "to": TO,
+        "text": text,
+        "campaign_id": CAMPAIGN,
+    })
+}
+
+/// The temp dir with the TLS certificate (for the API, the SMPP simulators
+/// and as the carriers' `ca_file`), the pseudonym key and password files.
+pub struct Files {
+    pub dir: tempfile::TempDir,
+    pub cert_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Files {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ss = tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let cert = write(dir.path(), "server.crt", &ss.cert_pem);
+        let key = write(dir.path(), "server.key", &ss.key_pem);
+        write(dir.path(), "pseudonym.key", &"5a".repeat(32));
+        Files {
+            dir,
+            cert_pem: ss.cert_pem,
+            cert,
+            key,
+        }
+    }
+
+    /// Starts a simulated SMSC over TLS (this dir's certificate) accepting
+    /// [`SYSTEM_ID`] / `password`; `tweak` may change any option. Receipts
+    /// are held back an hour unless `tweak` shortens `dlr_delay`.
+    pub async fn sim(&self, password: &str, tweak: impl FnOnce(&mut SimOptions)) -> Sim {
+        let mut opts = SimOptions::new("127.0.0.1:0".parse().unwrap());
+        opts.tls = Some((self.cert.clone(), self.key.clone()));
+        opts.system_id = Some(SYSTEM_ID.into());
+        opts.password = Some(password.into());
+        opts.dlr_delay = Duration::from_secs(3600);
+        tweak(&mut opts);
+        let token = CancellationToken::new();
+        let handle = start_sim(opts, token.clone()).await.unwrap();
+        Sim { handle, token }
+    }
+
+    /// Starts an SMSC over TLS that accepts any bind and answers
+    /// enquire_link, but never answers a submit_sm.
+    pub async fn silent_smsc(&self) -> SilentSmsc {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls_cfg = config::Tls {
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            client_ca_file: None,
+        };
+        let tls = ServerTls::load(&tls_cfg, &[], ClientAuth::None).unwrap();
+        let submits = Arc::new(AtomicU64::new(0));
+        let binds = Arc::new(AtomicU64::new(0));
+        let token = CancellationToken::new();
+        let (s, b, t) = (submits.clone(), binds.clone(), token.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    _ = t.cancelled() => break,
+                };
+                let acceptor = tls.acceptor();
+                let (s, b, t) = (s.clone(), b.clone(), t.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut framed = Framed::new(stream, SmppCodec::new());
+                    let mut refused = 0;
+                    let Ok(attempt) =
+                        bind::await_bind(&mut framed, Duration::from_secs(5), &mut refused).await
+                    else {
+                        return;
+                    };
+                    if bind::answer_bind(&mut framed, &attempt, CommandStatus::EsmeRok, "SILENT")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    b.fetch_add(1, Ordering::SeqCst);
+                    silent_session(framed, s, t).await;
+                });
+            }
+        });
+        SilentSmsc {
+            addr,
+            submits,
+            binds,
+            token,
+        }
+    }
+
+    /// Writes a password file for a carrier and returns its name.
+    fn password_file(&self, carrier: &str, password: &str) -> String {
+        let name = format!("{carrier}.pass");
+        write(self.dir.path(), &name, &format!("{password}\n"));
+        name
+    }
+}
+
+/// One bound session of the silent SMSC: answers enquire_link and unbind,
+/// counts submit_sm and never answers them.
+async fn silent_session<S>(
+    mut framed: Framed<S, SmppCodec>,
+    submits: Arc<AtomicU64>,
+    token: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use rusmpp::{Command, CommandId, Pdu};
+    loop {
+        let frame = tokio::select! {
+            f = framed.next() => f,
+            _ = token.cancelled() => return,
+        };
+        let Some(Ok(Frame::Command(cmd))) = frame else {
+            return;
+        };
+        let seq = cmd.sequence_number();
+        match cmd.id() {
+            CommandId::EnquireLink => {
+                let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp);
+                if framed.send(resp).await.is_err() {
+                    return;
+                }
+            }
+            CommandId::Unbind => {
+                let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::UnbindResp);
+                let _ = framed.send(resp).await;
+                return;
+            }
+            CommandId::SubmitSm => {
+                submits.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A running simulated carrier.
+pub struct Sim {
+    pub handle: SimHandle,
+    pub token: CancellationToken,
+}
+
+impl Sim {
+    pub fn port(&self) -> u16 {
+        self.handle.local_addr().port()
+    }
+    pub fn submits(&self) -> u64 {
+        self.handle.report().submits
+    }
+    /// Shuts the simulator down (its sessions unbind, its port closes).
+    pub async fn stop(&self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.handle.wait()).await;
+    }
+}
+
+/// An SMSC that never answers submit_sm (see [`Files::silent_smsc`]).
+pub struct SilentSmsc {
+    pub addr: SocketAddr,
+    pub submits: Arc<AtomicU64>,
+    pub binds: Arc<AtomicU64>,
+    pub token: CancellationToken,
+}
+
+impl Drop for SilentSmsc {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// One `[[carriers]]` entry.
+#[derive(Debug, Clone)]
+pub struct CarrierCfg {
+    pub name: String,
+    pub port: u16,
+    pub password: String,
+    pub priority: u32,
+    pub prefixes: Vec<String>,
+    pub response_timeout_secs: u64,
+}
+
+impl CarrierCfg {
+    /// `name` on `127.0.0.1:port` over TLS, priority 1, prefix `+1`,
+    /// 2 s response timeout.
+    pub fn new(name: &str, port: u16, password: &str) -> Self {
+        CarrierCfg {
+            name: name.into(),
+            port,
+            password: password.into(),
+            priority: 1,
+            prefixes: vec!["+1".into()],
+            response_timeout_secs: 2,
+        }
+    }
+    pub fn priority(mut self, p: u32) -> Self {
+        self.priority = p;
+        self
+    }
+    pub fn prefixes(mut self, p: &[&str]) -> Self {
+        self.prefixes = p.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn response_timeout_secs(mut self, s: u64) -> Self {
+        self.response_timeout_secs = s;
+        self
+    }
+}
+
+/// What varies between scenarios.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub carriers: Vec<CarrierCfg>,
+    /// `[[campaigns]] segments_per_minute` / `burst` of [`CAMPAIGN`].
+    pub spm: u32,
+    pub burst: u32,
+    /// `[[brands]] daily_cap` / `daily_reset_tz` of [`BRAND`].
+    pub daily_cap: u64,
+    pub tz: String,
+    /// Wait until `/readyz` is 200 after start (every priority-1 carrier bound).
+    pub wait_ready: bool,
+}
+
+impl Setup {
+    /// Generous limits, no daily cap, the given carriers.
+    pub fn new(carriers: Vec<CarrierCfg>) -> Self {
+        Setup {
+            carriers,
+            spm: 60_000,
+            burst: 1_000,
+            daily_cap: 0,
+            tz: "America/Los_Angeles".into(),
+            wait_ready: true,
+        }
+    }
+    /// One carrier, `carrier-a`, on `sim`.
+    pub fn one(sim: &Sim, password: &str) -> Self {
+        Self::new(vec![CarrierCfg::new("carrier-a", sim.port(), password)])
+    }
+    pub fn limits(mut self, spm: u32, burst: u32) -> Self {
+        self.spm = spm;
+        self.burst = burst;
+        self
+    }
+    pub fn daily_cap(mut self, cap: u64, tz: &str) -> Self {
+        self.daily_cap = cap;
+        self.tz = tz.into();
+        self
+    }
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+}
+
+fn toml_for(files: &Files, setup: &Setup, hash: &str, other_hash: &str) -> String {
+    let mut carriers = String::new();
+    for c in &setup.carriers {
+        let pass = files.password_file(&c.name, &c.password);
+        let prefixes: Vec<String> = c.prefixes.iter().map(|p| format!("{p:?}")).collect();
+        carriers.push_str(&format!(
+            r#"
+[[carriers]]
+name = "{name}"
+host = "127.0.0.1"
+port = {port}
+tls = true
+system_id = "{SYSTEM_ID}"
+password_file = "{pass}"
+ca_file = "server.crt"
+server_name = "localhost"
+prefixes = [{prefixes}]
+priority = {priority}
+response_timeout_secs = {rt}
+"#,
+            name = c.name,
+            port = c.port,
+            prefixes = prefixes.join(", "),
+            priority = c.priority,
+            rt = c.response_timeout_secs,
+        ));
+    }
+    format!(
+        r#"
+[node]
+id = "send-test"
+state_dir = "state"
+drain_secs = 5
+pseudonym_key_file = "pseudonym.key"
+
+[tls]
+cert_file = "server.crt"
+key_file = "server.key"
+
+[api]
+listen = "127.0.0.1:0"
+header_timeout_secs = 5
+idle_timeout_secs = 30
+max_connections = 256
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[smpp_server]
+{carriers}
+[[brands]]
+id = "{BRAND}"
+daily_cap = {cap}
+daily_reset_tz = "{tz}"
+
+[[brands]]
+id = "BOTHER1"
+
+[[campaigns]]
+id = "{CAMPAIGN}"
+brand = "{BRAND}"
+numbers = ["{FROM}", "{FROM_2}"]
+segments_per_minute = {spm}
+burst = {burst}
+help_text = "Test Clinic: reply STOP to opt out."
+stop_text = "Test Clinic: you are unsubscribed."
+start_text = "Test Clinic: you are subscribed again."
+
+[[campaigns]]
+id = "{OTHER_CAMPAIGN}"
+brand = "BOTHER1"
+numbers = ["{OTHER_FROM}"]
+segments_per_minute = 60000
+burst = 1000
+help_text = "Other: reply STOP to opt out."
+stop_text = "Other: you are unsubscribed."
+start_text = "Other: you are subscribed again."
+
+[[clients]]
+id = "clinic-app"
+key_sha256 = ["{hash}"]
+campaigns = ["{CAMPAIGN}"]
+
+[[clients]]
+id = "other-app"
+key_sha256 = ["{other_hash}"]
+campaigns = ["{OTHER_CAMPAIGN}"]
+"#,
+        cap = setup.daily_cap,
+        tz = setup.tz,
+        spm = setup.spm,
+        burst = setup.burst,
+    )
+}
+
+/// A running appliance and what a test needs to talk to it.
+pub struct Relay {
+    pub files: Files,
+    pub config: Config,
+    /// Key of `clinic-app` (campaign [`CAMPAIGN`]).
+    pub api_key: String,
+    /// Key of `other-app` (campaign [`OTHER_CAMPAIGN`]).
+    pub other_key: String,
+    pub client: reqwest::Client,
+    wait_ready: bool,
+    app: Option<App>,
+}
+
+impl Relay {
+    /// Writes the config into `files.dir`, starts the App and (unless
+    /// `setup.wait_ready` is off) waits for `/readyz` 200.
+    pub async fn start(files: Files, setup: Setup) -> Relay {
+        let (api_key, hash) = sms_conduit::api::new_key();
+        let (other_key, other_hash) = sms_conduit::api::new_key();
+        let toml = toml_for(&files, &setup, &hash, &other_hash);
+        write(files.dir.path(), "sms-conduit.toml", &toml);
+        let config = Config::from_toml(&toml, files.dir.path(), None)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let app = App::start(config.clone()).await.unwrap();
+        let client = client_trusting(&[&files.cert_pem], false);
+        let relay = Relay {
+            files,
+            config,
+            api_key,
+            other_key,
+            client,
+            wait_ready: setup.wait_ready,
+            app: Some(app),
+        };
+        if relay.wait_ready {
+            relay.wait_ready().await;
+        }
+        relay
+    }
+
+    /// The running App.
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("the App is stopped")
+    }
+
+    /// `https://localhost:<api port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.app().bound.api.port())
+    }
+
+    /// `<state_dir>` of the node.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.node.state_dir
+    }
+
+    /// A POST of raw bytes to `/v1/messages`: optional key, optional
+    /// Idempotency-Key, `Content-Type: application/json`.
+    pub async fn post_raw(
+        &self,
+        key: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut rb = self
+            .client
+            .post(self.url("/v1/messages"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        if let Some(k) = idempotency_key {
+            rb = rb.header("idempotency-key", k);
+        }
+        rb.send().await.unwrap()
+    }
+
+    /// Sends `body` as `clinic-app`.
+    pub async fn send(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.post_raw(Some(&self.api_key), None, body.to_string())
+            .await
+    }
+
+    /// Sends `body` as `clinic-app` with an Idempotency-Key.
+    pub async fn send_idem(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.post_raw(Some(&self.api_key), Some(key), body.to_string())
+            .await
+    }
+
+    /// Sends and expects 201; returns the JSON answer.
+    pub async fn send_ok(&self, body: &serde_json::Value) -> serde_json::Value {
+        let resp = self.send(body).await;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 201, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `GET path` with `key`.
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `/readyz` status code.
+    pub async fn readyz(&self) -> u16 {
+        self.client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Waits (up to 10 s) until `/readyz` is 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.readyz().await != 200 {
+            assert!(Instant::now() < deadline, "/readyz never became 200");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits (up to 10 s) until `/readyz` is 503.
+    pub async fn wait_not_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.readyz().await != 503 {
+            assert!(Instant::now() < deadline, "/readyz never became 503");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The shared state (daily counters, opt-outs) over the App's store.
+    pub fn shared(&self) -> LocalShared {
+        LocalShared::new(self.app().store.clone())
+    }
+
+    /// The keyed pseudonym of `number` under this node's key.
+    pub fn pseudonym(&self, number: &str) -> [u8; 32] {
+        Pseudonym::of(
+            &self.config.node.pseudonym_key,
+            &E164::parse(number).unwrap(),
+        )
+        .0
+    }
+
+    /// Drains the App (store flushed and closed). Returns whether it was clean.
+    pub async fn stop(&mut self) -> bool {
+        match self.app.take() {
+            Some(app) => app.stop(Duration::from_secs(5)).await,
+            None => true,
+        }
+    }
+
+    /// Stops the App and starts a new one on the same config and state dir.
+    pub async fn restart(&mut self) {
+        assert!(self.stop().await, "the App did not drain cleanly");
+        self.app = Some(App::start(self.config.clone()).await.unwrap());
+        if self.wait_ready {
+            self.wait_ready().await;
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `within`; panics with `what` if it
+/// never holds.
+pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `Retry-After` header as whole seconds.
+pub fn retry_after(resp: &reqwest::Response) -> u64 {
+    let v = resp
+        .headers()
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After on {}", resp.status()));
+    v.to_str()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {v:?} is not integer seconds"))
+}
