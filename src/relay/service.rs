@@ -430,6 +430,9 @@ impl MessageService for Relay {
         {
             return refuse_fresh(SendError::RateLimited { retry_after }).await;
         }
+        // What this request holds of the limits, given back if it ends in a
+        // definite refusal (nothing reached a carrier).
+        let mut daily_taken: Option<(String, String)> = None;
         if let Some(brand) = view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
             let (day, left) = local_day(brand.daily_reset_tz, chrono::Utc::now());
             match self
@@ -438,7 +441,7 @@ impl MessageService for Relay {
                 .add_daily(&brand.id, &day, u64::from(segments), brand.daily_cap)
                 .await
             {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => daily_taken = Some((brand.id.clone(), day)),
                 Ok(Err(_)) => {
                     limits.refund(&campaign.id, &req.from, segments);
                     return refuse_fresh(SendError::DailyCapReached { retry_after: left }).await;
@@ -450,12 +453,26 @@ impl MessageService for Relay {
                 }
             }
         }
+        let release = || async {
+            limits.refund(&campaign.id, &req.from, segments);
+            if let Some((brand, day)) = &daily_taken {
+                if let Err(e) = self
+                    .inner
+                    .shared
+                    .release_daily(brand, day, u64::from(segments))
+                    .await
+                {
+                    tracing::error!("releasing a daily cap reservation: {e}");
+                }
+            }
+        };
         let reference = self.inner.reference.fetch_add(1, Ordering::Relaxed);
         let enc = match encoding::encode(req.text.expose(), reference) {
             Ok(e) => e,
             Err(_) => {
+                release().await;
                 return refuse_fresh(SendError::InvalidRequest("`text` cannot be encoded".into()))
-                    .await
+                    .await;
             }
         };
         let sent = self.send_segments(&candidates, &req, &enc).await;
@@ -465,12 +482,17 @@ impl MessageService for Relay {
         let (sent, error) = match sent {
             Ok(s) => (s, None),
             Err((e, None)) => {
-                // Nothing reached a carrier: a definite refusal.
+                // Nothing reached a carrier: a definite refusal, which
+                // consumes nothing. A timeout's outcome is unknown: the
+                // carrier may have taken it, so its cells stay spent.
                 return match e {
                     SendError::CarrierTimeout => {
                         Err(self.refuse(cid, &campaign_id, Some(&req.to), e, t0))
                     }
-                    e => refuse_fresh(e).await,
+                    e => {
+                        release().await;
+                        refuse_fresh(e).await
+                    }
                 };
             }
             Err((e, Some(partial))) => (partial, Some(e)),

@@ -43,6 +43,15 @@ pub trait SharedState: Send + Sync {
         cap: u64,
     ) -> BoxFuture<'a, Result<Result<u64, u64>, StoreError>>;
 
+    /// Gives back `amount` taken by [`SharedState::add_daily`] for a send
+    /// that then definitely did not happen (never below zero).
+    fn release_daily<'a>(
+        &'a self,
+        key: &'a str,
+        day: &'a str,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// Current value of the counter `(key, day)`; 0 when never counted.
     fn daily<'a>(&'a self, key: &'a str, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
@@ -140,6 +149,24 @@ impl SharedState for LocalShared {
             }
             t.insert((key.as_str(), day.as_str()), new)?;
             Ok(Ok(new))
+        }))
+    }
+
+    fn release_daily<'a>(
+        &'a self,
+        key: &'a str,
+        day: &'a str,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (key, day) = (key.to_owned(), day.to_owned());
+        Box::pin(self.store.write(move |txn| {
+            let mut t = tables::open(txn, tables::DAILY_COUNTERS)?;
+            let current = t
+                .get((key.as_str(), day.as_str()))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            t.insert((key.as_str(), day.as_str()), current.saturating_sub(amount))?;
+            Ok(())
         }))
     }
 
