@@ -13,11 +13,12 @@ cd "$(dirname "$0")/.."
 N=${1:-50000}
 C=${2:-64}
 BIN=${BIN:-target/release/sms-conduit}
+BINABS=$(realpath "$BIN")
 [ -x "$BIN" ] || cargo build --release
 work=$(mktemp -d)
 trap 'kill $SIM $RELAY 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cp -r config/example "$work/example"
-KEY=$("$BIN" keys new --client bench | sed -n 2p | tr -d ' ')
+KEY=$("$BINABS" keys new --client bench | sed -n 2p | tr -d ' ')
 HASH=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
 SIM_PORT=$((20000 + RANDOM % 10000)); API_PORT=$((SIM_PORT + 1)); MET_PORT=$((SIM_PORT + 2))
 cat > "$work/c.toml" <<TOML
@@ -61,16 +62,16 @@ key_sha256 = ["$HASH"]
 campaigns = ["CBENCH1"]
 TOML
 cd "$work"
-"$OLDPWD/$BIN" sim-carrier --listen 127.0.0.1:$SIM_PORT --tls-cert example/server.crt --tls-key example/server.key \
+"$BINABS" sim-carrier --listen 127.0.0.1:$SIM_PORT --tls-cert example/server.crt --tls-key example/server.key \
   --system-id bench --password "$(cat example/carrier-a.pass)" --dlr-delay-ms 200 > sim.out 2> sim.err &
 SIM=$!
 sleep 0.3
-RUST_LOG=warn "$OLDPWD/$BIN" run --config c.toml 2> relay.err &
+RUST_LOG=warn "$BINABS" run --config c.toml 2> relay.err &
 RELAY=$!
 for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
 run() {
-  "$OLDPWD/$BIN" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
+  "$BINABS" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
     --campaign CBENCH1 --from +15551230001 --relay-pid $RELAY --connections "$C" "${extra[@]}" "$@"
 }
 echo "== flat out: $N messages, $C connections"
