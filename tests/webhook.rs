@@ -28,11 +28,11 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Short timeouts and backoff so failure scenarios finish in seconds.
+/// Short backoff and polling so failure scenarios finish in seconds; the
+/// request timeouts stay at their defaults, so a slow machine does not turn
+/// a delivery into a timeout (and a resend).
 fn fast() -> Options {
     Options {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(300),
         poll_interval: Duration::from_millis(100),
@@ -248,28 +248,34 @@ async fn a_failing_client_gets_everything_once_in_order_after_it_recovers() {
     rig.sink.set_mode(Mode::Fail);
     let w = rig.start(8, fast());
     enqueue_statuses(&rig.store, CLIENT, "f", 10).await;
+    // The metric counts an attempt once its answer is in.
     eventually("retries", Duration::from_secs(10), || {
-        rig.sink.attempts() >= 40
+        attempts(&rig.metrics, "http_error") >= 40
     })
     .await;
     assert_eq!(rig.sink.count(), 0);
-    assert!(attempts(&rig.metrics, "http_error") >= 40);
 
     // While failing, only the first event of each message was ever tried:
     // a message has one event in flight, and its next waits for it.
-    let pending = rig.outbox().pending(CLIENT).unwrap();
+    let outbox = rig.outbox();
+    let pending = outbox.pending(CLIENT).unwrap();
     assert_eq!(pending.len(), 30);
     for (_, rec) in &pending {
-        let first = rec.payload["status"] == "accepted";
-        assert_eq!(rec.attempt > 0, first, "{rec:?}");
-        if first {
-            assert!(rec.next_attempt_ms > 0);
+        if rec.payload["status"] != "accepted" {
+            assert_eq!(rec.attempt, 0, "{rec:?}");
         }
     }
+    eventually("every first event retried", Duration::from_secs(5), || {
+        outbox
+            .pending(CLIENT)
+            .unwrap()
+            .iter()
+            .all(|(_, r)| (r.attempt > 0) == (r.payload["status"] == "accepted"))
+    })
+    .await;
 
     rig.sink.set_mode(Mode::Ok);
     assert!(rig.sink.wait_for(30, Duration::from_secs(20)).await);
-    let outbox = rig.outbox();
     eventually("an empty outbox", Duration::from_secs(5), || {
         outbox.depth().unwrap() == 0
     })
@@ -327,7 +333,7 @@ async fn a_restart_resends_what_was_pending() {
     let w = rig.start(4, fast());
     enqueue_statuses(&rig.store, CLIENT, "r", 5).await;
     eventually("failed attempts", Duration::from_secs(10), || {
-        rig.sink.attempts() >= 5
+        attempts(&rig.metrics, "http_error") >= 5
     })
     .await;
     w.stop().await;
@@ -359,7 +365,7 @@ async fn events_older_than_the_maximum_age_are_dropped_as_expired() {
     let rig = Rig::new().await;
     rig.sink.set_mode(Mode::Fail);
     let opts = Options {
-        max_age: Duration::from_millis(700),
+        max_age: Duration::from_millis(1500),
         ..fast()
     };
     let w = rig.start(4, opts);
@@ -370,7 +376,10 @@ async fn events_older_than_the_maximum_age_are_dropped_as_expired() {
     })
     .await;
     assert_eq!(attempts(&rig.metrics, "expired"), 6);
-    assert!(attempts(&rig.metrics, "http_error") >= 2);
+    assert!(
+        attempts(&rig.metrics, "http_error") >= 1,
+        "tried before dropped"
+    );
     assert_eq!(rig.sink.count(), 0);
     w.stop().await;
 }
