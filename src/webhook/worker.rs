@@ -1,0 +1,618 @@
+//! Delivery: one worker task per client with a webhook, plus the
+//! synchronous MO path.
+//!
+//! Owns, per client: the HTTP client (rustls, the client's CA, ALPN h2 and
+//! http/1.1, no proxy from the environment, no redirects), the current URL
+//! and secret (swapped by [`Webhooks::reload`]), a [`Notify`] that wakes the
+//! worker, and the worker's [`Schedule`].
+//!
+//! A worker loop: read new outbox rows (past the last seq it saw, up to its
+//! window), start every due event while fewer than `concurrency` are in
+//! flight, then sleep until something finishes, a wake-up, the next due time
+//! or the poll interval. Each attempt is a task that reads its record, POSTs
+//! it, and records the outcome in its own store op — delete on 2xx, new
+//! `attempt`/`next_attempt_ms` otherwise — so many attempts share one fsync.
+//!
+//! Invariants:
+//! - one event per message in flight, a message's events in seq order (see
+//!   [`Schedule`]);
+//! - an event leaves the outbox only after a 2xx or after its maximum age;
+//!   delivery is at least once (a crash between the 2xx and the delete sends
+//!   it again, with the same event id);
+//! - one [`Webhooks`] per store: two would send the same events;
+//! - no lock is held across an `.await` (the std locks below are held only
+//!   to clone an `Arc`);
+//! - logs carry the client id, event id, attempt and outcome — never the
+//!   payload, the URL or a number.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::event::{new_event_id, status_body, ReceivedEvent, StatusEvent};
+use super::outbox::{Outbox, OutboxRecord};
+use super::schedule::Schedule;
+use super::sign::{sign, HEADER};
+use super::{Options, WebhookError};
+use crate::config;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::tls;
+use crate::types::Secret;
+
+/// ALPN offered to webhooks.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Delay before retry number `attempt` (1 = after the first failure):
+/// `base · 2^(attempt-1)`, ±20 % jitter, never above `cap`.
+pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = attempt.saturating_sub(1).min(40);
+    let raw = ms(base).saturating_mul(1u64 << exp).min(ms(cap));
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    let jittered = (raw as f64 * jitter) as u64;
+    Duration::from_millis(jittered.min(ms(cap)))
+}
+
+/// Where and how to send one client's events.
+struct Target {
+    url: reqwest::Url,
+    secret: Secret,
+    http: reqwest::Client,
+    concurrency: usize,
+}
+
+impl Target {
+    fn build(client: &str, hook: &config::Webhook, opts: &Options) -> Result<Self, WebhookError> {
+        let url = reqwest::Url::parse(&hook.url).map_err(|_| WebhookError::Url {
+            client: client.to_owned(),
+        })?;
+        let tls = tls::client_config(hook.ca_file.as_deref(), ALPN).map_err(|source| {
+            WebhookError::Tls {
+                client: client.to_owned(),
+                source,
+            }
+        })?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .connect_timeout(opts.connect_timeout)
+            .timeout(opts.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WebhookError::Client {
+                client: client.to_owned(),
+                reason: e.without_url().to_string(),
+            })?;
+        Ok(Target {
+            url,
+            secret: hook.secret.clone(),
+            http,
+            concurrency: usize::try_from(hook.concurrency).unwrap_or(1).max(1),
+        })
+    }
+}
+
+/// Why one POST did not get a 2xx.
+#[derive(Debug)]
+enum Failure {
+    Status(u16),
+    Timeout,
+    /// Connecting, TLS, or the exchange broke; the reason has no URL.
+    Transport(String),
+}
+
+impl Failure {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Status(_) => "http_error",
+            Failure::Timeout => "timeout",
+            Failure::Transport(_) => "connect_error",
+        }
+    }
+
+    fn into_error(self, client: &str, after: Duration) -> WebhookError {
+        let client = client.to_owned();
+        match self {
+            Failure::Status(status) => WebhookError::Status { client, status },
+            Failure::Timeout => WebhookError::Timeout { client, after },
+            Failure::Transport(reason) => WebhookError::Unreachable { client, reason },
+        }
+    }
+}
+
+/// A transport error as text, without the URL (it may hold a token).
+fn reason(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// One signed POST of `body`; Ok on 2xx within `timeout`.
+async fn post(target: &Target, body: Bytes, timeout: Duration) -> Result<(), Failure> {
+    let t = now_ms() / 1000;
+    let signature = sign(target.secret.expose(), t, &body);
+    let req = target
+        .http
+        .post(target.url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(HEADER, signature)
+        .timeout(timeout)
+        .body(body);
+    // The response body is not read: the status is the answer. Dropping the
+    // response resets an h2 stream, or closes an HTTP/1.1 connection whose
+    // body is still coming.
+    match tokio::time::timeout(timeout, req.send()).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
+        Ok(Err(e)) => Err(Failure::Transport(reason(e))),
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+        Ok(Ok(resp)) => Err(Failure::Status(resp.status().as_u16())),
+    }
+}
+
+/// A client's worker state shared with [`Webhooks`].
+struct Slot {
+    id: String,
+    target: RwLock<Arc<Target>>,
+    notify: Notify,
+    stop: CancellationToken,
+}
+
+impl Slot {
+    fn target(&self) -> Arc<Target> {
+        match self.target.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_target(&self, t: Arc<Target>) {
+        match self.target.write() {
+            Ok(mut g) => *g = t,
+            Err(poisoned) => *poisoned.into_inner() = t,
+        }
+    }
+}
+
+struct Shared {
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+    options: Options,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    /// Held only to look up, insert or remove a slot; never across an await.
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// Webhook delivery for every client with a webhook. Cheap to clone.
+#[derive(Clone)]
+pub struct Webhooks {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").finish_non_exhaustive()
+    }
+}
+
+/// What an attempt task tells its worker.
+enum Attempted {
+    /// The event left the outbox (delivered, expired, or gone).
+    Done,
+    /// Still pending; due again at this unix ms.
+    Retry(u64),
+}
+
+impl Webhooks {
+    /// Starts a worker for every client with a webhook, with the SPEC
+    /// defaults. Workers are spawned on `tracker` and stop when `shutdown`
+    /// fires, after their in-flight attempts finished (bounded by the
+    /// request timeout).
+    pub fn start(
+        clients: &[config::Client],
+        store: Store,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<Webhooks, WebhookError> {
+        Self::start_with(
+            clients,
+            store,
+            metrics,
+            shutdown,
+            tracker,
+            Options::default(),
+        )
+    }
+
+    /// As [`Webhooks::start`] with explicit timeouts and backoff.
+    pub fn start_with(
+        clients: &[config::Client],
+        store: Store,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        options: Options,
+    ) -> Result<Webhooks, WebhookError> {
+        let hooks = Webhooks {
+            shared: Arc::new(Shared {
+                outbox: Outbox::new(store),
+                metrics,
+                options,
+                shutdown,
+                tracker,
+                slots: Mutex::new(HashMap::new()),
+            }),
+        };
+        hooks.reload(clients)?;
+        Ok(hooks)
+    }
+
+    /// Applies a new client list: swaps URLs, secrets, CAs and concurrency,
+    /// starts workers for new webhooks and stops those of removed ones (their
+    /// events stay in the outbox). All or nothing: if any webhook cannot be
+    /// set up, nothing changes.
+    pub fn reload(&self, clients: &[config::Client]) -> Result<(), WebhookError> {
+        let mut built = HashMap::new();
+        for c in clients {
+            if let Some(hook) = &c.webhook {
+                let t = Target::build(&c.id, hook, &self.shared.options)?;
+                built.insert(c.id.clone(), Arc::new(t));
+            }
+        }
+        let mut slots = match self.shared.slots.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slots.retain(|id, slot| {
+            let keep = built.contains_key(id);
+            if !keep {
+                tracing::info!(client = %id, "webhook removed; its worker stops");
+                slot.stop.cancel();
+            }
+            keep
+        });
+        for (id, target) in built {
+            if let Some(slot) = slots.get(&id) {
+                slot.set_target(target);
+                slot.notify.notify_one();
+                continue;
+            }
+            let slot = Arc::new(Slot {
+                id: id.clone(),
+                target: RwLock::new(target),
+                notify: Notify::new(),
+                stop: self.shared.shutdown.child_token(),
+            });
+            slots.insert(id, slot.clone());
+            let shared = self.shared.clone();
+            self.shared.tracker.spawn(run_worker(shared, slot));
+        }
+        Ok(())
+    }
+
+    /// Wakes `client`'s worker: call after the store op that enqueued an
+    /// event for it returned `Ok`.
+    pub fn notify(&self, client: &str) {
+        if let Some(slot) = self.slot(client) {
+            slot.notify.notify_one();
+        }
+    }
+
+    /// Whether `client` has a webhook (and so wants status events).
+    pub fn has_webhook(&self, client: &str) -> bool {
+        self.slot(client).is_some()
+    }
+
+    /// Enqueues a status event in its own store op and wakes the worker —
+    /// for callers that have no status change to commit with it.
+    pub async fn enqueue(&self, client: &str, event: StatusEvent) -> Result<(), StoreError> {
+        let owned = client.to_owned();
+        self.shared
+            .outbox
+            .store()
+            .write(move |txn| super::outbox::enqueue(txn, &owned, event, now_ms()))
+            .await?;
+        self.notify(client);
+        Ok(())
+    }
+
+    /// The outbox these workers drain.
+    pub fn outbox(&self) -> &Outbox {
+        &self.shared.outbox
+    }
+
+    /// Sends an MO to `client` now: one signed POST, `Ok` only on a 2xx
+    /// within `deadline` (and the request timeout). Not retried and never
+    /// stored: on `Err` the caller answers the carrier with a temporary error
+    /// so the carrier retries. The event (and its text) is dropped as soon as
+    /// the request body is built; the body buffer is zeroized once sent.
+    pub async fn deliver_now(
+        &self,
+        client: &str,
+        event: ReceivedEvent,
+        deadline: Duration,
+    ) -> Result<(), WebhookError> {
+        let slot = self
+            .slot(client)
+            .ok_or_else(|| WebhookError::NoWebhook(client.to_owned()))?;
+        let target = slot.target();
+        let event_id = new_event_id();
+        let body = event.to_body(&event_id, now_ms())?;
+        drop(event);
+        let timeout = deadline.min(self.shared.options.request_timeout);
+        let result = post(&target, body, timeout).await;
+        let outcome = result.as_ref().err().map_or("ok", Failure::outcome);
+        self.shared
+            .metrics
+            .webhook_attempts
+            .with_label_values(&[client, outcome])
+            .inc();
+        result.map_err(|f| {
+            tracing::debug!(client, event_id = %event_id, outcome, "MO webhook failed");
+            f.into_error(client, timeout)
+        })
+    }
+
+    fn slot(&self, client: &str) -> Option<Arc<Slot>> {
+        match self.shared.slots.lock() {
+            Ok(g) => g.get(client).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(client).cloned(),
+        }
+    }
+}
+
+/// The worker loop of one client (see the module doc).
+async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
+    tracing::info!(client = %slot.id, "webhook worker started");
+    let poll = shared.options.poll_interval;
+    let mut sched = Schedule::default();
+    let mut inflight: JoinSet<Attempted> = JoinSet::new();
+    let mut seq_of: HashMap<tokio::task::Id, u64> = HashMap::new();
+    loop {
+        shared.ingest(&slot.id, &mut sched);
+        let target = slot.target();
+        let now = now_ms();
+        while inflight.len() < target.concurrency {
+            let Some(seq) = sched.take_due(now) else {
+                break;
+            };
+            let task = attempt(shared.clone(), slot.id.clone(), target.clone(), seq);
+            let handle = inflight.spawn(task);
+            seq_of.insert(handle.id(), seq);
+        }
+        let wait = match sched.next_due() {
+            Some(at) if inflight.len() < target.concurrency => {
+                Duration::from_millis(at.saturating_sub(now)).min(poll)
+            }
+            _ => poll,
+        };
+        tokio::select! {
+            _ = slot.stop.cancelled() => break,
+            Some(joined) = inflight.join_next_with_id() => {
+                apply(&mut sched, &mut seq_of, joined, poll);
+            }
+            _ = slot.notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    // Let attempts in flight record their outcome, so a restart does not
+    // resend what was just delivered.
+    while let Some(joined) = inflight.join_next_with_id().await {
+        apply(&mut sched, &mut seq_of, joined, poll);
+    }
+    tracing::info!(client = %slot.id, "webhook worker stopped");
+}
+
+fn apply(
+    sched: &mut Schedule,
+    seq_of: &mut HashMap<tokio::task::Id, u64>,
+    joined: Result<(tokio::task::Id, Attempted), tokio::task::JoinError>,
+    poll: Duration,
+) {
+    let (id, result) = match joined {
+        Ok((id, r)) => (id, Some(r)),
+        Err(e) => (e.id(), None),
+    };
+    let Some(seq) = seq_of.remove(&id) else {
+        return;
+    };
+    match result {
+        Some(Attempted::Done) => sched.done(seq),
+        Some(Attempted::Retry(at)) => sched.retry(seq, at),
+        None => {
+            tracing::error!(seq, "webhook attempt task failed; retrying later");
+            sched.retry(seq, now_ms().saturating_add(ms(poll)));
+        }
+    }
+}
+
+impl Shared {
+    /// Reads outbox rows past the last seen seq into the schedule, up to the
+    /// window, and refreshes the depth gauge.
+    fn ingest(&self, client: &str, sched: &mut Schedule) {
+        let room = self.options.window.saturating_sub(sched.len());
+        if room > 0 {
+            match self.outbox.scan(client, sched.last_seen(), room) {
+                Ok(rows) => {
+                    for row in rows {
+                        match row.record {
+                            Some(rec) => sched.add(row.seq, &rec.message_id, rec.next_attempt_ms),
+                            None => {
+                                tracing::error!(
+                                    client,
+                                    seq = row.seq,
+                                    "unreadable outbox record skipped"
+                                );
+                                sched.skip(row.seq);
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(client, error = %e, "reading the webhook outbox failed"),
+            }
+        }
+        if let Ok(depth) = self.outbox.depth() {
+            self.metrics
+                .outbox_depth
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn count(&self, client: &str, outcome: &str) {
+        self.metrics
+            .webhook_attempts
+            .with_label_values(&[client, outcome])
+            .inc();
+    }
+
+    fn retry_soon(&self) -> Attempted {
+        Attempted::Retry(now_ms().saturating_add(ms(self.options.poll_interval)))
+    }
+
+    /// Drops an event past its maximum age.
+    async fn expire(&self, client: &str, seq: u64, rec: &OutboxRecord) -> Attempted {
+        self.count(client, "expired");
+        tracing::warn!(
+            client,
+            event_id = %rec.event_id,
+            attempts = rec.attempt,
+            max_age_secs = self.options.max_age.as_secs(),
+            "status event not delivered within its maximum age; dropped"
+        );
+        match self.outbox.remove(client, seq, &rec.event_id).await {
+            Ok(_) => Attempted::Done,
+            Err(e) => {
+                tracing::warn!(client, event_id = %rec.event_id, error = %e, "removing an expired event failed");
+                self.retry_soon()
+            }
+        }
+    }
+}
+
+/// One delivery attempt of the event at `(client, seq)`.
+async fn attempt(shared: Arc<Shared>, client: String, target: Arc<Target>, seq: u64) -> Attempted {
+    let rec = match shared.outbox.get(&client, seq) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Attempted::Done,
+        Err(e) => {
+            tracing::warn!(client, seq, error = %e, "reading an outbox record failed");
+            return shared.retry_soon();
+        }
+    };
+    let deadline = rec.created_ms.saturating_add(ms(shared.options.max_age));
+    if now_ms() >= deadline {
+        return shared.expire(&client, seq, &rec).await;
+    }
+    let body = match status_body(&rec.event_id, rec.created_ms, &rec.payload) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(client, event_id = %rec.event_id, error = %e, "status event cannot be encoded");
+            return shared.retry_soon();
+        }
+    };
+    let result = post(&target, body, shared.options.request_timeout).await;
+    let outcome = result.as_ref().err().map_or("ok", Failure::outcome);
+    shared.count(&client, outcome);
+    let failure = match result {
+        Ok(()) => {
+            return match shared.outbox.remove(&client, seq, &rec.event_id).await {
+                Ok(_) => Attempted::Done,
+                Err(e) => {
+                    tracing::warn!(
+                        client,
+                        event_id = %rec.event_id,
+                        error = %e,
+                        "delivered, but removing the event failed; it will be sent again"
+                    );
+                    shared.retry_soon()
+                }
+            };
+        }
+        Err(f) => f,
+    };
+    let attempt = rec.attempt.saturating_add(1);
+    let now = now_ms();
+    if now >= deadline {
+        return shared.expire(&client, seq, &rec).await;
+    }
+    let delay = backoff(
+        attempt,
+        shared.options.backoff_base,
+        shared.options.backoff_cap,
+    );
+    let next = now.saturating_add(ms(delay)).min(deadline);
+    let status = match &failure {
+        Failure::Status(s) => Some(*s),
+        _ => None,
+    };
+    tracing::debug!(
+        client,
+        event_id = %rec.event_id,
+        attempt,
+        outcome,
+        status,
+        retry_in_ms = next - now,
+        "status event not delivered; will retry"
+    );
+    if let Failure::Transport(reason) = &failure {
+        tracing::debug!(client, event_id = %rec.event_id, reason = %reason, "webhook transport error");
+    }
+    match shared
+        .outbox
+        .reschedule(&client, seq, &rec.event_id, attempt, next)
+        .await
+    {
+        Ok(true) => Attempted::Retry(next),
+        Ok(false) => Attempted::Done,
+        Err(e) => {
+            tracing::warn!(client, event_id = %rec.event_id, error = %e, "recording a failed attempt failed");
+            Attempted::Retry(next)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(600);
+        for _ in 0..100 {
+            let d1 = backoff(1, base, cap).as_millis();
+            assert!((800..1200).contains(&d1), "{d1}");
+            let d4 = backoff(4, base, cap).as_millis();
+            assert!((6400..9600).contains(&d4), "{d4}");
+            let d30 = backoff(30, base, cap);
+            assert!(d30 <= cap && d30 >= Duration::from_secs(480), "{d30:?}");
+            assert!(backoff(u32::MAX, base, cap) <= cap);
+        }
+    }
+}
