@@ -100,9 +100,9 @@ fn raw(store: &Store, seq: u64) -> Vec<u8> {
 
 /// Changes the stored table directly through redb, as an attacker with the
 /// file would.
-async fn tamper<F>(store: &Store, f: F)
+async fn tamper<F>(store: &Store, mut f: F)
 where
-    F: FnOnce(&mut redb::Table<'_, u64, &'static [u8]>) + Send + 'static,
+    F: FnMut(&mut redb::Table<'_, u64, &'static [u8]>) + Send + 'static,
 {
     store
         .write(move |txn| {

@@ -192,15 +192,16 @@ impl Audit {
     /// went down, a key failed). Durable when this returns `Ok`.
     pub async fn record(&self, event: AuditEvent, actor: &str) -> Result<AuditRecord, StoreError> {
         let actor = actor.to_owned();
-        self.write(move |log| log.append(event, &actor)).await
+        self.write(move |log| log.append(event.clone(), &actor))
+            .await
     }
 
     /// Runs `op` as a store op with the log at hand: the state change and
     /// its records commit together or not at all, and committed records are
     /// counted in metrics. Finished key-use minutes ride along.
-    pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    pub async fn write<T, F>(&self, mut op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&mut AuditTxn<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut AuditTxn<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let now = Utc::now();
@@ -215,6 +216,7 @@ impl Audit {
             .inner
             .store
             .write(move |txn| {
+                let op = &mut op;
                 let mut log = AuditTxn {
                     txn,
                     node: &node,

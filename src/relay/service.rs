@@ -544,9 +544,9 @@ impl MessageService for Relay {
         let write = self.inner.audit.write(move |atx| {
             record::put_message(atx.txn(), &rec)?;
             if let Some(k) = &idem {
-                record::finish_idempotent(atx.txn(), &c, k, &rec.id, outcome)?;
+                record::finish_idempotent(atx.txn(), &c, k, &rec.id, outcome.clone())?;
             }
-            if let Some(ev) = accepted {
+            if let Some(ev) = accepted.clone() {
                 atx.append(ev, &c)?;
             }
             Ok(())

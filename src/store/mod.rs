@@ -150,13 +150,17 @@ impl Store {
     /// Once queued, the write happens even if this future is dropped.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(Msg::Op(Box::new(OpJob { op, tx })))
+            .send(Msg::Op(Box::new(OpJob {
+                op,
+                tx,
+                result: None,
+            })))
             .await
             .map_err(|_| StoreError::Closed)?;
         // The sender is dropped unanswered only if the op (or the writer)

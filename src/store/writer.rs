@@ -1,24 +1,34 @@
-//! The group-commit writer: one thread, one durable commit per batch.
+//! The group-commit writer: one thread, one transaction and one fsync per
+//! batch.
 //!
 //! Owns: the only redb write transactions of the process.
 //!
 //! How a batch runs: the thread blocks for the first queued message, then
 //! takes whatever else is queued (up to [`MAX_BATCH`] ops) without waiting.
-//! Each op runs in its own write transaction committed with
-//! [`redb::Durability::None`] — in memory, no fsync — so an op that returns
-//! `Err` or panics is aborted alone and cannot poison its neighbours (redb's
-//! ephemeral savepoints cannot serve here: they must be taken before any table
-//! of the transaction is opened). Then one empty transaction is committed with
-//! [`redb::Durability::Immediate`], which makes every op of the batch durable
-//! with a single fsync, and only then is each caller answered.
+//!
+//! - Fast path: every op of the batch runs in ONE write transaction, which is
+//!   committed durably (one fsync), and only then is each caller answered.
+//!   A redb commit costs far more than a small op (page copies, checksums,
+//!   allocator state), so per-op commits would make the writer thread the
+//!   bottleneck of the relay; measured, they did.
+//! - Slow path, when any op of the batch returns `Err` or panics: that
+//!   transaction is aborted (nothing of the batch is kept) and every op is run
+//!   again, each in its own transaction committed with
+//!   [`redb::Durability::None`], then one empty transaction with
+//!   [`redb::Durability::Immediate`] makes the kept ones durable with a single
+//!   fsync. So an op that fails is rolled back alone and cannot poison its
+//!   neighbours. This is why ops are `FnMut`: an op may run twice, and must
+//!   not depend on side effects outside its transaction (redb's ephemeral
+//!   savepoints cannot isolate ops instead: they must be taken before any
+//!   table of the transaction is written).
 //!
 //! Invariants:
 //! - a caller gets `Ok` only after its writes are durable;
 //! - at most one fsync per batch; ops never fsync;
 //! - a failed or panicking op leaves no trace and does not fail the batch;
-//! - readers may see an op's writes slightly before they are durable (between
-//!   its in-memory commit and the batch's fsync). A crash in that window loses
-//!   them — and their callers were never told `Ok`.
+//! - on the slow path, readers may see an op's writes slightly before they
+//!   are durable. A crash in that window loses them — and their callers were
+//!   never told `Ok`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,46 +48,50 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// `Store::write` wait (backpressure) instead of growing memory.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
-/// What the writer tells an op's caller once the batch's commit is over.
-pub(crate) type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-
 /// A type-erased op with its caller's answer channel.
 pub(crate) trait Job: Send {
-    /// Runs against its own transaction; says whether its writes are to be
-    /// kept, and returns the closure that answers its caller after the commit.
-    fn run(self: Box<Self>, txn: &WriteTransaction) -> (bool, Reply);
-    /// Answers the caller without running (no transaction could be started).
-    fn fail(self: Box<Self>, err: StoreError);
+    /// Runs the op against `txn` and keeps its result; says whether it
+    /// succeeded. May be called again (slow path) after a failed batch.
+    fn attempt(&mut self, txn: &WriteTransaction) -> bool;
+    /// Answers the caller with the kept result, or `commit`'s error when
+    /// the op succeeded but its commit did not.
+    fn answer(self: Box<Self>, commit: Option<&StoreError>);
 }
 
 /// The one implementation of [`Job`]: a caller's op and its oneshot.
 pub(crate) struct OpJob<F, T> {
     pub(crate) op: F,
     pub(crate) tx: oneshot::Sender<Result<T, StoreError>>,
+    pub(crate) result: Option<Result<T, StoreError>>,
 }
 
 impl<F, T> Job for OpJob<F, T>
 where
-    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    fn run(self: Box<Self>, txn: &WriteTransaction) -> (bool, Reply) {
-        let OpJob { op, tx } = *self;
-        let result = op(txn);
-        let ok = result.is_ok();
-        let reply: Reply = Box::new(move |commit: Option<&StoreError>| {
-            let out = match (result, commit) {
-                (Ok(_), Some(e)) => Err(e.clone()),
-                (r, _) => r,
-            };
-            // The caller may have stopped waiting; the write stands anyway.
-            let _ = tx.send(out);
-        });
-        (ok, reply)
+    fn attempt(&mut self, txn: &WriteTransaction) -> bool {
+        let op = &mut self.op;
+        let r = match catch_unwind(AssertUnwindSafe(|| op(txn))) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!("store op panicked; rolled back");
+                Err(StoreError::OpPanicked)
+            }
+        };
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
     }
 
-    fn fail(self: Box<Self>, err: StoreError) {
-        let _ = self.tx.send(Err(err));
+    fn answer(self: Box<Self>, commit: Option<&StoreError>) {
+        let out = match (self.result, commit) {
+            (Some(Ok(_)), Some(e)) => Err(e.clone()),
+            (Some(r), _) => r,
+            (None, _) => Err(StoreError::OpPanicked),
+        };
+        // The caller may have stopped waiting; the write stands anyway.
+        let _ = self.tx.send(out);
     }
 }
 
@@ -145,17 +159,12 @@ fn run_batch(
     counters: &Counters,
 ) -> bool {
     let started = Instant::now();
-    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(batch.len());
     let mut flushes = Vec::new();
     let mut closing = false;
-    let mut kept = 0usize;
     for msg in batch.drain(..) {
         match msg {
-            Msg::Op(job) => {
-                let (ok, reply) = run_op(db, job);
-                kept += usize::from(ok);
-                replies.push(reply);
-            }
+            Msg::Op(job) => jobs.push(job),
             Msg::Flush(ack) => flushes.push(ack),
             Msg::Close(ack) => {
                 closing = true;
@@ -163,26 +172,28 @@ fn run_batch(
             }
         }
     }
-    let outcome = if kept > 0 { durable_commit(db) } else { Ok(()) };
-    if !replies.is_empty() {
-        counters
-            .ops
-            .fetch_add(replies.len() as u64, Ordering::Relaxed);
-        if kept > 0 {
+    if !jobs.is_empty() {
+        let n = jobs.len();
+        let (outcome, committed) = match fast_path(db, &mut jobs) {
+            Some(outcome) => (outcome, true),
+            None => slow_path(db, &mut jobs),
+        };
+        counters.ops.fetch_add(n as u64, Ordering::Relaxed);
+        if committed {
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         // `store_commit` is the batch's wall time (ops + fsync): what the
         // first caller of the batch waited for, once the writer picked it up.
         if let Some(m) = metrics {
             m.store_commit.observe(started.elapsed().as_secs_f64());
-            m.store_batch.observe(replies.len() as f64);
+            m.store_batch.observe(n as f64);
         }
-    }
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, ops = replies.len(), "store commit failed");
-    }
-    for reply in replies {
-        reply(outcome.as_ref().err());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, ops = n, "store commit failed");
+        }
+        for job in jobs {
+            job.answer(outcome.as_ref().err());
+        }
     }
     for ack in flushes {
         let _ = ack.send(());
@@ -190,37 +201,46 @@ fn run_batch(
     closing
 }
 
-/// Runs one op in its own non-durable transaction. Returns whether it was
-/// kept, and its reply.
-fn run_op(db: &Database, job: Box<dyn Job>) -> (bool, Reply) {
+/// Every op in one durable transaction. `None` when an op failed (the
+/// transaction is aborted and nothing is kept); else the commit's outcome.
+fn fast_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> Option<Result<(), StoreError>> {
     let mut txn = match db.begin_write() {
         Ok(t) => t,
-        Err(e) => {
-            // Answer right away: nothing of this op was attempted.
-            job.fail(StoreError::from(e));
-            return (false, Box::new(|_| {}));
-        }
+        Err(e) => return Some(Err(StoreError::from(e))),
     };
-    txn.set_durability(Durability::None);
-    match catch_unwind(AssertUnwindSafe(|| job.run(&txn))) {
-        Ok((true, reply)) => match txn.commit() {
-            Ok(()) => (true, reply),
-            Err(e) => {
-                let err = StoreError::from(e);
-                (false, Box::new(move |_| reply(Some(&err))))
+    txn.set_durability(Durability::Immediate);
+    for job in jobs.iter_mut() {
+        if !job.attempt(&txn) {
+            abort(txn);
+            return None;
+        }
+    }
+    Some(txn.commit().map_err(StoreError::from))
+}
+
+/// Each op in its own non-durable transaction, then one fsync for the kept
+/// ones. Returns the outcome of that fsync and whether it was done.
+fn slow_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> (Result<(), StoreError>, bool) {
+    let mut kept = 0usize;
+    for job in jobs.iter_mut() {
+        let mut txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => return (Err(StoreError::from(e)), false),
+        };
+        txn.set_durability(Durability::None);
+        if job.attempt(&txn) {
+            match txn.commit() {
+                Ok(()) => kept += 1,
+                Err(e) => return (Err(StoreError::from(e)), false),
             }
-        },
-        Ok((false, reply)) => {
+        } else {
             abort(txn);
-            (false, reply)
         }
-        Err(_) => {
-            abort(txn);
-            tracing::error!("store op panicked; rolled back");
-            // The job's reply sender was dropped during the unwind; its caller
-            // sees `StoreError::OpPanicked`.
-            (false, Box::new(|_| {}))
-        }
+    }
+    if kept > 0 {
+        (durable_commit(db), true)
+    } else {
+        (Ok(()), false)
     }
 }
 

@@ -336,7 +336,7 @@ impl Webhooks {
         self.shared
             .outbox
             .store()
-            .write(move |txn| super::outbox::enqueue(txn, &owned, event, now_ms()))
+            .write(move |txn| super::outbox::enqueue(txn, &owned, event.clone(), now_ms()))
             .await?;
         self.notify(client);
         Ok(())
