@@ -21,12 +21,14 @@ use crate::api::{self, ApiState, AuthFailure, Authenticator, ClientId, ConnLimit
 use crate::audit::{Audit, AuditEvent};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::relay::inbound::Inbound;
 use crate::relay::Relay;
 use crate::service::{self, notify, Event, Shutdown, Signals};
 use crate::smpp::{self, Pool, ServerHandle};
 use crate::store::shared::LocalShared;
 use crate::store::{Store, StoreError};
 use crate::tls::{ClientAuth, ServerTls, TlsError};
+use crate::webhook::Webhooks;
 
 /// Why the appliance could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,8 @@ pub struct App {
     metrics_tls: Option<Arc<ServerTls>>,
     auth: Arc<Authenticator>,
     relay: Relay,
+    inbound: Arc<Inbound>,
+    webhooks: Webhooks,
     audit: Audit,
     smpp_tls: Option<Arc<ServerTls>>,
     smpp_server: Option<ServerHandle>,
@@ -140,12 +144,22 @@ impl App {
         // Carriers first: binds proceed while the listeners come up.
         let shared: Arc<dyn crate::store::shared::SharedState> =
             Arc::new(LocalShared::new(store.clone()));
-        let inbound: Arc<dyn smpp::InboundHandler> = Arc::new(crate::relay::inbound::Inbound::new(
+        let webhooks = Webhooks::start(
+            &config.clients,
+            store.clone(),
+            metrics.clone(),
+            shutdown.token(),
+            shutdown.tracker().clone(),
+        )
+        .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
+        let handler = Arc::new(Inbound::new(
+            &config,
             shared.clone(),
             audit.clone(),
             metrics.clone(),
-            None,
+            Some(webhooks.clone()),
         ));
+        let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
         let pools: Vec<Pool> = config
             .carriers
             .iter()
@@ -166,6 +180,7 @@ impl App {
             audit.clone(),
             metrics.clone(),
         );
+        handler.set_relay(relay.clone());
         let first = config
             .carriers
             .iter()
@@ -265,6 +280,8 @@ impl App {
             metrics_tls,
             auth,
             relay,
+            inbound: handler,
+            webhooks,
             audit,
             smpp_tls,
             smpp_server,
@@ -298,6 +315,10 @@ impl App {
         }
         self.auth.reload(&new.clients);
         self.relay.reload(&new);
+        self.inbound.reload(&new);
+        if let Err(e) = self.webhooks.reload(&new.clients) {
+            tracing::error!("webhook settings not reloaded, keeping the old ones: {e}");
+        }
         if let Err(e) = self
             .audit
             .record(

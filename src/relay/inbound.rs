@@ -1,5 +1,13 @@
-//! What comes back from carriers: delivery receipts (and, with the return
-//! path, MO messages) handed over by the SMPP sessions.
+//! What comes back from carriers: delivery receipts and MO messages handed
+//! over by the SMPP sessions.
+//!
+//! An MO is decoded in memory (concatenated parts are held, zeroized, until
+//! the last one arrives or they expire), its campaign found by the number it
+//! was sent to, STOP/START/HELP keywords acted on (opt-out recorded first, so
+//! a STOP is honoured even while the client's webhook is down), and then it
+//! is POSTed to the client's webhook while the carrier waits: a 2xx gets
+//! ESME_ROK, anything else ESME_RX_T_APPN so the carrier redelivers. The text
+//! is never stored.
 //!
 //! A receipt is correlated through the (carrier, carrier message id) index
 //! (hex and decimal forms), its segment's state recorded, and the message's
@@ -14,17 +22,30 @@
 //! it counts as unknown. Unknown ids are answered OK (the carrier would
 //! otherwise redeliver forever), counted and audited.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 
-use super::record;
-use crate::audit::{Audit, AuditEvent};
+use zeroize::Zeroizing;
+
+use super::{record, Relay};
+use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
+use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
-use crate::smpp::{dlr, CommandStatus, InboundHandler, InboundMessage};
+use crate::smpp::{dlr, encoding, CommandStatus, InboundHandler, InboundMessage};
 use crate::store::shared::SharedState;
 use crate::store::StoreError;
+use crate::types::{Pseudonym, Secret, E164};
+use crate::webhook::{ReceivedEvent, StatusEvent, Webhooks};
+
+/// How long the carrier may wait for the client's webhook on an MO.
+const MO_WEBHOOK_DEADLINE: Duration = Duration::from_secs(5);
+/// Parts of a concatenated MO are dropped when the rest does not arrive.
+const MO_PARTS_TTL: Duration = Duration::from_secs(600);
+/// At most this many concatenated MOs are assembled at once.
+const MO_PARTS_MAX: usize = 10_000;
 
 /// How long a receipt for an id not (yet) in the index is retried.
 const EARLY_RECEIPT_WAIT: [Duration; 4] = [
@@ -34,19 +55,73 @@ const EARLY_RECEIPT_WAIT: [Duration; 4] = [
     Duration::from_millis(1500),
 ];
 
-/// Hook run inside the status-change transaction (the webhook outbox).
-pub type StatusHook = Arc<
-    dyn Fn(&redb::WriteTransaction, &record::MessageRecord, u64) -> Result<(), StoreError>
-        + Send
-        + Sync,
->;
+/// The config the return path reads, swapped whole on reload.
+struct MoView {
+    /// Our sender numbers → their campaign.
+    numbers: HashMap<E164, String>,
+    campaigns: HashMap<String, Campaign>,
+    /// Campaign → the client whose webhook receives its MO.
+    receivers: HashMap<String, String>,
+    own: OwnNumbers,
+}
+
+impl MoView {
+    fn new(cfg: &Config) -> Self {
+        let mut receivers = HashMap::new();
+        for c in cfg.clients.iter().filter(|c| c.webhook.is_some()) {
+            for campaign in &c.campaigns {
+                receivers
+                    .entry(campaign.clone())
+                    .or_insert_with(|| c.id.clone());
+            }
+        }
+        MoView {
+            numbers: cfg.number_index(),
+            campaigns: cfg
+                .campaigns
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+            receivers,
+            own: OwnNumbers::from_config(cfg),
+        }
+    }
+}
+
+/// Parts of one concatenated MO.
+struct Partial {
+    started: Instant,
+    data_coding: u8,
+    parts: Vec<Option<Zeroizing<Vec<u8>>>>,
+}
 
 /// The relay's [`InboundHandler`].
 pub struct Inbound {
     shared: Arc<dyn SharedState>,
     audit: Audit,
     metrics: Arc<Metrics>,
-    on_status: Option<StatusHook>,
+    webhooks: Option<Webhooks>,
+    /// Set once the relay exists (it needs the pools, which need us).
+    relay: OnceLock<Relay>,
+    view: RwLock<Arc<MoView>>,
+    pseudonym_key: Secret,
+    /// (link, sender, reference) → parts so far. Never held across an await.
+    partials: Mutex<HashMap<(String, String, u16), Partial>>,
+}
+
+/// The keyword class of an MO text: the whole text, any case, surrounding
+/// spaces and punctuation ignored.
+pub fn keyword(text: &str) -> KeywordClass {
+    let word = text.trim_matches(|c: char| c.is_whitespace() || c.is_ascii_punctuation());
+    let upper = word.to_ascii_uppercase();
+    match upper.as_str() {
+        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" | "REVOKE" | "OPTOUT" => {
+            KeywordClass::Stop
+        }
+        "START" | "UNSTOP" => KeywordClass::Start,
+        "HELP" => KeywordClass::Help,
+        _ => KeywordClass::Other,
+    }
 }
 
 fn now_ms() -> u64 {
@@ -72,17 +147,243 @@ pub fn overall(parts: &[Option<String>]) -> Option<&'static str> {
 
 impl Inbound {
     pub fn new(
+        cfg: &Config,
         shared: Arc<dyn SharedState>,
         audit: Audit,
         metrics: Arc<Metrics>,
-        on_status: Option<StatusHook>,
+        webhooks: Option<Webhooks>,
     ) -> Self {
         Inbound {
             shared,
             audit,
             metrics,
-            on_status,
+            webhooks,
+            relay: OnceLock::new(),
+            view: RwLock::new(Arc::new(MoView::new(cfg))),
+            pseudonym_key: cfg.node.pseudonym_key.clone(),
+            partials: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Gives the handler the relay, for keyword answers.
+    pub fn set_relay(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Applies a reloaded config (numbers, campaigns, webhook receivers).
+    pub fn reload(&self, cfg: &Config) {
+        let v = Arc::new(MoView::new(cfg));
+        match self.view.write() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+
+    fn view(&self) -> Arc<MoView> {
+        match self.view.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Adds one part; returns the whole payload once every part is in.
+    fn assemble(
+        &self,
+        key: (String, String, u16),
+        concat: encoding::Concat,
+        data_coding: u8,
+        payload: &[u8],
+    ) -> Option<(u8, Zeroizing<Vec<u8>>)> {
+        let mut map = match self.partials.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        map.retain(|_, p| now.duration_since(p.started) < MO_PARTS_TTL);
+        if map.len() >= MO_PARTS_MAX && !map.contains_key(&key) {
+            return None;
+        }
+        let total = usize::from(concat.total.max(1));
+        let entry = map.entry(key.clone()).or_insert_with(|| Partial {
+            started: now,
+            data_coding,
+            parts: vec![None; total],
+        });
+        let idx = usize::from(concat.seq.max(1)) - 1;
+        if let Some(slot) = entry.parts.get_mut(idx) {
+            *slot = Some(Zeroizing::new(payload.to_vec()));
+        }
+        if entry.parts.iter().any(Option::is_none) {
+            return None;
+        }
+        let done = map.remove(&key)?;
+        let len = done.parts.iter().flatten().map(|p| p.len()).sum();
+        let mut whole = Zeroizing::new(Vec::with_capacity(len));
+        for p in done.parts.iter().flatten() {
+            whole.extend_from_slice(p);
+        }
+        Some((done.data_coding, whole))
+    }
+
+    fn mo_outcome(&self, link: &str, outcome: &str) {
+        self.metrics
+            .messages
+            .with_label_values(&["mo", outcome, link])
+            .inc();
+    }
+
+    /// Records a STOP/START state change once; returns the confirmation
+    /// text to send when the state changed.
+    async fn opt_change(
+        &self,
+        link: &str,
+        campaign: &Campaign,
+        pseudonym: Pseudonym,
+        stop: bool,
+    ) -> Result<Option<String>, StoreError> {
+        let was = self.shared.is_opted_out(&campaign.id, &pseudonym.0).await?;
+        if was == stop {
+            return Ok(None);
+        }
+        if stop {
+            self.shared.opt_out(&campaign.id, &pseudonym.0).await?;
+        } else {
+            self.shared.opt_in(&campaign.id, &pseudonym.0).await?;
+        }
+        let number = AuditNumber::from(pseudonym);
+        let ev = if stop {
+            AuditEvent::OptOutAdded {
+                campaign: campaign.id.clone(),
+                number,
+                via: "mo",
+            }
+        } else {
+            AuditEvent::OptOutRemoved {
+                campaign: campaign.id.clone(),
+                number,
+                via: "mo",
+            }
+        };
+        if let Err(e) = self.audit.record(ev, link).await {
+            tracing::error!("audit record of an opt-out change: {e}");
+        }
+        Ok(Some(if stop {
+            campaign.stop_text.clone()
+        } else {
+            campaign.start_text.clone()
+        }))
+    }
+
+    async fn mo(&self, link: &str, msg: &InboundMessage) -> CommandStatus {
+        let view = self.view();
+        let Ok(from) = E164::from_smpp(&msg.source_addr) else {
+            self.mo_outcome(link, "bad_source");
+            return CommandStatus::EsmeRinvsrcadr;
+        };
+        let found = E164::from_smpp(&msg.dest_addr).ok().and_then(|to| {
+            view.numbers
+                .get(&to)
+                .and_then(|c| view.campaigns.get(c))
+                .map(|c| (to, c.clone()))
+        });
+        let Some((to, campaign)) = found else {
+            tracing::warn!(link, to = %crate::types::masked(&msg.dest_addr), "MO to a number of no campaign");
+            self.mo_outcome(link, "unknown_destination");
+            return CommandStatus::EsmeRinvdstadr;
+        };
+        let Ok((concat, data)) = encoding::split_udh(msg.esm_class, msg.body_bytes()) else {
+            self.mo_outcome(link, "undecodable");
+            return CommandStatus::EsmeRxPAppn;
+        };
+        let whole;
+        let (data_coding, bytes): (u8, &[u8]) = match concat {
+            Some(c) => {
+                let key = (link.to_owned(), from.as_str().to_owned(), c.reference);
+                match self.assemble(key, c, msg.data_coding, data) {
+                    Some(w) => {
+                        whole = w;
+                        (whole.0, &whole.1[..])
+                    }
+                    // Earlier parts are acknowledged and held in memory.
+                    None => return CommandStatus::EsmeRok,
+                }
+            }
+            None => (msg.data_coding, data),
+        };
+        let Ok(text) = encoding::decode_text(data_coding, bytes) else {
+            self.mo_outcome(link, "undecodable");
+            return CommandStatus::EsmeRxPAppn;
+        };
+        let class = keyword(text.expose());
+        let pseudonym = Pseudonym::of(&self.pseudonym_key, &from);
+        // Opt-out state first: a STOP is honoured even if the webhook fails.
+        let mut reply = match class {
+            KeywordClass::Stop | KeywordClass::Start => {
+                match self
+                    .opt_change(link, &campaign, pseudonym, class == KeywordClass::Stop)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("recording an opt-out change: {e}");
+                        return CommandStatus::EsmeRxTAppn;
+                    }
+                }
+            }
+            KeywordClass::Help => Some(campaign.help_text.clone()),
+            KeywordClass::Other => None,
+        };
+        let ev = AuditEvent::MoReceived {
+            link: link.to_owned(),
+            from: AuditNumber::from(pseudonym),
+            to: AuditNumber::of(&to, &self.pseudonym_key, &view.own),
+            campaign: Some(campaign.id.clone()),
+            keyword: class,
+        };
+        if let Err(e) = self.audit.record(ev, link).await {
+            tracing::error!("audit record of an MO: {e}");
+        }
+        let status = match (view.receivers.get(&campaign.id), &self.webhooks) {
+            (Some(client), Some(hooks)) => {
+                let event = ReceivedEvent {
+                    from: from.clone(),
+                    to: to.clone(),
+                    text,
+                    campaign_id: campaign.id.clone(),
+                    keyword: (class != KeywordClass::Other)
+                        .then(|| class.as_str().to_ascii_uppercase()),
+                    received_ms: now_ms(),
+                };
+                match hooks.deliver_now(client, event, MO_WEBHOOK_DEADLINE).await {
+                    Ok(()) => CommandStatus::EsmeRok,
+                    Err(e) => {
+                        tracing::warn!(link, client = %client, "MO webhook failed; the carrier will retry: {e}");
+                        self.mo_outcome(link, "webhook_failed");
+                        // A HELP answer waits for the delivery that succeeds.
+                        if class == KeywordClass::Help {
+                            reply = None;
+                        }
+                        CommandStatus::EsmeRxTAppn
+                    }
+                }
+            }
+            // No client takes this campaign's MO: nothing to relay.
+            _ => CommandStatus::EsmeRok,
+        };
+        if status == CommandStatus::EsmeRok {
+            self.mo_outcome(link, "delivered");
+        }
+        if let (Some(answer), Some(relay)) = (reply.filter(|t| !t.is_empty()), self.relay.get()) {
+            // The answer goes out through the normal send path, off the
+            // carrier's wait.
+            let (relay, campaign) = (relay.clone(), campaign.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = relay.auto_reply(&campaign, to, from, answer).await {
+                    tracing::warn!(campaign = %campaign, "keyword answer not sent: {}", e.code());
+                }
+            });
+        }
+        status
     }
 
     async fn lookup(&self, link: &str, carrier_id: &str) -> Result<Option<String>, StoreError> {
@@ -148,7 +449,7 @@ impl Inbound {
         let is_final = receipt.state.is_final();
         let error = receipt.error_code.clone();
         let carrier_id = receipt.message_id.clone();
-        let hook = self.on_status.clone();
+        let hooks = self.webhooks.clone();
         let link_owned = link.to_owned();
         let result = self
             .audit
@@ -191,19 +492,28 @@ impl Inbound {
                         },
                         &link_owned,
                     )?;
-                    if let Some(h) = &hook {
-                        h(atx.txn(), &rec, now)?;
+                    if hooks.as_ref().is_some_and(|h| h.has_webhook(&rec.client)) {
+                        crate::webhook::enqueue(
+                            atx.txn(),
+                            &rec.client,
+                            StatusEvent::from_record(&rec),
+                            now,
+                        )?;
                     }
                 }
-                Ok(changed.then(|| rec.status.clone()))
+                Ok(changed.then(|| (rec.status.clone(), rec.client.clone())))
             })
             .await;
         match result {
-            Ok(Some(status)) => {
+            Ok(Some((status, client))) => {
                 self.metrics
                     .messages
                     .with_label_values(&["dlr", &status, link])
                     .inc();
+                if let Some(h) = &self.webhooks {
+                    // The event is committed: wake the client's worker.
+                    h.notify(&client);
+                }
                 CommandStatus::EsmeRok
             }
             Ok(None) => CommandStatus::EsmeRok,
@@ -221,9 +531,7 @@ impl InboundHandler for Inbound {
             if msg.is_receipt() {
                 self.receipt(link, &msg).await
             } else {
-                // MO messages are relayed once the return path lands; until
-                // then the carrier keeps them and retries.
-                CommandStatus::EsmeRxTAppn
+                self.mo(link, &msg).await
             }
         })
     }
@@ -231,7 +539,30 @@ impl InboundHandler for Inbound {
 
 #[cfg(test)]
 mod tests {
-    use super::overall;
+    use super::{keyword, overall, KeywordClass};
+
+    #[test]
+    fn keywords_alone_any_case_punctuation_ignored() {
+        for w in [
+            "STOP",
+            "stop",
+            " Stop! ",
+            "stopall",
+            "UNSUBSCRIBE",
+            "cancel",
+            "End.",
+            "quit",
+            "revoke",
+            "OptOut",
+        ] {
+            assert_eq!(keyword(w), KeywordClass::Stop, "{w}");
+        }
+        assert_eq!(keyword("start"), KeywordClass::Start);
+        assert_eq!(keyword("UNSTOP"), KeywordClass::Start);
+        assert_eq!(keyword("help?"), KeywordClass::Help);
+        assert_eq!(keyword("please stop texting me"), KeywordClass::Other);
+        assert_eq!(keyword("STOP STOP"), KeywordClass::Other);
+    }
 
     fn p(v: &[Option<&str>]) -> Vec<Option<String>> {
         v.iter().map(|s| s.map(str::to_owned)).collect()

@@ -344,6 +344,43 @@ impl Relay {
     }
 }
 
+/// Who a send is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// An API client: its campaigns and the recipient's opt-out apply.
+    Client,
+    /// The relay's own answer to a STOP/START/HELP keyword: sent on the
+    /// campaign the keyword came in on, through the same limits and routes,
+    /// and also to a recipient who just opted out (the STOP confirmation).
+    AutoReply,
+}
+
+/// The actor name of auto-replies in metrics, records and the audit log.
+pub const AUTO_REPLY_ACTOR: &str = "sms-conduit:auto-reply";
+
+impl Relay {
+    /// Sends a keyword answer (`help_text`, `stop_text`, `start_text`) from
+    /// our number `from` to `to`, through the normal send path.
+    pub async fn auto_reply(
+        &self,
+        campaign: &str,
+        from: E164,
+        to: E164,
+        text: String,
+    ) -> Result<SendAccepted, SendError> {
+        let req = SendRequest {
+            from,
+            to,
+            text: crate::types::Body::new(text),
+            campaign_id: campaign.to_owned(),
+            validity: None,
+            client_ref: None,
+        };
+        self.send_as(Origin::AutoReply, AUTO_REPLY_ACTOR, req, None)
+            .await
+    }
+}
+
 impl MessageService for Relay {
     async fn send(
         &self,
@@ -351,15 +388,39 @@ impl MessageService for Relay {
         req: SendRequest,
         idempotency_key: Option<String>,
     ) -> Result<SendAccepted, SendError> {
+        self.send_as(Origin::Client, client.as_str(), req, idempotency_key)
+            .await
+    }
+
+    async fn get(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
+        let rec = record::get_message(&self.inner.store, id).map_err(|e| {
+            tracing::error!("reading a message record: {e}");
+            SendError::Internal
+        })?;
+        let rec = rec
+            .filter(|r| r.client == client.as_str())
+            .ok_or(SendError::NotFound)?;
+        view_of(rec)
+    }
+}
+
+impl Relay {
+    async fn send_as(
+        &self,
+        origin: Origin,
+        cid: &str,
+        req: SendRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<SendAccepted, SendError> {
         let t0 = Instant::now();
         let view = read(&self.inner.view);
-        let cid = client.as_str();
         let campaign_id = req.campaign_id.clone();
         let fail = |e: SendError| self.refuse(cid, &campaign_id, Some(&req.to), e, t0);
-        if !view
-            .clients
-            .get(cid)
-            .is_some_and(|c| c.contains(&req.campaign_id))
+        if origin == Origin::Client
+            && !view
+                .clients
+                .get(cid)
+                .is_some_and(|c| c.contains(&req.campaign_id))
         {
             return Err(fail(SendError::CampaignNotAllowed));
         }
@@ -409,7 +470,11 @@ impl MessageService for Relay {
             Err(self.refuse(cid, &campaign_id, Some(&req.to), e, t0))
         };
         let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
-        match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
+        let opted_out = match origin {
+            Origin::Client => self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await,
+            Origin::AutoReply => Ok(false),
+        };
+        match opted_out {
             Ok(false) => {}
             Ok(true) => return refuse_fresh(SendError::RecipientOptedOut).await,
             Err(e) => {
@@ -587,19 +652,6 @@ impl MessageService for Relay {
         })
     }
 
-    async fn get(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
-        let rec = record::get_message(&self.inner.store, id).map_err(|e| {
-            tracing::error!("reading a message record: {e}");
-            SendError::Internal
-        })?;
-        let rec = rec
-            .filter(|r| r.client == client.as_str())
-            .ok_or(SendError::NotFound)?;
-        view_of(rec)
-    }
-}
-
-impl Relay {
     /// The first outcome of an idempotency key, replayed.
     fn replay(&self, client: &str, r: &record::IdempotencyRecord) -> Option<SendAccepted> {
         let outcome = r.outcome.as_ref()?;
