@@ -31,7 +31,7 @@ pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};
 pub use service::{
     AlwaysReady, ClientId, DynMessageService, Encoding, MessageService, MessageStatus, MessageView,
-    NoRouteService, Readiness, SendAccepted, SendRequest,
+    NoRouteService, OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
 };
 
 use crate::metrics::Metrics;
@@ -47,6 +47,8 @@ pub struct ApiState {
     pub auth: Arc<Authenticator>,
     /// Where `api_requests` and `auth_failures` are counted.
     pub metrics: Arc<Metrics>,
+    /// Opt-out administration (the relay; none until then).
+    pub opt_outs: Arc<dyn OptOutService>,
 }
 
 impl ApiState {
@@ -62,6 +64,13 @@ impl ApiState {
             readiness,
             auth,
             metrics,
+            opt_outs: Arc::new(NoRouteService),
         }
+    }
+
+    /// The same state with opt-out administration served by `opt_outs`.
+    pub fn with_opt_outs(mut self, opt_outs: Arc<dyn OptOutService>) -> Self {
+        self.opt_outs = opt_outs;
+        self
     }
 }

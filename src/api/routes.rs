@@ -19,6 +19,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use super::service::{OptOutChange, OptOutView};
+use crate::types::E164;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use zeroize::Zeroizing;
@@ -44,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/messages", post(send_message))
         .route("/v1/messages/{id}", get(get_message))
+        .route(
+            "/v1/campaigns/{campaign}/opt-outs/{number}",
+            get(get_opt_out).put(put_opt_out).delete(delete_opt_out),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -178,6 +185,81 @@ async fn get_message(
         Ok(view) => Json(view).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+type OptOutPath = Result<Path<(String, String)>, axum::extract::rejection::PathRejection>;
+
+/// The campaign and the E.164 number of an opt-out route; errors never echo
+/// the number.
+fn opt_out_target(path: OptOutPath) -> Result<(String, E164), SendError> {
+    let Ok(Path((campaign, number))) = path else {
+        return Err(SendError::NotFound);
+    };
+    let number = E164::parse(&number).map_err(|_| {
+        SendError::InvalidRequest(
+            "the number in the path is not E.164 (+ and 7 to 15 digits)".into(),
+        )
+    })?;
+    Ok((campaign, number))
+}
+
+fn opt_out_response(r: Result<OptOutView, SendError>, no_content: bool) -> Response {
+    match r {
+        Ok(_) if no_content => StatusCode::NO_CONTENT.into_response(),
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_opt_out(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    path: OptOutPath,
+) -> Response {
+    let (campaign, number) = match opt_out_target(path) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let r = state
+        .opt_outs
+        .opt_out_status(&client, &campaign, &number)
+        .await;
+    match r {
+        Ok(v) if !v.opted_out => SendError::NotFound.into_response(),
+        r => opt_out_response(r, false),
+    }
+}
+
+async fn put_opt_out(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    path: OptOutPath,
+) -> Response {
+    let (campaign, number) = match opt_out_target(path) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let r = state
+        .opt_outs
+        .opt_out_change(&client, &campaign, &number, OptOutChange::Add)
+        .await;
+    opt_out_response(r, false)
+}
+
+async fn delete_opt_out(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    path: OptOutPath,
+) -> Response {
+    let (campaign, number) = match opt_out_target(path) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let r = state
+        .opt_outs
+        .opt_out_change(&client, &campaign, &number, OptOutChange::Remove)
+        .await;
+    opt_out_response(r, true)
 }
 
 /// `Content-Type` must be `application/json` (parameters allowed).

@@ -284,6 +284,62 @@ pub trait MessageService: Send + Sync + 'static {
     ) -> impl Future<Output = Result<MessageView, SendError>> + Send;
 }
 
+/// An opt-out as `GET/PUT /v1/campaigns/{id}/opt-outs/{e164}` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OptOutView {
+    pub campaign_id: String,
+    /// The number the client asked about (it sent it; not stored in clear).
+    #[serde(serialize_with = "e164_str")]
+    pub number: E164,
+    pub opted_out: bool,
+}
+
+/// What `PUT`/`DELETE` on an opt-out does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptOutChange {
+    Add,
+    Remove,
+}
+
+/// Opt-out administration for clients, on their own campaigns only.
+pub trait OptOutService: Send + Sync + 'static {
+    /// Whether `number` is opted out of `campaign`.
+    fn opt_out_status<'a>(
+        &'a self,
+        client: &'a ClientId,
+        campaign: &'a str,
+        number: &'a E164,
+    ) -> BoxFuture<'a, Result<OptOutView, SendError>>;
+    /// Adds or removes an opt-out (idempotent).
+    fn opt_out_change<'a>(
+        &'a self,
+        client: &'a ClientId,
+        campaign: &'a str,
+        number: &'a E164,
+        change: OptOutChange,
+    ) -> BoxFuture<'a, Result<OptOutView, SendError>>;
+}
+
+impl OptOutService for NoRouteService {
+    fn opt_out_status<'a>(
+        &'a self,
+        _: &'a ClientId,
+        _: &'a str,
+        _: &'a E164,
+    ) -> BoxFuture<'a, Result<OptOutView, SendError>> {
+        Box::pin(async { Err(SendError::NotFound) })
+    }
+    fn opt_out_change<'a>(
+        &'a self,
+        _: &'a ClientId,
+        _: &'a str,
+        _: &'a E164,
+        _: OptOutChange,
+    ) -> BoxFuture<'a, Result<OptOutView, SendError>> {
+        Box::pin(async { Err(SendError::NotFound) })
+    }
+}
+
 /// Object-safe form of [`MessageService`], so [`super::ApiState`] can hold
 /// any implementation. Implemented for every `MessageService`.
 pub trait DynMessageService: Send + Sync + 'static {
