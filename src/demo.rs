@@ -349,23 +349,20 @@ impl Api {
     async fn wait_ready(&self, within: Duration) -> Result<(), DemoError> {
         let deadline = Instant::now() + within;
         loop {
-            let last;
-            match self
+            let last = match self
                 .client
                 .get(format!("{}/readyz", self.base))
                 .send()
                 .await
             {
                 Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => {
-                    last = format!(
-                        "{} {}",
-                        r.status().as_u16(),
-                        r.text().await.unwrap_or_default()
-                    )
-                }
-                Err(e) => last = e.to_string(),
-            }
+                Ok(r) => format!(
+                    "{} {}",
+                    r.status().as_u16(),
+                    r.text().await.unwrap_or_default()
+                ),
+                Err(e) => transport_kind(&e),
+            };
             if Instant::now() >= deadline {
                 return Err(DemoError::Step(format!(
                     "/readyz did not become ready within {} s: {last}",
@@ -753,7 +750,11 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let tmp = tempfile::Builder::new()
         .prefix("sms-conduit-demo-")
         .tempdir()?;
-    let outcome = run_in(tmp.path(), &opts).await;
+    // Ctrl-C abandons the run but still removes the temp dir (unless --keep).
+    let outcome = tokio::select! {
+        r = run_in(tmp.path(), &opts) => r,
+        _ = tokio::signal::ctrl_c() => Err(DemoError::Step("interrupted".into())),
+    };
     if opts.keep {
         let dir = tmp.keep();
         println!();
@@ -993,7 +994,8 @@ fn summarize(
                 || "empty".to_owned(),
                 |h| format!("seq {} hash {}", h.seq, h.hash.get(..16).unwrap_or(&h.hash)),
             );
-            println!("  audit chain      ok, {} records, head {head}", r.count);
+            let records = if r.count == 1 { "record" } else { "records" };
+            println!("  audit chain      ok, {} {records}, head {head}", r.count);
             true
         }
         Err(e) => {
