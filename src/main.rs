@@ -269,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|h| h.to_string())
                         .unwrap_or_else(|| "empty".into());
                     println!("audit chain ok: {} records, head {head}", r.count);
-                    if let Some(anchor) = r.anchor {
+                    if let Some(anchor) = r.anchor.filter(|_| r.first_seq.unwrap_or(0) > 0) {
                         println!(
                             "(starts at seq {} after retention pruning; anchor {anchor})",
                             r.first_seq.unwrap_or(0)
