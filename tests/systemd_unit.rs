@@ -1,7 +1,10 @@
 //! The shipped systemd unit: sandbox exposure score and syntax.
 //!
-//! Needs `systemd-analyze` (package `systemd`; CI installs it). Without it
-//! these tests fail, unless `SMS_CONDUIT_SKIP_SYSTEMD=1` is set.
+//! Needs `systemd-analyze` (package `systemd`). `.ci/run` installs it and
+//! runs with `CI` set, where a missing tool fails the test; on a developer
+//! machine without it the checks are skipped with a notice (the README's
+//! test command must pass with only Rust, node and python3).
+//! `SMS_CONDUIT_SKIP_SYSTEMD=1` skips them explicitly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,12 +28,25 @@ fn systemd_analyze(args: &[&str]) -> Option<Output> {
     }
     match Command::new("systemd-analyze").args(args).output() {
         Ok(out) => Some(out),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "systemd-analyze not found: install systemd (apt-get install systemd) \
-             to check the unit, or set SMS_CONDUIT_SKIP_SYSTEMD=1 to skip"
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !in_ci() {
+                eprintln!("systemd-analyze not found: unit checks skipped (apt-get install systemd to run them; CI does)");
+                return None;
+            }
+            panic!(
+                "systemd-analyze not found: install systemd (apt-get install systemd) \
+                 to check the unit, or set SMS_CONDUIT_SKIP_SYSTEMD=1 to skip"
+            )
+        }
         Err(e) => panic!("running systemd-analyze: {e}"),
     }
+}
+
+/// True under CI (`CI` set and not "false"), where system tools are installed.
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false)
 }
 
 /// The number in "→ Overall exposure level for sms-conduit.service: 1.2 OK".
