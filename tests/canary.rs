@@ -241,6 +241,23 @@ async fn canary_text_is_never_stored_logged_or_echoed() {
             p.display()
         );
     }
+    // 1b. The audit export of the run (what a SIEM receives) holds records of
+    // it, but no canary and no clear recipient number.
+    let mut export = Vec::new();
+    let n =
+        sms_conduit::audit::export_file(&relay.state_dir().to_path_buf(), None, None, &mut export)
+            .unwrap();
+    assert!(n > 3, "the run left audit records ({n})");
+    let export_text = String::from_utf8_lossy(&export);
+    assert!(
+        export_text.contains("\"message.accepted\""),
+        "{export_text}"
+    );
+    assert_eq!(leaked(&export, &canary), None, "canary in the audit export");
+    assert!(
+        !export_text.contains(&TO[2..]),
+        "recipient number in the audit export"
+    );
     // 2. No log line. The capture works: the App's own lines are there.
     let log = logs.bytes();
     let log_text = String::from_utf8_lossy(&log);
