@@ -24,7 +24,7 @@ use support::relay::{
 };
 use tracing_subscriber::fmt::MakeWriter;
 
-const PW: &str = "sim-pw-rp";
+const PW: &str = "rp-pw1";
 const SECRET: &[u8] = b"whsec_return_path_0123456789";
 
 /// The sim sends MO with SMPP addresses as digits (TON international).
@@ -264,7 +264,11 @@ async fn mo_is_refused_while_the_webhook_is_down_and_relayed_once_on_retry() {
 
     w.sink.set_mode(Mode::Fail);
     let st = w.sim.handle.send_mo(patient, ours, text).await;
-    assert_eq!(st, CommandStatus::EsmeRxTAppn, "webhook 503 → temporary error");
+    assert_eq!(
+        st,
+        CommandStatus::EsmeRxTAppn,
+        "webhook 503 → temporary error"
+    );
     assert!(w.sink.attempts() >= 1);
 
     // A client that does not answer: the carrier is not kept waiting past
@@ -293,6 +297,59 @@ async fn mo_is_refused_while_the_webhook_is_down_and_relayed_once_on_retry() {
     // Not a keyword: nothing is sent back.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.sim.submits(), 0);
+}
+
+/// Part `seq` of `total` of a concatenated MO (8-bit reference UDH, GSM).
+fn mo_part(reference: u8, seq: u8, total: u8, text: &str) -> sms_conduit::smpp::DeliverRequest {
+    let mut bytes = vec![0x05, 0x00, 0x03, reference, total, seq];
+    bytes.extend_from_slice(text.as_bytes());
+    sms_conduit::smpp::DeliverRequest {
+        source_addr: digits(TO).into(),
+        dest_addr: digits(FROM).into(),
+        esm_class: 0x40,
+        data_coding: 0,
+        registered_delivery: 0,
+        short_message: zeroize::Zeroizing::new(bytes),
+        receipt: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concatenated_mo_survives_a_webhook_failure_on_its_last_part() {
+    let files = Files::new();
+    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
+        .await
+        .unwrap();
+    let smsc = files.manual_smsc(PW).await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
+        &sink.url(),
+        SECRET,
+        sink.ca_file(),
+    );
+    let _relay = Relay::start(files, setup).await;
+    let (one, two) = ("Can I move my appointment ", "to Friday afternoon?");
+
+    // The first part is held (and acknowledged); the last one completes the
+    // text, whose delivery fails: the carrier must retry.
+    sink.set_mode(Mode::Fail);
+    assert_eq!(
+        smsc.deliver(mo_part(7, 1, 2, one)).await,
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(
+        smsc.deliver(mo_part(7, 2, 2, two)).await,
+        CommandStatus::EsmeRxTAppn
+    );
+    // The carrier redelivers only what was refused: the last part.
+    sink.set_mode(Mode::Ok);
+    assert_eq!(
+        smsc.deliver(mo_part(7, 2, 2, two)).await,
+        CommandStatus::EsmeRok
+    );
+    let mo = events_of(&sink, "message.received");
+    assert_eq!(mo.len(), 1, "the whole MO relayed once after the retry");
+    assert_eq!(mo[0]["data"]["text"], format!("{one}{two}"));
+    assert_eq!(mo[0]["data"]["from"], TO);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,9 +501,12 @@ fn leaked(bytes: &[u8], canary: &str) -> Option<(&'static str, usize)> {
         .encode_utf16()
         .flat_map(|u| u.to_be_bytes())
         .collect();
-    [("UTF-8/GSM", canary.as_bytes().to_vec()), ("UCS-2 BE", ucs2)]
-        .into_iter()
-        .find_map(|(name, f)| find(bytes, &f).map(|at| (name, at)))
+    [
+        ("UTF-8/GSM", canary.as_bytes().to_vec()),
+        ("UCS-2 BE", ucs2),
+    ]
+    .into_iter()
+    .find_map(|(name, f)| find(bytes, &f).map(|at| (name, at)))
 }
 
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -516,10 +576,7 @@ async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
     assert_eq!(mo[0]["data"]["text"], mo_text.as_str());
     // An MO to a number of no campaign, with the canary too.
     assert_eq!(
-        w.sim
-            .handle
-            .send_mo(patient, "15559990000", &mo_text)
-            .await,
+        w.sim.handle.send_mo(patient, "15559990000", &mo_text).await,
         CommandStatus::EsmeRinvdstadr
     );
 
@@ -557,8 +614,14 @@ async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
     let text = String::from_utf8_lossy(&log);
     // The capture saw this path: receipts, the MO refusal and the webhook.
     assert!(text.contains("SMPP bound"), "log capture is empty?");
-    assert!(text.contains("MO webhook failed"), "MO error path not logged?");
-    assert!(!text.contains(&TO[2..]), "the patient's number is in the log");
+    assert!(
+        text.contains("MO webhook failed"),
+        "MO error path not logged?"
+    );
+    assert!(
+        !text.contains(&TO[2..]),
+        "the patient's number is in the log"
+    );
     for c in [&canary, &mo_canary] {
         if let Some((form, at)) = leaked(&log, c) {
             panic!("{c} ({form}) in a log line: {}", line_at(&log, at));

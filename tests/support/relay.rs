@@ -621,7 +621,10 @@ impl Relay {
 
     /// The App's `/metrics` page (plain HTTP on loopback).
     pub async fn metrics_text(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.app().bound.metrics.port());
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            self.app().bound.metrics.port()
+        );
         reqwest::get(url).await.unwrap().text().await.unwrap()
     }
 
@@ -792,6 +795,18 @@ impl ManualSmsc {
             Ok(()) => CommandStatus::EsmeRok,
             Err(sms_conduit::smpp::SmppError::Status(s)) => s,
             Err(e) => panic!("receipt not delivered: {e}"),
+        }
+    }
+}
+
+impl ManualSmsc {
+    /// Sends `req` (e.g. one part of a concatenated MO) as a deliver_sm on
+    /// the relay's session; the relay's answer.
+    pub async fn deliver(&self, req: sms_conduit::smpp::DeliverRequest) -> CommandStatus {
+        match self.handle.deliver("manual", req).await {
+            Ok(()) => CommandStatus::EsmeRok,
+            Err(sms_conduit::smpp::SmppError::Status(s)) => s,
+            Err(e) => panic!("deliver_sm not delivered: {e}"),
         }
     }
 }
