@@ -186,7 +186,10 @@ impl Inbound {
         }
     }
 
-    /// Adds one part; returns the whole payload once every part is in.
+    /// Adds one part; returns the whole payload once every part is in. The
+    /// parts stay held until [`Inbound::forget`]: when the relay of the whole
+    /// fails, the carrier retries only the part that got the temporary error
+    /// (the earlier ones were acknowledged), and that retry must find them.
     fn assemble(
         &self,
         key: (String, String, u16),
@@ -216,13 +219,21 @@ impl Inbound {
         if entry.parts.iter().any(Option::is_none) {
             return None;
         }
-        let done = map.remove(&key)?;
-        let len = done.parts.iter().flatten().map(|p| p.len()).sum();
+        let len = entry.parts.iter().flatten().map(|p| p.len()).sum();
         let mut whole = Zeroizing::new(Vec::with_capacity(len));
-        for p in done.parts.iter().flatten() {
+        for p in entry.parts.iter().flatten() {
             whole.extend_from_slice(p);
         }
-        Some((done.data_coding, whole))
+        Some((entry.data_coding, whole))
+    }
+
+    /// Drops the held parts of a concatenated MO that got its final answer.
+    fn forget(&self, key: &(String, String, u16)) {
+        let mut map = match self.partials.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.remove(key);
     }
 
     fn mo_outcome(&self, link: &str, outcome: &str) {
@@ -296,12 +307,14 @@ impl Inbound {
             return CommandStatus::EsmeRxPAppn;
         };
         let whole;
+        let mut held = None;
         let (data_coding, bytes): (u8, &[u8]) = match concat {
             Some(c) => {
                 let key = (link.to_owned(), from.as_str().to_owned(), c.reference);
-                match self.assemble(key, c, msg.data_coding, data) {
+                match self.assemble(key.clone(), c, msg.data_coding, data) {
                     Some(w) => {
                         whole = w;
+                        held = Some(key);
                         (whole.0, &whole.1[..])
                     }
                     // Earlier parts are acknowledged and held in memory.
@@ -310,6 +323,28 @@ impl Inbound {
             }
             None => (msg.data_coding, data),
         };
+        let status = self
+            .mo_whole(link, &view, from, to, campaign, data_coding, bytes)
+            .await;
+        // Parts stay held only while the carrier is to retry (temporary error).
+        if let Some(key) = held.filter(|_| status != CommandStatus::EsmeRxTAppn) {
+            self.forget(&key);
+        }
+        status
+    }
+
+    /// The rest of [`Inbound::mo`], once the text is whole.
+    #[allow(clippy::too_many_arguments)]
+    async fn mo_whole(
+        &self,
+        link: &str,
+        view: &MoView,
+        from: E164,
+        to: E164,
+        campaign: Campaign,
+        data_coding: u8,
+        bytes: &[u8],
+    ) -> CommandStatus {
         let Ok(text) = encoding::decode_text(data_coding, bytes) else {
             self.mo_outcome(link, "undecodable");
             return CommandStatus::EsmeRxPAppn;

@@ -294,6 +294,17 @@ pub struct Setup {
     pub tz: String,
     /// Wait until `/readyz` is 200 after start (every priority-1 carrier bound).
     pub wait_ready: bool,
+    /// A webhook for `clinic-app` (none by default).
+    pub webhook: Option<WebhookCfg>,
+}
+
+/// `webhook_url`, the secret (written to `clinic-app.whsec` as is) and the
+/// optional `webhook_ca_file` of `clinic-app` (see [`Setup::webhook`]).
+#[derive(Debug, Clone)]
+pub struct WebhookCfg {
+    pub url: String,
+    pub secret: Vec<u8>,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Setup {
@@ -306,6 +317,7 @@ impl Setup {
             daily_cap: 0,
             tz: "America/Los_Angeles".into(),
             wait_ready: true,
+            webhook: None,
         }
     }
     /// One carrier, `carrier-a`, on `sim`.
@@ -324,6 +336,16 @@ impl Setup {
     }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
+        self
+    }
+    /// Gives `clinic-app` a webhook: `url`, signed with `secret`, its
+    /// certificate trusted through `ca_file`.
+    pub fn webhook(mut self, url: &str, secret: &[u8], ca_file: Option<&Path>) -> Self {
+        self.webhook = Some(WebhookCfg {
+            url: url.into(),
+            secret: secret.to_vec(),
+            ca_file: ca_file.map(Path::to_path_buf),
+        });
         self
     }
 }
@@ -355,6 +377,21 @@ response_timeout_secs = {rt}
             rt = c.response_timeout_secs,
         ));
     }
+    let clinic_hook = match &setup.webhook {
+        Some(w) => {
+            std::fs::write(files.dir.path().join("clinic-app.whsec"), &w.secret).unwrap();
+            let ca = w
+                .ca_file
+                .as_ref()
+                .map(|p| format!("webhook_ca_file = {:?}\n", p.display().to_string()))
+                .unwrap_or_default();
+            format!(
+                "webhook_url = {:?}\nwebhook_secret_file = \"clinic-app.whsec\"\n{ca}",
+                w.url
+            )
+        }
+        None => String::new(),
+    };
     format!(
         r#"
 [node]
@@ -410,7 +447,7 @@ start_text = "Other: you are subscribed again."
 id = "clinic-app"
 key_sha256 = ["{hash}"]
 campaigns = ["{CAMPAIGN}"]
-
+{clinic_hook}
 [[clients]]
 id = "other-app"
 key_sha256 = ["{other_hash}"]
@@ -582,6 +619,22 @@ impl Relay {
         }
     }
 
+    /// The App's `/metrics` page (plain HTTP on loopback).
+    pub async fn metrics_text(&self) -> String {
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            self.app().bound.metrics.port()
+        );
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
+    /// Status events waiting in the webhook outbox (every client).
+    pub fn outbox_depth(&self) -> u64 {
+        sms_conduit::webhook::Outbox::new(self.app().store.clone())
+            .depth()
+            .unwrap()
+    }
+
     /// Stops the App and starts a new one on the same config and state dir.
     pub async fn restart(&mut self) {
         assert!(self.stop().await, "the App did not drain cleanly");
@@ -612,4 +665,154 @@ pub fn retry_after(resp: &reqwest::Response) -> u64 {
         .unwrap()
         .parse()
         .unwrap_or_else(|_| panic!("Retry-After {v:?} is not integer seconds"))
+}
+
+/// One submit_sm taken by a [`ManualSmsc`].
+#[derive(Debug, Clone)]
+pub struct ManualSubmit {
+    /// The SMSC's link name of the session it came on.
+    pub link: String,
+    /// The carrier message id it was answered with.
+    pub message_id: String,
+    pub source_addr: String,
+    pub dest_addr: String,
+}
+
+struct ManualHandler {
+    submits: Arc<std::sync::Mutex<Vec<ManualSubmit>>>,
+}
+
+impl sms_conduit::smpp::InboundHandler for ManualHandler {
+    fn deliver<'a>(
+        &'a self,
+        link: &'a str,
+        msg: sms_conduit::smpp::InboundMessage,
+    ) -> futures::future::BoxFuture<'a, CommandStatus> {
+        Box::pin(async move {
+            if msg.kind == sms_conduit::smpp::InboundKind::SubmitSm {
+                if let Some(id) = &msg.message_id {
+                    self.submits.lock().unwrap().push(ManualSubmit {
+                        link: link.to_owned(),
+                        message_id: id.clone(),
+                        source_addr: msg.source_addr.clone(),
+                        dest_addr: msg.dest_addr.clone(),
+                    });
+                }
+            }
+            CommandStatus::EsmeRok
+        })
+    }
+}
+
+/// An SMSC over TLS (the crate's own SMPP server engine) that accepts every
+/// submit_sm and sends delivery receipts only when the test says so
+/// ([`ManualSmsc::receipt`]): for checking what the relay does between
+/// the receipts of one message's segments.
+pub struct ManualSmsc {
+    pub handle: sms_conduit::smpp::ServerHandle,
+    pub token: CancellationToken,
+    submits: Arc<std::sync::Mutex<Vec<ManualSubmit>>>,
+}
+
+impl Files {
+    /// Starts a [`ManualSmsc`] accepting [`SYSTEM_ID`] / `password`.
+    pub async fn manual_smsc(&self, password: &str) -> ManualSmsc {
+        use sha2::Digest;
+        let tls_cfg = config::Tls {
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            client_ca_file: None,
+        };
+        let tls = ServerTls::load(&tls_cfg, &[], ClientAuth::None).unwrap();
+        let server_cfg = config::SmppServer {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            plaintext_listen: None,
+            idle_timeout: Duration::from_secs(300),
+            window: 64,
+        };
+        let peer = config::Peer {
+            name: "manual".into(),
+            system_id: SYSTEM_ID.into(),
+            password_sha256: sha2::Sha256::digest(password.as_bytes()).into(),
+            allow: vec!["127.0.0.0/8".parse().unwrap()],
+            max_binds: 16,
+        };
+        let submits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler = Arc::new(ManualHandler {
+            submits: submits.clone(),
+        });
+        let token = CancellationToken::new();
+        let handle = sms_conduit::smpp::start_server(
+            &server_cfg,
+            Some(tls),
+            vec![peer],
+            handler,
+            Arc::new(sms_conduit::metrics::Metrics::new()),
+            token.clone(),
+        )
+        .await
+        .unwrap();
+        ManualSmsc {
+            handle,
+            token,
+            submits,
+        }
+    }
+}
+
+impl ManualSmsc {
+    pub fn port(&self) -> u16 {
+        self.handle.local_addr().unwrap().port()
+    }
+
+    /// Every submit_sm taken so far, in arrival order.
+    pub fn submits(&self) -> Vec<ManualSubmit> {
+        self.submits.lock().unwrap().clone()
+    }
+
+    /// Sends a `DELIVRD` receipt (Appendix B text, `receipted_message_id`,
+    /// `message_state` 2) for `submit`; the relay's answer.
+    pub async fn receipt(&self, submit: &ManualSubmit) -> CommandStatus {
+        let now = chrono::Utc::now().format("%y%m%d%H%M");
+        let text = format!(
+            "id:{} sub:001 dlvrd:001 submit date:{now} done date:{now} stat:DELIVRD err:000 text:",
+            submit.message_id
+        );
+        let req = sms_conduit::smpp::DeliverRequest {
+            source_addr: submit.dest_addr.clone(),
+            dest_addr: submit.source_addr.clone(),
+            esm_class: 0x04,
+            data_coding: 0,
+            registered_delivery: 0,
+            short_message: zeroize::Zeroizing::new(text.into_bytes()),
+            receipt: sms_conduit::smpp::handler::ReceiptTlvs {
+                receipted_message_id: Some(submit.message_id.clone()),
+                message_state: Some(2),
+                network_error_code: None,
+            },
+        };
+        match self.handle.deliver(&submit.link, req).await {
+            Ok(()) => CommandStatus::EsmeRok,
+            Err(sms_conduit::smpp::SmppError::Status(s)) => s,
+            Err(e) => panic!("receipt not delivered: {e}"),
+        }
+    }
+}
+
+impl ManualSmsc {
+    /// Sends `req` (e.g. one part of a concatenated MO) as a deliver_sm on
+    /// the relay's session; the relay's answer.
+    pub async fn deliver(&self, req: sms_conduit::smpp::DeliverRequest) -> CommandStatus {
+        match self.handle.deliver("manual", req).await {
+            Ok(()) => CommandStatus::EsmeRok,
+            Err(sms_conduit::smpp::SmppError::Status(s)) => s,
+            Err(e) => panic!("deliver_sm not delivered: {e}"),
+        }
+    }
+}
+
+impl Drop for ManualSmsc {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
 }
