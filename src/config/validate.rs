@@ -606,7 +606,15 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
                 check_webhook_url(c, &k("webhook_url"), url);
                 Some(Webhook {
                     url: url.clone(),
-                    secret: c.secret(&k("webhook_secret_file"), secret),
+                    // Trimmed like passwords: `echo secret > file` must not
+                    // sign with "secret\n" while the client checks "secret".
+                    secret: {
+                        let raw = c.secret(&k("webhook_secret_file"), secret);
+                        match raw.trimmed_str() {
+                            Some(t) => Secret::new(t.as_bytes().to_vec()),
+                            None => raw,
+                        }
+                    },
                     ca_file: r
                         .webhook_ca_file
                         .as_deref()
