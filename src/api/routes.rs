@@ -230,26 +230,20 @@ async fn get_opt_out(
     }
 }
 
-async fn put_opt_out(
-    State(state): State<ApiState>,
-    Authed(client): Authed,
-    path: OptOutPath,
-) -> Response {
-    let (campaign, number) = match opt_out_target(path) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
-    };
-    let r = state
-        .opt_outs
-        .opt_out_change(&client, &campaign, &number, OptOutChange::Add)
-        .await;
-    opt_out_response(r, false)
+async fn put_opt_out(state: State<ApiState>, client: Authed, path: OptOutPath) -> Response {
+    change_opt_out(state, client, path, OptOutChange::Add).await
 }
 
-async fn delete_opt_out(
+async fn delete_opt_out(state: State<ApiState>, client: Authed, path: OptOutPath) -> Response {
+    change_opt_out(state, client, path, OptOutChange::Remove).await
+}
+
+/// PUT answers the new state (200); DELETE answers 204.
+async fn change_opt_out(
     State(state): State<ApiState>,
     Authed(client): Authed,
     path: OptOutPath,
+    change: OptOutChange,
 ) -> Response {
     let (campaign, number) = match opt_out_target(path) {
         Ok(t) => t,
@@ -257,9 +251,9 @@ async fn delete_opt_out(
     };
     let r = state
         .opt_outs
-        .opt_out_change(&client, &campaign, &number, OptOutChange::Remove)
+        .opt_out_change(&client, &campaign, &number, change)
         .await;
-    opt_out_response(r, true)
+    opt_out_response(r, change == OptOutChange::Remove)
 }
 
 /// `Content-Type` must be `application/json` (parameters allowed).
