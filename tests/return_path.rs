@@ -634,3 +634,68 @@ impl Captured {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// SPEC §4 statuses from the receipts carriers send: DELIVRD, UNDELIV,
+/// EXPIRED and REJECTD become `delivered`, `undeliverable`, `expired` and
+/// `rejected` in the API and in the signed `message.status` webhook; a
+/// receipt without TLVs whose `id:` is the decimal form of the carrier's hex
+/// id still finds its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipt_states_map_to_api_statuses_and_webhooks() {
+    let files = Files::new();
+    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
+        .await
+        .unwrap();
+    let smsc = files.manual_smsc(PW).await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
+        &sink.url(),
+        SECRET,
+        sink.ca_file(),
+    );
+    let relay = Relay::start(files, setup).await;
+    let cases = [
+        ("DELIVRD", "000", Some(2u8), "delivered"),
+        ("UNDELIV", "034", Some(5), "undeliverable"),
+        ("EXPIRED", "000", Some(3), "expired"),
+        ("REJECTD", "0C1", Some(8), "rejected"),
+        ("UNDELIV", "011", None, "undeliverable"),
+    ];
+    let mut ids = Vec::new();
+    for (i, _) in cases.iter().enumerate() {
+        let v = relay
+            .send_ok(&message(&format!("Appointment {i} confirmed.")))
+            .await;
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let subs = smsc.submits();
+    assert_eq!(subs.len(), cases.len());
+    for ((stat, err, state, _), sub) in cases.iter().zip(&subs) {
+        // Without TLVs the carrier quotes the id in decimal.
+        let id = match state {
+            Some(_) => sub.message_id.clone(),
+            None => u64::from_str_radix(&sub.message_id, 16)
+                .unwrap()
+                .to_string(),
+        };
+        assert_eq!(
+            smsc.receipt_with(sub, stat, err, *state, &id).await,
+            CommandStatus::EsmeRok
+        );
+    }
+    for ((_, _, _, want), id) in cases.iter().zip(&ids) {
+        assert_eq!(status_of(&relay, id).await, *want, "message {id}");
+    }
+    assert!(sink.wait_for(cases.len(), Duration::from_secs(10)).await);
+    let events = sink.events();
+    for ((_, err, _, want), id) in cases.iter().zip(&ids) {
+        let e = events
+            .iter()
+            .find(|e| e["data"]["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no webhook for {id}: {events:?}"));
+        assert_eq!(e["type"], "message.status");
+        assert_eq!(e["data"]["status"], *want);
+        if *want != "delivered" {
+            assert_eq!(e["data"]["error_code"], *err, "{e}");
+        }
+    }
+}

@@ -773,10 +773,25 @@ impl ManualSmsc {
     /// Sends a `DELIVRD` receipt (Appendix B text, `receipted_message_id`,
     /// `message_state` 2) for `submit`; the relay's answer.
     pub async fn receipt(&self, submit: &ManualSubmit) -> CommandStatus {
+        self.receipt_with(submit, "DELIVRD", "000", Some(2), &submit.message_id)
+            .await
+    }
+
+    /// Sends a receipt for `submit` with the `stat:` word `stat`, the `err:`
+    /// code `err`, the `message_state` TLV `state` (with the
+    /// `receipted_message_id` TLV) or no TLVs at all (`None`), and `id` as
+    /// the text's `id:` field (e.g. the decimal form of a hex id).
+    pub async fn receipt_with(
+        &self,
+        submit: &ManualSubmit,
+        stat: &str,
+        err: &str,
+        state: Option<u8>,
+        id: &str,
+    ) -> CommandStatus {
         let now = chrono::Utc::now().format("%y%m%d%H%M");
         let text = format!(
-            "id:{} sub:001 dlvrd:001 submit date:{now} done date:{now} stat:DELIVRD err:000 text:",
-            submit.message_id
+            "id:{id} sub:001 dlvrd:001 submit date:{now} done date:{now} stat:{stat} err:{err} text:"
         );
         let req = sms_conduit::smpp::DeliverRequest {
             source_addr: submit.dest_addr.clone(),
@@ -786,8 +801,8 @@ impl ManualSmsc {
             registered_delivery: 0,
             short_message: zeroize::Zeroizing::new(text.into_bytes()),
             receipt: sms_conduit::smpp::handler::ReceiptTlvs {
-                receipted_message_id: Some(submit.message_id.clone()),
-                message_state: Some(2),
+                receipted_message_id: state.map(|_| submit.message_id.clone()),
+                message_state: state,
                 network_error_code: None,
             },
         };
