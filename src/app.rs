@@ -289,6 +289,26 @@ impl App {
         })
     }
 
+    /// `key.created` for every API key hash a reload brings (keys are made
+    /// offline by `sms-conduit keys new`; they come into force here).
+    async fn audit_new_keys(&self, new: &Config) {
+        for c in &new.clients {
+            let old = self.config.clients.iter().find(|o| o.id == c.id);
+            for k in &c.key_sha256 {
+                if old.is_some_and(|o| o.key_sha256.contains(k)) {
+                    continue;
+                }
+                let ev = AuditEvent::KeyCreated {
+                    client: c.id.clone(),
+                    key_sha256: *k,
+                };
+                if let Err(e) = self.audit.record(ev, crate::audit::SYSTEM).await {
+                    tracing::error!("audit record of a new key: {e}");
+                }
+            }
+        }
+    }
+
     /// The relay (send path), e.g. for in-process tests.
     pub fn relay(&self) -> &Relay {
         &self.relay
@@ -315,6 +335,7 @@ impl App {
             t.reload(&new.tls)?;
         }
         self.auth.reload(&new.clients);
+        self.audit_new_keys(&new).await;
         self.relay.reload(&new);
         self.inbound.reload(&new);
         if let Err(e) = self.webhooks.reload(&new.clients) {

@@ -168,10 +168,39 @@ fn run_notifies_serves_reloads_and_drains() {
     });
     assert_eq!(status, 404, "an authenticated request reaches the service");
 
+    // A new key, made offline, comes into force on SIGHUP.
+    let (new_key, new_hash) = sms_conduit::api::new_key();
+    let cfg_path = f.dir.path().join("sms-conduit.toml");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let text = text.replace(
+        "key_sha256 = [\"",
+        &format!("key_sha256 = [\"{new_hash}\", \""),
+    );
+    std::fs::write(&cfg_path, text).unwrap();
+    let status = rt.block_on(async {
+        client
+            .get(format!("{base}/v1/messages/msg_x"))
+            .bearer_auth(&new_key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 401, "not before the reload");
     signal(child.id(), libc::SIGHUP);
     wait_notify(&sock, "RELOADING=1");
     wait_line(&rx, "configuration reloaded", &mut log);
     wait_notify(&sock, "READY=1");
+    let status = rt.block_on(async {
+        client
+            .get(format!("{base}/v1/messages/msg_x"))
+            .bearer_auth(&new_key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 404, "the new key works after the reload");
 
     // The process refuses core dumps.
     let status =
@@ -233,6 +262,11 @@ fn run_notifies_serves_reloads_and_drains() {
     let export = String::from_utf8_lossy(&out.stdout);
     assert!(export.contains("\"audit.genesis\""), "{export}");
     assert!(export.contains("\"config.reloaded\""), "{export}");
+    assert!(export.contains("\"key.created\""), "{export}");
+    assert!(
+        !export.contains(&new_key),
+        "the key itself is never recorded"
+    );
     assert!(
         export.contains("\"api.key_used\""),
         "key use is aggregated and flushed at stop: {export}"
