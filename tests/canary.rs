@@ -244,9 +244,7 @@ async fn canary_text_is_never_stored_logged_or_echoed() {
     // 1b. The audit export of the run (what a SIEM receives) holds records of
     // it, but no canary and no clear recipient number.
     let mut export = Vec::new();
-    let n =
-        sms_conduit::audit::export_file(&relay.state_dir().to_path_buf(), None, None, &mut export)
-            .unwrap();
+    let n = sms_conduit::audit::export_file(relay.state_dir(), None, None, &mut export).unwrap();
     assert!(n > 3, "the run left audit records ({n})");
     let export_text = String::from_utf8_lossy(&export);
     assert!(
