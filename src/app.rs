@@ -81,6 +81,7 @@ pub struct App {
     metrics_tls: Option<Arc<ServerTls>>,
     auth: Arc<Authenticator>,
     relay: Relay,
+    background: tokio_util::task::TaskTracker,
     inbound: Arc<Inbound>,
     webhooks: Webhooks,
     audit: Audit,
@@ -144,6 +145,9 @@ impl App {
         // Carriers first: binds proceed while the listeners come up.
         let shared: Arc<dyn crate::store::shared::SharedState> =
             Arc::new(LocalShared::new(store.clone()));
+        // Audit writes and keyword answers spawned by the relay; the drain
+        // waits for them before the store closes.
+        let background = tokio_util::task::TaskTracker::new();
         let webhooks = Webhooks::start(
             &config.clients,
             store.clone(),
@@ -158,6 +162,7 @@ impl App {
             audit.clone(),
             metrics.clone(),
             Some(webhooks.clone()),
+            background.clone(),
         ));
         let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
         let pools: Vec<Pool> = config
@@ -179,6 +184,7 @@ impl App {
             shared,
             audit.clone(),
             metrics.clone(),
+            background.clone(),
         );
         handler.set_relay(relay.clone());
         let first = config
@@ -281,6 +287,7 @@ impl App {
             metrics_tls,
             auth,
             relay,
+            background,
             inbound: handler,
             webhooks,
             audit,
@@ -379,7 +386,13 @@ impl App {
                 s.wait().await;
             }
         };
-        let clean = clean && tokio::time::timeout(deadline, sessions).await.is_ok();
+        let sessions_done = tokio::time::timeout(deadline, sessions).await.is_ok();
+        // Audit records of the last refusals and of the binds going down.
+        self.background.close();
+        let background_done = tokio::time::timeout(deadline, self.background.wait())
+            .await
+            .is_ok();
+        let clean = clean && sessions_done && background_done;
         log_head("audit log head at stop", &self.audit);
         if let Err(e) = self.store.close().await {
             tracing::error!("closing the store: {e}");

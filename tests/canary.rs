@@ -251,6 +251,10 @@ async fn canary_text_is_never_stored_logged_or_echoed() {
         export_text.contains("\"message.accepted\""),
         "{export_text}"
     );
+    // Bind changes are audited too: up at start, down at the drain.
+    for event in ["\"smpp.bind_up\"", "\"smpp.bind_down\""] {
+        assert!(export_text.contains(event), "no {event}: {export_text}");
+    }
     assert_eq!(leaked(&export, &canary), None, "canary in the audit export");
     assert!(
         !export_text.contains(&TO[2..]),

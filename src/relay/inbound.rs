@@ -34,7 +34,7 @@ use super::{record, Relay};
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
-use crate::smpp::{dlr, encoding, CommandStatus, InboundHandler, InboundMessage};
+use crate::smpp::{dlr, encoding, BindEvent, CommandStatus, InboundHandler, InboundMessage};
 use crate::store::shared::SharedState;
 use crate::store::StoreError;
 use crate::types::{Pseudonym, Secret, E164};
@@ -105,6 +105,9 @@ pub struct Inbound {
     relay: OnceLock<Relay>,
     view: RwLock<Arc<MoView>>,
     pseudonym_key: Secret,
+    /// Background work (audit records of bind changes, keyword answers),
+    /// waited for by the app's drain before the store closes.
+    background: tokio_util::task::TaskTracker,
     /// (link, sender, reference) → parts so far. Never held across an await.
     partials: Mutex<HashMap<(String, String, u16), Partial>>,
 }
@@ -152,8 +155,10 @@ impl Inbound {
         audit: Audit,
         metrics: Arc<Metrics>,
         webhooks: Option<Webhooks>,
+        background: tokio_util::task::TaskTracker,
     ) -> Self {
         Inbound {
+            background,
             shared,
             audit,
             metrics,
@@ -412,7 +417,7 @@ impl Inbound {
             // The answer goes out through the normal send path, off the
             // carrier's wait.
             let (relay, campaign) = (relay.clone(), campaign.id.clone());
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 if let Err(e) = relay.auto_reply(&campaign, to, from, answer).await {
                     tracing::warn!(campaign = %campaign, "keyword answer not sent: {}", e.code());
                 }
@@ -561,6 +566,39 @@ impl Inbound {
 }
 
 impl InboundHandler for Inbound {
+    fn bind_event(&self, event: BindEvent) {
+        let ev = match event {
+            BindEvent::Up {
+                link,
+                peer,
+                direction,
+                mode,
+            } => AuditEvent::BindUp {
+                link,
+                peer,
+                direction,
+                mode,
+            },
+            BindEvent::Down { link, peer, reason } => AuditEvent::BindDown {
+                link,
+                peer,
+                reason: reason.to_owned(),
+            },
+            BindEvent::Failed { link, peer, reason } => AuditEvent::BindFailed {
+                link,
+                peer,
+                reason: reason.to_owned(),
+            },
+        };
+        // Off the session's task: the record waits for a group commit.
+        let audit = self.audit.clone();
+        self.background.spawn(async move {
+            if let Err(e) = audit.record(ev, crate::audit::SYSTEM).await {
+                tracing::error!("audit record of a bind change: {e}");
+            }
+        });
+    }
+
     fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
         Box::pin(async move {
             if msg.is_receipt() {

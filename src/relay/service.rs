@@ -86,6 +86,8 @@ struct Inner {
     audit: Audit,
     metrics: Arc<Metrics>,
     pseudonym_key: Secret,
+    /// Background audit writes (refusals), waited for by the app's drain.
+    background: tokio_util::task::TaskTracker,
     /// Concatenation reference for the next multi-part message.
     reference: AtomicU8,
 }
@@ -149,6 +151,7 @@ impl Relay {
         shared: Arc<dyn SharedState>,
         audit: Audit,
         metrics: Arc<Metrics>,
+        background: tokio_util::task::TaskTracker,
     ) -> Self {
         Relay {
             inner: Arc::new(Inner {
@@ -160,6 +163,7 @@ impl Relay {
                 audit,
                 metrics,
                 pseudonym_key: cfg.node.pseudonym_key.clone(),
+                background,
                 reference: AtomicU8::new(rand::random()),
             }),
         }
@@ -236,7 +240,7 @@ impl Relay {
             },
         };
         let (audit, actor) = (self.inner.audit.clone(), client.to_owned());
-        tokio::spawn(async move {
+        self.inner.background.spawn(async move {
             if let Err(err) = audit.record(event, &actor).await {
                 tracing::error!("audit record of a refusal: {err}");
             }

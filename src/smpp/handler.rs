@@ -102,6 +102,33 @@ impl fmt::Debug for InboundMessage {
 pub trait InboundHandler: Send + Sync + 'static {
     /// Handles one message from `link` (carrier or peer name from config).
     fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus>;
+
+    /// A bind came up, went down or failed (the relay audits these). Must
+    /// not block: it is called from the session's own task.
+    fn bind_event(&self, _event: BindEvent) {}
+}
+
+/// A change of an SMPP bind, for the audit log. `peer` is the remote
+/// address (`host:port` of a carrier, or a peer's IP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindEvent {
+    Up {
+        link: String,
+        peer: String,
+        /// `outbound` (our pool) or `inbound` (a peer bound to our server).
+        direction: &'static str,
+        mode: &'static str,
+    },
+    Down {
+        link: String,
+        peer: String,
+        reason: &'static str,
+    },
+    Failed {
+        link: String,
+        peer: String,
+        reason: &'static str,
+    },
 }
 
 /// Answers `ESME_RX_T_APPN` (temporary application error) to everything, so

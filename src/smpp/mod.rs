@@ -38,7 +38,8 @@ pub mod status;
 use std::time::Duration;
 
 pub use handler::{
-    InboundHandler, InboundKind, InboundMessage, ReceiptTlvs, RecordingHandler, TempErrorHandler,
+    BindEvent, InboundHandler, InboundKind, InboundMessage, ReceiptTlvs, RecordingHandler,
+    TempErrorHandler,
 };
 pub use pdu::{DeliverRequest, SubmitRequest, SubmitResponse};
 pub use pool::Pool;

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::bind::{bind_esme, BIND_SEQ};
 use super::codec::SmppCodec;
-use super::handler::InboundHandler;
+use super::handler::{BindEvent, InboundHandler};
 use super::pdu::{self, MessageIds, SubmitRequest, SubmitResponse};
 use super::session::{self, BindKind, Role, SessionConfig, SessionDeps, SessionHandle};
 use super::status::{is_slow_down, status_label};
@@ -359,9 +359,26 @@ async fn run_slot(
                 slot.set(Some(handle.clone()));
                 bound_gauge.inc();
                 info!(link = %link, kind = slot.kind.label(), "SMPP bound");
+                let peer = format!("{}:{}", carrier.host, carrier.port);
+                deps.handler.bind_event(BindEvent::Up {
+                    link: link.to_string(),
+                    peer: peer.clone(),
+                    direction: "outbound",
+                    mode: slot.kind.label(),
+                });
                 handle.closed().await;
                 slot.set(None);
                 bound_gauge.dec();
+                let reason = if shutdown.is_cancelled() {
+                    "shutdown"
+                } else {
+                    "closed"
+                };
+                deps.handler.bind_event(BindEvent::Down {
+                    link: link.to_string(),
+                    peer,
+                    reason,
+                });
                 backoff(0, Duration::from_millis(200), Duration::from_secs(1))
             }
             Err(e) => {
@@ -381,6 +398,12 @@ async fn run_slot(
                 };
                 if last_logged != Some(reason) {
                     warn!(link = %link, kind = slot.kind.label(), reason, error = %e, retry_in = ?wait, "SMPP bind failed; retrying with back-off (logged once per series)");
+                    // Audited like it is logged: once per series of failures.
+                    deps.handler.bind_event(BindEvent::Failed {
+                        link: link.to_string(),
+                        peer: format!("{}:{}", carrier.host, carrier.port),
+                        reason,
+                    });
                     last_logged = Some(reason);
                 } else {
                     debug!(link = %link, reason, error = %e, retry_in = ?wait, "SMPP bind failed again");

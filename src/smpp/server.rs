@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use super::bind::{answer_bind, await_bind, BindAttempt, NoBind};
 use super::codec::SmppCodec;
-use super::handler::InboundHandler;
+use super::handler::{BindEvent, InboundHandler};
 use super::pdu::{self, DeliverRequest, MessageIds};
 use super::pool::Io;
 use super::session::{self, BindKind, Role, SessionConfig, SessionDeps, SessionHandle};
@@ -323,6 +323,11 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, tls: Opti
             let link = link.unwrap_or_else(|| "unknown".into());
             fail(&inner, &link, reason);
             warn!(link = %link, system_id = ?attempt.system_id, ip = %ip, reason, "SMPP bind refused");
+            inner.deps.handler.bind_event(BindEvent::Failed {
+                link: link.clone(),
+                peer: ip.to_string(),
+                reason,
+            });
             let _ = answer_bind(&mut framed, &attempt, status, &inner.opts.system_id).await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), futures::SinkExt::close(&mut framed))
@@ -350,6 +355,12 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, tls: Opti
     }
     inner.binds_ok.fetch_add(1, Ordering::Relaxed);
     info!(link = %link, kind = attempt.kind.label(), ip = %ip, "SMPP peer bound");
+    inner.deps.handler.bind_event(BindEvent::Up {
+        link: link.clone(),
+        peer: ip.to_string(),
+        direction: "inbound",
+        mode: attempt.kind.label(),
+    });
     let cfg = SessionConfig {
         link: Arc::from(link.as_str()),
         kind: attempt.kind,
@@ -378,6 +389,11 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, tls: Opti
     };
     handle.closed().await;
     gauge.dec();
+    inner.deps.handler.bind_event(BindEvent::Down {
+        link: link.clone(),
+        peer: ip.to_string(),
+        reason: "closed",
+    });
     {
         let mut t = inner.table();
         if let Some(v) = t.sessions.get_mut(&link) {
