@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, AuthFailure, Authenticator, ClientId, ConnLimits};
 use crate::audit::{Audit, AuditEvent};
@@ -81,6 +82,10 @@ pub struct App {
     metrics_tls: Option<Arc<ServerTls>>,
     auth: Arc<Authenticator>,
     relay: Relay,
+    /// The handler every carrier pool hands receipts and MO to.
+    inbound_handler: Arc<dyn smpp::InboundHandler>,
+    /// One per carrier pool, in config order (see `reload`).
+    pool_tokens: Vec<CancellationToken>,
     background: tokio_util::task::TaskTracker,
     inbound: Arc<Inbound>,
     webhooks: Webhooks,
@@ -98,8 +103,8 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, App
 /// `/readyz`: the store is open and every priority-1 carrier has a bound session.
 struct Ready {
     store: Store,
-    /// Pools of the priority-1 carriers.
-    first: Vec<Pool>,
+    /// Whose priority-1 carrier pools must have a bound session.
+    relay: Relay,
 }
 
 impl api::Readiness for Ready {
@@ -107,8 +112,8 @@ impl api::Readiness for Ready {
         self.store
             .read(|_| Ok(()))
             .map_err(|_| "store is not open".to_string())?;
-        let down: Vec<&str> = self
-            .first
+        let first = self.relay.first_priority_pools();
+        let down: Vec<&str> = first
             .iter()
             .filter(|p| p.bound_sessions() == 0)
             .map(|p| p.name())
@@ -165,17 +170,18 @@ impl App {
             background.clone(),
         ));
         let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
+        // Each pool has its own token (a child of the shutdown token), so a
+        // reload can unbind one carrier without touching the others.
+        let pool_tokens: Vec<CancellationToken> = config
+            .carriers
+            .iter()
+            .map(|_| shutdown.token().child_token())
+            .collect();
         let pools: Vec<Pool> = config
             .carriers
             .iter()
-            .map(|c| {
-                Pool::start(
-                    c.clone(),
-                    metrics.clone(),
-                    inbound.clone(),
-                    shutdown.token(),
-                )
-            })
+            .zip(&pool_tokens)
+            .map(|(c, t)| Pool::start(c.clone(), metrics.clone(), inbound.clone(), t.clone()))
             .collect();
         let relay = Relay::new(
             &config,
@@ -187,13 +193,6 @@ impl App {
             background.clone(),
         );
         handler.set_relay(relay.clone());
-        let first = config
-            .carriers
-            .iter()
-            .zip(&pools)
-            .filter(|(c, _)| c.priority == 1)
-            .map(|(_, p)| p.clone())
-            .collect();
 
         let smpp_tls = match config.smpp_server.listen {
             Some(_) => Some(ServerTls::load(
@@ -231,7 +230,7 @@ impl App {
             relay.clone(),
             Arc::new(Ready {
                 store: store.clone(),
-                first,
+                relay: relay.clone(),
             }),
             auth.clone(),
             metrics.clone(),
@@ -287,6 +286,8 @@ impl App {
             metrics_tls,
             auth,
             relay,
+            inbound_handler: inbound,
+            pool_tokens,
             background,
             inbound: handler,
             webhooks,
@@ -294,6 +295,49 @@ impl App {
             smpp_tls,
             smpp_server,
         })
+    }
+
+    /// Carrier pools for `new`: a carrier whose settings did not change
+    /// keeps its pool and its binds; a changed or new one gets a new pool;
+    /// the pools of removed or changed carriers unbind.
+    fn reload_pools(&mut self, new: &Config) -> Vec<Pool> {
+        let old_pools = self.relay.pools();
+        let mut kept = vec![false; self.config.carriers.len()];
+        let mut pools = Vec::with_capacity(new.carriers.len());
+        let mut tokens = Vec::with_capacity(new.carriers.len());
+        for c in &new.carriers {
+            let same = self
+                .config
+                .carriers
+                .iter()
+                .enumerate()
+                .position(|(j, o)| !kept[j] && o == c && j < old_pools.len());
+            match same {
+                Some(j) => {
+                    kept[j] = true;
+                    pools.push(old_pools[j].clone());
+                    tokens.push(self.pool_tokens[j].clone());
+                }
+                None => {
+                    tracing::info!(carrier = %c.name, "carrier settings changed or added: binding anew");
+                    let t = self.shutdown.token().child_token();
+                    pools.push(Pool::start(
+                        c.clone(),
+                        self.metrics.clone(),
+                        self.inbound_handler.clone(),
+                        t.clone(),
+                    ));
+                    tokens.push(t);
+                }
+            }
+        }
+        for (j, t) in self.pool_tokens.iter().enumerate() {
+            if !kept[j] {
+                t.cancel();
+            }
+        }
+        self.pool_tokens = tokens;
+        pools
     }
 
     /// `key.created` for every API key hash a reload brings (keys are made
@@ -343,7 +387,8 @@ impl App {
         }
         self.auth.reload(&new.clients);
         self.audit_new_keys(&new).await;
-        self.relay.reload(&new);
+        let pools = self.reload_pools(&new);
+        self.relay.reload(&new, pools);
         self.inbound.reload(&new);
         if let Err(e) = self.webhooks.reload(&new.clients) {
             tracing::error!("webhook settings not reloaded, keeping the old ones: {e}");

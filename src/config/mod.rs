@@ -155,7 +155,8 @@ impl BindMode {
     }
 }
 
-#[derive(Debug, Clone)]
+/// `PartialEq` tells a reload which carrier pools must be rebuilt.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Carrier {
     pub name: String,
     pub host: String,

@@ -42,12 +42,16 @@ struct View {
     campaigns: HashMap<String, Campaign>,
     brands: HashMap<String, Brand>,
     routes: Routes,
+    /// One pool per `[[carriers]]` entry, in config order (as `routes`):
+    /// swapped together with the routes so indices always agree.
+    pools: Vec<Pool>,
     own: OwnNumbers,
 }
 
 impl View {
-    fn new(cfg: &Config) -> Self {
+    fn new(cfg: &Config, pools: Vec<Pool>) -> Self {
         View {
+            pools,
             clients: cfg
                 .clients
                 .iter()
@@ -79,8 +83,6 @@ struct Inner {
     // std lock: read-and-clone only, never held across an await.
     view: RwLock<Arc<View>>,
     limits: RwLock<Arc<Limits>>,
-    /// One pool per `[[carriers]]` entry, in config order (as `Routes`).
-    pools: Vec<Pool>,
     store: Store,
     shared: Arc<dyn SharedState>,
     audit: Audit,
@@ -155,9 +157,8 @@ impl Relay {
     ) -> Self {
         Relay {
             inner: Arc::new(Inner {
-                view: RwLock::new(Arc::new(View::new(cfg))),
+                view: RwLock::new(Arc::new(View::new(cfg, pools))),
                 limits: RwLock::new(Arc::new(Limits::new(cfg))),
-                pools,
                 store,
                 shared,
                 audit,
@@ -170,9 +171,10 @@ impl Relay {
     }
 
     /// Applies a reloaded config: clients, campaigns, brands and limits.
-    /// (Carrier pools are kept as they are; routes change with them.)
-    pub fn reload(&self, cfg: &Config) {
-        let v = Arc::new(View::new(cfg));
+    /// `pools` are the carrier pools of `cfg`, in its order (the app keeps
+    /// the pools of carriers whose settings did not change).
+    pub fn reload(&self, cfg: &Config, pools: Vec<Pool>) {
+        let v = Arc::new(View::new(cfg, pools));
         match self.inner.view.write() {
             Ok(mut g) => *g = v,
             Err(p) => *p.into_inner() = v,
@@ -185,8 +187,19 @@ impl Relay {
     }
 
     /// The pools, in config order.
-    pub fn pools(&self) -> &[Pool] {
-        &self.inner.pools
+    pub fn pools(&self) -> Vec<Pool> {
+        read(&self.inner.view).pools.clone()
+    }
+
+    /// The pools of the priority-1 carriers (for `/readyz`).
+    pub fn first_priority_pools(&self) -> Vec<Pool> {
+        let view = read(&self.inner.view);
+        view.pools
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| view.routes.get(*i).is_some_and(|r| r.priority == 1))
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     /// Keyed hash of everything that makes a request what it is, text
@@ -270,12 +283,10 @@ impl Relay {
 
     /// Submits every segment on carrier `i`; the first error wins.
     async fn submit_all(
-        &self,
-        i: usize,
+        pool: &Pool,
         req: &SendRequest,
         enc: &encoding::Encoded,
     ) -> Result<Vec<String>, (SmppError, usize)> {
-        let pool = &self.inner.pools[i];
         let esm_class = enc.esm_class_bits();
         let futs = enc.parts().map(|part| {
             pool.submit(SubmitRequest {
@@ -310,14 +321,15 @@ impl Relay {
     /// Sends on the best bound carrier, failing over while nothing was
     /// accepted and the error says another carrier may take it.
     async fn send_segments(
-        &self,
+        pools: &[Pool],
         candidates: &[usize],
         req: &SendRequest,
         enc: &encoding::Encoded,
     ) -> Result<Sent, (SendError, Option<Sent>)> {
         let mut last = SendError::NoRoute;
         for &i in candidates {
-            match self.submit_all(i, req, enc).await {
+            let Some(pool) = pools.get(i) else { continue };
+            match Self::submit_all(pool, req, enc).await {
                 Ok(ids) => return Ok(Sent { carrier: i, ids }),
                 Err((e, accepted)) => {
                     let mapped = match &e {
@@ -339,7 +351,7 @@ impl Relay {
                         });
                         return Err((mapped, partial));
                     }
-                    tracing::warn!(carrier = %self.inner.pools[i].name(), "carrier failed before accepting; failing over: {e}");
+                    tracing::warn!(carrier = %pool.name(), "carrier failed before accepting; failing over: {e}");
                     last = mapped;
                 }
             }
@@ -486,7 +498,7 @@ impl Relay {
                 return refuse_fresh(SendError::Internal).await;
             }
         }
-        let pools = &self.inner.pools;
+        let pools = &view.pools;
         let candidates = view.routes.candidates(&req.to, |i| {
             pools.get(i).is_some_and(|p| p.bound_transmitters() > 0)
         });
@@ -544,7 +556,7 @@ impl Relay {
                     .await;
             }
         };
-        let sent = self.send_segments(&candidates, &req, &enc).await;
+        let sent = Self::send_segments(pools, &candidates, &req, &enc).await;
         drop(enc);
         let id = message_id();
         let created = now_ms();

@@ -471,6 +471,8 @@ pub struct Relay {
     pub client: reqwest::Client,
     wait_ready: bool,
     app: Option<App>,
+    /// Hashes of `api_key` and `other_key`, to write configs for reloads.
+    hashes: (String, String),
 }
 
 impl Relay {
@@ -493,6 +495,7 @@ impl Relay {
             client,
             wait_ready: setup.wait_ready,
             app: Some(app),
+            hashes: (hash, other_hash),
         };
         if relay.wait_ready {
             relay.wait_ready().await;
@@ -633,6 +636,22 @@ impl Relay {
         sms_conduit::webhook::Outbox::new(self.app().store.clone())
             .depth()
             .unwrap()
+    }
+
+    /// Rewrites the config from `setup` (same keys) and applies it as
+    /// SIGHUP does.
+    pub async fn reload(&mut self, setup: Setup) {
+        let toml = toml_for(&self.files, &setup, &self.hashes.0, &self.hashes.1);
+        write(self.files.dir.path(), "sms-conduit.toml", &toml);
+        let config = Config::from_toml(&toml, self.files.dir.path(), None)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        self.app
+            .as_mut()
+            .expect("the App is stopped")
+            .reload(config.clone())
+            .await
+            .unwrap();
+        self.config = config;
     }
 
     /// Stops the App and starts a new one on the same config and state dir.

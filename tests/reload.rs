@@ -1,0 +1,57 @@
+//! SIGHUP semantics for carriers (SPEC §2): a reload rebinds only the
+//! carriers whose settings changed; the others keep their sessions.
+
+mod support;
+
+use std::time::Duration;
+
+use support::relay::*;
+
+const PW: &str = "rl-pw1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rebinds_changed_carriers_and_keeps_the_others() {
+    let files = Files::new();
+    let sim_a = files.sim(PW, |_| {}).await;
+    let sim_b = files.sim(PW, |_| {}).await;
+    let sim_c = files.sim(PW, |_| {}).await;
+    let us = |port| CarrierCfg::new("carrier-us", port, PW).prefixes(&["+1"]);
+    let uk = |port| CarrierCfg::new("carrier-uk", port, PW).prefixes(&["+44"]);
+    let mut relay = Relay::start(files, Setup::new(vec![us(sim_a.port()), uk(sim_b.port())])).await;
+    wait_until(Duration::from_secs(5), "both carriers bound", || {
+        sim_a.handle.report().binds == 1 && sim_b.handle.report().binds == 1
+    })
+    .await;
+    let v = relay.send_ok(&message("Before the reload.")).await;
+    assert_eq!(v["carrier"], "carrier-us");
+    assert_eq!(sim_a.submits(), 1);
+
+    // carrier-us moves to another SMSC; carrier-uk is unchanged.
+    relay
+        .reload(Setup::new(vec![us(sim_c.port()), uk(sim_b.port())]))
+        .await;
+    wait_until(
+        Duration::from_secs(5),
+        "carrier-us bound to its new SMSC",
+        || sim_c.handle.report().binds == 1,
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(5),
+        "the old carrier-us session unbound",
+        || sim_a.handle.bound_sessions() == 0,
+    )
+    .await;
+    let v = relay.send_ok(&message("After the reload.")).await;
+    assert_eq!(v["carrier"], "carrier-us");
+    assert_eq!(sim_c.submits(), 1, "sent through the new binding");
+    assert_eq!(sim_a.submits(), 1, "nothing more through the old one");
+    // The unchanged carrier kept its one session: no rebind.
+    assert_eq!(sim_b.handle.report().binds, 1);
+    assert_eq!(sim_b.handle.bound_sessions(), 1);
+    let mut uk_msg = message("To London.");
+    uk_msg["to"] = "+447700900123".into();
+    let v = relay.send_ok(&uk_msg).await;
+    assert_eq!(v["carrier"], "carrier-uk");
+    assert!(relay.stop().await);
+}
