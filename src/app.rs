@@ -388,6 +388,9 @@ impl App {
         self.auth.reload(&new.clients);
         self.audit_new_keys(&new).await;
         let pools = self.reload_pools(&new);
+        if let Some(server) = &self.smpp_server {
+            server.set_peers(new.peers.clone());
+        }
         self.relay.reload(&new, pools);
         self.inbound.reload(&new);
         if let Err(e) = self.webhooks.reload(&new.clients) {

@@ -269,3 +269,58 @@ async fn pool_binds_to_our_server_over_tls_both_directions() {
     pool.wait().await;
     server.wait().await;
 }
+
+/// A reload of `[[peers]]`: a peer whose password changed is unbound and
+/// its old password refused from then on; an unchanged peer keeps its
+/// session.
+#[tokio::test]
+async fn reloaded_peers_unbind_changed_ones_and_keep_the_rest() {
+    let certs = certs();
+    let shutdown = CancellationToken::new();
+    let (handler, _rx) = RecordingHandler::new(16);
+    let mut other = peer("carrierc", "pw-c", "127.0.0.0/8");
+    other.name = "carrier-c".into();
+    let server = start_server(
+        &server_cfg(false, Duration::from_secs(30)),
+        None,
+        vec![peer("carrierb", "pw-b", "127.0.0.0/8"), other.clone()],
+        Arc::new(handler),
+        metrics(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.plaintext_addr().unwrap();
+    let client = |system_id: &str, pw: &str| {
+        let mut c = carrier(addr, None, BindMode::Transceiver);
+        c.name = format!("to-{system_id}");
+        c.system_id = system_id.into();
+        c.password = sms_conduit::types::Secret::new(pw.as_bytes().to_vec());
+        let (h, _rx) = RecordingHandler::new(4);
+        Pool::start(c, metrics(), Arc::new(h), shutdown.clone())
+    };
+    let b = client("carrierb", "pw-b");
+    let c = client("carrierc", "pw-c");
+    assert!(
+        wait_until(Duration::from_secs(5), || b.bound_sessions() == 1
+            && c.bound_sessions() == 1)
+        .await
+    );
+    let (ok_before, _) = server.bind_counts();
+
+    // carrier-b's password changes; carrier-c is untouched.
+    server.set_peers(vec![peer("carrierb", "pw-b-new", "127.0.0.0/8"), other]);
+    assert!(
+        wait_until(Duration::from_secs(5), || b.bound_sessions() == 0).await,
+        "carrier-b unbound"
+    );
+    // Its reconnects with the old password are refused; carrier-c never rebound.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(b.bound_sessions(), 0);
+    assert_eq!(c.bound_sessions(), 1);
+    let (ok_after, failed_after) = server.bind_counts();
+    assert_eq!(ok_after, ok_before, "no new successful bind");
+    assert!(failed_after >= 1, "the old password was refused");
+    shutdown.cancel();
+    server.wait().await;
+}

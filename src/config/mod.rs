@@ -179,7 +179,8 @@ pub struct Carrier {
     pub response_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// `PartialEq` tells a reload whose sessions must be unbound.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
     pub name: String,
     pub system_id: String,

@@ -78,6 +78,9 @@ struct Table {
 
 struct Inner {
     opts: ServerOptions,
+    /// `[[peers]]` as last reloaded; `None` = those of `opts.auth`. Read
+    /// and cloned only, never held across an await.
+    peers: std::sync::RwLock<Option<Arc<Vec<Peer>>>>,
     deps: SessionDeps,
     table: Mutex<Table>,
     binds_ok: AtomicU64,
@@ -85,6 +88,13 @@ struct Inner {
 }
 
 impl Inner {
+    fn current_peers(&self) -> Option<Arc<Vec<Peer>>> {
+        match self.peers.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         match self.table.lock() {
             Ok(g) => g,
@@ -153,6 +163,7 @@ pub(crate) async fn start(
         .map(|l| l.local_addr())
         .transpose()?;
     let inner = Arc::new(Inner {
+        peers: std::sync::RwLock::new(None),
         opts,
         deps: SessionDeps {
             handler,
@@ -189,6 +200,37 @@ impl ServerHandle {
     pub fn plaintext_addr(&self) -> Option<SocketAddr> {
         self.plain_addr
     }
+    /// Applies reloaded `[[peers]]`: new binds are checked against them;
+    /// sessions of peers that were removed or whose entry changed
+    /// (password, allowed addresses, limits) are unbound, the others kept.
+    pub fn set_peers(&self, peers: Vec<Peer>) {
+        let old = match &self.inner.opts.auth {
+            Auth::Peers(p) => self
+                .inner
+                .current_peers()
+                .unwrap_or_else(|| Arc::new(p.clone())),
+            Auth::Any { .. } => return,
+        };
+        let changed: Vec<String> = old
+            .iter()
+            .filter(|o| !peers.iter().any(|n| n == *o))
+            .map(|o| o.name.clone())
+            .collect();
+        match self.inner.peers.write() {
+            Ok(mut g) => *g = Some(Arc::new(peers)),
+            Err(p) => *p.into_inner() = Some(Arc::new(peers)),
+        }
+        let t = self.inner.table();
+        for name in &changed {
+            for (_, h) in t.sessions.get(name).into_iter().flatten() {
+                h.unbind();
+            }
+            if t.sessions.get(name).is_some_and(|s| !s.is_empty()) {
+                info!(link = %name, "peer removed or changed by a reload: unbinding its sessions");
+            }
+        }
+    }
+
     /// Peers with at least one bound session.
     pub fn bound_peers(&self) -> Vec<BoundPeer> {
         let t = self.inner.table();
@@ -409,9 +451,11 @@ fn authenticate(
     attempt: &BindAttempt,
     ip: IpAddr,
 ) -> Result<String, (CommandStatus, &'static str, Option<String>)> {
+    let reloaded = inner.current_peers();
     let (link, max) = match &inner.opts.auth {
         Auth::Any { link } => (link.clone(), u32::MAX),
-        Auth::Peers(peers) => {
+        Auth::Peers(configured) => {
+            let peers = reloaded.as_deref().unwrap_or(configured);
             let Some(peer) = peers.iter().find(|p| p.system_id == attempt.system_id) else {
                 return Err((CommandStatus::EsmeRinvsysid, "unknown_system_id", None));
             };
