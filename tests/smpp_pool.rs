@@ -275,7 +275,6 @@ async fn pool_binds_to_our_server_over_tls_both_directions() {
 /// session.
 #[tokio::test]
 async fn reloaded_peers_unbind_changed_ones_and_keep_the_rest() {
-    let certs = certs();
     let shutdown = CancellationToken::new();
     let (handler, _rx) = RecordingHandler::new(16);
     let mut other = peer("carrierc", "pw-c", "127.0.0.0/8");
