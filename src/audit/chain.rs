@@ -13,7 +13,6 @@
 //! - nothing here unwraps data read from the file: a tampered head is a
 //!   [`StoreError::Refused`], and the log refuses to extend it.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -214,6 +213,11 @@ fn head_or_genesis(
 }
 
 /// Builds a record and its stored bytes.
+///
+/// Records are flat (strings and unsigned integers), so the canonical form
+/// is written straight from the sorted field list — the same bytes
+/// [`canonical`] gives for the equivalent object, without building one
+/// (this runs for every accepted message and every receipt).
 fn build(
     entry: &Entry,
     actor: &str,
@@ -221,28 +225,30 @@ fn build(
     seq: u64,
     prev_hash: &str,
 ) -> Result<AuditRecord, StoreError> {
-    let mut map: BTreeMap<String, Value> = BTreeMap::new();
-    for (k, v) in entry.fields() {
-        if RESERVED.contains(&k) || map.insert(k.to_owned(), v).is_some() {
-            return Err(StoreError::Refused(format!(
-                "audit event {} repeats field {k}",
-                entry.name()
-            )));
-        }
+    let mut fields = entry.fields();
+    if let Some((k, _)) = fields.iter().find(|(k, _)| RESERVED.contains(k)) {
+        return Err(StoreError::Refused(format!(
+            "audit event {} uses the reserved field {k}",
+            entry.name()
+        )));
     }
-    map.insert("seq".into(), Value::from(seq));
-    map.insert("at".into(), Value::from(at));
-    map.insert("event".into(), Value::from(entry.name()));
-    map.insert("actor".into(), Value::from(actor));
-    map.insert("prev_hash".into(), Value::from(prev_hash));
-    let mut obj = Value::Object(map.into_iter().collect());
-    let unhashed = canonical(&obj).map_err(json_err)?;
+    fields.push(("seq", Value::from(seq)));
+    fields.push(("at", Value::from(at)));
+    fields.push(("event", Value::from(entry.name())));
+    fields.push(("actor", Value::from(actor)));
+    fields.push(("prev_hash", Value::from(prev_hash)));
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if let Some(w) = fields.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(StoreError::Refused(format!(
+            "audit event {} repeats field {}",
+            entry.name(),
+            w[0].0
+        )));
+    }
+    let unhashed = flat_canonical(&fields, None).map_err(json_err)?;
     let hash = chain_hash(prev_hash, &unhashed)
         .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))?;
-    if let Value::Object(m) = &mut obj {
-        m.insert("hash".into(), Value::from(hash.as_str()));
-    }
-    let json = String::from_utf8(canonical(&obj).map_err(json_err)?)
+    let json = String::from_utf8(flat_canonical(&fields, Some(&hash)).map_err(json_err)?)
         .map_err(|_| StoreError::Refused("audit record is not UTF-8".into()))?;
     Ok(AuditRecord {
         seq,
@@ -252,6 +258,44 @@ fn build(
         hash,
         json,
     })
+}
+
+/// Canonical JSON of `fields` (sorted by key, no duplicates) with, when
+/// given, a `hash` field in its sorted place.
+fn flat_canonical(
+    fields: &[(&'static str, Value)],
+    hash: Option<&str>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(384);
+    out.push(b'{');
+    let mut hash = hash;
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if let Some(h) = hash.filter(|_| "hash" < *k) {
+            write_hash(&mut out, h, i == 0);
+            hash = None;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, v)?;
+    }
+    if let Some(h) = hash {
+        write_hash(&mut out, h, fields.is_empty());
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// `"hash":"<hex>"` (hex needs no escaping).
+fn write_hash(out: &mut Vec<u8>, hash: &str, first: bool) {
+    if !first {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.push(b'"');
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {
