@@ -6,8 +6,8 @@
 #
 #   benches/relay.sh [MESSAGES] [CONNECTIONS]
 #
-# Env: BIN (default target/release/sms-conduit), RATE, HTTP2=1, AUDIT (unused:
-# the audit log is always on).
+# Env: BIN (default target/release/sms-conduit), RATE, HTTP2=1, FLAT_ONLY=1
+# (skip the fixed-rate run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-50000}
@@ -76,6 +76,7 @@ run() {
 }
 echo "== flat out: $N messages, $C connections"
 run --messages "$N" | tee flat.txt
+if [ "${FLAT_ONLY:-}" = 1 ]; then exit 0; fi
 rate=${RATE:-$(awk '/^throughput/ {printf "%d", $2/2}' flat.txt)}
 echo "== fixed rate: $rate msg/s, $((rate * 10)) messages"
 run --messages $((rate * 10)) --rate "$rate"
