@@ -5,65 +5,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sms_conduit::store::SharedState;
+use support::capture::capture;
 use support::expect_problem;
 use support::relay::{message, Files, Relay, Setup, TO};
-use tracing_subscriber::fmt::MakeWriter;
-
-/// Every log line of this test binary, from the moment [`capture`] is first
-/// called.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-struct CapturedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CapturedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = CapturedWriter;
-    fn make_writer(&'a self) -> Self::Writer {
-        CapturedWriter(self.0.clone())
-    }
-}
-
-impl Captured {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Installs (once per binary) a global TRACE subscriber writing into memory;
-/// `log` records (rustls) are forwarded to it too.
-fn capture() -> Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(logs.clone())
-            .try_init()
-            .expect("the only global subscriber of this binary");
-        logs
-    })
-    .clone()
-}
 
 fn new_canary() -> String {
     format!("CANARY-{:012x}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)

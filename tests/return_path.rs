@@ -9,20 +9,18 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
 use sms_conduit::smpp::CommandStatus;
 use sms_conduit::types::Secret;
 use sms_conduit::webhook::{Mode, Sink};
+use support::capture::capture;
 use support::expect_problem;
 use support::relay::{
     message, wait_until, CarrierCfg, Files, Relay, Setup, Sim, CAMPAIGN, FROM, TO,
 };
-use tracing_subscriber::fmt::MakeWriter;
 
 const PW: &str = "rp-pw1";
 const SECRET: &[u8] = b"whsec_return_path_0123456789";
@@ -449,48 +447,6 @@ async fn mo_to_a_number_of_no_campaign_is_refused_and_not_relayed() {
 
 // ---- canary -----------------------------------------------------------
 
-/// Every log line of this test binary, from the first [`capture`] on.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-struct CapturedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CapturedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = CapturedWriter;
-    fn make_writer(&'a self) -> Self::Writer {
-        CapturedWriter(self.0.clone())
-    }
-}
-
-/// Installs (once per binary) a global TRACE subscriber writing to memory.
-fn capture() -> Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(logs.clone())
-            .try_init()
-            .expect("the only global subscriber of this binary");
-        logs
-    })
-    .clone()
-}
-
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -626,12 +582,6 @@ async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
         if let Some((form, at)) = leaked(&log, c) {
             panic!("{c} ({form}) in a log line: {}", line_at(&log, at));
         }
-    }
-}
-
-impl Captured {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

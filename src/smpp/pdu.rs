@@ -229,59 +229,42 @@ fn read_tlvs(tlvs: &[Tlv], receipt: &mut ReceiptTlvs) -> Option<Zeroizing<Vec<u8
 /// The handler's view of a deliver_sm, data_sm or submit_sm; `None` for any
 /// other PDU. Copies the text into zeroizing buffers.
 pub fn inbound_message(pdu: &Pdu) -> Option<InboundMessage> {
-    let mut receipt = ReceiptTlvs::default();
+    // deliver_sm, submit_sm and data_sm are distinct rusmpp types with the
+    // same field names; one expansion per type keeps the mapping in one place.
+    macro_rules! from_pdu {
+        ($p:expr, $kind:expr, $short_message:expr) => {{
+            let p = $p;
+            let mut receipt = ReceiptTlvs::default();
+            let message_payload = read_tlvs(p.tlvs(), &mut receipt);
+            InboundMessage {
+                kind: $kind,
+                source_addr_ton: u8::from(p.source_addr_ton),
+                source_addr: text(&p.source_addr),
+                dest_addr_ton: u8::from(p.dest_addr_ton),
+                dest_addr: text(&p.destination_addr),
+                esm_class: u8::from(p.esm_class),
+                data_coding: u8::from(p.data_coding),
+                registered_delivery: u8::from(p.registered_delivery),
+                short_message: $short_message,
+                message_payload,
+                receipt,
+                message_id: None,
+            }
+        }};
+    }
     let msg = match pdu {
-        Pdu::DeliverSm(p) => {
-            let payload = read_tlvs(p.tlvs(), &mut receipt);
-            InboundMessage {
-                kind: InboundKind::DeliverSm,
-                source_addr_ton: u8::from(p.source_addr_ton),
-                source_addr: text(&p.source_addr),
-                dest_addr_ton: u8::from(p.dest_addr_ton),
-                dest_addr: text(&p.destination_addr),
-                esm_class: u8::from(p.esm_class),
-                data_coding: u8::from(p.data_coding),
-                registered_delivery: u8::from(p.registered_delivery),
-                short_message: Zeroizing::new(p.short_message().as_ref().to_vec()),
-                message_payload: payload,
-                receipt,
-                message_id: None,
-            }
-        }
-        Pdu::SubmitSm(p) => {
-            let payload = read_tlvs(p.tlvs(), &mut receipt);
-            InboundMessage {
-                kind: InboundKind::SubmitSm,
-                source_addr_ton: u8::from(p.source_addr_ton),
-                source_addr: text(&p.source_addr),
-                dest_addr_ton: u8::from(p.dest_addr_ton),
-                dest_addr: text(&p.destination_addr),
-                esm_class: u8::from(p.esm_class),
-                data_coding: u8::from(p.data_coding),
-                registered_delivery: u8::from(p.registered_delivery),
-                short_message: Zeroizing::new(p.short_message().as_ref().to_vec()),
-                message_payload: payload,
-                receipt,
-                message_id: None,
-            }
-        }
-        Pdu::DataSm(p) => {
-            let payload = read_tlvs(p.tlvs(), &mut receipt);
-            InboundMessage {
-                kind: InboundKind::DataSm,
-                source_addr_ton: u8::from(p.source_addr_ton),
-                source_addr: text(&p.source_addr),
-                dest_addr_ton: u8::from(p.dest_addr_ton),
-                dest_addr: text(&p.destination_addr),
-                esm_class: u8::from(p.esm_class),
-                data_coding: u8::from(p.data_coding),
-                registered_delivery: u8::from(p.registered_delivery),
-                short_message: Zeroizing::new(Vec::new()),
-                message_payload: payload,
-                receipt,
-                message_id: None,
-            }
-        }
+        Pdu::DeliverSm(p) => from_pdu!(
+            p,
+            InboundKind::DeliverSm,
+            Zeroizing::new(p.short_message().as_ref().to_vec())
+        ),
+        Pdu::SubmitSm(p) => from_pdu!(
+            p,
+            InboundKind::SubmitSm,
+            Zeroizing::new(p.short_message().as_ref().to_vec())
+        ),
+        // data_sm carries its text in the message_payload TLV only.
+        Pdu::DataSm(p) => from_pdu!(p, InboundKind::DataSm, Zeroizing::new(Vec::new())),
         _ => return None,
     };
     Some(msg)

@@ -4,6 +4,7 @@
 //! Nothing here mocks the wire: tests talk TLS and HTTP to a real listener.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod relay;
 
 use std::net::SocketAddr;
