@@ -39,6 +39,9 @@ pub struct Metrics {
     pub outbox_depth: IntGauge,
     /// Audit records written.
     pub audit_records: IntCounter,
+    /// Sequence number of the audit chain's head (its record count minus
+    /// one, before any pruning): an operator compares it with exports.
+    pub audit_head_seq: IntGauge,
     /// Store commit latency (one commit carries many writes).
     pub store_commit: Histogram,
     /// Writes per store commit.
@@ -121,6 +124,13 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(auth_failures.clone()))
             .expect("unique metric name");
+        let audit_head_seq = IntGauge::new(
+            "sms_conduit_audit_head_seq",
+            "Sequence number of the audit chain head.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(audit_head_seq.clone()))
+            .expect("unique metric name");
         let outbox_depth = IntGauge::new(
             "sms_conduit_outbox_depth",
             "Status events waiting for webhook delivery.",
@@ -180,6 +190,7 @@ impl Metrics {
             ),
             outbox_depth,
             audit_records,
+            audit_head_seq,
             store_commit: histogram(
                 &r,
                 "sms_conduit_store_commit_seconds",

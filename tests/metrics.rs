@@ -178,3 +178,33 @@ async fn metrics_over_tls() {
     tracker.close();
     tracker.wait().await;
 }
+
+/// The audit head gauge follows the chain: genesis at start, one more per
+/// record, and matches what `audit::head` reads from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_head_seq_gauge_follows_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = std::sync::Arc::new(sms_conduit::metrics::Metrics::new());
+    let store = sms_conduit::store::Store::open(dir.path(), Some(metrics.clone())).unwrap();
+    let audit = sms_conduit::audit::Audit::open(store.clone(), "node-m", Some(metrics.clone()))
+        .await
+        .unwrap();
+    assert_eq!(metrics.audit_head_seq.get(), 0, "genesis is seq 0");
+    for _ in 0..3 {
+        audit
+            .record(
+                sms_conduit::audit::AuditEvent::ConfigReloaded {
+                    sha256: "ab".repeat(32),
+                },
+                sms_conduit::audit::SYSTEM,
+            )
+            .await
+            .unwrap();
+    }
+    let head = sms_conduit::audit::head(&store).unwrap().unwrap();
+    assert_eq!(head.seq, 3);
+    assert_eq!(metrics.audit_head_seq.get(), 3);
+    let text = String::from_utf8(metrics.render()).unwrap();
+    assert!(text.contains("sms_conduit_audit_head_seq 3"), "{text}");
+    store.close().await.unwrap();
+}

@@ -189,9 +189,18 @@ impl Audit {
         let written = audit
             .inner
             .store
-            .write(move |txn| Ok(chain::ensure_genesis(txn, &node, Utc::now())?.1))
-            .await?;
-        audit.count(written);
+            .write(move |txn| {
+                let (head, written) = chain::ensure_genesis(txn, &node, Utc::now())?;
+                Ok((head.seq, written))
+            })
+            .await;
+        let (head_seq, written) = written?;
+        if let Some(m) = &audit.inner.metrics {
+            // Every later record goes through `count`, which moves it on.
+            m.audit_head_seq
+                .set(i64::try_from(head_seq).unwrap_or(i64::MAX));
+            m.audit_records.inc_by(written);
+        }
         Ok(audit)
     }
 
@@ -348,6 +357,7 @@ impl Audit {
     fn count(&self, written: u64) {
         if let (Some(m), true) = (&self.inner.metrics, written > 0) {
             m.audit_records.inc_by(written);
+            m.audit_head_seq.add(i64::try_from(written).unwrap_or(0));
         }
     }
 }
