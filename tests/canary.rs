@@ -5,57 +5,15 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use sms_conduit::store::SharedState;
-use support::capture::capture;
+use support::capture::{capture, files_under, find, forms, leaked};
 use support::expect_problem;
 use support::relay::{message, Files, Relay, Setup, TO};
 
 fn new_canary() -> String {
     format!("CANARY-{:012x}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)
-}
-
-/// The byte forms the canary could take at rest: UTF-8 (= GSM 03.38
-/// unpacked, since it is ASCII letters, digits and '-', all at their ASCII
-/// code points in GSM), and UCS-2 big-endian (SMPP data_coding 8).
-fn forms(canary: &str) -> Vec<(&'static str, Vec<u8>)> {
-    assert!(canary
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    let ucs2: Vec<u8> = canary
-        .encode_utf16()
-        .flat_map(|u| u.to_be_bytes())
-        .collect();
-    vec![
-        ("UTF-8/GSM unpacked", canary.as_bytes().to_vec()),
-        ("UCS-2 BE", ucs2),
-    ]
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Which form of `canary` is in `bytes`, if any.
-fn leaked(bytes: &[u8], canary: &str) -> Option<(&'static str, usize)> {
-    forms(canary)
-        .into_iter()
-        .find_map(|(name, f)| find(bytes, &f).map(|at| (name, at)))
-}
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        let meta = std::fs::symlink_metadata(&p).unwrap();
-        if meta.is_dir() {
-            files_under(&p, out);
-        } else if meta.is_file() {
-            out.push(p);
-        }
-    }
 }
 
 /// Answers kept for the final scan: (what, status, body).

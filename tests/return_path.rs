@@ -9,14 +9,13 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use sms_conduit::smpp::CommandStatus;
 use sms_conduit::types::Secret;
 use sms_conduit::webhook::{Mode, Sink};
-use support::capture::capture;
+use support::capture::{capture, files_under, find, leaked};
 use support::expect_problem;
 use support::relay::{
     message, wait_until, CarrierCfg, Files, Relay, Setup, Sim, CAMPAIGN, FROM, TO,
@@ -446,36 +445,6 @@ async fn mo_to_a_number_of_no_campaign_is_refused_and_not_relayed() {
 }
 
 // ---- canary -----------------------------------------------------------
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The canary as UTF-8/GSM unpacked (ASCII) or UCS-2 BE, if in `bytes`.
-fn leaked(bytes: &[u8], canary: &str) -> Option<(&'static str, usize)> {
-    let ucs2: Vec<u8> = canary
-        .encode_utf16()
-        .flat_map(|u| u.to_be_bytes())
-        .collect();
-    [
-        ("UTF-8/GSM", canary.as_bytes().to_vec()),
-        ("UCS-2 BE", ucs2),
-    ]
-    .into_iter()
-    .find_map(|(name, f)| find(bytes, &f).map(|at| (name, at)))
-}
-
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        let meta = std::fs::symlink_metadata(&p).unwrap();
-        if meta.is_dir() {
-            files_under(&p, out);
-        } else if meta.is_file() {
-            out.push(p);
-        }
-    }
-}
 
 /// The log line around byte `at`.
 fn line_at(log: &[u8], at: usize) -> String {

@@ -1,7 +1,9 @@
-//! A global TRACE-level tracing subscriber writing into memory, so the
-//! canary tests can search every log line the process produced.
+//! For the canary tests: a global TRACE-level tracing subscriber writing
+//! into memory, so every log line the process produced can be searched, and
+//! the helpers that search bytes and files for a canary text.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -54,4 +56,45 @@ pub fn capture() -> Captured {
         logs
     })
     .clone()
+}
+
+/// The byte forms the canary could take at rest: UTF-8 (= GSM 03.38
+/// unpacked, since it is ASCII letters, digits and '-', all at their ASCII
+/// code points in GSM), and UCS-2 big-endian (SMPP data_coding 8).
+pub fn forms(canary: &str) -> Vec<(&'static str, Vec<u8>)> {
+    assert!(canary
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let ucs2: Vec<u8> = canary
+        .encode_utf16()
+        .flat_map(|u| u.to_be_bytes())
+        .collect();
+    vec![
+        ("UTF-8/GSM unpacked", canary.as_bytes().to_vec()),
+        ("UCS-2 BE", ucs2),
+    ]
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Which form of `canary` is in `bytes`, if any.
+pub fn leaked(bytes: &[u8], canary: &str) -> Option<(&'static str, usize)> {
+    forms(canary)
+        .into_iter()
+        .find_map(|(name, f)| find(bytes, &f).map(|at| (name, at)))
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            files_under(&p, out);
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
 }
