@@ -93,8 +93,8 @@ fn bench_dlr(c: &mut Criterion) {
     c.bench_function("dlr/parse", |b| {
         b.iter(|| dlr::parse(black_box(receipt), &ReceiptTlvs::default()))
     });
-    c.bench_function("dlr/id_keys", |b| {
-        b.iter(|| dlr::id_keys(black_box("00001A2B")))
+    c.bench_function("dlr/lookup_keys", |b| {
+        b.iter(|| dlr::lookup_keys(black_box("00001A2B")))
     });
 }
 

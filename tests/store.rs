@@ -318,33 +318,40 @@ async fn opt_out_survives_reopen_and_opt_in_clears_it() {
 
 #[tokio::test]
 async fn carrier_id_index_lookups() {
+    use sms_conduit::smpp::dlr::{index_key, lookup_keys};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), None).unwrap();
     let shared = LocalShared::new(store.clone());
-    let ids = vec!["0a1b2c".to_string(), "0a1b2d".to_string()];
+    let keys: Vec<String> = ["0a1b2c", "0A1B2D"]
+        .iter()
+        .filter_map(|id| index_key(id))
+        .collect();
     shared
-        .index_carrier_ids("carrier-a", &ids, "msg_1")
+        .index_carrier_ids("carrier-a", &keys, "msg_1")
         .await
         .unwrap();
     shared
-        .index_carrier_ids("carrier-b", &["0a1b2c".to_string()], "msg_2")
+        .index_carrier_ids("carrier-b", &[index_key("0a1b2c").unwrap()], "msg_2")
         .await
         .unwrap();
     let look = |c: &'static str, id: &'static str| {
         let s = shared.clone();
-        async move { s.lookup_carrier_id(c, id).await.unwrap() }
+        async move { s.lookup_carrier_id(c, &lookup_keys(id)).await.unwrap() }
     };
     assert_eq!(look("carrier-a", "0a1b2c").await.as_deref(), Some("msg_1"));
-    assert_eq!(look("carrier-a", "0a1b2d").await.as_deref(), Some("msg_1"));
+    assert_eq!(look("carrier-a", "a1b2d").await.as_deref(), Some("msg_1"));
+    // The decimal rendering of 0x0a1b2d.
+    assert_eq!(look("carrier-a", "662317").await.as_deref(), Some("msg_1"));
     assert_eq!(look("carrier-b", "0a1b2c").await.as_deref(), Some("msg_2"));
     assert_eq!(look("carrier-b", "0a1b2d").await, None);
+    assert_eq!(look("carrier-a", "0a1b2e").await, None);
     store.close().await.unwrap();
     drop(shared);
     let store = Store::open(dir.path(), None).unwrap();
     let shared = LocalShared::new(store);
     assert_eq!(
         shared
-            .lookup_carrier_id("carrier-a", "0a1b2d")
+            .lookup_carrier_id("carrier-a", &lookup_keys("0a1b2d"))
             .await
             .unwrap()
             .as_deref(),

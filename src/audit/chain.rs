@@ -169,7 +169,19 @@ pub(crate) fn append_entry(
 ) -> Result<(AuditRecord, u64), StoreError> {
     let mut table = tables::open(txn, AUDIT)?;
     let at = format_at(now);
-    let (head, mut written) = head_or_genesis(&mut table, node, &at)?;
+    let txn_id = crate::store::current_txn();
+    let cached = (txn_id != 0)
+        .then(|| {
+            HEAD_CACHE.with(|c| match &*c.borrow() {
+                Some((id, h)) if *id == txn_id => Some(h.clone()),
+                _ => None,
+            })
+        })
+        .flatten();
+    let (head, mut written) = match cached {
+        Some(h) => (h, 0),
+        None => head_or_genesis(&mut table, node, &at)?,
+    };
     let seq = head
         .seq
         .checked_add(1)
@@ -177,7 +189,23 @@ pub(crate) fn append_entry(
     let rec = build(&entry, actor, &at, seq, &head.hash)?;
     table.insert(seq, rec.json.as_bytes())?;
     written += 1;
+    if txn_id != 0 {
+        let new_head = Head {
+            seq,
+            hash: rec.hash.clone(),
+        };
+        HEAD_CACHE.with(|c| *c.borrow_mut() = Some((txn_id, new_head)));
+    }
     Ok((rec, written))
+}
+
+thread_local! {
+    /// The chain head as the writer thread's current transaction left it:
+    /// the next append in the same transaction needs no read (and no JSON
+    /// peek) of the last record. Keyed by [`crate::store::current_txn`], so
+    /// it is never used across a commit, an abort or a slow-path retry.
+    static HEAD_CACHE: std::cell::RefCell<Option<(u64, Head)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Writes the genesis record if the chain is empty; returns the head and

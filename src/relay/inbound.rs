@@ -427,12 +427,11 @@ impl Inbound {
     }
 
     async fn lookup(&self, link: &str, carrier_id: &str) -> Result<Option<String>, StoreError> {
-        for key in dlr::id_keys(carrier_id) {
-            if let Some(id) = self.shared.lookup_carrier_id(link, &key).await? {
-                return Ok(Some(id));
-            }
+        let keys = dlr::lookup_keys(carrier_id);
+        if keys.is_empty() {
+            return Ok(None);
         }
-        Ok(None)
+        self.shared.lookup_carrier_id(link, &keys).await
     }
 
     async fn receipt(&self, link: &str, msg: &InboundMessage) -> CommandStatus {
@@ -455,7 +454,9 @@ impl Inbound {
         };
         let mut found = None;
         for wait in std::iter::once(Duration::ZERO).chain(EARLY_RECEIPT_WAIT) {
-            tokio::time::sleep(wait).await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             match self.lookup(link, &receipt.message_id).await {
                 Ok(Some(id)) => {
                     found = Some(id);

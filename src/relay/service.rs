@@ -28,7 +28,7 @@ use crate::config::{Brand, Campaign, Config};
 use crate::metrics::Metrics;
 use crate::smpp::encoding::{self, Encoding};
 use crate::smpp::{dlr, Pool, SmppError, SubmitRequest};
-use crate::store::shared::SharedState;
+use crate::store::shared::{put_carrier_ids, SharedState};
 use crate::store::Store;
 use crate::types::{Pseudonym, Secret, E164};
 
@@ -600,12 +600,7 @@ impl Relay {
             created_ms: created,
             updated_ms: created,
         };
-        let keys: Vec<String> = sent
-            .ids
-            .iter()
-            .filter(|s| !s.is_empty())
-            .flat_map(|s| dlr::id_keys(s))
-            .collect();
+        let mut keys: Vec<String> = sent.ids.iter().filter_map(|s| dlr::index_key(s)).collect();
         let (idem, c) = (idempotency_key.clone(), cid.to_owned());
         let outcome = match &error {
             None => serde_json::json!({ "message_id": id }),
@@ -621,9 +616,18 @@ impl Relay {
             segments,
         });
         // The metadata, the idempotency outcome and the audit record commit
-        // in one transaction: no state change without its record.
+        // in one transaction: no state change without its record. A local
+        // carrier-id index rides in it too (one op, one wake-up).
+        let local_index = self.inner.shared.index_is_local();
+        let in_op = if local_index {
+            std::mem::take(&mut keys)
+        } else {
+            Vec::new()
+        };
+        let op_carrier = carrier.clone();
         let write = self.inner.audit.write(move |atx| {
             record::put_message(atx.txn(), &rec)?;
+            put_carrier_ids(atx.txn(), &op_carrier, &in_op, &rec.id)?;
             if let Some(k) = &idem {
                 record::finish_idempotent(atx.txn(), &c, k, &rec.id, outcome.clone())?;
             }
@@ -632,9 +636,14 @@ impl Relay {
             }
             Ok(())
         });
-        let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
-        let (w, x) = futures::join!(write, index);
-        if let Err(e) = w.and(x) {
+        let outcome = if local_index {
+            write.await
+        } else {
+            let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
+            let (w, x) = futures::join!(write, index);
+            w.and(x)
+        };
+        if let Err(e) = outcome {
             tracing::error!(message = %id, "recording a sent message: {e}");
             return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
         }

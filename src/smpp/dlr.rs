@@ -30,8 +30,8 @@ pub struct ReceiptTlvs<'a> {
 /// A parsed delivery receipt: metadata only, never any text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
-    /// The carrier's message id (as the receipt gives it; match it with
-    /// [`id_keys`]).
+    /// The carrier's message id (as the receipt gives it; look it up with
+    /// [`lookup_keys`]).
     pub message_id: String,
     /// The message's state at the carrier.
     pub state: ReceiptState,
@@ -334,54 +334,84 @@ fn network_error(raw: &[u8]) -> Option<String> {
     }
 }
 
-/// The lookup keys of a carrier message id, strongest first.
+/// The value of an id read as hex (lower-case, trimmed), when it is all hex
+/// digits and fits a `u64` once leading zeros are dropped.
+fn hex_value(id: &str) -> Option<u64> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match id.trim_start_matches('0') {
+        "" => Some(0),
+        t if t.len() <= 16 => u64::from_str_radix(t, 16).ok(),
+        _ => None,
+    }
+}
+
+/// The key of an already trimmed, lower-cased id: `x<hex value>` when it
+/// reads as hex, else `s<the id>`.
+fn key_of(id: &str) -> String {
+    match hex_value(id) {
+        Some(v) => format!("x{v:x}"),
+        None => format!("s{id}"),
+    }
+}
+
+/// The one key a submit_sm_resp's message id is indexed under; `None` for a
+/// blank id.
 ///
-/// The first key is the id trimmed and lower-cased. If the id is all decimal
-/// digits and fits a `u64`, its value follows in decimal (leading zeros
-/// stripped) and in lower-case hex. If it is all hex digits (≤ 16 after
-/// leading zeros), its value follows in hex and in decimal. Duplicates are
-/// removed. Store a submit_sm_resp id under all its keys; look a receipt id
-/// up by its keys in order and take the first hit.
+/// Carriers give the same id in different forms: hex in submit_sm_resp and
+/// decimal in the receipt, or the reverse, with or without leading zeros
+/// and in either case. The index stores each id once, read as hex when it
+/// can be (`"00001A2B"` → `x1a2b`); [`lookup_keys`] turns a receipt's id
+/// into the keys its possible forms were stored under. One stored key per
+/// id keeps the index to one B-tree entry per segment.
+pub fn index_key(id: &str) -> Option<String> {
+    let id = id.trim().to_ascii_lowercase();
+    (!id.is_empty()).then(|| key_of(&id))
+}
+
+/// The index keys a receipt's message id may have been stored under
+/// (see [`index_key`]), most likely first, at most three:
+/// 1. the same id in the same form (case and leading zeros aside);
+/// 2. if it is all decimal digits: the id it is the decimal rendering of;
+/// 3. if it reads as hex: the decimal id it is the hex rendering of.
 ///
-/// Caveat for the index: an all-digit id is ambiguous (decimal or hex?), so
-/// two different ids of one carrier can share a converted key ("10" as hex
-/// is 16, and "16" is itself). Scope keys by carrier, prefer an exact-key
-/// hit, and treat several claimants of a converted key as no match.
-pub fn id_keys(id: &str) -> Vec<String> {
-    let exact = id.trim().to_ascii_lowercase();
-    let mut keys: Vec<String> = Vec::with_capacity(5);
-    if exact.is_empty() {
+/// An all-digit id is ambiguous ("10" as decimal is hex "a"), so the same
+/// form comes first: a carrier that keeps one form always hits on key 1.
+pub fn lookup_keys(id: &str) -> Vec<String> {
+    let id = id.trim().to_ascii_lowercase();
+    let mut keys: Vec<String> = Vec::with_capacity(3);
+    if id.is_empty() {
         return keys;
     }
-    let stripped = match exact.trim_start_matches('0') {
-        "" => "0",
-        s => s,
-    };
-    let decimal = exact.bytes().all(|b| b.is_ascii_digit());
-    let hex = exact.bytes().all(|b| b.is_ascii_hexdigit()) && stripped.len() <= 16;
-    let dec_value = decimal.then(|| stripped.parse::<u64>().ok()).flatten();
-    let hex_value = hex
-        .then(|| u64::from_str_radix(stripped, 16).ok())
-        .flatten();
-    let candidates = [
-        Some(exact.clone()),
-        dec_value.map(|v| v.to_string()),
-        dec_value.map(|v| format!("{v:x}")),
-        hex_value.map(|v| format!("{v:x}")),
-        hex_value.map(|v| v.to_string()),
-    ];
-    for key in candidates.into_iter().flatten() {
-        if !keys.contains(&key) {
-            keys.push(key);
+    keys.push(key_of(&id));
+    if id.bytes().all(|b| b.is_ascii_digit()) {
+        let value = match id.trim_start_matches('0') {
+            "" => Some(0),
+            t => t.parse::<u64>().ok(),
+        };
+        if let Some(v) = value {
+            keys.push(format!("x{v:x}"));
+        }
+    }
+    if let Some(v) = hex_value(&id) {
+        keys.push(key_of(&v.to_string()));
+    }
+    let mut i = 1;
+    while i < keys.len() {
+        if keys[..i].contains(&keys[i]) {
+            keys.remove(i);
+        } else {
+            i += 1;
         }
     }
     keys
 }
 
-/// True when two ids share a lookup key (see [`id_keys`]).
-pub fn ids_match(a: &str, b: &str) -> bool {
-    let b_keys = id_keys(b);
-    id_keys(a).iter().any(|k| b_keys.contains(k))
+/// True when a receipt's id `receipted` can name the submitted id
+/// `submitted` (see [`lookup_keys`]).
+pub fn ids_match(submitted: &str, receipted: &str) -> bool {
+    index_key(submitted).is_some_and(|k| lookup_keys(receipted).contains(&k))
 }
 
 #[cfg(test)]
@@ -558,12 +588,19 @@ mod tests {
         assert!(!ids_match("abc-def", "abcdef"));
         assert!(!ids_match("abc-def", "abc"));
         assert!(!ids_match("1A2B", "6698"));
-        assert_eq!(id_keys("abc-def"), ["abc-def"]);
-        assert_eq!(id_keys("1A2B"), ["1a2b", "6699"]);
-        assert_eq!(id_keys("000123"), ["000123", "123", "7b", "291"]);
-        assert_eq!(id_keys("  "), Vec::<String>::new());
-        // Too long for u64: only the exact key.
-        assert_eq!(id_keys("123456789012345678901234").len(), 1);
-        assert_eq!(id_keys("ffffffffffffffffff").len(), 1);
+        assert!(!ids_match("", ""));
+        assert_eq!(index_key("abc-def").as_deref(), Some("sabc-def"));
+        assert_eq!(index_key("00001A2B").as_deref(), Some("x1a2b"));
+        assert_eq!(index_key("  "), None);
+        assert_eq!(lookup_keys("abc-def"), ["sabc-def"]);
+        assert_eq!(lookup_keys("1A2B"), ["x1a2b", "x6699"]);
+        assert_eq!(lookup_keys("000123"), ["x123", "x7b", "x291"]);
+        assert_eq!(lookup_keys("  "), Vec::<String>::new());
+        // Too long for u64: only the id itself.
+        assert_eq!(lookup_keys("123456789012345678901234").len(), 1);
+        assert_eq!(lookup_keys("ffffffffffffffffff").len(), 1);
+        // The same form wins over a conversion: "10" and "16" are two ids.
+        assert_eq!(lookup_keys("16")[0], index_key("16").unwrap());
+        assert_eq!(lookup_keys("16")[1], index_key("10").unwrap());
     }
 }

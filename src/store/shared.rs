@@ -76,20 +76,48 @@ pub trait SharedState: Send + Sync {
         pseudonym: &'a [u8; 32],
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Indexes every carrier message id of one message (one per segment).
+    /// Indexes the carrier message ids of one message (one key per
+    /// segment, see [`crate::smpp::dlr::index_key`]).
     fn index_carrier_ids<'a>(
         &'a self,
         carrier: &'a str,
-        ids: &'a [String],
+        keys: &'a [String],
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Our message id for a carrier's message id, if indexed.
+    /// True when the index lives in the local store, so a caller may write
+    /// it inside its own store op with [`put_carrier_ids`] (one commit for
+    /// the message record and its index) instead of calling
+    /// [`SharedState::index_carrier_ids`].
+    fn index_is_local(&self) -> bool {
+        false
+    }
+
+    /// Our message id for the first of `keys` (a receipt's
+    /// [`crate::smpp::dlr::lookup_keys`]) that is indexed.
     fn lookup_carrier_id<'a>(
         &'a self,
         carrier: &'a str,
-        id: &'a str,
+        keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+}
+
+/// Writes index entries `(carrier, key)` → `message_id` in the caller's
+/// transaction: what [`LocalShared::index_carrier_ids`] does in its own op.
+pub fn put_carrier_ids(
+    txn: &redb::WriteTransaction,
+    carrier: &str,
+    keys: &[String],
+    message_id: &str,
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut t = tables::open(txn, tables::CARRIER_IDS)?;
+    for key in keys {
+        t.insert((carrier, key.as_str()), message_id)?;
+    }
+    Ok(())
 }
 
 /// [`SharedState`] in the local redb file, for a single appliance.
@@ -226,30 +254,37 @@ impl SharedState for LocalShared {
     fn index_carrier_ids<'a>(
         &'a self,
         carrier: &'a str,
-        ids: &'a [String],
+        keys: &'a [String],
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let (carrier, ids, message_id) = (carrier.to_owned(), ids.to_vec(), message_id.to_owned());
-        Box::pin(self.store.write(move |txn| {
-            let mut t = tables::open(txn, tables::CARRIER_IDS)?;
-            for id in &ids {
-                t.insert((carrier.as_str(), id.as_str()), message_id.as_str())?;
-            }
-            Ok(())
-        }))
+        let (carrier, keys, message_id) =
+            (carrier.to_owned(), keys.to_vec(), message_id.to_owned());
+        Box::pin(
+            self.store
+                .write(move |txn| put_carrier_ids(txn, &carrier, &keys, &message_id)),
+        )
+    }
+
+    fn index_is_local(&self) -> bool {
+        true
     }
 
     fn lookup_carrier_id<'a>(
         &'a self,
         carrier: &'a str,
-        id: &'a str,
+        keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
             self.store.read(|rtxn| {
                 let Some(t) = tables::open_read(rtxn, tables::CARRIER_IDS)? else {
                     return Ok(None);
                 };
-                Ok(t.get((carrier, id))?.map(|v| v.value().to_owned()))
+                for key in keys {
+                    if let Some(v) = t.get((carrier, key.as_str()))? {
+                        return Ok(Some(v.value().to_owned()));
+                    }
+                }
+                Ok(None)
             })
         })
     }

@@ -32,8 +32,12 @@ pub const DAILY_COUNTERS: TableDefinition<(&str, &str), u64> =
 /// `(campaign, pseudonym)` → unix seconds of the opt-out.
 pub const OPT_OUTS: TableDefinition<(&str, &[u8; 32]), u64> = TableDefinition::new("opt_outs");
 
-/// `(carrier, carrier message id)` → our message id.
-pub const CARRIER_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("carrier_ids");
+/// `(carrier, index key of a carrier message id)` → our message id. The key
+/// is [`crate::smpp::dlr::index_key`] of the id (one entry per segment).
+/// (The earlier `carrier_ids` table held every form of each id; a file that
+/// still has it is read without it, so receipts for messages sent before
+/// the upgrade are not correlated.)
+pub const CARRIER_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("carrier_index");
 
 /// Opens (creating if needed) a table inside a write op.
 pub fn open<'txn, K: redb::Key + 'static, V: redb::Value + 'static>(

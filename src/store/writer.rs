@@ -30,6 +30,7 @@
 //!   are durable. A crash in that window loses them — and their callers were
 //!   never told `Ok`.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,39 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 use crate::metrics::Metrics;
+
+thread_local! {
+    /// The write transaction this thread runs ops in (see [`current_txn`]).
+    static CURRENT_TXN: Cell<u64> = const { Cell::new(0) };
+    static NEXT_TXN: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Identifies the write transaction the writer thread is running ops in,
+/// `0` outside one (another thread, or between transactions). A new
+/// transaction — including each retry of the slow path — gets a new id, so
+/// an op may cache what it read or wrote in the current transaction (the
+/// audit chain head) keyed by this id, and a rolled-back transaction's
+/// cache can never be used again.
+pub(crate) fn current_txn() -> u64 {
+    CURRENT_TXN.with(Cell::get)
+}
+
+/// `db.begin_write()` that gives the transaction a fresh [`current_txn`] id.
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let txn = db.begin_write()?;
+    let id = NEXT_TXN.with(|n| {
+        let id = n.get();
+        n.set(id.wrapping_add(1).max(1));
+        id
+    });
+    CURRENT_TXN.with(|c| c.set(id));
+    Ok(txn)
+}
+
+/// Marks the end of the writer's current transaction (committed or not).
+fn end_txn() {
+    CURRENT_TXN.with(|c| c.set(0));
+}
 
 /// Most ops carried by one durable commit.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -204,9 +238,9 @@ fn run_batch(
 /// Every op in one durable transaction. `None` when an op failed (the
 /// transaction is aborted and nothing is kept); else the commit's outcome.
 fn fast_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> Option<Result<(), StoreError>> {
-    let mut txn = match db.begin_write() {
+    let mut txn = match begin(db) {
         Ok(t) => t,
-        Err(e) => return Some(Err(StoreError::from(e))),
+        Err(e) => return Some(Err(e)),
     };
     txn.set_durability(Durability::Immediate);
     for job in jobs.iter_mut() {
@@ -215,7 +249,9 @@ fn fast_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> Option<Result<(), Stor
             return None;
         }
     }
-    Some(txn.commit().map_err(StoreError::from))
+    let committed = txn.commit().map_err(StoreError::from);
+    end_txn();
+    Some(committed)
 }
 
 /// Each op in its own non-durable transaction, then one fsync for the kept
@@ -223,13 +259,15 @@ fn fast_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> Option<Result<(), Stor
 fn slow_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> (Result<(), StoreError>, bool) {
     let mut kept = 0usize;
     for job in jobs.iter_mut() {
-        let mut txn = match db.begin_write() {
+        let mut txn = match begin(db) {
             Ok(t) => t,
-            Err(e) => return (Err(StoreError::from(e)), false),
+            Err(e) => return (Err(e), false),
         };
         txn.set_durability(Durability::None);
         if job.attempt(&txn) {
-            match txn.commit() {
+            let committed = txn.commit();
+            end_txn();
+            match committed {
                 Ok(()) => kept += 1,
                 Err(e) => return (Err(StoreError::from(e)), false),
             }
@@ -245,6 +283,7 @@ fn slow_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> (Result<(), StoreError
 }
 
 fn abort(txn: WriteTransaction) {
+    end_txn();
     if let Err(e) = txn.abort() {
         tracing::error!(error = %e, "store abort failed");
     }
