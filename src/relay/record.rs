@@ -1,8 +1,10 @@
 //! Message metadata and idempotency records in the store.
 //!
-//! Owns the tables `messages` (id → JSON metadata), `messages_by_time`
-//! (created ms, id) for retention pruning, and `idempotency`
-//! ((client, key) → JSON state). A record holds ids, config names, our own
+//! Owns the tables `messages` (id → metadata record) and `idempotency`
+//! ((client, key) → JSON state), and the message id format. Ids begin with
+//! their creation time in fixed-width hex ([`message_id_at`]), so the
+//! `messages` table is in creation order: new records go to the right edge
+//! of the B-tree and retention prunes a key range, with no second index. A record holds ids, config names, our own
 //! sender number, the recipient's *pseudonym*, counts and statuses — never a
 //! text and never a clear recipient number (SPEC §1).
 
@@ -11,11 +13,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{tables, Store, StoreError};
 
-/// id → JSON of [`MessageRecord`].
+/// id → [`MessageRecord`] as [`encode_message`] writes it.
 pub const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
-/// (created unix ms, id) → (), for pruning by age.
-pub const MESSAGES_BY_TIME: TableDefinition<(u64, &str), ()> =
-    TableDefinition::new("messages_by_time");
+
+/// A new message id for a message created at unix ms `ms`:
+/// `msg_` + 12 hex digits of `ms` + 12 random hex digits. Ids sort by
+/// creation time (to the millisecond), which [`prune_before`] relies on.
+pub fn message_id_at(ms: u64) -> String {
+    let r: u64 = rand::random::<u64>() & 0xFFFF_FFFF_FFFF;
+    format!("msg_{:012x}{:012x}", ms & 0xFFFF_FFFF_FFFF, r)
+}
+
+/// The smallest id [`message_id_at`] can give at `ms`.
+fn id_floor(ms: u64) -> String {
+    format!("msg_{:012x}", ms & 0xFFFF_FFFF_FFFF)
+}
 /// (client id, idempotency key) → JSON of [`IdempotencyRecord`].
 pub const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 
@@ -64,15 +76,38 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Refused(format!("serialising a record: {e}")))
 }
 
+/// First byte of a message record in the compact format ([`postcard`]
+/// follows). Records written before it are JSON and begin with `{`, which
+/// [`decode_message`] still reads.
+const MESSAGE_FORMAT_1: u8 = 1;
+
+/// The stored bytes of a message record: [`MESSAGE_FORMAT_1`] then the
+/// record in postcard (field order of [`MessageRecord`]; append new fields
+/// at the end only behind a new format byte).
+pub fn encode_message(rec: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(256);
+    out.push(MESSAGE_FORMAT_1);
+    postcard::to_io(rec, &mut out)
+        .map_err(|e| StoreError::Refused(format!("serialising a message record: {e}")))?;
+    Ok(out)
+}
+
+/// Reads stored message record bytes (either format).
+pub fn decode_message(id: &str, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    let malformed = |e: &dyn std::fmt::Display| {
+        StoreError::Refused(format!("message record {id} is malformed: {e}"))
+    };
+    match bytes.split_first() {
+        Some((&MESSAGE_FORMAT_1, rest)) => postcard::from_bytes(rest).map_err(|e| malformed(&e)),
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(&e)),
+        _ => Err(malformed(&"unknown format")),
+    }
+}
+
 /// Inserts or replaces a message record (inside a store op).
 pub fn put_message(txn: &WriteTransaction, rec: &MessageRecord) -> Result<(), StoreError> {
-    let bytes = json(rec)?;
-    let mut t = tables::open(txn, MESSAGES)?;
-    let old = t.insert(rec.id.as_str(), bytes.as_slice())?.is_some();
-    drop(t);
-    if !old {
-        tables::open(txn, MESSAGES_BY_TIME)?.insert((rec.created_ms, rec.id.as_str()), ())?;
-    }
+    let bytes = encode_message(rec)?;
+    tables::open(txn, MESSAGES)?.insert(rec.id.as_str(), bytes.as_slice())?;
     Ok(())
 }
 
@@ -85,9 +120,7 @@ pub fn get_message(store: &Store, id: &str) -> Result<Option<MessageRecord>, Sto
         let Some(v) = t.get(id)? else {
             return Ok(None);
         };
-        serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| StoreError::Refused(format!("message record {id} is malformed: {e}")))
+        decode_message(id, v.value()).map(Some)
     })
 }
 
@@ -100,9 +133,7 @@ pub fn get_message_in(
     let Some(v) = t.get(id)? else {
         return Ok(None);
     };
-    serde_json::from_slice(v.value())
-        .map(Some)
-        .map_err(|e| StoreError::Refused(format!("message record {id} is malformed: {e}")))
+    decode_message(id, v.value()).map(Some)
 }
 
 /// What `begin_idempotent` found.
@@ -179,19 +210,17 @@ pub fn prune_before(
     cutoff_ms: u64,
     limit: usize,
 ) -> Result<usize, StoreError> {
-    let mut by_time = tables::open(txn, MESSAGES_BY_TIME)?;
-    let mut old: Vec<(u64, String)> = Vec::new();
-    for item in by_time.range((0u64, "")..(cutoff_ms, ""))? {
+    let mut messages = tables::open(txn, MESSAGES)?;
+    let floor = id_floor(cutoff_ms);
+    let mut old: Vec<String> = Vec::new();
+    for item in messages.range("msg_"..floor.as_str())? {
         let (k, _) = item?;
-        let (ms, id) = k.value();
-        old.push((ms, id.to_owned()));
+        old.push(k.value().to_owned());
         if old.len() >= limit {
             break;
         }
     }
-    let mut messages = tables::open(txn, MESSAGES)?;
-    for (ms, id) in &old {
-        by_time.remove((*ms, id.as_str()))?;
+    for id in &old {
         messages.remove(id.as_str())?;
     }
     drop(messages);
@@ -230,19 +259,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn message_records_round_trip_and_read_the_json_format() {
+        let r = rec(&message_id_at(7), 7);
+        let bytes = encode_message(&r).unwrap();
+        assert_eq!(bytes[0], MESSAGE_FORMAT_1);
+        assert!(bytes.len() < json(&r).unwrap().len() * 3 / 4);
+        assert_eq!(decode_message(&r.id, &bytes).unwrap(), r);
+        assert_eq!(decode_message(&r.id, &json(&r).unwrap()).unwrap(), r);
+        for bad in [&b""[..], b"\x01", b"\x09abc", b"{not json"] {
+            assert!(decode_message("m", bad).is_err());
+        }
+        // Truncated at every length: an error, never a panic.
+        for n in 0..bytes.len() {
+            let _ = decode_message("m", &bytes[..n]);
+        }
+    }
+
     #[tokio::test]
     async fn records_idempotency_and_pruning() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), None).unwrap();
+        let (old_id, new_id) = (message_id_at(1_000), message_id_at(9_000));
+        assert!(old_id < new_id && old_id < id_floor(5_000) && id_floor(5_000) < new_id);
+        let (o, n) = (old_id.clone(), new_id.clone());
         store
-            .write(|t| {
-                put_message(t, &rec("msg_old", 1_000))?;
-                put_message(t, &rec("msg_new", 9_000))
+            .write(move |t| {
+                put_message(t, &rec(&o, 1_000))?;
+                put_message(t, &rec(&n, 9_000))
             })
             .await
             .unwrap();
         assert_eq!(
-            get_message(&store, "msg_new").unwrap().unwrap().created_ms,
+            get_message(&store, &new_id).unwrap().unwrap().created_ms,
             9_000
         );
         let first = store
@@ -275,8 +324,8 @@ mod tests {
             .unwrap();
         let pruned = store.write(|t| prune_before(t, 5_000, 100)).await.unwrap();
         assert_eq!(pruned, 1);
-        assert!(get_message(&store, "msg_old").unwrap().is_none());
-        assert!(get_message(&store, "msg_new").unwrap().is_some());
+        assert!(get_message(&store, &old_id).unwrap().is_none());
+        assert!(get_message(&store, &new_id).unwrap().is_some());
         store.close().await.unwrap();
     }
 }

@@ -109,10 +109,6 @@ fn read<T: ?Sized>(l: &RwLock<Arc<T>>) -> Arc<T> {
 }
 
 /// A new message id: `msg_` + 12 hex digits of milliseconds + 12 random hex digits.
-fn message_id() -> String {
-    let r: u64 = rand::random::<u64>() & 0xFFFF_FFFF_FFFF;
-    format!("msg_{:012x}{:012x}", now_ms() & 0xFFFF_FFFF_FFFF, r)
-}
 
 fn api_encoding(e: &str) -> ApiEncoding {
     if e == Encoding::Ucs2.as_str() {
@@ -558,8 +554,8 @@ impl Relay {
         };
         let sent = Self::send_segments(pools, &candidates, &req, &enc).await;
         drop(enc);
-        let id = message_id();
         let created = now_ms();
+        let id = record::message_id_at(created);
         let (sent, error) = match sent {
             Ok(s) => (s, None),
             Err((e, None)) => {

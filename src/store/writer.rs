@@ -5,6 +5,10 @@
 //!
 //! How a batch runs: the thread blocks for the first queued message, then
 //! takes whatever else is queued (up to [`MAX_BATCH`] ops) without waiting.
+//! Under load (the previous batch had [`LINGER_AFTER`] ops or more) it waits
+//! until [`LINGER`] after the first op for more, then takes those too: fewer,
+//! larger commits (measured: ~36 ops per commit without the linger at
+//! 11,000 msg/s, each commit writing ~36 pages).
 //!
 //! - Fast path: every op of the batch runs in ONE write transaction, which is
 //!   committed durably (one fsync), and only then is each caller answered.
@@ -34,7 +38,7 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -77,6 +81,17 @@ fn end_txn() {
 
 /// Most ops carried by one durable commit.
 pub(crate) const MAX_BATCH: usize = 1024;
+
+/// How long a batch may wait for more ops, from its first op, when the
+/// writer is under load. Bounded well under the API's latency budget.
+pub(crate) const LINGER: Duration = Duration::from_millis(2);
+
+/// The previous batch size from which the writer lingers (below it, ops
+/// arrive one by one and waiting would only add latency).
+pub(crate) const LINGER_AFTER: usize = 8;
+
+/// A batch this large is committed without lingering.
+pub(crate) const LINGER_UNTIL: usize = 256;
 
 /// Capacity of the queue in front of the writer; a full queue makes
 /// `Store::write` wait (backpressure) instead of growing memory.
@@ -154,18 +169,26 @@ pub(crate) fn run(
 ) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut close_acks: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut previous = 0usize;
     while let Some(first) = rx.blocking_recv() {
+        let first_at = Instant::now();
         batch.push(first);
         let mut ops = usize::from(matches!(batch[0], Msg::Op(_)));
-        while ops < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => {
-                    ops += usize::from(matches!(m, Msg::Op(_)));
-                    batch.push(m);
-                }
-                Err(_) => break,
+        drain(&mut rx, &mut batch, &mut ops);
+        // Linger: under load (the previous batch was not tiny) a short wait
+        // for more ops makes the batch, and so the commit, bigger. A commit
+        // costs far more CPU than an op (every touched table's root-to-leaf
+        // path copied, the allocator state, one fsync's writeback), so fewer,
+        // larger commits are what keeps the writer cheap per message. An
+        // idle appliance never lingers.
+        if previous >= LINGER_AFTER && ops < LINGER_UNTIL && !closing(&batch) {
+            let left = LINGER.saturating_sub(first_at.elapsed());
+            if !left.is_zero() {
+                std::thread::sleep(left);
             }
+            drain(&mut rx, &mut batch, &mut ops);
         }
+        previous = ops;
         if run_batch(
             &db,
             &mut batch,
@@ -182,6 +205,25 @@ pub(crate) fn run(
     for ack in close_acks {
         let _ = ack.send(());
     }
+}
+
+/// Takes what is queued, without waiting, until the batch holds
+/// [`MAX_BATCH`] ops.
+fn drain(rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Msg>, ops: &mut usize) {
+    while *ops < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(m) => {
+                *ops += usize::from(matches!(m, Msg::Op(_)));
+                batch.push(m);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Whether the batch holds a `Flush` or `Close`, which should not wait.
+fn closing(batch: &[Msg]) -> bool {
+    batch.iter().any(|m| !matches!(m, Msg::Op(_)))
 }
 
 /// Runs one batch; returns true when a `Close` was seen.
