@@ -108,8 +108,6 @@ fn read<T: ?Sized>(l: &RwLock<Arc<T>>) -> Arc<T> {
     }
 }
 
-/// A new message id: `msg_` + 12 hex digits of milliseconds + 12 random hex digits.
-
 fn api_encoding(e: &str) -> ApiEncoding {
     if e == Encoding::Ucs2.as_str() {
         ApiEncoding::Ucs2
