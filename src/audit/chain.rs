@@ -273,10 +273,10 @@ fn build(
             w[0].0
         )));
     }
-    let unhashed = flat_canonical(&fields, None).map_err(json_err)?;
+    let (unhashed, at_hash) = flat_canonical(&fields).map_err(json_err)?;
     let hash = chain_hash(prev_hash, &unhashed)
         .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))?;
-    let json = String::from_utf8(flat_canonical(&fields, Some(&hash)).map_err(json_err)?)
+    let json = String::from_utf8(splice_hash(&unhashed, at_hash, &hash))
         .map_err(|_| StoreError::Refused("audit record is not UTF-8".into()))?;
     Ok(AuditRecord {
         seq,
@@ -288,19 +288,17 @@ fn build(
     })
 }
 
-/// Canonical JSON of `fields` (sorted by key, no duplicates) with, when
-/// given, a `hash` field in its sorted place.
-fn flat_canonical(
-    fields: &[(&'static str, Value)],
-    hash: Option<&str>,
-) -> Result<Vec<u8>, serde_json::Error> {
+/// Canonical JSON of `fields` (sorted by key, no duplicates), and the byte
+/// offset where a `hash` field belongs in it (before the first key that
+/// sorts after `"hash"`, or before the closing brace): the record is
+/// serialised once, hashed, and the hash spliced in ([`splice_hash`]).
+fn flat_canonical(fields: &[(&'static str, Value)]) -> Result<(Vec<u8>, usize), serde_json::Error> {
     let mut out = Vec::with_capacity(384);
     out.push(b'{');
-    let mut hash = hash;
-    for (i, (k, v)) in fields.iter().enumerate() {
-        if let Some(h) = hash.filter(|_| "hash" < *k) {
-            write_hash(&mut out, h, i == 0);
-            hash = None;
+    let mut at_hash = None;
+    for (k, v) in fields {
+        if at_hash.is_none() && "hash" < *k {
+            at_hash = Some(out.len());
         }
         if out.len() > 1 {
             out.push(b',');
@@ -309,21 +307,32 @@ fn flat_canonical(
         out.push(b':');
         serde_json::to_writer(&mut out, v)?;
     }
-    if let Some(h) = hash {
-        write_hash(&mut out, h, fields.is_empty());
-    }
+    let at_hash = at_hash.unwrap_or(out.len());
     out.push(b'}');
-    Ok(out)
+    Ok((out, at_hash))
 }
 
-/// `"hash":"<hex>"` (hex needs no escaping).
-fn write_hash(out: &mut Vec<u8>, hash: &str, first: bool) {
-    if !first {
+/// `unhashed` with `"hash":"<hex>"` inserted at `at` (from
+/// [`flat_canonical`]); hex needs no escaping.
+fn splice_hash(unhashed: &[u8], at: usize, hash: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(unhashed.len() + hash.len() + 10);
+    out.extend_from_slice(&unhashed[..at]);
+    // A field before the hash needs a comma before it; a field after, after.
+    let before = at > 1;
+    let after = unhashed.get(at) != Some(&b'}');
+    if before {
         out.push(b',');
     }
     out.extend_from_slice(b"\"hash\":\"");
     out.extend_from_slice(hash.as_bytes());
     out.push(b'"');
+    if after && !before {
+        out.push(b',');
+    }
+    // When the hash goes before a field, `unhashed[at]` is that field's
+    // comma (or, first of all, its opening quote).
+    out.extend_from_slice(&unhashed[at..]);
+    out
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {
@@ -385,5 +394,31 @@ mod tests {
         );
         assert!(chain_hash("zz", b"{}").is_none());
         assert!(decode_hash(&"A".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn built_records_are_the_canonical_json_with_their_hash() {
+        let mut entries: Vec<Entry> = crate::audit::event::every_event()
+            .into_iter()
+            .map(Entry::Event)
+            .collect();
+        entries.push(Entry::Genesis {
+            node: "n\"1".into(),
+        });
+        for entry in &entries {
+            let r = build(entry, "client:c", "2024-05-01T12:34:56.789Z", 7, ZERO_HASH).unwrap();
+            let mut v: Value = serde_json::from_str(&r.json).unwrap();
+            assert_eq!(canonical(&v).unwrap(), r.json.as_bytes(), "{}", r.json);
+            let h = v.as_object_mut().unwrap().remove("hash").unwrap();
+            assert_eq!(h.as_str(), Some(r.hash.as_str()));
+            let unhashed = canonical(&v).unwrap();
+            assert_eq!(chain_hash(ZERO_HASH, &unhashed).unwrap(), r.hash);
+        }
+        for (fields, at) in [(vec![], 1), (vec![("z", Value::from(1))], 1)] {
+            let (u, a) = flat_canonical(&fields).unwrap();
+            assert_eq!(a, at);
+            let mut v: Value = serde_json::from_slice(&splice_hash(&u, a, "ab")).unwrap();
+            assert_eq!(v.as_object_mut().unwrap().remove("hash").unwrap(), "ab");
+        }
     }
 }

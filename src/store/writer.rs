@@ -84,7 +84,7 @@ pub(crate) const MAX_BATCH: usize = 1024;
 
 /// How long a batch may wait for more ops, from its first op, when the
 /// writer is under load. Bounded well under the API's latency budget.
-pub(crate) const LINGER: Duration = Duration::from_millis(2);
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// The previous batch size from which the writer lingers (below it, ops
 /// arrive one by one and waiting would only add latency).
