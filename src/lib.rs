@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod bench;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod metrics;
 pub mod preflight;

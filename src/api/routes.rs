@@ -305,13 +305,8 @@ async fn read_body(headers: &HeaderMap, body: HttpBody) -> Result<Zeroizing<Vec<
     }
     let cap = declared.map_or(4096, |n| n as usize);
     // A small body usually arrived with the headers: only a body that has
-    // to be waited for arms the timer (a timer entry per request is not
-    // free at 10,000 requests a second).
-    let mut collect = std::pin::pin!(collect_limited(body, cap));
-    if let Some(r) = futures::FutureExt::now_or_never(collect.as_mut()) {
-        return r;
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+    // to be waited for arms the timer.
+    match crate::deadline::within(BODY_TIMEOUT, collect_limited(body, cap)).await {
         Ok(r) => r,
         Err(_) => Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,

@@ -4,9 +4,10 @@
 //! ((client, key) → JSON state), and the message id format. Ids begin with
 //! their creation time in fixed-width hex ([`message_id_at`]), so the
 //! `messages` table is in creation order: new records go to the right edge
-//! of the B-tree and retention prunes a key range, with no second index. A record holds ids, config names, our own
-//! sender number, the recipient's *pseudonym*, counts and statuses — never a
-//! text and never a clear recipient number (SPEC §1).
+//! of the B-tree and retention prunes a key range, with no second index.
+//! A record holds ids, config names, our own sender number, the
+//! recipient's *pseudonym*, counts and statuses — never a text and never a
+//! clear recipient number (SPEC §1).
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub fn message_id_at(ms: u64) -> String {
 fn id_floor(ms: u64) -> String {
     format!("msg_{:012x}", ms & 0xFFFF_FFFF_FFFF)
 }
+
 /// (client id, idempotency key) → JSON of [`IdempotencyRecord`].
 pub const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 

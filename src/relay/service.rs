@@ -594,7 +594,7 @@ impl Relay {
             created_ms: created,
             updated_ms: created,
         };
-        let mut keys: Vec<String> = sent.ids.iter().filter_map(|s| dlr::index_key(s)).collect();
+        let keys: Vec<String> = sent.ids.iter().filter_map(|s| dlr::index_key(s)).collect();
         let (idem, c) = (idempotency_key.clone(), cid.to_owned());
         let outcome = match &error {
             None => serde_json::json!({ "message_id": id }),
@@ -613,10 +613,10 @@ impl Relay {
         // in one transaction: no state change without its record. A local
         // carrier-id index rides in it too (one op, one wake-up).
         let local_index = self.inner.shared.index_is_local();
-        let in_op = if local_index {
-            std::mem::take(&mut keys)
+        let (in_op, keys) = if local_index {
+            (keys, Vec::new())
         } else {
-            Vec::new()
+            (Vec::new(), keys)
         };
         let op_carrier = carrier.clone();
         let write = self.inner.audit.write(move |atx| {

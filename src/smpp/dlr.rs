@@ -384,26 +384,23 @@ pub fn lookup_keys(id: &str) -> Vec<String> {
     if id.is_empty() {
         return keys;
     }
-    keys.push(key_of(&id));
+    let mut add = |key: String| {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    };
+    add(key_of(&id));
     if id.bytes().all(|b| b.is_ascii_digit()) {
         let value = match id.trim_start_matches('0') {
             "" => Some(0),
             t => t.parse::<u64>().ok(),
         };
         if let Some(v) = value {
-            keys.push(format!("x{v:x}"));
+            add(format!("x{v:x}"));
         }
     }
     if let Some(v) = hex_value(&id) {
-        keys.push(key_of(&v.to_string()));
-    }
-    let mut i = 1;
-    while i < keys.len() {
-        if keys[..i].contains(&keys[i]) {
-            keys.remove(i);
-        } else {
-            i += 1;
-        }
+        add(key_of(&v.to_string()));
     }
     keys
 }

@@ -569,13 +569,8 @@ where
             Ok::<(), std::io::Error>(())
         };
         // Most writes complete at once (the socket has room): only a write
-        // that has to wait arms the stall timer, which would otherwise cost a
-        // timer-wheel entry per flush.
-        let mut write = std::pin::pin!(write);
-        if let Some(r) = write.as_mut().now_or_never() {
-            return r;
-        }
-        match tokio::time::timeout(timeout, write).await {
+        // that has to wait arms the stall timer.
+        match crate::deadline::within(timeout, write).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
