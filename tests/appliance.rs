@@ -177,29 +177,24 @@ fn run_notifies_serves_reloads_and_drains() {
         &format!("key_sha256 = [\"{new_hash}\", \""),
     );
     std::fs::write(&cfg_path, text).unwrap();
-    let status = rt.block_on(async {
-        client
-            .get(format!("{base}/v1/messages/msg_x"))
-            .bearer_auth(&new_key)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let status_with_new_key = || {
+        rt.block_on(async {
+            client
+                .get(format!("{base}/v1/messages/msg_x"))
+                .bearer_auth(&new_key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let status = status_with_new_key();
     assert_eq!(status, 401, "not before the reload");
     signal(child.id(), libc::SIGHUP);
     wait_notify(&sock, "RELOADING=1");
     wait_line(&rx, "configuration reloaded", &mut log);
     wait_notify(&sock, "READY=1");
-    let status = rt.block_on(async {
-        client
-            .get(format!("{base}/v1/messages/msg_x"))
-            .bearer_auth(&new_key)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let status = status_with_new_key();
     assert_eq!(status, 404, "the new key works after the reload");
 
     // The process refuses core dumps.

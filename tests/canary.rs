@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use sms_conduit::store::SharedState;
-use support::capture::{capture, files_under, find, forms, leaked};
+use support::capture::{capture, files_under, find, forms, leaked, line_at};
 use support::expect_problem;
 use support::relay::{message, Files, Relay, Setup, TO};
 
@@ -176,18 +176,7 @@ async fn canary_text_is_never_stored_logged_or_echoed() {
         "the recipient number is in the log"
     );
     if let Some((form, at)) = leaked(&log, &canary) {
-        let start = log[..at]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let end = log[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(log.len(), |i| at + i);
-        panic!(
-            "canary ({form}) in a log line: {}",
-            String::from_utf8_lossy(&log[start..end])
-        );
+        panic!("canary ({form}) in a log line: {}", line_at(&log, at));
     }
     // 3. No response body, error or not.
     for (what, status, body) in &answers {

@@ -15,10 +15,10 @@ use serde_json::Value;
 use sms_conduit::smpp::CommandStatus;
 use sms_conduit::types::Secret;
 use sms_conduit::webhook::{Mode, Sink};
-use support::capture::{capture, files_under, find, leaked};
+use support::capture::{capture, files_under, find, leaked, line_at};
 use support::expect_problem;
 use support::relay::{
-    message, wait_until, CarrierCfg, Files, Relay, Setup, Sim, CAMPAIGN, FROM, TO,
+    message, wait_until, CarrierCfg, Files, ManualSmsc, Relay, Setup, Sim, CAMPAIGN, FROM, TO,
 };
 
 const PW: &str = "rp-pw1";
@@ -48,6 +48,23 @@ async fn world(dlr_ms: u64) -> World {
     let setup = Setup::one(&sim, PW).webhook(&sink.url(), SECRET, sink.ca_file());
     let relay = Relay::start(files, setup).await;
     World { relay, sim, sink }
+}
+
+/// Like [`world`], but the carrier is a [`ManualSmsc`] the test drives by
+/// hand (which receipt, when, in what form).
+async fn manual_world() -> (Relay, ManualSmsc, Sink) {
+    let files = Files::new();
+    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
+        .await
+        .unwrap();
+    let smsc = files.manual_smsc(PW).await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
+        &sink.url(),
+        SECRET,
+        sink.ca_file(),
+    );
+    let relay = Relay::start(files, setup).await;
+    (relay, smsc, sink)
 }
 
 /// The sink's accepted events of one `type`, in arrival order.
@@ -150,17 +167,7 @@ async fn every_message_gets_one_signed_delivered_webhook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_segment_message_is_delivered_only_after_every_receipt() {
-    let files = Files::new();
-    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
-        .await
-        .unwrap();
-    let smsc = files.manual_smsc(PW).await;
-    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
-        &sink.url(),
-        SECRET,
-        sink.ca_file(),
-    );
-    let relay = Relay::start(files, setup).await;
+    let (relay, smsc, sink) = manual_world().await;
 
     let text = "lab results follow. ".repeat(20)[..400].to_owned();
     let v = relay.send_ok(&message(&text)).await;
@@ -313,17 +320,7 @@ fn mo_part(reference: u8, seq: u8, total: u8, text: &str) -> sms_conduit::smpp::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concatenated_mo_survives_a_webhook_failure_on_its_last_part() {
-    let files = Files::new();
-    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
-        .await
-        .unwrap();
-    let smsc = files.manual_smsc(PW).await;
-    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
-        &sink.url(),
-        SECRET,
-        sink.ca_file(),
-    );
-    let _relay = Relay::start(files, setup).await;
+    let (_relay, smsc, sink) = manual_world().await;
     let (one, two) = ("Can I move my appointment ", "to Friday afternoon?");
 
     // The first part is held (and acknowledged); the last one completes the
@@ -446,19 +443,6 @@ async fn mo_to_a_number_of_no_campaign_is_refused_and_not_relayed() {
 
 // ---- canary -----------------------------------------------------------
 
-/// The log line around byte `at`.
-fn line_at(log: &[u8], at: usize) -> String {
-    let start = log[..at]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let end = log[at..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(log.len(), |i| at + i);
-    String::from_utf8_lossy(&log[start..end]).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
     let logs = capture();
@@ -561,17 +545,7 @@ async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
 /// id still finds its message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipt_states_map_to_api_statuses_and_webhooks() {
-    let files = Files::new();
-    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
-        .await
-        .unwrap();
-    let smsc = files.manual_smsc(PW).await;
-    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
-        &sink.url(),
-        SECRET,
-        sink.ca_file(),
-    );
-    let relay = Relay::start(files, setup).await;
+    let (relay, smsc, sink) = manual_world().await;
     let cases = [
         ("DELIVRD", "000", Some(2u8), "delivered"),
         ("UNDELIV", "034", Some(5), "undeliverable"),

@@ -79,6 +79,19 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The log line around byte `at`.
+pub fn line_at(log: &[u8], at: usize) -> String {
+    let start = log[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = log[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(log.len(), |i| at + i);
+    String::from_utf8_lossy(&log[start..end]).into_owned()
+}
+
 /// Which form of `canary` is in `bytes`, if any.
 pub fn leaked(bytes: &[u8], canary: &str) -> Option<(&'static str, usize)> {
     forms(canary)
