@@ -4,6 +4,9 @@
 //! independent Python script, failed ops leave no trace, verification works
 //! on a copy while the store is open, and no clear recipient number is kept.
 
+use std::collections::BTreeMap;
+
+use redb::ReadableTable as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -89,25 +92,53 @@ async fn fill_at(store: &Store, n: u64, start: DateTime<Utc>, step: TimeDelta) {
     }
 }
 
+/// Every stored record by its position (chunk key + line), as verify
+/// sees them.
+fn stored(t: &impl redb::ReadableTable<u64, &'static [u8]>) -> BTreeMap<u64, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for item in t.iter().unwrap() {
+        let (k, v) = item.unwrap();
+        for (i, r) in audit::chunk_records(v.value()).enumerate() {
+            out.insert(k.value() + i as u64, r.to_vec());
+        }
+    }
+    out
+}
+
 fn raw(store: &Store, seq: u64) -> Vec<u8> {
     store
         .read(|rtxn| {
             let t = tables::open_read(rtxn, AUDIT)?.unwrap();
-            Ok(t.get(seq)?.unwrap().value().to_vec())
+            Ok(stored(&t).remove(&seq).unwrap())
         })
         .unwrap()
 }
 
-/// Changes the stored table directly through redb, as an attacker with the
-/// file would.
+/// The stored records, by position, for [`tamper`] to edit.
+struct Records(BTreeMap<u64, Vec<u8>>);
+
+impl Records {
+    fn insert(&mut self, seq: u64, bytes: &[u8]) {
+        self.0.insert(seq, bytes.to_vec());
+    }
+    fn remove(&mut self, seq: u64) {
+        self.0.remove(&seq).unwrap();
+    }
+}
+
+/// Changes the stored records directly through redb, as an attacker with
+/// the file would, and stores them back in chunks of contiguous positions.
 async fn tamper<F>(store: &Store, mut f: F)
 where
-    F: FnMut(&mut redb::Table<'_, u64, &'static [u8]>) + Send + 'static,
+    F: FnMut(&mut Records) + Send + 'static,
 {
     store
         .write(move |txn| {
             let mut t = tables::open(txn, AUDIT)?;
-            f(&mut t);
+            let mut records = Records(stored(&t));
+            f(&mut records);
+            t.retain(|_, _| false)?;
+            audit::store_records(&mut t, records.0)?;
             Ok(())
         })
         .await
@@ -198,7 +229,7 @@ async fn edited_byte_is_a_hash_mismatch_at_its_seq() {
         .expect("message id in record");
     bytes[at + 1] = b'z'; // "msg_41" -> "mzg_41": still canonical JSON
     tamper(&store, move |t| {
-        t.insert(42, bytes.as_slice()).unwrap();
+        t.insert(42, &bytes);
     })
     .await;
     assert_eq!(broken(verify(&store)), (42, BreakReason::HashMismatch));
@@ -211,7 +242,7 @@ async fn deleted_record_is_a_gap() {
     let (store, audit, _) = open(dir.path()).await;
     fill(&audit, 99).await;
     tamper(&store, |t| {
-        t.remove(30).unwrap();
+        t.remove(30);
     })
     .await;
     assert_eq!(
@@ -228,16 +259,16 @@ async fn swapped_records_are_reordered() {
     fill(&audit, 99).await;
     let (a, b) = (raw(&store, 20), raw(&store, 57));
     tamper(&store, move |t| {
-        t.insert(20, b.as_slice()).unwrap();
-        t.insert(57, a.as_slice()).unwrap();
+        t.insert(20, &b);
+        t.insert(57, &a);
     })
     .await;
     assert_eq!(broken(verify(&store)), (20, BreakReason::Reordered));
     // Moving the genesis record away is a reordering too.
     let (a, b) = (raw(&store, 0), raw(&store, 5));
     tamper(&store, move |t| {
-        t.insert(0, b.as_slice()).unwrap();
-        t.insert(5, a.as_slice()).unwrap();
+        t.insert(0, &b);
+        t.insert(5, &a);
     })
     .await;
     assert_eq!(broken(verify(&store)), (0, BreakReason::Reordered));
@@ -258,7 +289,7 @@ async fn record_from_another_chain_breaks_the_link() {
     fill(&other, 60).await;
     let foreign = raw(&other_store, 50);
     tamper(&store, move |t| {
-        t.insert(50, foreign.as_slice()).unwrap();
+        t.insert(50, &foreign);
     })
     .await;
     assert_eq!(broken(verify(&store)), (50, BreakReason::BrokenLink));
@@ -272,7 +303,7 @@ async fn deleted_genesis_is_unanchored() {
     let (store, audit, _) = open(dir.path()).await;
     fill(&audit, 10).await;
     tamper(&store, |t| {
-        t.remove(0).unwrap();
+        t.remove(0);
     })
     .await;
     assert_eq!(broken(verify(&store)), (1, BreakReason::Unanchored));
@@ -299,7 +330,7 @@ async fn malformed_records_are_reported_not_panicked_on() {
     ];
     for bad in cases {
         tamper(&store, move |t| {
-            t.insert(7, bad.as_slice()).unwrap();
+            t.insert(7, &bad);
         })
         .await;
         match broken(verify(&store)) {
@@ -309,7 +340,7 @@ async fn malformed_records_are_reported_not_panicked_on() {
     }
     // A malformed head: the log refuses to extend a chain it cannot link to.
     tamper(&store, |t| {
-        t.insert(20, b"garbage".as_slice()).unwrap();
+        t.insert(20, b"garbage");
     })
     .await;
     match audit.record(status(1), "system").await {
@@ -367,7 +398,7 @@ async fn pruning_keeps_the_rest_verifiable() {
     // Deleting the record that vouches for the anchor is caught.
     let head = audit.head().unwrap().unwrap().seq;
     tamper(&store, move |t| {
-        t.remove(head).unwrap();
+        t.remove(head);
     })
     .await;
     assert_eq!(broken(verify(&store)), (12_000, BreakReason::Unanchored));
@@ -480,7 +511,7 @@ async fn verify_file_works_on_a_copy_while_the_store_is_open() {
     // Writes carry on meanwhile, and tampering shows in the copy too.
     fill(&audit, 10).await;
     tamper(&store, |t| {
-        t.remove(100).unwrap();
+        t.remove(100);
     })
     .await;
     assert_eq!(
@@ -620,6 +651,17 @@ async fn concurrent_records_form_one_chain() {
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
                 audit.record(status(t * 100 + i), "system").await.unwrap();
+                if i % 10 == 3 {
+                    // A failing op amid the others: when it shares a batch,
+                    // the batch is rerun op by op, and only its records go.
+                    let failed = audit
+                        .write(move |log| {
+                            log.append(status(9_000 + t), "system")?;
+                            Err::<(), _>(StoreError::Refused("domain refusal".into()))
+                        })
+                        .await;
+                    assert!(failed.is_err());
+                }
             }
         }));
     }
@@ -634,5 +676,77 @@ async fn concurrent_records_form_one_chain() {
         stats.commits < stats.ops,
         "records share commits: {stats:?}"
     );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_of_records_is_stored_as_chunks_of_bounded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, audit, _) = open(dir.path()).await;
+    // One op of 2,000 records (~800 KB): several chunks, none much over the
+    // limit, one insert each.
+    audit
+        .write(|log| {
+            for k in 0..2_000 {
+                log.append(status(k), "carrier:carrier-a")?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = store
+        .read(|rtxn| {
+            let t = tables::open_read(rtxn, AUDIT)?.unwrap();
+            Ok(t.iter()?
+                .map(|i| i.unwrap().1.value().len())
+                .collect::<Vec<_>>())
+        })
+        .unwrap();
+    assert!(sizes.len() > 3 && sizes.len() < 100, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|s| *s < audit::CHUNK_BYTES + 1024),
+        "{sizes:?}"
+    );
+    assert_eq!(verify(&store).unwrap().count, 2_001);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn records_of_the_first_layout_move_to_chunks_on_open() {
+    const LEGACY: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, audit, _) = open(dir.path()).await;
+    fill(&audit, 300).await;
+    let head = audit.head().unwrap().unwrap();
+    let lines = export_all(&store);
+    // Rewrite the file as the first build stored it: one record per seq.
+    store
+        .write(|txn| {
+            let records = stored(&tables::open(txn, AUDIT)?);
+            txn.delete_table(AUDIT)?;
+            let mut legacy = tables::open(txn, LEGACY)?;
+            for (seq, bytes) in records {
+                legacy.insert(seq, bytes.as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // Read as it is (a copy taken before the upgraded appliance starts).
+    assert_eq!(verify(&store).unwrap().head, Some(head.clone()));
+    assert_eq!(export_all(&store), lines);
+    drop(audit);
+    store.close().await.unwrap();
+
+    let (store, audit, _) = open(dir.path()).await;
+    assert_eq!(audit.head().unwrap().unwrap(), head);
+    assert_eq!(verify(&store).unwrap().count, 301);
+    assert_eq!(export_all(&store), lines);
+    let legacy_gone = store
+        .read(|rtxn| Ok(tables::open_read(rtxn, LEGACY)?.is_none()))
+        .unwrap();
+    assert!(legacy_gone);
+    fill(&audit, 5).await;
+    assert_eq!(verify(&store).unwrap().count, 306);
     store.close().await.unwrap();
 }

@@ -1,31 +1,49 @@
-//! The hash chain: the `audit` table, the canonical form, and appending.
+//! The hash chain: the `audit_chunks` table, the canonical form, and
+//! appending.
 //!
 //! Owns: the byte format of a record (see the module doc of [`super`] for
-//! the definition a third party re-implements) and the only code that
-//! inserts into the `audit` table.
+//! the definition a third party re-implements), the chunked layout of the
+//! table ([`AUDIT`]), and the only code that appends to it.
+//!
+//! How appending is cheap: records a write transaction appends collect in
+//! a per-transaction pending chunk and are inserted as ONE value just
+//! before the commit (a [`crate::store::before_commit`] hook), so a batch
+//! of a few hundred records costs one B-tree insert instead of one each.
 //!
 //! Invariants:
-//! - `append` reads the head in the caller's transaction, so a record shares
-//!   the fate of the state change it describes: a rolled-back op leaves
-//!   neither the record nor a gap in `seq`;
-//! - a stored value is exactly the canonical JSON of the full record
+//! - `append` reads the head in the caller's transaction (or its pending
+//!   chunk), so a record shares the fate of the state change it describes:
+//!   a rolled-back op leaves neither the record nor a gap in `seq`;
+//! - chunks are contiguous: the record at `key + i` is line `i` of chunk
+//!   `key`, and each line is exactly the canonical JSON of the full record
 //!   (including `hash`); export hands these bytes out unchanged;
+//! - anything in a write op that reads the table calls [`flush_pending`]
+//!   first;
 //! - nothing here unwraps data read from the file: a tampered head is a
 //!   [`StoreError::Refused`], and the log refuses to extend it.
 
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::event::{AuditEvent, Entry, RESERVED};
+use super::event::{AuditEvent, Entry, FieldValue, RESERVED};
 use crate::store::{tables, Store, StoreError};
 
-/// `seq` → the record's canonical JSON bytes.
-pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The chain in chunks: `seq` of a chunk's first record → the canonical
+/// JSON of its records, in order, separated by `\n` (canonical JSON never
+/// contains a raw newline). The record at `key + i` is line `i`; chunks are
+/// contiguous. One chunk holds what one transaction appended (split at
+/// [`CHUNK_BYTES`]), so a batch of messages costs one insert, not one per
+/// record.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_chunks");
+
+/// A pending chunk this large is written out and a new one started, which
+/// bounds what reading the head (the last chunk) costs.
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// `prev_hash` of record 0.
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -167,45 +185,223 @@ pub(crate) fn append_entry(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<(AuditRecord, u64), StoreError> {
-    let mut table = tables::open(txn, AUDIT)?;
-    let at = format_at(now);
-    let txn_id = crate::store::current_txn();
-    let cached = (txn_id != 0)
-        .then(|| {
-            HEAD_CACHE.with(|c| match &*c.borrow() {
-                Some((id, h)) if *id == txn_id => Some(h.clone()),
-                _ => None,
-            })
-        })
-        .flatten();
-    let (head, mut written) = match cached {
-        Some(h) => (h, 0),
-        None => head_or_genesis(&mut table, node, &at)?,
-    };
-    let seq = head
-        .seq
-        .checked_add(1)
-        .ok_or_else(|| StoreError::Refused("audit seq exhausted".into()))?;
-    let rec = build(&entry, actor, &at, seq, &head.hash)?;
-    table.insert(seq, rec.json.as_bytes())?;
-    written += 1;
-    if txn_id != 0 {
-        let new_head = Head {
-            seq,
-            hash: rec.hash.clone(),
-        };
-        HEAD_CACHE.with(|c| *c.borrow_mut() = Some((txn_id, new_head)));
+    let p = prepare(&entry, actor, &format_at(now))?;
+    let a = append_prepared(txn, node, &p, true)?;
+    match a.record {
+        Some(r) => Ok((r, a.written)),
+        None => Err(StoreError::Refused("audit record not kept".into())),
     }
-    Ok((rec, written))
+}
+
+/// What [`append_prepared`] did.
+pub(crate) struct Appended {
+    pub(crate) seq: u64,
+    /// Records written: 1, or 2 with a genesis record.
+    pub(crate) written: u64,
+    /// The record, when asked for.
+    pub(crate) record: Option<AuditRecord>,
+}
+
+/// Appends a prepared record in the caller's write transaction.
+///
+/// In the store's writer the record goes to the transaction's pending
+/// chunk, written to the table once, before the commit (or when it reaches
+/// [`CHUNK_BYTES`]); anywhere else it is written at once as a chunk of one.
+/// `keep` asks for an [`AuditRecord`] copy of what was written.
+pub(crate) fn append_prepared(
+    txn: &WriteTransaction,
+    node: &str,
+    p: &Prepared,
+    keep: bool,
+) -> Result<Appended, StoreError> {
+    let txn_id = crate::store::current_txn();
+    if txn_id == 0 {
+        let mut table = tables::open(txn, AUDIT)?;
+        let (head, written) = head_or_genesis(&mut table, node, &p.at)?;
+        let seq = next_seq(&head)?;
+        let mut out = Vec::with_capacity(p.bytes.len() + 160);
+        let hash = p.write(seq, &head.hash, &mut out)?;
+        table.insert(seq, out.as_slice())?;
+        let record = keep
+            .then(|| record_of(p.event, &p.at, seq, &head.hash, &hash, out))
+            .transpose()?;
+        return Ok(Appended {
+            seq,
+            written: written + 1,
+            record,
+        });
+    }
+    PENDING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let mut written = 0;
+        let pending = match &mut *slot {
+            Some(q) if q.txn == txn_id => q,
+            other => {
+                let (head, w) = head_or_genesis(&mut tables::open(txn, AUDIT)?, node, &p.at)?;
+                written = w;
+                crate::store::before_commit(flush_pending);
+                other.insert(Pending {
+                    txn: txn_id,
+                    first: next_seq(&head)?,
+                    head,
+                    buf: Vec::with_capacity(CHUNK_BYTES / 4),
+                })
+            }
+        };
+        let seq = next_seq(&pending.head)?;
+        let len = pending.buf.len();
+        if len > 0 {
+            pending.buf.push(b'\n');
+        }
+        let start = pending.buf.len();
+        let hash = match p.write(seq, &pending.head.hash, &mut pending.buf) {
+            Ok(h) => h,
+            Err(e) => {
+                pending.buf.truncate(len);
+                return Err(e);
+            }
+        };
+        let record = keep
+            .then(|| {
+                let json = pending.buf[start..].to_vec();
+                record_of(p.event, &p.at, seq, &pending.head.hash, &hash, json)
+            })
+            .transpose()?;
+        pending.head.seq = seq;
+        pending.head.hash.clear();
+        pending
+            .head
+            .hash
+            .push_str(std::str::from_utf8(&hash).unwrap_or_default());
+        if pending.buf.len() >= CHUNK_BYTES {
+            pending.write(txn)?;
+        }
+        Ok(Appended {
+            seq,
+            written: written + 1,
+            record,
+        })
+    })
+}
+
+fn next_seq(head: &Head) -> Result<u64, StoreError> {
+    head.seq
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Refused("audit seq exhausted".into()))
+}
+
+/// The records the writer thread's current transaction appended and has
+/// not yet written to the table.
+struct Pending {
+    /// [`crate::store::current_txn`] of the transaction: a pending chunk is
+    /// never used across a commit, an abort or a slow-path retry.
+    txn: u64,
+    /// `seq` of the first record in `buf` (the chunk's key).
+    first: u64,
+    /// The chain head including `buf`.
+    head: Head,
+    /// Canonical JSON records separated by `\n`.
+    buf: Vec<u8>,
+}
+
+impl Pending {
+    /// Writes `buf` as one chunk and starts an empty one after it.
+    fn write(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        if !self.buf.is_empty() {
+            tables::open(txn, AUDIT)?.insert(self.first, self.buf.as_slice())?;
+            self.buf.clear();
+            self.first = next_seq(&self.head)?;
+        }
+        Ok(())
+    }
 }
 
 thread_local! {
-    /// The chain head as the writer thread's current transaction left it:
-    /// the next append in the same transaction needs no read (and no JSON
-    /// peek) of the last record. Keyed by [`crate::store::current_txn`], so
-    /// it is never used across a commit, an abort or a slow-path retry.
-    static HEAD_CACHE: std::cell::RefCell<Option<(u64, Head)>> =
+    /// The pending chunk of the writer thread's current transaction. A batch
+    /// of ops appends hundreds of records; one insert of them all costs a
+    /// fraction of one B-tree insert each (measured in BENCHMARKS.md).
+    static PENDING: std::cell::RefCell<Option<Pending>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// Writes the current transaction's pending records to the table (the
+/// writer runs this before the commit; readers of the table inside a write
+/// op call it first).
+pub(crate) fn flush_pending(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let txn_id = crate::store::current_txn();
+    PENDING.with(|cell| match &mut *cell.borrow_mut() {
+        Some(p) if txn_id != 0 && p.txn == txn_id => p.write(txn),
+        _ => Ok(()),
+    })
+}
+
+/// Stores `records` (`seq`, canonical JSON), in `seq` order, as chunks:
+/// each run of contiguous `seq`s becomes chunks of about [`CHUNK_BYTES`].
+/// Used to move a first-layout table into chunks; a test that plays an
+/// attacker rewriting the file uses it too.
+pub fn store_records(
+    table: &mut Table<'_, u64, &'static [u8]>,
+    records: impl IntoIterator<Item = (u64, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    let mut chunk: Option<(u64, u64, Vec<u8>)> = None;
+    for (seq, bytes) in records {
+        match &mut chunk {
+            Some((_, last, buf)) if last.checked_add(1) == Some(seq) && buf.len() < CHUNK_BYTES => {
+                buf.push(b'\n');
+                buf.extend_from_slice(&bytes);
+                *last = seq;
+            }
+            _ => {
+                if let Some((key, _, buf)) = chunk.replace((seq, seq, bytes)) {
+                    table.insert(key, buf.as_slice())?;
+                }
+            }
+        }
+    }
+    if let Some((key, _, buf)) = chunk {
+        table.insert(key, buf.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The table of the first layout, one record per `seq` (before chunks).
+const LEGACY: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Moves the records of a first-layout `audit` table into chunks and
+/// deletes it. Returns how many records moved (0 when there was none).
+/// Refuses when both layouts hold records: that file was written by two
+/// builds and the operator must look at it.
+fn migrate_legacy(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let present = txn
+        .list_tables()?
+        .any(|t| redb::TableHandle::name(&t) == "audit");
+    if !present {
+        return Ok(0);
+    }
+    let records: Vec<(u64, Vec<u8>)> = {
+        let legacy = txn.open_table(LEGACY)?;
+        let mut out = Vec::new();
+        for item in legacy.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        out
+    };
+    let moved = records.len() as u64;
+    if moved > 0 {
+        let mut table = tables::open(txn, AUDIT)?;
+        if !table.is_empty()? {
+            return Err(StoreError::Refused(
+                "the store holds audit records in both the old and the chunked table; \
+                 export both before deleting either"
+                    .into(),
+            ));
+        }
+        store_records(&mut table, records)?;
+        tracing::info!(records = moved, "audit records moved to the chunked table");
+    }
+    txn.delete_table(LEGACY)?;
+    Ok(moved)
 }
 
 /// Writes the genesis record if the chain is empty; returns the head and
@@ -215,6 +411,8 @@ pub(crate) fn ensure_genesis(
     node: &str,
     now: DateTime<Utc>,
 ) -> Result<(Head, u64), StoreError> {
+    flush_pending(txn)?;
+    migrate_legacy(txn)?;
     head_or_genesis(&mut tables::open(txn, AUDIT)?, node, &format_at(now))
 }
 
@@ -241,11 +439,6 @@ fn head_or_genesis(
 }
 
 /// Builds a record and its stored bytes.
-///
-/// Records are flat (strings and unsigned integers), so the canonical form
-/// is written straight from the sorted field list — the same bytes
-/// [`canonical`] gives for the equivalent object, without building one
-/// (this runs for every accepted message and every receipt).
 fn build(
     entry: &Entry,
     actor: &str,
@@ -253,6 +446,58 @@ fn build(
     seq: u64,
     prev_hash: &str,
 ) -> Result<AuditRecord, StoreError> {
+    let mut out = Vec::with_capacity(384);
+    let hash = prepare(entry, actor, at)?.write(seq, prev_hash, &mut out)?;
+    record_of(entry.name(), at, seq, prev_hash, &hash, out)
+}
+
+fn record_of(
+    event: &'static str,
+    at: &str,
+    seq: u64,
+    prev_hash: &str,
+    hash: &[u8; 64],
+    json: Vec<u8>,
+) -> Result<AuditRecord, StoreError> {
+    let utf8 = |_| StoreError::Refused("audit record is not UTF-8".into());
+    Ok(AuditRecord {
+        seq,
+        at: at.to_owned(),
+        event,
+        prev_hash: prev_hash.to_owned(),
+        hash: std::str::from_utf8(hash).map_err(utf8)?.to_owned(),
+        json: String::from_utf8(json).map_err(|e| utf8(e.utf8_error()))?,
+    })
+}
+
+/// A record serialised before its place in the chain is known: the
+/// canonical JSON of every field but `seq`, `prev_hash` and `hash`, and
+/// where each of those belongs in it.
+///
+/// Records are flat (strings and unsigned integers), so the canonical form
+/// is written straight from the sorted field list — the same bytes
+/// [`canonical`] gives for the equivalent object, without building one.
+/// Appending then only splices in `prev_hash` and `seq`, hashes, and
+/// splices in `hash` ([`Prepared::write`]): this runs for every accepted
+/// message and every receipt, on the store's single writer thread, so a
+/// caller that knows its event before its op prepares it outside
+/// ([`super::Audit::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    event: &'static str,
+    at: String,
+    bytes: Vec<u8>,
+    /// Offsets in `bytes` where `hash`, `prev_hash` and `seq` belong: the
+    /// opening quote of the first key that sorts after the name, or the
+    /// closing brace. `at_hash <= at_prev <= at_seq`.
+    at_hash: usize,
+    at_prev: usize,
+    at_seq: usize,
+}
+
+/// Serialises `entry` as [`Prepared`]. Refuses an event that uses a field
+/// the record itself sets, or names one field twice.
+pub(crate) fn prepare(entry: &Entry, actor: &str, at: &str) -> Result<Prepared, StoreError> {
     let mut fields = entry.fields();
     if let Some((k, _)) = fields.iter().find(|(k, _)| RESERVED.contains(k)) {
         return Err(StoreError::Refused(format!(
@@ -260,11 +505,9 @@ fn build(
             entry.name()
         )));
     }
-    fields.push(("seq", Value::from(seq)));
-    fields.push(("at", Value::from(at)));
-    fields.push(("event", Value::from(entry.name())));
-    fields.push(("actor", Value::from(actor)));
-    fields.push(("prev_hash", Value::from(prev_hash)));
+    fields.push(("at", FieldValue::Str(at.into())));
+    fields.push(("event", FieldValue::Str(entry.name().into())));
+    fields.push(("actor", FieldValue::Str(actor.into())));
     fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
     if let Some(w) = fields.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(StoreError::Refused(format!(
@@ -273,73 +516,114 @@ fn build(
             w[0].0
         )));
     }
-    let (unhashed, at_hash) = flat_canonical(&fields).map_err(json_err)?;
-    let hash = chain_hash(prev_hash, &unhashed)
-        .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))?;
-    let json = String::from_utf8(splice_hash(&unhashed, at_hash, &hash))
-        .map_err(|_| StoreError::Refused("audit record is not UTF-8".into()))?;
-    Ok(AuditRecord {
-        seq,
-        at: at.to_owned(),
+    let mut bytes = Vec::with_capacity(320);
+    bytes.push(b'{');
+    let mut offsets = [None::<usize>; 3];
+    for (k, v) in &fields {
+        if bytes.len() > 1 {
+            bytes.push(b',');
+        }
+        for (slot, name) in offsets.iter_mut().zip(["hash", "prev_hash", "seq"]) {
+            if slot.is_none() && name < *k {
+                *slot = Some(bytes.len());
+            }
+        }
+        serde_json::to_writer(&mut bytes, k).map_err(json_err)?;
+        bytes.push(b':');
+        match v {
+            FieldValue::Str(s) => serde_json::to_writer(&mut bytes, s.as_ref()),
+            FieldValue::U64(n) => serde_json::to_writer(&mut bytes, n),
+        }
+        .map_err(json_err)?;
+    }
+    let end = bytes.len();
+    bytes.push(b'}');
+    Ok(Prepared {
         event: entry.name(),
-        prev_hash: prev_hash.to_owned(),
-        hash,
-        json,
+        at: at.to_owned(),
+        bytes,
+        at_hash: offsets[0].unwrap_or(end),
+        at_prev: offsets[1].unwrap_or(end),
+        at_seq: offsets[2].unwrap_or(end),
     })
 }
 
-/// Canonical JSON of `fields` (sorted by key, no duplicates), and the byte
-/// offset where a `hash` field belongs in it (before the first key that
-/// sorts after `"hash"`, or before the closing brace): the record is
-/// serialised once, hashed, and the hash spliced in ([`splice_hash`]).
-fn flat_canonical(fields: &[(&'static str, Value)]) -> Result<(Vec<u8>, usize), serde_json::Error> {
-    let mut out = Vec::with_capacity(384);
-    out.push(b'{');
-    let mut at_hash = None;
-    for (k, v) in fields {
-        if at_hash.is_none() && "hash" < *k {
-            at_hash = Some(out.len());
+impl Prepared {
+    /// Appends the full record at `seq` after `prev_hash` to `out`, and
+    /// returns its hash (lower-case hex). On error `out` is unchanged.
+    fn write(&self, seq: u64, prev_hash: &str, out: &mut Vec<u8>) -> Result<[u8; 64], StoreError> {
+        let prev = decode_hash(prev_hash)
+            .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))?;
+        let b = &self.bytes;
+        let start = out.len();
+        out.extend_from_slice(&b[..self.at_prev]);
+        self.field(out, self.at_prev, "prev_hash", |o| {
+            o.push(b'"');
+            o.extend_from_slice(prev_hash.as_bytes());
+            o.push(b'"');
+        });
+        out.extend_from_slice(&b[self.at_prev..self.at_seq]);
+        self.field(out, self.at_seq, "seq", |o| {
+            o.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes())
+        });
+        out.extend_from_slice(&b[self.at_seq..]);
+        let digest = Sha256::new()
+            .chain_update(prev)
+            .chain_update(&out[start..])
+            .finalize();
+        let mut hex = [0u8; 64];
+        if hex::encode_to_slice(digest, &mut hex).is_err() {
+            out.truncate(start);
+            return Err(StoreError::Refused("audit hash encoding".into()));
         }
-        if out.len() > 1 {
+        // `hash` sorts before `prev_hash` and `seq`, so its offset in the
+        // record is unmoved by their insertion.
+        let mut field = Vec::with_capacity(80);
+        self.field(&mut field, self.at_hash, "hash", |o| {
+            o.push(b'"');
+            o.extend_from_slice(&hex);
+            o.push(b'"');
+        });
+        let at = start + self.at_hash;
+        out.splice(at..at, field);
+        Ok(hex)
+    }
+
+    /// Writes `"name":value` for insertion at offset `at` of `bytes`:
+    /// before a key it is followed by a comma, at the closing brace it
+    /// follows one.
+    fn field(&self, out: &mut Vec<u8>, at: usize, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        let before_key = self.bytes.get(at) != Some(&b'}');
+        if !before_key && at > 1 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, k)?;
-        out.push(b':');
-        serde_json::to_writer(&mut out, v)?;
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        value(out);
+        if before_key {
+            out.push(b',');
+        }
     }
-    let at_hash = at_hash.unwrap_or(out.len());
-    out.push(b'}');
-    Ok((out, at_hash))
-}
-
-/// `unhashed` with `"hash":"<hex>"` inserted at `at` (from
-/// [`flat_canonical`]); hex needs no escaping.
-fn splice_hash(unhashed: &[u8], at: usize, hash: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(unhashed.len() + hash.len() + 10);
-    out.extend_from_slice(&unhashed[..at]);
-    // A field before the hash needs a comma before it; a field after, after.
-    let before = at > 1;
-    let after = unhashed.get(at) != Some(&b'}');
-    if before {
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
-    out.push(b'"');
-    if after && !before {
-        out.push(b',');
-    }
-    // When the hash goes before a field, `unhashed[at]` is that field's
-    // comma (or, first of all, its opening quote).
-    out.extend_from_slice(&unhashed[at..]);
-    out
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Refused(format!("audit record encoding: {e}"))
 }
 
-/// The last record's seq (its key) and hash. A last record whose hash
+/// The records of a stored chunk, in order (see [`AUDIT`]).
+pub fn chunk_records(chunk: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    chunk.split(|b| *b == b'\n')
+}
+
+/// The position (`seq`) of a chunk's last record: its key plus the number
+/// of separators.
+pub(crate) fn last_seq_of(key: u64, chunk: &[u8]) -> Option<u64> {
+    let separators = chunk.iter().filter(|b| **b == b'\n').count();
+    key.checked_add(u64::try_from(separators).ok()?)
+}
+
+/// The last record's seq (its position) and hash. A last record whose hash
 /// cannot be read is refused: the log does not extend a chain it cannot
 /// link to.
 pub(crate) fn read_head(
@@ -348,24 +632,39 @@ pub(crate) fn read_head(
     let Some((k, v)) = table.last()? else {
         return Ok(None);
     };
-    let seq = k.value();
-    let hash = peek(v.value())
+    let chunk = v.value();
+    let last = chunk_records(chunk).next_back().unwrap_or_default();
+    let seq = last_seq_of(k.value(), chunk);
+    let hash = peek(last)
         .map(|p| p.hash)
         .filter(|h| decode_hash(h).is_some())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            StoreError::Refused(format!(
-                "audit record {seq} (the chain head) is malformed; \
-                 run `sms-conduit audit verify`"
-            ))
-        })?;
-    Ok(Some(Head { seq, hash }))
+        .map(str::to_owned);
+    match (seq, hash) {
+        (Some(seq), Some(hash)) => Ok(Some(Head { seq, hash })),
+        _ => Err(StoreError::Refused(format!(
+            "the audit chain head (chunk {}) is malformed; run `sms-conduit audit verify`",
+            k.value()
+        ))),
+    }
+}
+
+/// The chain's table for reading: the chunks, or a first-layout table not
+/// yet moved (its records read as chunks of one), so `audit verify` and
+/// `audit export` work on a copy taken before the upgraded appliance first
+/// started. `None` before the first record.
+pub(crate) fn open_read(
+    rtxn: &redb::ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<u64, &'static [u8]>>, StoreError> {
+    match tables::open_read(rtxn, AUDIT)? {
+        Some(t) => Ok(Some(t)),
+        None => tables::open_read(rtxn, LEGACY),
+    }
 }
 
 /// The chain head of `store`, for the metrics and the start/stop log line.
 /// `None` before the first record.
 pub fn head(store: &Store) -> Result<Option<Head>, StoreError> {
-    store.read(|rtxn| match tables::open_read(rtxn, AUDIT)? {
+    store.read(|rtxn| match open_read(rtxn)? {
         Some(t) => read_head(&t),
         None => Ok(None),
     })
@@ -405,6 +704,18 @@ mod tests {
         entries.push(Entry::Genesis {
             node: "n\"1".into(),
         });
+        // Every place the three fields can go: before a key, at the end, two
+        // at one offset; and a record appended to a buffer that holds others.
+        entries.push(Entry::KeyUsed {
+            client: "c".into(),
+            count: 3,
+            minute: "m".into(),
+        });
+        entries.push(Entry::Pruned {
+            count: 1,
+            last_seq: 2,
+            last_hash: ZERO_HASH.into(),
+        });
         for entry in &entries {
             let r = build(entry, "client:c", "2024-05-01T12:34:56.789Z", 7, ZERO_HASH).unwrap();
             let mut v: Value = serde_json::from_str(&r.json).unwrap();
@@ -414,11 +725,17 @@ mod tests {
             let unhashed = canonical(&v).unwrap();
             assert_eq!(chain_hash(ZERO_HASH, &unhashed).unwrap(), r.hash);
         }
-        for (fields, at) in [(vec![], 1), (vec![("z", Value::from(1))], 1)] {
-            let (u, a) = flat_canonical(&fields).unwrap();
-            assert_eq!(a, at);
-            let mut v: Value = serde_json::from_slice(&splice_hash(&u, a, "ab")).unwrap();
-            assert_eq!(v.as_object_mut().unwrap().remove("hash").unwrap(), "ab");
+        let mut out = b"prefix".to_vec();
+        for entry in &entries {
+            let p = prepare(entry, "z", "2024-05-01T12:34:56.789Z").unwrap();
+            out.truncate(6);
+            let hash = p.write(u64::MAX, ZERO_HASH, &mut out).unwrap();
+            let r = build(entry, "z", "2024-05-01T12:34:56.789Z", u64::MAX, ZERO_HASH).unwrap();
+            assert_eq!(&out[6..], r.json.as_bytes());
+            assert_eq!(&hash[..], r.hash.as_bytes());
         }
+        let p = prepare(&entries[0], "a", "t").unwrap();
+        assert!(p.write(1, "not a hash", &mut out).is_err());
+        assert_eq!(&out[..6], b"prefix");
     }
 }

@@ -1,6 +1,6 @@
 //! Export: the stored records as JSON lines, for a SIEM or an auditor.
 //!
-//! Owns: the export format, which is simply each stored value (the
+//! Owns: the export format, which is simply each stored record (the
 //! canonical JSON of the record, `hash` included) followed by `\n`, in `seq`
 //! order. Because the bytes are the stored ones, a third party re-verifies
 //! an export with the recipe in the [`super`] module doc; an export that
@@ -13,9 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use redb::{ReadTransaction, ReadableTable};
 
-use super::chain::{peek, AUDIT};
+use super::chain::{self, chunk_records, last_seq_of, peek};
 use super::verify::{CopyError, FileCopy, COPY_ATTEMPTS};
-use crate::store::{tables, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// A failed export.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,7 +73,7 @@ fn export_txn(
     until: Option<DateTime<Utc>>,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
-    let Some(table) = tables::open_read(rtxn, AUDIT)? else {
+    let Some(table) = chain::open_read(rtxn)? else {
         return Ok(0);
     };
     let io = |e| ExportError::Io(Arc::new(e));
@@ -81,19 +81,28 @@ fn export_txn(
     let mut lines = 0u64;
     for item in table.iter().map_err(StoreError::from)? {
         let (k, v) = item.map_err(StoreError::from)?;
-        let bytes = v.value();
-        if filtered {
+        let chunk = v.value();
+        if !filtered {
+            // A chunk is already the export's lines, but for the last `\n`.
+            out.write_all(chunk).map_err(io)?;
+            out.write_all(b"\n").map_err(io)?;
+            lines += last_seq_of(0, chunk).unwrap_or(0) + 1;
+            continue;
+        }
+        let mut seq = k.value();
+        for bytes in chunk_records(chunk) {
             let at = peek(bytes)
                 .and_then(|p| DateTime::parse_from_rfc3339(p.at).ok())
                 .map(|t| t.with_timezone(&Utc))
-                .ok_or(ExportError::Malformed { seq: k.value() })?;
+                .ok_or(ExportError::Malformed { seq })?;
+            seq = seq.saturating_add(1);
             if since.is_some_and(|s| at < s) || until.is_some_and(|u| at >= u) {
                 continue;
             }
+            out.write_all(bytes).map_err(io)?;
+            out.write_all(b"\n").map_err(io)?;
+            lines += 1;
         }
-        out.write_all(bytes).map_err(io)?;
-        out.write_all(b"\n").map_err(io)?;
-        lines += 1;
     }
     out.flush().map_err(io)?;
     Ok(lines)

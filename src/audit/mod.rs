@@ -2,8 +2,8 @@
 //! controls and 164.312(c) integrity): a conduit proves what it did without
 //! keeping what it carried.
 //!
-//! Owns: the `audit` table of the store (`u64 seq` → record bytes), the
-//! record format, the hash chain, verification, export and retention.
+//! Owns: the `audit_chunks` table of the store (`seq` of a chunk's first
+//! record → the chunk's records, one per line), the record format, the hash chain, verification, export and retention.
 //!
 //! Must not know: message bodies, clear numbers other than our own senders
 //! (see [`AuditNumber`]), sockets, config files.
@@ -52,7 +52,8 @@
 //! A record describing a state change is appended *inside the same store op*
 //! as the change ([`append`], or [`Audit::write`] which also counts it in
 //! metrics): both commit together, and a rolled-back op leaves neither a
-//! record nor a gap, because the next `seq` is read from the table in that
+//! record nor a gap, because the next `seq` is read from the table (or the
+//! transaction's pending chunk) in that
 //! transaction. Events with no state change go through [`Audit::record`].
 //! Every write goes through the store's single writer, so appends never race.
 //!
@@ -91,7 +92,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use redb::WriteTransaction;
 use tokio_util::sync::CancellationToken;
 
-pub use chain::{append, format_at, head, AuditRecord, Head, AUDIT, SYSTEM, ZERO_HASH};
+pub use chain::{
+    append, chunk_records, format_at, head, store_records, AuditRecord, Head, Prepared, AUDIT,
+    CHUNK_BYTES, SYSTEM, ZERO_HASH,
+};
 pub use event::{AuditEvent, AuditNumber, KeywordClass, OwnNumbers, GENESIS, KEY_USED, PRUNED};
 pub use export::{export, export_file, parse_time, ExportError};
 pub use prune::PRUNE_CHUNK;
@@ -140,12 +144,27 @@ impl<'t> AuditTxn<'t> {
         self.txn
     }
 
-    /// Appends `event` in this transaction (see [`append`]).
-    pub fn append(&mut self, event: AuditEvent, actor: &str) -> Result<AuditRecord, StoreError> {
+    /// Appends `event` in this transaction (see [`append`]); returns its
+    /// `seq`.
+    pub fn append(&mut self, event: AuditEvent, actor: &str) -> Result<u64, StoreError> {
         if cfg!(feature = "bench-audit-off") {
-            return Ok(benchmark_placeholder());
+            return Ok(0);
         }
-        self.append_entry(Entry::Event(event), actor)
+        let p = chain::prepare(&Entry::Event(event), actor, &format_at(Utc::now()))?;
+        self.append_prepared(&p)
+    }
+
+    /// Appends a record prepared before the op ([`Audit::prepare`]): the
+    /// writer thread, which every op waits on, then only links and hashes
+    /// it. The op may run twice (see the store's writer), so it is
+    /// borrowed. Returns its `seq`.
+    pub fn append_prepared(&mut self, p: &Prepared) -> Result<u64, StoreError> {
+        if cfg!(feature = "bench-audit-off") {
+            return Ok(0);
+        }
+        let a = chain::append_prepared(self.txn, self.node, p, false)?;
+        self.written += a.written;
+        Ok(a.seq)
     }
 
     fn append_entry(&mut self, entry: Entry, actor: &str) -> Result<AuditRecord, StoreError> {
@@ -214,6 +233,12 @@ impl Audit {
         &self.inner.node
     }
 
+    /// Serialises `event` by `actor`, dated now, for
+    /// [`AuditTxn::append_prepared`] in an op to come.
+    pub fn prepare(event: AuditEvent, actor: &str) -> Result<Prepared, StoreError> {
+        chain::prepare(&Entry::Event(event), actor, &format_at(Utc::now()))
+    }
+
     /// Records an event that comes with no state change of its own (a bind
     /// went down, a key failed). Durable when this returns `Ok`.
     pub async fn record(&self, event: AuditEvent, actor: &str) -> Result<AuditRecord, StoreError> {
@@ -221,7 +246,7 @@ impl Audit {
             return Ok(benchmark_placeholder());
         }
         let actor = actor.to_owned();
-        self.write(move |log| log.append(event.clone(), &actor))
+        self.write(move |log| log.append_entry(Entry::Event(event.clone()), &actor))
             .await
     }
 

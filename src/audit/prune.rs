@@ -18,14 +18,17 @@
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, WriteTransaction};
 
-use super::chain::{append_entry, decode_hash, peek, AUDIT, SYSTEM};
+use super::chain::{
+    append_entry, chunk_records, decode_hash, flush_pending, last_seq_of, peek, AUDIT, SYSTEM,
+};
 use super::event::Entry;
 use crate::store::{tables, StoreError};
 
 /// Records deleted per store op.
 pub const PRUNE_CHUNK: usize = 10_000;
 
-/// One chunk. Returns (records deleted, records written).
+/// One chunk of up to `max` records. Returns (records deleted, records
+/// written).
 pub(crate) fn prune_chunk(
     txn: &WriteTransaction,
     node: &str,
@@ -33,42 +36,69 @@ pub(crate) fn prune_chunk(
     now: DateTime<Utc>,
     max: usize,
 ) -> Result<(u64, u64), StoreError> {
+    flush_pending(txn)?;
     let mut table = tables::open(txn, AUDIT)?;
-    let Some(head) = table.last()?.map(|(k, _)| k.value()) else {
+    let Some(head) = table
+        .last()?
+        .and_then(|(k, v)| last_seq_of(k.value(), v.value()))
+    else {
         return Ok((0, 0));
     };
-    let mut victims: Vec<u64> = Vec::new();
+    let max = max as u64;
+    let mut deleted = 0u64;
     let mut last: Option<(u64, String)> = None;
-    for item in table.range(..head)? {
+    // Stored chunks wholly deleted, and at most one (the last touched)
+    // whose remaining records move under the key of the first of them.
+    let mut whole: Vec<u64> = Vec::new();
+    let mut split: Option<(u64, u64, Vec<u8>)> = None;
+    'chunks: for item in table.iter()? {
         let (k, v) = item?;
-        let seq = k.value();
-        let Some(p) = peek(v.value()) else {
-            tracing::warn!(seq, "audit record unreadable; pruning stops before it");
-            break;
-        };
-        let old = DateTime::parse_from_rfc3339(p.at).is_ok_and(|at| at < cutoff);
-        if !old || decode_hash(p.hash).is_none() {
-            break;
+        let key = k.value();
+        let chunk = v.value();
+        let mut taken = 0usize;
+        let mut seq = key;
+        for bytes in chunk_records(chunk) {
+            if seq >= head || deleted >= max || !old_enough(bytes, seq, cutoff) {
+                if seq > key {
+                    split = Some((key, seq, chunk.get(taken..).unwrap_or_default().to_vec()));
+                }
+                break 'chunks;
+            }
+            let hash = peek(bytes).map(|p| p.hash.to_owned()).unwrap_or_default();
+            last = Some((seq, hash));
+            deleted += 1;
+            taken += bytes.len() + 1;
+            seq = seq.saturating_add(1);
         }
-        victims.push(seq);
-        last = Some((seq, p.hash.to_owned()));
-        if victims.len() >= max {
-            break;
-        }
+        whole.push(key);
     }
     let Some((last_seq, last_hash)) = last else {
         return Ok((0, 0));
     };
-    for seq in &victims {
-        table.remove(*seq)?;
+    for key in whole {
+        table.remove(key)?;
+    }
+    if let Some((key, first_left, rest)) = split {
+        table.remove(key)?;
+        table.insert(first_left, rest.as_slice())?;
     }
     drop(table);
-    let count = victims.len() as u64;
     let entry = Entry::Pruned {
-        count,
+        count: deleted,
         last_seq,
         last_hash,
     };
     let (_, written) = append_entry(txn, node, entry, SYSTEM, now)?;
-    Ok((count, written))
+    Ok((deleted, written))
+}
+
+/// Whether the record may go: its `at` is before `cutoff` and its hash is
+/// readable (an unreadable record stops pruning; it is left for `verify`
+/// to report).
+fn old_enough(bytes: &[u8], seq: u64, cutoff: DateTime<Utc>) -> bool {
+    let Some(p) = peek(bytes) else {
+        tracing::warn!(seq, "audit record unreadable; pruning stops before it");
+        return false;
+    };
+    DateTime::parse_from_rfc3339(p.at).is_ok_and(|at| at < cutoff) && decode_hash(p.hash).is_some()
 }

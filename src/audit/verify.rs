@@ -9,8 +9,9 @@
 //!    `prev_hash` and `hash` (64 lower-case hex) — else `Malformed`;
 //! 2. `hash` = SHA-256(bytes(`prev_hash`) ‖ canonical JSON without `hash`) —
 //!    else `HashMismatch` (the record was edited);
-//! 3. its key follows the previous key by one — else `Gap` (records deleted);
-//! 4. its `seq` field equals its key — else `Reordered` (records moved);
+//! 3. its position (chunk key + line) follows the previous one by one — else
+//!    `Gap` (records deleted);
+//! 4. its `seq` field equals its position — else `Reordered` (records moved);
 //! 5. its `prev_hash` is the previous record's `hash` (or 64 zeros for
 //!    record 0, which must be `audit.genesis`) — else `BrokenLink`.
 //!
@@ -31,9 +32,9 @@ use std::sync::Arc;
 use redb::{Database, ReadTransaction, ReadableTable};
 use serde_json::{Map, Value};
 
-use super::chain::{canonical, chain_hash, decode_hash, Head, AUDIT, ZERO_HASH};
+use super::chain::{self, canonical, chain_hash, decode_hash, Head, ZERO_HASH};
 use super::event::{GENESIS, PRUNED};
-use crate::store::{tables, Store, StoreError, DB_FILE};
+use crate::store::{Store, StoreError, DB_FILE};
 
 /// What a successful walk found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +194,7 @@ fn malformed(detail: &'static str) -> BreakReason {
     BreakReason::Malformed { detail }
 }
 
-/// Checks rules 1 and 2 of the module doc on one stored value.
+/// Checks rules 1 and 2 of the module doc on one stored record.
 fn parse(bytes: &[u8]) -> Result<Parsed, BreakReason> {
     let value: Value = serde_json::from_slice(bytes).map_err(|_| malformed("not JSON"))?;
     let flat = value
@@ -253,7 +254,8 @@ fn str_field<'a>(obj: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     obj.get(k).and_then(Value::as_str)
 }
 
-/// Walks the `audit` table of one snapshot.
+/// Walks the chain of one snapshot, chunk by chunk; a record's position
+/// (the `seq` it must carry) is its chunk's key plus its line.
 pub(crate) fn walk(rtxn: &ReadTransaction) -> Result<VerifyReport, VerifyError> {
     let mut report = VerifyReport {
         count: 0,
@@ -261,56 +263,70 @@ pub(crate) fn walk(rtxn: &ReadTransaction) -> Result<VerifyReport, VerifyError> 
         anchor: None,
         head: None,
     };
-    let Some(table) = tables::open_read(rtxn, AUDIT)? else {
+    let Some(table) = chain::open_read(rtxn)? else {
         return Ok(report);
     };
     let mut anchored = true;
     for item in table.iter().map_err(StoreError::from)? {
         let (k, v) = item.map_err(StoreError::from)?;
-        let key = k.value();
-        let broken = |reason| VerifyError::Broken { seq: key, reason };
-        let rec = parse(v.value()).map_err(broken)?;
-        match &report.head {
-            None => {
-                if rec.seq != key {
-                    return Err(broken(BreakReason::Reordered));
-                }
-                if key == 0 {
-                    if rec.event != GENESIS {
-                        return Err(broken(malformed("record 0 is not audit.genesis")));
+        let chunk_key = k.value();
+        let chunk = v.value();
+        if chunk.is_empty() {
+            return Err(VerifyError::Broken {
+                seq: chunk_key,
+                reason: malformed("empty chunk"),
+            });
+        }
+        for (i, bytes) in chain::chunk_records(chunk).enumerate() {
+            // The record's position: where its chunk says it is.
+            let key = u64::try_from(i)
+                .ok()
+                .and_then(|i| chunk_key.checked_add(i))
+                .unwrap_or(u64::MAX);
+            let broken = |reason| VerifyError::Broken { seq: key, reason };
+            let rec = parse(bytes).map_err(broken)?;
+            match &report.head {
+                None => {
+                    if rec.seq != key {
+                        return Err(broken(BreakReason::Reordered));
                     }
-                    if rec.prev_hash != ZERO_HASH {
+                    if key == 0 {
+                        if rec.event != GENESIS {
+                            return Err(broken(malformed("record 0 is not audit.genesis")));
+                        }
+                        if rec.prev_hash != ZERO_HASH {
+                            return Err(broken(BreakReason::BrokenLink));
+                        }
+                    } else {
+                        anchored = false;
+                    }
+                    report.first_seq = Some(key);
+                    report.anchor = Some(rec.prev_hash.clone());
+                }
+                Some(prev) => {
+                    let expected = prev.seq.saturating_add(1);
+                    if key != expected {
+                        return Err(broken(BreakReason::Gap { expected }));
+                    }
+                    if rec.seq != key {
+                        return Err(broken(BreakReason::Reordered));
+                    }
+                    if rec.prev_hash != prev.hash {
                         return Err(broken(BreakReason::BrokenLink));
                     }
-                } else {
-                    anchored = false;
-                }
-                report.first_seq = Some(key);
-                report.anchor = Some(rec.prev_hash.clone());
-            }
-            Some(prev) => {
-                let expected = prev.seq.saturating_add(1);
-                if key != expected {
-                    return Err(broken(BreakReason::Gap { expected }));
-                }
-                if rec.seq != key {
-                    return Err(broken(BreakReason::Reordered));
-                }
-                if rec.prev_hash != prev.hash {
-                    return Err(broken(BreakReason::BrokenLink));
                 }
             }
+            if let (false, Some((last_seq, last_hash))) = (anchored, &rec.pruned) {
+                let first = report.first_seq.unwrap_or(0);
+                anchored = last_seq.checked_add(1) == Some(first)
+                    && report.anchor.as_deref() == Some(last_hash.as_str());
+            }
+            report.count += 1;
+            report.head = Some(Head {
+                seq: key,
+                hash: rec.hash,
+            });
         }
-        if let (false, Some((last_seq, last_hash))) = (anchored, &rec.pruned) {
-            let first = report.first_seq.unwrap_or(0);
-            anchored = last_seq.checked_add(1) == Some(first)
-                && report.anchor.as_deref() == Some(last_hash.as_str());
-        }
-        report.count += 1;
-        report.head = Some(Head {
-            seq: key,
-            hash: rec.hash,
-        });
     }
     if !anchored {
         return Err(VerifyError::Broken {

@@ -600,15 +600,30 @@ impl Relay {
             None => serde_json::json!({ "message_id": id }),
             Some(e) => serde_json::json!({ "message_id": id, "error": e.code() }),
         };
-        let accepted = error.is_none().then(|| AuditEvent::MessageAccepted {
-            message_id: id.clone(),
-            client: cid.to_owned(),
-            campaign: campaign.id.clone(),
-            from: AuditNumber::of(&req.from, &self.inner.pseudonym_key, &view.own),
-            to: AuditNumber::from(to_p),
-            carrier: carrier.clone(),
-            segments,
-        });
+        // Serialised here, not in the op: the store's writer thread, which
+        // every op waits on, then only links and hashes it.
+        let accepted = error
+            .is_none()
+            .then(|| {
+                let ev = AuditEvent::MessageAccepted {
+                    message_id: id.clone(),
+                    client: cid.to_owned(),
+                    campaign: campaign.id.clone(),
+                    from: AuditNumber::of(&req.from, &self.inner.pseudonym_key, &view.own),
+                    to: AuditNumber::from(to_p),
+                    carrier: carrier.clone(),
+                    segments,
+                };
+                Audit::prepare(ev, cid)
+            })
+            .transpose();
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(message = %id, "audit record of a sent message: {e}");
+                return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
+            }
+        };
         // The metadata, the idempotency outcome and the audit record commit
         // in one transaction: no state change without its record. A local
         // carrier-id index rides in it too (one op, one wake-up).
@@ -625,8 +640,8 @@ impl Relay {
             if let Some(k) = &idem {
                 record::finish_idempotent(atx.txn(), &c, k, &rec.id, outcome.clone())?;
             }
-            if let Some(ev) = accepted.clone() {
-                atx.append(ev, &c)?;
+            if let Some(p) = &accepted {
+                atx.append_prepared(p)?;
             }
             Ok(())
         });

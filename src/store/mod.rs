@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
 pub use shared::{LocalShared, SharedState};
-pub(crate) use writer::current_txn;
+pub(crate) use writer::{before_commit, current_txn};
 
 use crate::metrics::Metrics;
 use writer::{Counters, Msg, OpJob};

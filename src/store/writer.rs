@@ -34,7 +34,7 @@
 //!   are durable. A crash in that window loses them — and their callers were
 //!   never told `Ok`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +50,40 @@ thread_local! {
     /// The write transaction this thread runs ops in (see [`current_txn`]).
     static CURRENT_TXN: Cell<u64> = const { Cell::new(0) };
     static NEXT_TXN: Cell<u64> = const { Cell::new(1) };
+    /// What ops of the current transaction asked to run before its commit
+    /// (see [`before_commit`]).
+    static BEFORE_COMMIT: RefCell<Vec<CommitHook>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Work an op leaves for the end of its transaction (see [`before_commit`]).
+pub(crate) type CommitHook = fn(&WriteTransaction) -> Result<(), StoreError>;
+
+/// Asks the writer to run `hook` in the current transaction after its last
+/// op and before its commit: an op may buffer writes that many ops of one
+/// transaction share (the audit log writes a batch's records as one value)
+/// and have them written once. A hook that fails fails the transaction like
+/// a failed op (the slow path then runs each op alone, with its hooks).
+/// Register once per transaction; outside the writer (`current_txn() == 0`)
+/// it does nothing, and the caller must write directly.
+pub(crate) fn before_commit(hook: CommitHook) {
+    if current_txn() != 0 {
+        BEFORE_COMMIT.with(|h| h.borrow_mut().push(hook));
+    }
+}
+
+/// Runs and forgets the hooks of the current transaction.
+fn run_hooks(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let hooks = BEFORE_COMMIT.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    for hook in hooks {
+        match catch_unwind(AssertUnwindSafe(|| hook(txn))) {
+            Ok(r) => r?,
+            Err(_) => {
+                tracing::error!("store commit hook panicked; rolled back");
+                return Err(StoreError::OpPanicked);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Identifies the write transaction the writer thread is running ops in,
@@ -77,6 +111,7 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 /// Marks the end of the writer's current transaction (committed or not).
 fn end_txn() {
     CURRENT_TXN.with(|c| c.set(0));
+    BEFORE_COMMIT.with(|h| h.borrow_mut().clear());
 }
 
 /// Most ops carried by one durable commit.
@@ -102,6 +137,9 @@ pub(crate) trait Job: Send {
     /// Runs the op against `txn` and keeps its result; says whether it
     /// succeeded. May be called again (slow path) after a failed batch.
     fn attempt(&mut self, txn: &WriteTransaction) -> bool;
+    /// Replaces a successful result with `e`: the op's transaction failed
+    /// after it (a commit hook) and was rolled back.
+    fn fail(&mut self, e: StoreError);
     /// Answers the caller with the kept result, or `commit`'s error when
     /// the op succeeded but its commit did not.
     fn answer(self: Box<Self>, commit: Option<&StoreError>);
@@ -131,6 +169,10 @@ where
         let ok = r.is_ok();
         self.result = Some(r);
         ok
+    }
+
+    fn fail(&mut self, e: StoreError) {
+        self.result = Some(Err(e));
     }
 
     fn answer(self: Box<Self>, commit: Option<&StoreError>) {
@@ -291,6 +333,11 @@ fn fast_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> Option<Result<(), Stor
             return None;
         }
     }
+    if run_hooks(&txn).is_err() {
+        // The slow path finds out which op's writes the hook failed on.
+        abort(txn);
+        return None;
+    }
     let committed = txn.commit().map_err(StoreError::from);
     end_txn();
     Some(committed)
@@ -306,7 +353,16 @@ fn slow_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> (Result<(), StoreError
             Err(e) => return (Err(e), false),
         };
         txn.set_durability(Durability::None);
-        if job.attempt(&txn) {
+        let attempted = job.attempt(&txn);
+        let ok = attempted
+            && match run_hooks(&txn) {
+                Ok(()) => true,
+                Err(e) => {
+                    job.fail(e);
+                    false
+                }
+            };
+        if ok {
             let committed = txn.commit();
             end_txn();
             match committed {
