@@ -554,56 +554,91 @@ impl Prepared {
     fn write(&self, seq: u64, prev_hash: &str, out: &mut Vec<u8>) -> Result<[u8; 64], StoreError> {
         let prev = decode_hash(prev_hash)
             .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))?;
-        let b = &self.bytes;
-        let start = out.len();
-        out.extend_from_slice(&b[..self.at_prev]);
-        self.field(out, self.at_prev, "prev_hash", |o| {
-            o.push(b'"');
-            o.extend_from_slice(prev_hash.as_bytes());
-            o.push(b'"');
+        let (b, h, p, s) = (&self.bytes, self.at_hash, self.at_prev, self.at_seq);
+        let mut prev_field = Field::new();
+        self.field(&mut prev_field, p, "prev_hash", |f| {
+            f.quoted(prev_hash.as_bytes())
         });
-        out.extend_from_slice(&b[self.at_prev..self.at_seq]);
-        self.field(out, self.at_seq, "seq", |o| {
-            o.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes())
+        let mut seq_field = Field::new();
+        self.field(&mut seq_field, s, "seq", |f| {
+            f.push(itoa::Buffer::new().format(seq).as_bytes())
         });
-        out.extend_from_slice(&b[self.at_seq..]);
+        // The hash covers the record without `hash`, streamed in pieces.
         let digest = Sha256::new()
             .chain_update(prev)
-            .chain_update(&out[start..])
+            .chain_update(&b[..p])
+            .chain_update(prev_field.bytes())
+            .chain_update(&b[p..s])
+            .chain_update(seq_field.bytes())
+            .chain_update(&b[s..])
             .finalize();
         let mut hex = [0u8; 64];
-        if hex::encode_to_slice(digest, &mut hex).is_err() {
-            out.truncate(start);
-            return Err(StoreError::Refused("audit hash encoding".into()));
-        }
-        // `hash` sorts before `prev_hash` and `seq`, so its offset in the
-        // record is unmoved by their insertion.
-        let mut field = Vec::with_capacity(80);
-        self.field(&mut field, self.at_hash, "hash", |o| {
-            o.push(b'"');
-            o.extend_from_slice(&hex);
-            o.push(b'"');
-        });
-        let at = start + self.at_hash;
-        out.splice(at..at, field);
+        hex::encode_to_slice(digest, &mut hex)
+            .map_err(|_| StoreError::Refused("audit hash encoding".into()))?;
+        let mut hash_field = Field::new();
+        self.field(&mut hash_field, h, "hash", |f| f.quoted(&hex));
+        // `hash` sorts before `prev_hash`, which sorts before `seq`.
+        out.reserve(b.len() + hash_field.len + prev_field.len + seq_field.len);
+        out.extend_from_slice(&b[..h]);
+        out.extend_from_slice(hash_field.bytes());
+        out.extend_from_slice(&b[h..p]);
+        out.extend_from_slice(prev_field.bytes());
+        out.extend_from_slice(&b[p..s]);
+        out.extend_from_slice(seq_field.bytes());
+        out.extend_from_slice(&b[s..]);
         Ok(hex)
     }
 
     /// Writes `"name":value` for insertion at offset `at` of `bytes`:
     /// before a key it is followed by a comma, at the closing brace it
     /// follows one.
-    fn field(&self, out: &mut Vec<u8>, at: usize, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    fn field(&self, out: &mut Field, at: usize, name: &str, value: impl FnOnce(&mut Field)) {
         let before_key = self.bytes.get(at) != Some(&b'}');
         if !before_key && at > 1 {
-            out.push(b',');
+            out.push(b",");
         }
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
+        out.quoted(name.as_bytes());
+        out.push(b":");
         value(out);
         if before_key {
-            out.push(b',');
+            out.push(b",");
         }
+    }
+}
+
+/// One of the three fields [`Prepared::write`] inserts, built on the stack
+/// (`"prev_hash":"<64 hex>",` is the longest: 78 bytes).
+struct Field {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Field {
+    fn new() -> Field {
+        Field {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
+
+    /// Appends `bytes`; what does not fit is dropped (nothing written here
+    /// is longer than the buffer).
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        let n = end - self.len;
+        self.buf[self.len..end].copy_from_slice(&bytes[..n]);
+        self.len = end;
+    }
+
+    /// Appends `"bytes"` (`bytes` need no escaping: names and hex).
+    fn quoted(&mut self, bytes: &[u8]) {
+        self.push(b"\"");
+        self.push(bytes);
+        self.push(b"\"");
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

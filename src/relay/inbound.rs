@@ -495,34 +495,37 @@ impl Inbound {
         let result = self
             .audit
             .write(move |atx| {
-                let Some(mut rec) = record::get_message_in(atx.txn(), &message_id)? else {
+                let (mut new, mut changed, mut now) = (None, false, 0);
+                let updated = record::update_message(atx.txn(), &message_id, |rec| {
+                    if !is_final {
+                        return false;
+                    }
+                    let idx = rec
+                        .carrier_ids
+                        .iter()
+                        .position(|c| dlr::ids_match(c, &carrier_id))
+                        .unwrap_or(0);
+                    if rec.part_states.len() < rec.carrier_ids.len() {
+                        rec.part_states.resize(rec.carrier_ids.len(), None);
+                    }
+                    if let Some(slot) = rec.part_states.get_mut(idx) {
+                        *slot = Some(state.to_owned());
+                    }
+                    new = overall(&rec.part_states);
+                    changed = new.is_some_and(|n| n != rec.status);
+                    now = now_ms();
+                    rec.updated_ms = now;
+                    if let Some(n) = new.filter(|_| changed) {
+                        rec.status = n.to_owned();
+                        if n != "delivered" {
+                            rec.error_code = error.clone().or(rec.error_code.take());
+                        }
+                    }
+                    true
+                })?;
+                let Some((rec, true)) = updated else {
                     return Ok(None);
                 };
-                if !is_final {
-                    return Ok(None);
-                }
-                let idx = rec
-                    .carrier_ids
-                    .iter()
-                    .position(|c| dlr::ids_match(c, &carrier_id))
-                    .unwrap_or(0);
-                if rec.part_states.len() < rec.carrier_ids.len() {
-                    rec.part_states.resize(rec.carrier_ids.len(), None);
-                }
-                if let Some(slot) = rec.part_states.get_mut(idx) {
-                    *slot = Some(state.to_owned());
-                }
-                let new = overall(&rec.part_states);
-                let changed = new.is_some_and(|n| n != rec.status);
-                let now = now_ms();
-                rec.updated_ms = now;
-                if let Some(n) = new.filter(|_| changed) {
-                    rec.status = n.to_owned();
-                    if n != "delivered" {
-                        rec.error_code = error.clone().or(rec.error_code.take());
-                    }
-                }
-                record::put_message(atx.txn(), &rec)?;
                 if changed {
                     atx.append(
                         AuditEvent::MessageStatus {

@@ -126,16 +126,26 @@ pub fn get_message(store: &Store, id: &str) -> Result<Option<MessageRecord>, Sto
     })
 }
 
-/// Reads a message record inside a write op (for status updates).
-pub fn get_message_in(
+/// Reads message `id` inside a write op and lets `change` edit it; writes
+/// it back when `change` returns true. One open of the table for both (a
+/// receipt does this for every message). `None` when there is no such
+/// message; else the record as it now is, and whether it was written.
+pub fn update_message(
     txn: &WriteTransaction,
     id: &str,
-) -> Result<Option<MessageRecord>, StoreError> {
-    let t = tables::open(txn, MESSAGES)?;
-    let Some(v) = t.get(id)? else {
-        return Ok(None);
+    change: impl FnOnce(&mut MessageRecord) -> bool,
+) -> Result<Option<(MessageRecord, bool)>, StoreError> {
+    let mut t = tables::open(txn, MESSAGES)?;
+    let found = match t.get(id)? {
+        Some(v) => decode_message(id, v.value())?,
+        None => return Ok(None),
     };
-    decode_message(id, v.value()).map(Some)
+    let mut rec = found;
+    let write = change(&mut rec);
+    if write {
+        t.insert(rec.id.as_str(), encode_message(&rec)?.as_slice())?;
+    }
+    Ok(Some((rec, write)))
 }
 
 /// What `begin_idempotent` found.
