@@ -98,7 +98,8 @@ fn stored(t: &impl redb::ReadableTable<u64, &'static [u8]>) -> BTreeMap<u64, Vec
     let mut out = BTreeMap::new();
     for item in t.iter().unwrap() {
         let (k, v) = item.unwrap();
-        for (i, r) in audit::chunk_records(v.value()).enumerate() {
+        let chunk = audit::decode_chunk(v.value()).unwrap();
+        for (i, r) in audit::chunk_records(&chunk).enumerate() {
             out.insert(k.value() + i as u64, r.to_vec());
         }
     }
@@ -683,8 +684,8 @@ async fn concurrent_records_form_one_chain() {
 async fn a_batch_of_records_is_stored_as_chunks_of_bounded_size() {
     let dir = tempfile::tempdir().unwrap();
     let (store, audit, _) = open(dir.path()).await;
-    // One op of 2,000 records (~800 KB): several chunks, none much over the
-    // limit, one insert each.
+    // One op of 2,000 records (~800 KB): several chunks, none over the
+    // limit.
     audit
         .write(|log| {
             for k in 0..2_000 {
@@ -694,19 +695,24 @@ async fn a_batch_of_records_is_stored_as_chunks_of_bounded_size() {
         })
         .await
         .unwrap();
-    let sizes: Vec<usize> = store
+    // (stored, decoded) size of each chunk.
+    let sizes: Vec<(usize, usize)> = store
         .read(|rtxn| {
             let t = tables::open_read(rtxn, AUDIT)?.unwrap();
             Ok(t.iter()?
-                .map(|i| i.unwrap().1.value().len())
+                .map(|i| {
+                    let v = i.unwrap().1;
+                    let decoded = audit::decode_chunk(v.value()).unwrap().len();
+                    (v.value().len(), decoded)
+                })
                 .collect::<Vec<_>>())
         })
         .unwrap();
-    assert!(sizes.len() > 3 && sizes.len() < 100, "{sizes:?}");
-    assert!(
-        sizes.iter().all(|s| *s < audit::CHUNK_BYTES + 1024),
-        "{sizes:?}"
-    );
+    assert!(sizes.len() > 3 && sizes.len() < 100, "{}", sizes.len());
+    assert!(sizes.iter().all(|s| s.1 <= audit::CHUNK_BYTES), "{sizes:?}");
+    // Compressed: keys repeat, each prev_hash is the hash before it.
+    let (stored, decoded) = sizes.iter().fold((0, 0), |(a, b), (s, d)| (a + s, b + d));
+    assert!(stored * 3 < decoded, "{stored} stored for {decoded}");
     assert_eq!(verify(&store).unwrap().count, 2_001);
     store.close().await.unwrap();
 }
@@ -748,5 +754,43 @@ async fn records_of_the_first_layout_move_to_chunks_on_open() {
     assert!(legacy_gone);
     fill(&audit, 5).await;
     assert_eq!(verify(&store).unwrap().count, 306);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_compressed_chunk_is_reported_at_its_first_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, audit, _) = open(dir.path()).await;
+    fill(&audit, 50).await; // genesis, then one op of 50 records: chunk 1
+    let first_chunk = |store: &Store| {
+        store
+            .read(|rtxn| {
+                let t = tables::open_read(rtxn, AUDIT)?.unwrap();
+                let (k, v) = t.last()?.unwrap();
+                Ok((k.value(), v.value().to_vec()))
+            })
+            .unwrap()
+    };
+    let (key, good) = first_chunk(&store);
+    assert_eq!(key, 1);
+    assert_eq!(good[0], 1, "stored compressed");
+    let mut flipped = good.clone();
+    flipped[20] ^= 0x55; // inside the zstd frame
+    let mut long = good.clone();
+    long[5..9].copy_from_slice(&u32::MAX.to_le_bytes()); // a lying length
+    for bad in [flipped, long, good[..good.len() / 2].to_vec()] {
+        store
+            .write(move |txn| {
+                tables::open(txn, AUDIT)?.insert(1, bad.as_slice())?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        match broken(verify(&store)) {
+            (1, BreakReason::Malformed { .. } | BreakReason::HashMismatch) => {}
+            other => panic!("expected chunk 1 malformed, got {other:?}"),
+        }
+        assert!(export(&store, None, None, &mut Vec::new()).is_err());
+    }
     store.close().await.unwrap();
 }

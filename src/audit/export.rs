@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use redb::{ReadTransaction, ReadableTable};
 
-use super::chain::{self, chunk_records, last_seq_of, peek};
+use super::chain::{self, chunk_records, peek};
 use super::verify::{CopyError, FileCopy, COPY_ATTEMPTS};
 use crate::store::{Store, StoreError};
 
@@ -28,7 +28,7 @@ pub enum ExportError {
     #[error("writing the export: {0}")]
     Io(#[source] Arc<std::io::Error>),
     /// A time filter was given and the record's `at` cannot be read.
-    #[error("audit record {seq} has no readable `at`; run `sms-conduit audit verify`")]
+    #[error("audit record {seq} (or its chunk) is unreadable; run `sms-conduit audit verify`")]
     Malformed { seq: u64 },
 }
 
@@ -81,16 +81,16 @@ fn export_txn(
     let mut lines = 0u64;
     for item in table.iter().map_err(StoreError::from)? {
         let (k, v) = item.map_err(StoreError::from)?;
-        let chunk = v.value();
+        let mut seq = k.value();
+        let chunk = chain::decode_chunk(v.value()).ok_or(ExportError::Malformed { seq })?;
         if !filtered {
-            // A chunk is already the export's lines, but for the last `\n`.
-            out.write_all(chunk).map_err(io)?;
+            // A decoded chunk is the export's lines, but for the last `\n`.
+            out.write_all(&chunk).map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
-            lines += last_seq_of(0, chunk).unwrap_or(0) + 1;
+            lines += chunk.iter().filter(|b| **b == b'\n').count() as u64 + 1;
             continue;
         }
-        let mut seq = k.value();
-        for bytes in chunk_records(chunk) {
+        for bytes in chunk_records(&chunk) {
             let at = peek(bytes)
                 .and_then(|p| DateTime::parse_from_rfc3339(p.at).ok())
                 .map(|t| t.with_timezone(&Utc))

@@ -93,8 +93,8 @@ use redb::WriteTransaction;
 use tokio_util::sync::CancellationToken;
 
 pub use chain::{
-    append, chunk_records, format_at, head, store_records, AuditRecord, Head, Prepared, AUDIT,
-    CHUNK_BYTES, SYSTEM, ZERO_HASH,
+    append, chunk_records, decode_chunk, encode_chunk, format_at, head, store_records, AuditRecord,
+    Head, Prepared, AUDIT, CHUNK_BYTES, SYSTEM, ZERO_HASH,
 };
 pub use event::{AuditEvent, AuditNumber, KeywordClass, OwnNumbers, GENESIS, KEY_USED, PRUNED};
 pub use export::{export, export_file, parse_time, ExportError};

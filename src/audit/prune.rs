@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableTable, WriteTransaction};
 
 use super::chain::{
-    append_entry, chunk_records, decode_hash, flush_pending, last_seq_of, peek, AUDIT, SYSTEM,
+    append_entry, chunk_records, decode_chunk, decode_hash, encode_chunk, flush_pending,
+    last_seq_of, peek, AUDIT, SYSTEM,
 };
 use super::event::Entry;
 use crate::store::{tables, StoreError};
@@ -54,10 +55,13 @@ pub(crate) fn prune_chunk(
     'chunks: for item in table.iter()? {
         let (k, v) = item?;
         let key = k.value();
-        let chunk = v.value();
+        let Some(chunk) = decode_chunk(v.value()) else {
+            tracing::warn!(seq = key, "audit chunk unreadable; pruning stops before it");
+            break;
+        };
         let mut taken = 0usize;
         let mut seq = key;
-        for bytes in chunk_records(chunk) {
+        for bytes in chunk_records(&chunk) {
             if seq >= head || deleted >= max || !old_enough(bytes, seq, cutoff) {
                 if seq > key {
                     split = Some((key, seq, chunk.get(taken..).unwrap_or_default().to_vec()));
@@ -80,7 +84,7 @@ pub(crate) fn prune_chunk(
     }
     if let Some((key, first_left, rest)) = split {
         table.remove(key)?;
-        table.insert(first_left, rest.as_slice())?;
+        table.insert(first_left, encode_chunk(&rest)?.as_slice())?;
     }
     drop(table);
     let entry = Entry::Pruned {

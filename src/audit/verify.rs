@@ -270,14 +270,16 @@ pub(crate) fn walk(rtxn: &ReadTransaction) -> Result<VerifyReport, VerifyError> 
     for item in table.iter().map_err(StoreError::from)? {
         let (k, v) = item.map_err(StoreError::from)?;
         let chunk_key = k.value();
-        let chunk = v.value();
-        if chunk.is_empty() {
-            return Err(VerifyError::Broken {
-                seq: chunk_key,
-                reason: malformed("empty chunk"),
-            });
+        let bad_chunk = |detail| VerifyError::Broken {
+            seq: chunk_key,
+            reason: malformed(detail),
+        };
+        if v.value().is_empty() {
+            return Err(bad_chunk("empty chunk"));
         }
-        for (i, bytes) in chain::chunk_records(chunk).enumerate() {
+        let chunk =
+            chain::decode_chunk(v.value()).ok_or_else(|| bad_chunk("chunk does not decode"))?;
+        for (i, bytes) in chain::chunk_records(&chunk).enumerate() {
             // The record's position: where its chunk says it is.
             let key = u64::try_from(i)
                 .ok()

@@ -492,6 +492,20 @@ impl Inbound {
         let carrier_id = receipt.message_id.clone();
         let hooks = self.webhooks.clone();
         let link_owned = link.to_owned();
+        // The usual outcome's audit record, serialised here rather than on
+        // the store's writer thread: the message's only receipt, with no
+        // earlier error. The op checks it matches, else builds its own.
+        let likely = (is_final && state == "delivered")
+            .then(|| {
+                let ev = AuditEvent::MessageStatus {
+                    message_id: message_id.clone(),
+                    status: state,
+                    carrier: Some(link_owned.clone()),
+                    error: None,
+                };
+                Audit::prepare(ev, &link_owned).ok()
+            })
+            .flatten();
         let result = self
             .audit
             .write(move |atx| {
@@ -527,15 +541,21 @@ impl Inbound {
                     return Ok(None);
                 };
                 if changed {
-                    atx.append(
-                        AuditEvent::MessageStatus {
-                            message_id: rec.id.clone(),
-                            status: new.unwrap_or("unknown"),
-                            carrier: Some(link_owned.clone()),
-                            error: rec.error_code.clone(),
-                        },
-                        &link_owned,
-                    )?;
+                    let status = new.unwrap_or("unknown");
+                    match &likely {
+                        Some(p) if status == state && rec.error_code.is_none() => {
+                            atx.append_prepared(p)?;
+                        }
+                        _ => {
+                            let ev = AuditEvent::MessageStatus {
+                                message_id: rec.id.clone(),
+                                status,
+                                carrier: Some(link_owned.clone()),
+                                error: rec.error_code.clone(),
+                            };
+                            atx.append(ev, &link_owned)?;
+                        }
+                    }
                     if hooks.as_ref().is_some_and(|h| h.has_webhook(&rec.client)) {
                         crate::webhook::enqueue(
                             atx.txn(),
