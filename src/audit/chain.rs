@@ -41,12 +41,13 @@ use crate::store::{tables, Store, StoreError};
 /// record.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_chunks");
 
-/// Most bytes in a chunk (a record longer than this is a chunk of its own);
-/// bounds what reading the head (the last chunk) costs. Chunks are large on
-/// purpose: redb copies the last leaf on every insert after a commit, so
-/// one insert per transaction is the cheapest (measured: 4,000-byte chunks,
-/// ~10 records each, cost twice the writer CPU of one chunk per batch and
-/// wrote no fewer bytes).
+/// Most bytes of records in a chunk, before compression (a record longer
+/// than this is a chunk of its own). Chunks are large on purpose: one
+/// insert per transaction is the cheapest. Measured: chunks under a redb
+/// page (4,000 bytes, ~10 records) cost twice the writer CPU, since redb
+/// rebuilds a leaf of small values on every insert, where a leaf holding
+/// one value of a page or more is left alone and the new value gets a page
+/// of its own.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// `prev_hash` of record 0.
