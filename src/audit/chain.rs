@@ -15,8 +15,9 @@
 //!   chunk), so a record shares the fate of the state change it describes:
 //!   a rolled-back op leaves neither the record nor a gap in `seq`;
 //! - chunks are contiguous: the record at `key + i` is line `i` of chunk
-//!   `key`, and each line is exactly the canonical JSON of the full record
-//!   (including `hash`); export hands these bytes out unchanged;
+//!   `key` (decoded), and each line is exactly the canonical JSON of the
+//!   full record (including `hash`); export hands these bytes out
+//!   unchanged;
 //! - anything in a write op that reads the table calls [`flush_pending`]
 //!   first;
 //! - nothing here unwraps data read from the file: a tampered head is a
@@ -35,10 +36,11 @@ use crate::store::{tables, Store, StoreError};
 
 /// The chain in chunks: `seq` of a chunk's first record → the canonical
 /// JSON of its records, in order, separated by `\n` (canonical JSON never
-/// contains a raw newline). The record at `key + i` is line `i`; chunks are
-/// contiguous. One chunk holds what one transaction appended (split at
-/// [`CHUNK_BYTES`]), so a batch of messages costs one insert, not one per
-/// record.
+/// contains a raw newline), stored as [`encode_chunk`] makes it
+/// (zstd-compressed but for the last record). The record at `key + i` is
+/// line `i`; chunks are contiguous. One chunk holds what one transaction
+/// appended (split at [`CHUNK_BYTES`]), so a batch of messages costs one
+/// insert, not one per record.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_chunks");
 
 /// Most bytes of records in a chunk, before compression (a record longer

@@ -30,7 +30,7 @@
 //!
 //! `hash` = lower-case hex of SHA-256(the 32 bytes `prev_hash` encodes ‖ the
 //! canonical JSON of the record without its `hash` field). `prev_hash` is the
-//! previous record's `hash`. The stored value — and each export line — is the
+//! previous record's `hash`. Each stored record — and each export line — is the
 //! canonical JSON of the whole record, `hash` included. A third party
 //! re-verifies an export in a few lines:
 //!

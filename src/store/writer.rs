@@ -395,3 +395,81 @@ fn durable_commit(db: &Database) -> Result<(), StoreError> {
     txn.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{tables, Store, StoreError};
+    use redb::{ReadableTable, WriteTransaction};
+
+    fn failing_hook(_: &WriteTransaction) -> Result<(), StoreError> {
+        Err(StoreError::Refused("hook refused".into()))
+    }
+
+    fn counting_hook(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut t = tables::open(txn, tables::KV)?;
+        let n = t
+            .get("hooks")?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes);
+        t.insert("hooks", (n + 1).to_le_bytes().as_slice())?;
+        Ok(())
+    }
+
+    /// Ops that share batches: every 5th registers a hook that fails, the
+    /// others one that counts. The failing hook fails only its own op (the
+    /// slow path runs each op with its hooks), every other op and its hook
+    /// commit, and a hook's writes share its transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failing_commit_hook_fails_only_its_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        let mut handles = Vec::new();
+        for n in 0..200u64 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let key = format!("k{n}");
+                let r = store
+                    .write(move |txn| {
+                        tables::open(txn, tables::KV)?.insert(key.as_str(), b"x".as_slice())?;
+                        super::before_commit(if n % 5 == 0 {
+                            failing_hook
+                        } else {
+                            counting_hook
+                        });
+                        Ok(())
+                    })
+                    .await;
+                (n, r)
+            }));
+        }
+        for h in handles {
+            let (n, r) = h.await.unwrap();
+            assert_eq!(r.is_ok(), n % 5 != 0, "op {n}: {r:?}");
+        }
+        let (present, hooks) = store
+            .read(|r| {
+                let t = tables::open_read(r, tables::KV)?.expect("kv");
+                let present: Vec<u64> = (0..200)
+                    .filter(|n| t.get(format!("k{n}").as_str()).ok().flatten().is_some())
+                    .collect();
+                let hooks = t
+                    .get("hooks")?
+                    .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                    .map_or(0, u64::from_le_bytes);
+                Ok((present, hooks))
+            })
+            .unwrap();
+        assert_eq!(present, (0..200).filter(|n| n % 5 != 0).collect::<Vec<_>>());
+        // Each kept op's hook ran once in the transaction that committed it
+        // (the aborted fast-path attempts left nothing).
+        assert_eq!(hooks, 160);
+        assert!(store.stats().commits < 200, "ops shared batches");
+        store.close().await.unwrap();
+    }
+
+    #[test]
+    fn hooks_outside_the_writer_are_ignored() {
+        super::before_commit(failing_hook);
+        assert!(super::BEFORE_COMMIT.with(|h| h.borrow().is_empty()));
+    }
+}
