@@ -212,9 +212,10 @@ pub(crate) struct Appended {
 /// Appends a prepared record in the caller's write transaction.
 ///
 /// In the store's writer the record goes to the transaction's pending
-/// chunk, written to the table once, before the commit (or when it reaches
-/// [`CHUNK_BYTES`]); anywhere else it is written at once as a chunk of one.
-/// `keep` asks for an [`AuditRecord`] copy of what was written.
+/// chunk, written to the table once, before the commit (or when it would
+/// pass [`CHUNK_BYTES`]); anywhere else (no commit hook runs) it is written
+/// at once as a chunk of one. `keep` asks for an [`AuditRecord`] copy of
+/// what was written.
 pub(crate) fn append_prepared(
     txn: &WriteTransaction,
     node: &str,
@@ -222,26 +223,16 @@ pub(crate) fn append_prepared(
     keep: bool,
 ) -> Result<Appended, StoreError> {
     let txn_id = crate::store::current_txn();
-    if txn_id == 0 {
-        let mut table = tables::open(txn, AUDIT)?;
-        let (head, written) = head_or_genesis(&mut table, node, &p.at)?;
-        let seq = next_seq(&head)?;
-        let mut out = Vec::with_capacity(p.bytes.len() + 160);
-        let hash = p.write(seq, &head.hash, &mut out)?;
-        table.insert(seq, out.as_slice())?;
-        let record = keep
-            .then(|| record_of(p.event, &p.at, seq, &head.hash, &hash, out))
-            .transpose()?;
-        return Ok(Appended {
-            seq,
-            written: written + 1,
-            record,
-        });
-    }
     PENDING.with(|cell| {
-        let mut slot = cell.borrow_mut();
+        let mut shared = cell.borrow_mut();
+        let mut local = None;
+        let slot = if txn_id == 0 {
+            &mut local
+        } else {
+            &mut *shared
+        };
         let mut written = 0;
-        let pending = match &mut *slot {
+        let pending = match slot {
             Some(q) if q.txn == txn_id => q,
             other => {
                 let (head, w) = head_or_genesis(&mut tables::open(txn, AUDIT)?, node, &p.at)?;
@@ -283,6 +274,9 @@ pub(crate) fn append_prepared(
             .head
             .hash
             .push_str(std::str::from_utf8(&hash).unwrap_or_default());
+        if txn_id == 0 {
+            pending.write(txn)?;
+        }
         Ok(Appended {
             seq,
             written: written + 1,
@@ -665,6 +659,11 @@ pub fn chunk_records(chunk: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     chunk.split(|b| *b == b'\n')
 }
 
+/// How many records a decoded chunk (or a run of its lines) holds.
+pub(crate) fn record_count(chunk: &[u8]) -> u64 {
+    chunk.iter().filter(|b| **b == b'\n').count() as u64 + 1
+}
+
 /// First byte of a compressed chunk (a plain chunk starts with `{`).
 const ZSTD_CHUNK: u8 = 1;
 
@@ -682,7 +681,7 @@ pub fn encode_chunk(records: &[u8]) -> Result<Vec<u8>, StoreError> {
         return Ok(records.to_vec());
     };
     let (body, last) = (&records[..split], &records[split + 1..]);
-    let count = records.iter().filter(|b| **b == b'\n').count() + 1;
+    let count = record_count(records);
     let packed = zstd::bulk::compress(body, ZSTD_LEVEL)
         .map_err(|e| StoreError::Refused(format!("compressing an audit chunk: {e}")))?;
     let too_big = |_| StoreError::Refused("audit chunk too large".into());
@@ -715,8 +714,7 @@ pub fn decode_chunk(value: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     }
     let (count, packed, last) = split_encoded(value)?;
     let mut out = zstd::bulk::decompress(packed, 2 * CHUNK_BYTES).ok()?;
-    let lines = out.iter().filter(|b| **b == b'\n').count() as u64 + 2;
-    if lines != count {
+    if record_count(&out) + 1 != count {
         return None;
     }
     out.push(b'\n');
@@ -730,8 +728,7 @@ pub(crate) fn chunk_tail(value: &[u8]) -> Option<(u64, &[u8])> {
         let (count, _, last) = split_encoded(value)?;
         return Some((count, last));
     }
-    let count = value.iter().filter(|b| **b == b'\n').count() as u64 + 1;
-    Some((count, chunk_records(value).next_back()?))
+    Some((record_count(value), chunk_records(value).next_back()?))
 }
 
 /// The position (`seq`) of a stored chunk's last record.
@@ -809,6 +806,33 @@ mod tests {
         );
         assert!(chain_hash("zz", b"{}").is_none());
         assert!(decode_hash(&"A".repeat(64)).is_none());
+    }
+
+    /// Outside the store's writer no commit hook runs: each record is
+    /// written at once, as a chunk of its own, and the chain still links.
+    #[test]
+    fn appends_outside_the_writer_are_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("a.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert_eq!(crate::store::current_txn(), 0);
+        let at = Utc::now();
+        for i in 0..3 {
+            let entry = Entry::KeyUsed {
+                client: "c".into(),
+                count: i,
+                minute: "m".into(),
+            };
+            let (rec, written) = append_entry(&txn, "n", entry, SYSTEM, at).unwrap();
+            assert_eq!((rec.seq, written), (i + 1, if i == 0 { 2 } else { 1 }));
+        }
+        txn.commit().unwrap();
+        let rtxn = db.begin_read().unwrap();
+        let t = rtxn.open_table(AUDIT).unwrap();
+        let keys: Vec<u64> = t.iter().unwrap().map(|i| i.unwrap().0.value()).collect();
+        assert_eq!(keys, [0, 1, 2, 3]);
+        let report = crate::audit::verify::walk(&rtxn).unwrap();
+        assert_eq!((report.count, report.head.map(|h| h.seq)), (4, Some(3)));
     }
 
     #[test]

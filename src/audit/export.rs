@@ -87,7 +87,7 @@ fn export_txn(
             // A decoded chunk is the export's lines, but for the last `\n`.
             out.write_all(&chunk).map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
-            lines += chunk.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+            lines += chain::record_count(&chunk);
             continue;
         }
         for bytes in chunk_records(&chunk) {

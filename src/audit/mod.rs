@@ -3,7 +3,8 @@
 //! keeping what it carried.
 //!
 //! Owns: the `audit_chunks` table of the store (`seq` of a chunk's first
-//! record → the chunk's records, one per line), the record format, the hash chain, verification, export and retention.
+//! record → the chunk's records, one per line), the record format, the
+//! hash chain, verification, export and retention.
 //!
 //! Must not know: message bodies, clear numbers other than our own senders
 //! (see [`AuditNumber`]), sockets, config files.
@@ -53,8 +54,8 @@
 //! as the change ([`append`], or [`Audit::write`] which also counts it in
 //! metrics): both commit together, and a rolled-back op leaves neither a
 //! record nor a gap, because the next `seq` is read from the table (or the
-//! transaction's pending chunk) in that
-//! transaction. Events with no state change go through [`Audit::record`].
+//! transaction's pending chunk) in that transaction. Events with no state
+//! change go through [`Audit::record`].
 //! Every write goes through the store's single writer, so appends never race.
 //!
 //! API key use is aggregated ([`Audit::key_used`]): one `api.key_used`
@@ -150,8 +151,7 @@ impl<'t> AuditTxn<'t> {
         if cfg!(feature = "bench-audit-off") {
             return Ok(0);
         }
-        let p = chain::prepare(&Entry::Event(event), actor, &format_at(Utc::now()))?;
-        self.append_prepared(&p)
+        self.append_prepared(&Audit::prepare(event, actor)?)
     }
 
     /// Appends a record prepared before the op ([`Audit::prepare`]): the

@@ -62,14 +62,16 @@ pub(crate) fn prune_chunk(
         let mut taken = 0usize;
         let mut seq = key;
         for bytes in chunk_records(&chunk) {
-            if seq >= head || deleted >= max || !old_enough(bytes, seq, cutoff) {
+            let hash = (seq < head && deleted < max)
+                .then(|| prunable(bytes, seq, cutoff))
+                .flatten();
+            let Some(hash) = hash else {
                 if seq > key {
                     split = Some((key, seq, chunk.get(taken..).unwrap_or_default().to_vec()));
                 }
                 break 'chunks;
-            }
-            let hash = peek(bytes).map(|p| p.hash.to_owned()).unwrap_or_default();
-            last = Some((seq, hash));
+            };
+            last = Some((seq, hash.to_owned()));
             deleted += 1;
             taken += bytes.len() + 1;
             seq = seq.saturating_add(1);
@@ -96,13 +98,14 @@ pub(crate) fn prune_chunk(
     Ok((deleted, written))
 }
 
-/// Whether the record may go: its `at` is before `cutoff` and its hash is
-/// readable (an unreadable record stops pruning; it is left for `verify`
-/// to report).
-fn old_enough(bytes: &[u8], seq: u64, cutoff: DateTime<Utc>) -> bool {
+/// The record's hash when it may go: its `at` is before `cutoff` and its
+/// hash is readable (an unreadable record stops pruning; it is left for
+/// `verify` to report).
+fn prunable(bytes: &[u8], seq: u64, cutoff: DateTime<Utc>) -> Option<&str> {
     let Some(p) = peek(bytes) else {
         tracing::warn!(seq, "audit record unreadable; pruning stops before it");
-        return false;
+        return None;
     };
-    DateTime::parse_from_rfc3339(p.at).is_ok_and(|at| at < cutoff) && decode_hash(p.hash).is_some()
+    let old = DateTime::parse_from_rfc3339(p.at).is_ok_and(|at| at < cutoff);
+    (old && decode_hash(p.hash).is_some()).then_some(p.hash)
 }

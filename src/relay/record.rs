@@ -108,8 +108,14 @@ pub fn decode_message(id: &str, bytes: &[u8]) -> Result<MessageRecord, StoreErro
 
 /// Inserts or replaces a message record (inside a store op).
 pub fn put_message(txn: &WriteTransaction, rec: &MessageRecord) -> Result<(), StoreError> {
-    let bytes = encode_message(rec)?;
-    tables::open(txn, MESSAGES)?.insert(rec.id.as_str(), bytes.as_slice())?;
+    insert_message(&mut tables::open(txn, MESSAGES)?, rec)
+}
+
+fn insert_message(
+    t: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    rec: &MessageRecord,
+) -> Result<(), StoreError> {
+    t.insert(rec.id.as_str(), encode_message(rec)?.as_slice())?;
     Ok(())
 }
 
@@ -136,14 +142,13 @@ pub fn update_message(
     change: impl FnOnce(&mut MessageRecord) -> bool,
 ) -> Result<Option<(MessageRecord, bool)>, StoreError> {
     let mut t = tables::open(txn, MESSAGES)?;
-    let found = match t.get(id)? {
+    let mut rec = match t.get(id)? {
         Some(v) => decode_message(id, v.value())?,
         None => return Ok(None),
     };
-    let mut rec = found;
     let write = change(&mut rec);
     if write {
-        t.insert(rec.id.as_str(), encode_message(&rec)?.as_slice())?;
+        insert_message(&mut t, &rec)?;
     }
     Ok(Some((rec, write)))
 }

@@ -353,8 +353,7 @@ fn slow_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> (Result<(), StoreError
             Err(e) => return (Err(e), false),
         };
         txn.set_durability(Durability::None);
-        let attempted = job.attempt(&txn);
-        let ok = attempted
+        let ok = job.attempt(&txn)
             && match run_hooks(&txn) {
                 Ok(()) => true,
                 Err(e) => {
