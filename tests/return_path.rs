@@ -165,6 +165,32 @@ async fn every_message_gets_one_signed_delivered_webhook() {
     }
 }
 
+/// Most receipts are matched from an in-memory ring of recent carrier ids;
+/// after a restart that ring is empty and the durable index must answer: a
+/// receipt for a message sent before the restart still finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_after_a_restart_is_matched_from_the_store() {
+    let (mut relay, smsc, sink) = manual_world().await;
+    let before = relay.send_ok(&message("see you at nine")).await;
+    let before_id = before["id"].as_str().unwrap().to_owned();
+    relay.restart().await;
+    let after = relay.send_ok(&message("see you at ten")).await;
+    let after_id = after["id"].as_str().unwrap().to_owned();
+    let subs = smsc.submits();
+    assert_eq!(subs.len(), 2);
+    for s in &subs {
+        assert_eq!(smsc.receipt(s).await, CommandStatus::EsmeRok);
+    }
+    assert_eq!(status_of(&relay, &before_id).await, "delivered");
+    assert_eq!(status_of(&relay, &after_id).await, "delivered");
+    assert!(sink.wait_for(2, Duration::from_secs(10)).await);
+    let metrics = relay.metrics_text().await;
+    assert!(
+        !metrics.contains("unknown_id"),
+        "no receipt went unmatched:\n{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_segment_message_is_delivered_only_after_every_receipt() {
     let (relay, smsc, sink) = manual_world().await;

@@ -129,17 +129,20 @@ impl FromRequestParts<ApiState> for Authed {
 async fn send_message(
     State(state): State<ApiState>,
     Authed(client): Authed,
-    headers: HeaderMap,
-    body: HttpBody,
+    req: Request,
 ) -> Response {
-    if let Err(p) = check_json_content_type(&headers) {
+    // The request itself rather than a `HeaderMap` extractor, which clones
+    // every header on the hottest route.
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    if let Err(p) = check_json_content_type(headers) {
         return p.into_response();
     }
-    let idempotency_key = match idempotency_key(&headers) {
+    let idempotency_key = match idempotency_key(headers) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let bytes = match read_body(&headers, body).await {
+    let bytes = match read_body(headers, body).await {
         Ok(b) => b,
         Err(p) => return p.into_response(),
     };

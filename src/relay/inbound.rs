@@ -431,6 +431,13 @@ impl Inbound {
         if keys.is_empty() {
             return Ok(None);
         }
+        if let Some(id) = self
+            .relay
+            .get()
+            .and_then(|r| r.recent_carrier_id(link, &keys))
+        {
+            return Ok(Some(id));
+        }
         self.shared.lookup_carrier_id(link, &keys).await
     }
 

@@ -17,6 +17,7 @@ use futures::future::join_all;
 use zeroize::Zeroizing;
 
 use super::limits::{local_day, Limits, Refusal};
+use super::recent::RecentIds;
 use super::record::{self, Idem, MessageRecord};
 use super::route::Routes;
 use crate::api::{
@@ -92,6 +93,8 @@ struct Inner {
     background: tokio_util::task::TaskTracker,
     /// Concatenation reference for the next multi-part message.
     reference: AtomicU8,
+    /// Carrier ids of recent sends, so most receipts skip a store read.
+    recent: RecentIds,
 }
 
 fn now_ms() -> u64 {
@@ -160,6 +163,7 @@ impl Relay {
                 pseudonym_key: cfg.node.pseudonym_key.clone(),
                 background,
                 reference: AtomicU8::new(rand::random()),
+                recent: RecentIds::default(),
             }),
         }
     }
@@ -178,6 +182,13 @@ impl Relay {
             Ok(mut g) => *g = l,
             Err(p) => *p.into_inner() = l,
         }
+    }
+
+    /// The message a receipt's carrier id belongs to, if it was sent
+    /// recently by this process (see [`RecentIds`]); `keys` as
+    /// [`dlr::lookup_keys`] gives them. `None` means "ask the store".
+    pub fn recent_carrier_id(&self, carrier: &str, keys: &[String]) -> Option<String> {
+        self.inner.recent.get(carrier, keys)
     }
 
     /// The pools, in config order.
@@ -634,6 +645,7 @@ impl Relay {
             (Vec::new(), keys)
         };
         let op_carrier = carrier.clone();
+        let in_op: Arc<[String]> = in_op.into();
         let write = self.inner.audit.write(move |atx| {
             record::put_message(atx.txn(), &rec)?;
             put_carrier_ids(atx.txn(), &op_carrier, &in_op, &rec.id)?;
@@ -643,18 +655,23 @@ impl Relay {
             if let Some(p) = &accepted {
                 atx.append_prepared(p)?;
             }
-            Ok(())
+            // Handed back for the in-memory index below.
+            Ok(in_op.clone())
         });
         let outcome = if local_index {
             write.await
         } else {
             let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
             let (w, x) = futures::join!(write, index);
-            w.and(x)
+            x.and(w.map(|_| keys.into()))
         };
-        if let Err(e) = outcome {
-            tracing::error!(message = %id, "recording a sent message: {e}");
-            return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
+        match outcome {
+            // Only now, the index committed: a hit there is a hit in the store.
+            Ok(indexed) => self.inner.recent.insert(&carrier, &indexed, &id),
+            Err(e) => {
+                tracing::error!(message = %id, "recording a sent message: {e}");
+                return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
+            }
         }
         let m = &self.inner.metrics;
         if let Some(e) = error {

@@ -4,7 +4,8 @@
 //! response timeouts, enquire_link (sending ours, answering theirs), the idle
 //! timeout, generic_nack for garbage, answering the peer's message PDUs via
 //! the [`InboundHandler`], batching writes (`feed` everything queued, `flush`
-//! once), and unbind on shutdown.
+//! once; a small batch first waits one scheduler turn for more), and unbind
+//! on shutdown.
 //!
 //! Other code talks to the session only through a [`SessionHandle`]: a
 //! bounded `mpsc` of requests, each answered on a `oneshot`.
@@ -39,6 +40,10 @@ use super::pdu::{self, MessageIds};
 use super::status::{command_label, status_label};
 use super::SmppError;
 use crate::metrics::Metrics;
+
+/// A batch of fewer PDUs than this waits one scheduler turn for company
+/// before it is written (see the end of [`Engine::run`]'s loop).
+const COALESCE_BELOW: usize = 8;
 
 /// How a session is bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,12 +295,7 @@ where
                 out = rx.recv(), if can_take => match out {
                     Some(out) => {
                         self.send_request(out);
-                        while self.callers < self.cfg.window {
-                            match rx.try_recv() {
-                                Ok(out) => self.send_request(out),
-                                Err(_) => break,
-                            }
-                        }
+                        self.gather(&mut rx);
                     }
                     None => {
                         closing = true;
@@ -304,9 +304,7 @@ where
                 },
                 Some(resp) = self.handlers.next(), if !self.handlers.is_empty() => {
                     self.outq.push(resp);
-                    while let Some(Some(resp)) = self.handlers.next().now_or_never() {
-                        self.outq.push(resp);
-                    }
+                    self.gather(&mut rx);
                 }
                 _ = &mut timer, if !self.deadlines.is_empty() => self.expire(),
                 _ = keepalive.tick(), if self.cfg.enquire_link.is_some() && !closing => {
@@ -330,6 +328,17 @@ where
                 self.queue_request(Pdu::Unbind, Waiter::Unbind);
             }
             if !self.outq.is_empty() {
+                if !closing && self.end.is_none() && self.outq.len() < COALESCE_BELOW {
+                    // A small batch: let the runtime run the request and
+                    // receipt tasks that are ready once, so what they queue
+                    // goes out in this write instead of a write each (on
+                    // loopback a write costs more than the PDUs in it).
+                    self.gather(&mut rx);
+                    if self.outq.len() < COALESCE_BELOW {
+                        tokio::task::yield_now().await;
+                        self.gather(&mut rx);
+                    }
+                }
                 if let Err(e) = self.write_out().await {
                     self.end.get_or_insert(End::Io(e));
                 }
@@ -359,6 +368,20 @@ where
             .push_back((Instant::now() + self.cfg.response_timeout, seq));
         self.outq
             .push(Command::new(CommandStatus::EsmeRok, seq, pdu));
+    }
+
+    /// Takes, without waiting, what is ready to go out: answers of finished
+    /// inbound handlers and callers' requests the window has room for.
+    fn gather(&mut self, rx: &mut mpsc::Receiver<Outgoing>) {
+        while let Some(Some(resp)) = self.handlers.next().now_or_never() {
+            self.outq.push(resp);
+        }
+        while self.callers < self.cfg.window {
+            match rx.try_recv() {
+                Ok(out) => self.send_request(out),
+                Err(_) => break,
+            }
+        }
     }
 
     fn send_request(&mut self, out: Outgoing) {
