@@ -3,6 +3,7 @@
 //! shared-state seam (SPEC §8).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redb::ReadableTable;
 use sms_conduit::metrics::Metrics;
@@ -314,6 +315,50 @@ async fn opt_out_survives_reopen_and_opt_in_clears_it() {
     assert!(shared.is_opted_out("CX4K2M9", &alice).await.unwrap());
     assert!(!shared.is_opted_out("CX4K2M9", &bob).await.unwrap());
     assert!(!shared.is_opted_out("OTHER", &alice).await.unwrap());
+}
+
+/// The opt-out check is answered from memory; every handle over the store
+/// sees one copy, changes show at once, and a change whose caller went away
+/// still reaches both the file and the memory copy.
+#[tokio::test]
+async fn opt_out_checks_agree_across_handles_and_abandoned_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob, carol) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    let store = Store::open(dir.path(), None).unwrap();
+    let one = LocalShared::new(store.clone());
+    let two = LocalShared::new(store.clone());
+    // Loaded before any change, then changed through the other handle.
+    assert!(!two.is_opted_out("CX4K2M9", &alice).await.unwrap());
+    one.opt_out("CX4K2M9", &alice).await.unwrap();
+    assert!(two.is_opted_out("CX4K2M9", &alice).await.unwrap());
+    two.opt_out("CX4K2M9", &bob).await.unwrap();
+    two.opt_in("CX4K2M9", &alice).await.unwrap();
+    assert!(!one.is_opted_out("CX4K2M9", &alice).await.unwrap());
+    assert!(one.is_opted_out("CX4K2M9", &bob).await.unwrap());
+    assert!(!one.is_opted_out("OTHER", &bob).await.unwrap());
+
+    // A caller that gives up right after asking: the change still lands,
+    // in the file and in memory.
+    {
+        // Polled once (the write is queued), then dropped.
+        use futures::FutureExt;
+        assert!(one.opt_out("CX4K2M9", &carol).now_or_never().is_none());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !two.is_opted_out("CX4K2M9", &carol).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned opt-out never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.close().await.unwrap();
+    drop((one, two, store));
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared = LocalShared::new(store);
+    assert!(shared.is_opted_out("CX4K2M9", &carol).await.unwrap());
+    assert!(shared.is_opted_out("CX4K2M9", &bob).await.unwrap());
+    assert!(!shared.is_opted_out("CX4K2M9", &alice).await.unwrap());
 }
 
 #[tokio::test]

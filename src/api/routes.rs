@@ -60,16 +60,14 @@ pub fn router(state: ApiState) -> Router {
 /// Counts the request by route template and status, and marks API answers
 /// uncacheable (they may carry metadata about patients' messages).
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+    // A `MatchedPath` clone is a reference count, not a copy of the text.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let mut resp = next.run(req).await;
     state
         .metrics
         .api_requests
         .with_label_values(&[
-            route.as_deref().unwrap_or(UNMATCHED),
+            route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
             resp.status().as_str(),
         ])
         .inc();

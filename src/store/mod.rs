@@ -88,6 +88,10 @@ struct Inner {
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// In-memory copy of the opt-out table, loaded on first use (see
+    /// [`shared::OptOutMirror`]). Here, not in [`LocalShared`], so every
+    /// handle over this store sees one copy.
+    opt_outs: std::sync::OnceLock<shared::OptOutMirror>,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,6 +136,7 @@ impl Store {
                 tx,
                 counters,
                 thread: Mutex::new(Some(thread)),
+                opt_outs: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -19,8 +19,10 @@
 //! (SPEC §1.2), never in clear; every mutation is durable when its future
 //! resolves `Ok`.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::ReadableTable;
@@ -120,6 +122,76 @@ pub fn put_carrier_ids(
     Ok(())
 }
 
+/// The opt-out table held in memory as well, so the check every send makes
+/// is a hash look-up instead of a read transaction (a table open and a
+/// B-tree get, ~1.2 µs of a message's ~60 µs). 32 bytes and a little
+/// overhead per opted-out number.
+///
+/// Coherence: loaded from a snapshot the first time it is needed; every
+/// change goes through [`LocalShared`], which takes the mirror *before*
+/// queueing its write and updates it once the write committed. A send that
+/// checks in between sees the state before the commit, as a read
+/// transaction begun at that moment would.
+#[derive(Default)]
+pub(crate) struct OptOutMirror {
+    by_campaign: RwLock<HashMap<String, HashSet<[u8; 32]>>>,
+}
+
+impl OptOutMirror {
+    fn load(store: &Store) -> Result<Self, StoreError> {
+        let mut by_campaign: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
+        store.read(|rtxn| {
+            let Some(t) = tables::open_read(rtxn, tables::OPT_OUTS)? else {
+                return Ok(());
+            };
+            for row in t.iter()? {
+                let (k, _) = row?;
+                let (campaign, pseudonym) = k.value();
+                by_campaign
+                    .entry(campaign.to_owned())
+                    .or_default()
+                    .insert(*pseudonym);
+            }
+            Ok(())
+        })?;
+        Ok(OptOutMirror {
+            by_campaign: RwLock::new(by_campaign),
+        })
+    }
+
+    fn contains(&self, campaign: &str, pseudonym: &[u8; 32]) -> bool {
+        let m = match self.by_campaign.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.get(campaign).is_some_and(|s| s.contains(pseudonym))
+    }
+
+    fn set(&self, campaign: &str, pseudonym: &[u8; 32], opted_out: bool) {
+        let mut m = match self.by_campaign.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if opted_out {
+            m.entry(campaign.to_owned()).or_default().insert(*pseudonym);
+        } else if let Some(s) = m.get_mut(campaign) {
+            s.remove(pseudonym);
+        }
+    }
+}
+
+impl Store {
+    /// The opt-out mirror, loaded now if this is its first use.
+    pub(crate) fn opt_out_mirror(&self) -> Result<&OptOutMirror, StoreError> {
+        if let Some(m) = self.inner.opt_outs.get() {
+            return Ok(m);
+        }
+        let loaded = OptOutMirror::load(self)?;
+        // Two first uses at once both load; one copy wins, both use it.
+        Ok(self.inner.opt_outs.get_or_init(|| loaded))
+    }
+}
+
 /// [`SharedState`] in the local redb file, for a single appliance.
 ///
 /// Check-and-add is atomic because every write runs on the one writer
@@ -133,6 +205,41 @@ impl LocalShared {
     /// Wraps a store handle.
     pub fn new(store: Store) -> Self {
         LocalShared { store }
+    }
+
+    /// Adds (`opted_out`) or removes an opt-out, then mirrors it in memory.
+    /// The write and the mirror update run as their own task: a caller that
+    /// goes away mid-way (a client hanging up) cannot leave the store and the
+    /// mirror disagreeing, since a queued write happens anyway.
+    fn change_opt_out<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+        opted_out: bool,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let store = self.store.clone();
+        let (campaign, pseudonym) = (campaign.to_owned(), *pseudonym);
+        let task = tokio::spawn(async move {
+            store.opt_out_mirror()?;
+            let c = campaign.clone();
+            store
+                .write(move |txn| {
+                    let mut t = tables::open(txn, tables::OPT_OUTS)?;
+                    let key = (c.as_str(), &pseudonym);
+                    if !opted_out {
+                        t.remove(key)?;
+                    } else if t.get(key)?.is_none() {
+                        t.insert(key, unix_now())?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            store
+                .opt_out_mirror()?
+                .set(&campaign, &pseudonym, opted_out);
+            Ok(())
+        });
+        Box::pin(async move { task.await.unwrap_or(Err(StoreError::OpPanicked)) })
     }
 
     /// Deletes daily counters of days before `day` (`YYYY-MM-DD` compares as
@@ -214,14 +321,7 @@ impl SharedState for LocalShared {
         campaign: &'a str,
         pseudonym: &'a [u8; 32],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let (campaign, pseudonym) = (campaign.to_owned(), *pseudonym);
-        Box::pin(self.store.write(move |txn| {
-            let mut t = tables::open(txn, tables::OPT_OUTS)?;
-            if t.get((campaign.as_str(), &pseudonym))?.is_none() {
-                t.insert((campaign.as_str(), &pseudonym), unix_now())?;
-            }
-            Ok(())
-        }))
+        self.change_opt_out(campaign, pseudonym, true)
     }
 
     fn opt_in<'a>(
@@ -229,11 +329,7 @@ impl SharedState for LocalShared {
         campaign: &'a str,
         pseudonym: &'a [u8; 32],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let (campaign, pseudonym) = (campaign.to_owned(), *pseudonym);
-        Box::pin(self.store.write(move |txn| {
-            tables::open(txn, tables::OPT_OUTS)?.remove((campaign.as_str(), &pseudonym))?;
-            Ok(())
-        }))
+        self.change_opt_out(campaign, pseudonym, false)
     }
 
     fn is_opted_out<'a>(
@@ -241,14 +337,7 @@ impl SharedState for LocalShared {
         campaign: &'a str,
         pseudonym: &'a [u8; 32],
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            self.store.read(|rtxn| {
-                let Some(t) = tables::open_read(rtxn, tables::OPT_OUTS)? else {
-                    return Ok(false);
-                };
-                Ok(t.get((campaign, pseudonym))?.is_some())
-            })
-        })
+        Box::pin(async move { Ok(self.store.opt_out_mirror()?.contains(campaign, pseudonym)) })
     }
 
     fn index_carrier_ids<'a>(
