@@ -91,6 +91,30 @@ async fn scrape_over_loopback_http_passes_promtool() {
         .unwrap();
     c.get(api.url("/v1/messages/msg_1")).send().await.unwrap();
     c.get(api.url("/no/such/path/777")).send().await.unwrap();
+    // The send endpoint (served without the router): counted by template,
+    // uncacheable, with and without a key; any other method is a 405.
+    let body = r#"{"campaign_id":"C1","from":"+15551230001","to":"+15557654321","text":"hi"}"#;
+    let sent = c
+        .post(api.url("/v1/messages"))
+        .bearer_auth(&env.api_key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 503, "NoRouteService answers no_route");
+    assert_eq!(sent.headers()["cache-control"], "no-store");
+    let anon = c
+        .post(api.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    assert_eq!(anon.headers()["cache-control"], "no-store");
+    let get = c.get(api.url("/v1/messages")).send().await.unwrap();
+    assert_eq!(get.status(), 405);
 
     let (url, token, tracker) = start_metrics(api.metrics.clone()).await;
     let r = reqwest::get(&url).await.unwrap();
@@ -116,7 +140,13 @@ async fn scrape_over_loopback_http_passes_promtool() {
         "{text}"
     );
     assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
-    assert!(text.contains("sms_conduit_auth_failures_total 1"), "{text}");
+    for status in ["503", "401", "405"] {
+        let series = format!(
+            r#"sms_conduit_api_requests_total{{route="/v1/messages",status="{status}"}} 1"#
+        );
+        assert!(text.contains(&series), "{series} in {text}");
+    }
+    assert!(text.contains("sms_conduit_auth_failures_total 2"), "{text}");
     // Raw paths never become labels.
     // (Checked in label values only: process metrics such as memory sizes
     // may contain the digits "777" by chance.)

@@ -73,7 +73,7 @@ pub async fn serve_metrics(
     accept_loop(
         listener,
         tls,
-        metrics_router(metrics),
+        metrics_router(metrics).into(),
         ConnLimits::metrics(),
         shutdown,
         tracker,

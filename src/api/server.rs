@@ -104,11 +104,14 @@ pub async fn serve_api(
             }
         }
     });
-    let router = routes::router(state);
+    let handlers = Handlers {
+        router: routes::router(state.clone()),
+        send: Some(state),
+    };
     accept_loop(
         listener,
         Some(tls),
-        router,
+        handlers,
         limits,
         shutdown,
         tracker,
@@ -117,11 +120,24 @@ pub async fn serve_api(
     .await;
 }
 
+/// What a listener serves: `router`, except `POST /v1/messages`, which
+/// [`routes::send_direct`] serves when `send` is given (the client API).
+pub(crate) struct Handlers {
+    pub router: Router,
+    pub send: Option<ApiState>,
+}
+
+impl From<Router> for Handlers {
+    fn from(router: Router) -> Self {
+        Handlers { router, send: None }
+    }
+}
+
 /// Accepts connections until `shutdown` fires; TLS when `tls` is given.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
-    router: Router,
+    handlers: Handlers,
     limits: ConnLimits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -152,7 +168,8 @@ pub(crate) async fn accept_loop(
         };
         let conn = Conn {
             peer,
-            router: router.clone(),
+            router: handlers.router.clone(),
+            send: handlers.send.clone(),
             limits,
             shutdown: shutdown.clone(),
         };
@@ -169,6 +186,7 @@ pub(crate) async fn accept_loop(
 struct Conn {
     peer: SocketAddr,
     router: Router,
+    send: Option<ApiState>,
     limits: ConnLimits,
     shutdown: CancellationToken,
 }
@@ -210,12 +228,19 @@ impl Conn {
         let svc_activity = activity.clone();
         let peer = self.peer;
         let router = self.router;
+        let send = self.send;
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
             let guard = svc_activity.begin();
+            let direct = send.as_ref().filter(|_| routes::is_send(&req)).cloned();
+            if direct.is_none() {
+                req.extensions_mut().insert(ConnectInfo(peer));
+            }
             let router = router.clone();
             async move {
-                let resp = router.oneshot(req).await;
+                let resp = match direct {
+                    Some(state) => Ok(routes::send_direct(state, peer.ip(), req).await),
+                    None => router.oneshot(req).await,
+                };
                 drop(guard);
                 resp
             }

@@ -135,7 +135,7 @@ impl Sink {
         tracker.spawn(accept_loop(
             listener,
             Some(tls),
-            router,
+            router.into(),
             ConnLimits::metrics(),
             shutdown.clone(),
             tracker.clone(),
