@@ -141,6 +141,12 @@ pub(crate) fn chain_hash(prev_hash: &str, canonical: &[u8]) -> Option<String> {
     Some(hex::encode(h.finalize()))
 }
 
+/// [`decode_hash`], or the error an append reports for a broken chain head.
+fn decode_prev(prev_hash: &str) -> Result<[u8; 32], StoreError> {
+    decode_hash(prev_hash)
+        .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))
+}
+
 /// Decodes a 64-character lower-case hex hash.
 pub(crate) fn decode_hash(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -241,6 +247,7 @@ pub(crate) fn append_prepared(
                 other.insert(Pending {
                     txn: txn_id,
                     first: next_seq(&head)?,
+                    head_bytes: decode_prev(&head.hash)?,
                     head,
                     buf: Vec::with_capacity(CHUNK_BYTES),
                 })
@@ -255,7 +262,12 @@ pub(crate) fn append_prepared(
             pending.buf.push(b'\n');
         }
         let start = pending.buf.len();
-        let hash = match p.write(seq, &pending.head.hash, &mut pending.buf) {
+        let (hash, bytes) = match p.write(
+            seq,
+            &pending.head.hash,
+            &pending.head_bytes,
+            &mut pending.buf,
+        ) {
             Ok(h) => h,
             Err(e) => {
                 pending.buf.truncate(len);
@@ -269,6 +281,7 @@ pub(crate) fn append_prepared(
             })
             .transpose()?;
         pending.head.seq = seq;
+        pending.head_bytes = bytes;
         pending.head.hash.clear();
         pending
             .head
@@ -301,6 +314,8 @@ struct Pending {
     first: u64,
     /// The chain head including `buf`.
     head: Head,
+    /// `head.hash` as bytes: each append hashes it, decoding it once.
+    head_bytes: [u8; 32],
     /// Canonical JSON records separated by `\n`.
     buf: Vec<u8>,
 }
@@ -448,7 +463,8 @@ fn build(
     prev_hash: &str,
 ) -> Result<AuditRecord, StoreError> {
     let mut out = Vec::with_capacity(384);
-    let hash = prepare(entry, actor, at)?.write(seq, prev_hash, &mut out)?;
+    let prev = decode_prev(prev_hash)?;
+    let (hash, _) = prepare(entry, actor, at)?.write(seq, prev_hash, &prev, &mut out)?;
     record_of(entry.name(), at, seq, prev_hash, &hash, out)
 }
 
@@ -557,11 +573,16 @@ impl Prepared {
         self.bytes.len() + 180
     }
 
-    /// Appends the full record at `seq` after `prev_hash` to `out`, and
-    /// returns its hash (lower-case hex). On error `out` is unchanged.
-    fn write(&self, seq: u64, prev_hash: &str, out: &mut Vec<u8>) -> Result<[u8; 64], StoreError> {
-        let prev = decode_hash(prev_hash)
-            .ok_or_else(|| StoreError::Refused("audit prev_hash is not a hash".into()))?;
+    /// Appends the full record at `seq` after `prev_hash` (`prev`: the same
+    /// hash as bytes) to `out`, and returns its hash, lower-case hex and as
+    /// bytes. On error `out` is unchanged.
+    fn write(
+        &self,
+        seq: u64,
+        prev_hash: &str,
+        prev: &[u8; 32],
+        out: &mut Vec<u8>,
+    ) -> Result<([u8; 64], [u8; 32]), StoreError> {
         let (b, h, p, s) = (&self.bytes, self.at_hash, self.at_prev, self.at_seq);
         let mut prev_field = Field::new();
         self.field(&mut prev_field, p, "prev_hash", |f| {
@@ -580,6 +601,7 @@ impl Prepared {
             .chain_update(seq_field.bytes())
             .chain_update(&b[s..])
             .finalize();
+        let digest: [u8; 32] = digest.into();
         let mut hex = [0u8; 64];
         hex::encode_to_slice(digest, &mut hex)
             .map_err(|_| StoreError::Refused("audit hash encoding".into()))?;
@@ -594,7 +616,7 @@ impl Prepared {
         out.extend_from_slice(&b[p..s]);
         out.extend_from_slice(seq_field.bytes());
         out.extend_from_slice(&b[s..]);
-        Ok(hex)
+        Ok((hex, digest))
     }
 
     /// Writes `"name":value` for insertion at offset `at` of `bytes`:
@@ -869,13 +891,13 @@ mod tests {
         for entry in &entries {
             let p = prepare(entry, "z", "2024-05-01T12:34:56.789Z").unwrap();
             out.truncate(6);
-            let hash = p.write(u64::MAX, ZERO_HASH, &mut out).unwrap();
+            let (hash, bytes) = p.write(u64::MAX, ZERO_HASH, &[0; 32], &mut out).unwrap();
             let r = build(entry, "z", "2024-05-01T12:34:56.789Z", u64::MAX, ZERO_HASH).unwrap();
             assert_eq!(&out[6..], r.json.as_bytes());
             assert_eq!(&hash[..], r.hash.as_bytes());
+            assert_eq!(decode_hash(&r.hash), Some(bytes));
         }
-        let p = prepare(&entries[0], "a", "t").unwrap();
-        assert!(p.write(1, "not a hash", &mut out).is_err());
+        assert!(decode_prev("not a hash").is_err());
         assert_eq!(&out[..6], b"prefix");
     }
 }
