@@ -324,7 +324,11 @@ impl Pending {
     /// Writes `buf` as one chunk and starts an empty one after it.
     fn write(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
         if !self.buf.is_empty() {
-            tables::open(txn, AUDIT)?.insert(self.first, encode_chunk(&self.buf)?.as_slice())?;
+            // `buf` holds the records `first..=head.seq`.
+            let count = self.head.seq.saturating_sub(self.first) + 1;
+            debug_assert_eq!(count, record_count(&self.buf));
+            let value = encode_counted(&self.buf, count)?;
+            tables::open(txn, AUDIT)?.insert(self.first, value.as_slice())?;
             self.buf.clear();
             self.first = next_seq(&self.head)?;
         }
@@ -694,17 +698,36 @@ const ZSTD_CHUNK: u8 = 1;
 /// hex is 4 bits a byte), which cuts what each commit writes.
 const ZSTD_LEVEL: i32 = 1;
 
+thread_local! {
+    /// One zstd context per thread (in practice: the store's writer), kept:
+    /// making a context per chunk cost more than compressing the chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The stored form of a chunk (`records`: canonical JSON lines joined by
 /// `\n`). One record is stored as it is. More are
 /// `[1][count: u32 LE][len: u32 LE][zstd of all records but the last][last
 /// record]`: the head (the last record) is read without decompressing.
 pub fn encode_chunk(records: &[u8]) -> Result<Vec<u8>, StoreError> {
+    encode_counted(records, record_count(records))
+}
+
+/// [`encode_chunk`] of `count` records (a caller that knows saves a scan).
+fn encode_counted(records: &[u8], count: u64) -> Result<Vec<u8>, StoreError> {
     let Some(split) = records.iter().rposition(|b| *b == b'\n') else {
         return Ok(records.to_vec());
     };
     let (body, last) = (&records[..split], &records[split + 1..]);
-    let count = record_count(records);
-    let packed = zstd::bulk::compress(body, ZSTD_LEVEL)
+    let packed = COMPRESSOR
+        .with(|c| {
+            let mut c = c.borrow_mut();
+            let c = match &mut *c {
+                Some(c) => c,
+                none => none.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+            };
+            c.compress(body)
+        })
         .map_err(|e| StoreError::Refused(format!("compressing an audit chunk: {e}")))?;
     let too_big = |_| StoreError::Refused("audit chunk too large".into());
     let mut out = Vec::with_capacity(9 + packed.len() + last.len());
