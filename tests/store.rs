@@ -361,6 +361,42 @@ async fn opt_out_checks_agree_across_handles_and_abandoned_changes() {
     assert!(!shared.is_opted_out("CX4K2M9", &alice).await.unwrap());
 }
 
+/// STOPs and STARTs racing for the same numbers: the in-memory answer ends
+/// equal to the file's, number by number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_opt_out_changes_leave_memory_and_file_agreeing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared = Arc::new(LocalShared::new(store.clone()));
+    let numbers: Vec<[u8; 32]> = (0..50u8).map(|i| [i; 32]).collect();
+    let mut changes = Vec::new();
+    for round in 0..20 {
+        for n in &numbers {
+            let (shared, n) = (shared.clone(), *n);
+            changes.push(tokio::spawn(async move {
+                if round % 2 == 0 {
+                    shared.opt_out("CX4K2M9", &n).await
+                } else {
+                    shared.opt_in("CX4K2M9", &n).await
+                }
+            }));
+        }
+    }
+    for c in changes {
+        c.await.unwrap().unwrap();
+    }
+    for n in &numbers {
+        let in_file = store
+            .read(|rtxn| {
+                let t = rtxn.open_table(tables::OPT_OUTS)?;
+                Ok(t.get(("CX4K2M9", n))?.is_some())
+            })
+            .unwrap();
+        let in_memory = shared.is_opted_out("CX4K2M9", n).await.unwrap();
+        assert_eq!(in_memory, in_file, "number {}", n[0]);
+    }
+}
+
 #[tokio::test]
 async fn carrier_id_index_lookups() {
     use sms_conduit::smpp::dlr::{index_key, lookup_keys};

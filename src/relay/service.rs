@@ -663,7 +663,7 @@ impl Relay {
         } else {
             let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
             let (w, x) = futures::join!(write, index);
-            x.and(w.map(|_| keys.into()))
+            w.and(x).map(|()| keys.into())
         };
         match outcome {
             // Only now, the index committed: a hit there is a hit in the store.

@@ -295,7 +295,7 @@ where
                 out = rx.recv(), if can_take => match out {
                     Some(out) => {
                         self.send_request(out);
-                        self.gather(&mut rx);
+                        self.gather(&mut rx, true);
                     }
                     None => {
                         closing = true;
@@ -304,7 +304,7 @@ where
                 },
                 Some(resp) = self.handlers.next(), if !self.handlers.is_empty() => {
                     self.outq.push(resp);
-                    self.gather(&mut rx);
+                    self.gather(&mut rx, !closing);
                 }
                 _ = &mut timer, if !self.deadlines.is_empty() => self.expire(),
                 _ = keepalive.tick(), if self.cfg.enquire_link.is_some() && !closing => {
@@ -333,10 +333,10 @@ where
                     // receipt tasks that are ready once, so what they queue
                     // goes out in this write instead of a write each (on
                     // loopback a write costs more than the PDUs in it).
-                    self.gather(&mut rx);
+                    self.gather(&mut rx, true);
                     if self.outq.len() < COALESCE_BELOW {
                         tokio::task::yield_now().await;
-                        self.gather(&mut rx);
+                        self.gather(&mut rx, true);
                     }
                 }
                 if let Err(e) = self.write_out().await {
@@ -371,12 +371,13 @@ where
     }
 
     /// Takes, without waiting, what is ready to go out: answers of finished
-    /// inbound handlers and callers' requests the window has room for.
-    fn gather(&mut self, rx: &mut mpsc::Receiver<Outgoing>) {
+    /// inbound handlers and, with `requests` (not while closing), callers'
+    /// requests the window has room for.
+    fn gather(&mut self, rx: &mut mpsc::Receiver<Outgoing>, requests: bool) {
         while let Some(Some(resp)) = self.handlers.next().now_or_never() {
             self.outq.push(resp);
         }
-        while self.callers < self.cfg.window {
+        while requests && self.callers < self.cfg.window {
             match rx.try_recv() {
                 Ok(out) => self.send_request(out),
                 Err(_) => break,

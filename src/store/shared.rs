@@ -131,10 +131,16 @@ pub fn put_carrier_ids(
 /// change goes through [`LocalShared`], which takes the mirror *before*
 /// queueing its write and updates it once the write committed. A send that
 /// checks in between sees the state before the commit, as a read
-/// transaction begun at that moment would.
+/// transaction begun at that moment would. Changes take turns (`changes`),
+/// so a STOP and a START racing for one number reach the mirror in the
+/// order they reached the file.
 #[derive(Default)]
 pub(crate) struct OptOutMirror {
     by_campaign: RwLock<HashMap<String, HashSet<[u8; 32]>>>,
+    /// Held from queueing a change's write until the mirror has it. An async
+    /// lock on purpose: opt-out changes are rare (keywords, the admin API)
+    /// and must not overtake one another; sends never take it.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl OptOutMirror {
@@ -156,6 +162,7 @@ impl OptOutMirror {
         })?;
         Ok(OptOutMirror {
             by_campaign: RwLock::new(by_campaign),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -220,7 +227,8 @@ impl LocalShared {
         let store = self.store.clone();
         let (campaign, pseudonym) = (campaign.to_owned(), *pseudonym);
         let task = tokio::spawn(async move {
-            store.opt_out_mirror()?;
+            let mirror = store.opt_out_mirror()?;
+            let _turn = mirror.changes.lock().await;
             let c = campaign.clone();
             store
                 .write(move |txn| {
@@ -234,9 +242,7 @@ impl LocalShared {
                     Ok(())
                 })
                 .await?;
-            store
-                .opt_out_mirror()?
-                .set(&campaign, &pseudonym, opted_out);
+            mirror.set(&campaign, &pseudonym, opted_out);
             Ok(())
         });
         Box::pin(async move { task.await.unwrap_or(Err(StoreError::OpPanicked)) })
