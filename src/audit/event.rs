@@ -18,12 +18,11 @@
 //!   in [`super`] relies on it), and never use the reserved names
 //!   [`RESERVED`].
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-
-use std::borrow::Cow;
 
 use crate::config::{Campaign, Config};
 use crate::types::{Pseudonym, Secret, E164};

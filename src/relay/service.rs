@@ -639,13 +639,13 @@ impl Relay {
         // in one transaction: no state change without its record. A local
         // carrier-id index rides in it too (one op, one wake-up).
         let local_index = self.inner.shared.index_is_local();
-        let (in_op, keys) = if local_index {
-            (keys, Vec::new())
+        let keys: Arc<[String]> = keys.into();
+        let in_op = if local_index {
+            keys.clone()
         } else {
-            (Vec::new(), keys)
+            Arc::from([])
         };
         let op_carrier = carrier.clone();
-        let in_op: Arc<[String]> = in_op.into();
         let write = self.inner.audit.write(move |atx| {
             record::put_message(atx.txn(), &rec)?;
             put_carrier_ids(atx.txn(), &op_carrier, &in_op, &rec.id)?;
@@ -655,24 +655,21 @@ impl Relay {
             if let Some(p) = &accepted {
                 atx.append_prepared(p)?;
             }
-            // Handed back for the in-memory index below.
-            Ok(in_op.clone())
+            Ok(())
         });
         let outcome = if local_index {
             write.await
         } else {
             let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
             let (w, x) = futures::join!(write, index);
-            w.and(x).map(|()| keys.into())
+            w.and(x)
         };
-        match outcome {
-            // Only now, the index committed: a hit there is a hit in the store.
-            Ok(indexed) => self.inner.recent.insert(&carrier, &indexed, &id),
-            Err(e) => {
-                tracing::error!(message = %id, "recording a sent message: {e}");
-                return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
-            }
+        if let Err(e) = outcome {
+            tracing::error!(message = %id, "recording a sent message: {e}");
+            return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
         }
+        // Only now, the index committed: a hit there is a hit in the store.
+        self.inner.recent.insert(&carrier, &keys, &id);
         let m = &self.inner.metrics;
         if let Some(e) = error {
             m.messages

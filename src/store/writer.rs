@@ -404,12 +404,16 @@ mod tests {
         Err(StoreError::Refused("hook refused".into()))
     }
 
+    /// The `hooks` counter in a `KV` table.
+    fn hooks_in(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
+        Ok(t.get("hooks")?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes))
+    }
+
     fn counting_hook(txn: &WriteTransaction) -> Result<(), StoreError> {
         let mut t = tables::open(txn, tables::KV)?;
-        let n = t
-            .get("hooks")?
-            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-            .map_or(0, u64::from_le_bytes);
+        let n = hooks_in(&t)?;
         t.insert("hooks", (n + 1).to_le_bytes().as_slice())?;
         Ok(())
     }
@@ -451,11 +455,7 @@ mod tests {
                 let present: Vec<u64> = (0..200)
                     .filter(|n| t.get(format!("k{n}").as_str()).ok().flatten().is_some())
                     .collect();
-                let hooks = t
-                    .get("hooks")?
-                    .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-                    .map_or(0, u64::from_le_bytes);
-                Ok((present, hooks))
+                Ok((present, hooks_in(&t)?))
             })
             .unwrap();
         assert_eq!(present, (0..200).filter(|n| n % 5 != 0).collect::<Vec<_>>());
