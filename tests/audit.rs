@@ -136,7 +136,7 @@ where
     store
         .write(move |txn| {
             let mut t = tables::open(txn, AUDIT)?;
-            let mut records = Records(stored(&t));
+            let mut records = Records(stored(&*t));
             f(&mut records);
             t.retain(|_, _| false)?;
             audit::store_records(&mut t, records.0)?;
@@ -728,9 +728,12 @@ async fn records_of_the_first_layout_move_to_chunks_on_open() {
     // Rewrite the file as the first build stored it: one record per seq.
     store
         .write(|txn| {
-            let records = stored(&tables::open(txn, AUDIT)?);
+            // Raw redb: the cached handles of `tables::open` would keep the
+            // table open, and an open table cannot be deleted.
+            let txn = txn.txn();
+            let records = stored(&txn.open_table(AUDIT)?);
             txn.delete_table(AUDIT)?;
-            let mut legacy = tables::open(txn, LEGACY)?;
+            let mut legacy = txn.open_table(LEGACY)?;
             for (seq, bytes) in records {
                 legacy.insert(seq, bytes.as_slice())?;
             }

@@ -26,13 +26,13 @@
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::event::{AuditEvent, Entry, FieldValue, RESERVED};
-use crate::store::{tables, Store, StoreError};
+use crate::store::{tables, Store, StoreError, Tx};
 
 /// The chain in chunks: `seq` of a chunk's first record → the canonical
 /// JSON of its records, in order, separated by `\n` (canonical JSON never
@@ -180,7 +180,7 @@ pub(crate) fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
 /// Does not count the record in metrics (the op may still be rolled back);
 /// [`super::Audit::write`] does that after the commit.
 pub fn append(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     node: &str,
     event: AuditEvent,
     actor: &str,
@@ -192,7 +192,7 @@ pub fn append(
 /// Appends one entry; returns it and how many records were written (2 when
 /// a genesis record had to be written first).
 pub(crate) fn append_entry(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     node: &str,
     entry: Entry,
     actor: &str,
@@ -223,7 +223,7 @@ pub(crate) struct Appended {
 /// at once as a chunk of one. `keep` asks for an [`AuditRecord`] copy of
 /// what was written.
 pub(crate) fn append_prepared(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     node: &str,
     p: &Prepared,
     keep: bool,
@@ -241,7 +241,7 @@ pub(crate) fn append_prepared(
         let pending = match slot {
             Some(q) if q.txn == txn_id => q,
             other => {
-                let (head, w) = head_or_genesis(&mut tables::open(txn, AUDIT)?, node, &p.at)?;
+                let (head, w) = head_or_genesis(&mut *tables::open(txn, AUDIT)?, node, &p.at)?;
                 written = w;
                 crate::store::before_commit(flush_pending);
                 other.insert(Pending {
@@ -322,7 +322,7 @@ struct Pending {
 
 impl Pending {
     /// Writes `buf` as one chunk and starts an empty one after it.
-    fn write(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+    fn write(&mut self, txn: &Tx<'_>) -> Result<(), StoreError> {
         if !self.buf.is_empty() {
             // `buf` holds the records `first..=head.seq`.
             let count = self.head.seq.saturating_sub(self.first) + 1;
@@ -347,7 +347,7 @@ thread_local! {
 /// Writes the current transaction's pending records to the table (the
 /// writer runs this before the commit; readers of the table inside a write
 /// op call it first).
-pub(crate) fn flush_pending(txn: &WriteTransaction) -> Result<(), StoreError> {
+pub(crate) fn flush_pending(txn: &Tx<'_>) -> Result<(), StoreError> {
     let txn_id = crate::store::current_txn();
     PENDING.with(|cell| match &mut *cell.borrow_mut() {
         Some(p) if txn_id != 0 && p.txn == txn_id => p.write(txn),
@@ -391,15 +391,16 @@ const LEGACY: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// deletes it. Returns how many records moved (0 when there was none).
 /// Refuses when both layouts hold records: that file was written by two
 /// builds and the operator must look at it.
-fn migrate_legacy(txn: &WriteTransaction) -> Result<u64, StoreError> {
+fn migrate_legacy(txn: &Tx<'_>) -> Result<u64, StoreError> {
     let present = txn
+        .txn()
         .list_tables()?
         .any(|t| redb::TableHandle::name(&t) == "audit");
     if !present {
         return Ok(0);
     }
     let records: Vec<(u64, Vec<u8>)> = {
-        let legacy = txn.open_table(LEGACY)?;
+        let legacy = txn.txn().open_table(LEGACY)?;
         let mut out = Vec::new();
         for item in legacy.iter()? {
             let (k, v) = item?;
@@ -420,20 +421,20 @@ fn migrate_legacy(txn: &WriteTransaction) -> Result<u64, StoreError> {
         store_records(&mut table, records)?;
         tracing::info!(records = moved, "audit records moved to the chunked table");
     }
-    txn.delete_table(LEGACY)?;
+    txn.txn().delete_table(LEGACY)?;
     Ok(moved)
 }
 
 /// Writes the genesis record if the chain is empty; returns the head and
 /// how many records were written (0 or 1).
 pub(crate) fn ensure_genesis(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     node: &str,
     now: DateTime<Utc>,
 ) -> Result<(Head, u64), StoreError> {
     flush_pending(txn)?;
     migrate_legacy(txn)?;
-    head_or_genesis(&mut tables::open(txn, AUDIT)?, node, &format_at(now))
+    head_or_genesis(&mut *tables::open(txn, AUDIT)?, node, &format_at(now))
 }
 
 fn head_or_genesis(
@@ -868,7 +869,8 @@ mod tests {
                 count: i,
                 minute: "m".into(),
             };
-            let (rec, written) = append_entry(&txn, "n", entry, SYSTEM, at).unwrap();
+            let tx = crate::store::Tx::new(&txn);
+            let (rec, written) = append_entry(&tx, "n", entry, SYSTEM, at).unwrap();
             assert_eq!((rec.seq, written), (i + 1, if i == 0 { 2 } else { 1 }));
         }
         txn.commit().unwrap();

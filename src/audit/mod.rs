@@ -90,7 +90,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use redb::WriteTransaction;
 use tokio_util::sync::CancellationToken;
 
 pub use chain::{
@@ -103,7 +102,7 @@ pub use prune::PRUNE_CHUNK;
 pub use verify::{verify, verify_file, BreakReason, CopyError, VerifyError, VerifyReport};
 
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tx};
 use event::Entry;
 use key_use::{KeyUse, Total};
 
@@ -133,15 +132,15 @@ impl std::fmt::Debug for Audit {
 
 /// A store op's view of the log: the transaction, and `append` that puts a
 /// record in it. Given to the op of [`Audit::write`].
-pub struct AuditTxn<'t> {
-    txn: &'t WriteTransaction,
-    node: &'t str,
+pub struct AuditTxn<'a, 't> {
+    txn: &'a Tx<'t>,
+    node: &'a str,
     written: u64,
 }
 
-impl<'t> AuditTxn<'t> {
+impl<'a, 't> AuditTxn<'a, 't> {
     /// The op's transaction, for its own tables.
-    pub fn txn(&self) -> &'t WriteTransaction {
+    pub fn txn(&self) -> &'a Tx<'t> {
         self.txn
     }
 
@@ -255,7 +254,7 @@ impl Audit {
     /// counted in metrics. Finished key-use minutes ride along.
     pub async fn write<T, F>(&self, mut op: F) -> Result<T, StoreError>
     where
-        F: FnMut(&mut AuditTxn<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut AuditTxn<'_, '_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let now = Utc::now();
@@ -387,7 +386,7 @@ impl Audit {
     }
 }
 
-fn append_totals(log: &mut AuditTxn<'_>, totals: &[Total]) -> Result<(), StoreError> {
+fn append_totals(log: &mut AuditTxn<'_, '_>, totals: &[Total]) -> Result<(), StoreError> {
     for t in totals {
         log.append_entry(t.entry(), &t.actor())?;
     }

@@ -16,14 +16,14 @@
 //! write behind it.
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 
 use super::chain::{
     append_entry, chunk_records, decode_chunk, decode_hash, encode_chunk, flush_pending,
     last_seq_of, peek, AUDIT, SYSTEM,
 };
 use super::event::Entry;
-use crate::store::{tables, StoreError};
+use crate::store::{tables, StoreError, Tx};
 
 /// Records deleted per store op.
 pub const PRUNE_CHUNK: usize = 10_000;
@@ -31,7 +31,7 @@ pub const PRUNE_CHUNK: usize = 10_000;
 /// One chunk of up to `max` records. Returns (records deleted, records
 /// written).
 pub(crate) fn prune_chunk(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     node: &str,
     cutoff: DateTime<Utc>,
     now: DateTime<Utc>,

@@ -9,10 +9,10 @@
 //! recipient's *pseudonym*, counts and statuses — never a text and never a
 //! clear recipient number (SPEC §1).
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{tables, Store, StoreError};
+use crate::store::{tables, Store, StoreError, Tx};
 
 /// id → [`MessageRecord`] as [`encode_message`] writes it.
 pub const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
@@ -107,8 +107,8 @@ pub fn decode_message(id: &str, bytes: &[u8]) -> Result<MessageRecord, StoreErro
 }
 
 /// Inserts or replaces a message record (inside a store op).
-pub fn put_message(txn: &WriteTransaction, rec: &MessageRecord) -> Result<(), StoreError> {
-    insert_message(&mut tables::open(txn, MESSAGES)?, rec)
+pub fn put_message(txn: &Tx<'_>, rec: &MessageRecord) -> Result<(), StoreError> {
+    insert_message(&mut *tables::open(txn, MESSAGES)?, rec)
 }
 
 fn insert_message(
@@ -137,7 +137,7 @@ pub fn get_message(store: &Store, id: &str) -> Result<Option<MessageRecord>, Sto
 /// receipt does this for every message). `None` when there is no such
 /// message; else the record as it now is, and whether it was written.
 pub fn update_message(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     id: &str,
     change: impl FnOnce(&mut MessageRecord) -> bool,
 ) -> Result<Option<(MessageRecord, bool)>, StoreError> {
@@ -164,7 +164,7 @@ pub enum Idem {
 
 /// Records `key` as pending for `client` unless it exists (inside a store op).
 pub fn begin_idempotent(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     client: &str,
     key: &str,
     request_hash: &str,
@@ -189,7 +189,7 @@ pub fn begin_idempotent(
 
 /// Marks a key done with the outcome to replay (inside a store op).
 pub fn finish_idempotent(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     client: &str,
     key: &str,
     message_id: &str,
@@ -210,11 +210,7 @@ pub fn finish_idempotent(
 
 /// Forgets a key whose request was refused before anything was sent, so the
 /// client may retry with the same key.
-pub fn forget_idempotent(
-    txn: &WriteTransaction,
-    client: &str,
-    key: &str,
-) -> Result<(), StoreError> {
+pub fn forget_idempotent(txn: &Tx<'_>, client: &str, key: &str) -> Result<(), StoreError> {
     tables::open(txn, IDEMPOTENCY)?.remove((client, key))?;
     Ok(())
 }
@@ -222,11 +218,7 @@ pub fn forget_idempotent(
 /// Deletes message records created before `cutoff_ms`, at most `limit` per
 /// call (call again while it returns `limit`). Idempotency keys older than
 /// the cutoff go too.
-pub fn prune_before(
-    txn: &WriteTransaction,
-    cutoff_ms: u64,
-    limit: usize,
-) -> Result<usize, StoreError> {
+pub fn prune_before(txn: &Tx<'_>, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
     let mut messages = tables::open(txn, MESSAGES)?;
     let floor = id_floor(cutoff_ms);
     let mut old: Vec<String> = Vec::new();

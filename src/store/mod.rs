@@ -53,11 +53,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
 pub use shared::{LocalShared, SharedState};
+pub use tables::Tx;
 pub(crate) use writer::{before_commit, current_txn};
 
 use crate::metrics::Metrics;
@@ -156,7 +157,7 @@ impl Store {
     /// Once queued, the write happens even if this future is dropped.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();

@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::ReadableTable;
 
-use super::{tables, Store, StoreError};
+use super::{tables, Store, StoreError, Tx};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn SharedState>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -107,7 +107,7 @@ pub trait SharedState: Send + Sync {
 /// Writes index entries `(carrier, key)` → `message_id` in the caller's
 /// transaction: what [`LocalShared::index_carrier_ids`] does in its own op.
 pub fn put_carrier_ids(
-    txn: &redb::WriteTransaction,
+    txn: &Tx<'_>,
     carrier: &str,
     keys: &[String],
     message_id: &str,

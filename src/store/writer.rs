@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::tables::Tx;
 use super::StoreError;
 use crate::metrics::Metrics;
 
@@ -56,7 +57,7 @@ thread_local! {
 }
 
 /// Work an op leaves for the end of its transaction (see [`before_commit`]).
-pub(crate) type CommitHook = fn(&WriteTransaction) -> Result<(), StoreError>;
+pub(crate) type CommitHook = fn(&Tx<'_>) -> Result<(), StoreError>;
 
 /// Asks the writer to run `hook` in the current transaction after its last
 /// op and before its commit: an op may buffer writes that many ops of one
@@ -72,10 +73,10 @@ pub(crate) fn before_commit(hook: CommitHook) {
 }
 
 /// Runs and forgets the hooks of the current transaction.
-fn run_hooks(txn: &WriteTransaction) -> Result<(), StoreError> {
+fn run_hooks(tx: &Tx<'_>) -> Result<(), StoreError> {
     let hooks = BEFORE_COMMIT.with(|h| std::mem::take(&mut *h.borrow_mut()));
     for hook in hooks {
-        match catch_unwind(AssertUnwindSafe(|| hook(txn))) {
+        match catch_unwind(AssertUnwindSafe(|| hook(tx))) {
             Ok(r) => r?,
             Err(_) => {
                 tracing::error!("store commit hook panicked; rolled back");
@@ -134,9 +135,9 @@ pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
 /// A type-erased op with its caller's answer channel.
 pub(crate) trait Job: Send {
-    /// Runs the op against `txn` and keeps its result; says whether it
+    /// Runs the op in `tx` and keeps its result; says whether it
     /// succeeded. May be called again (slow path) after a failed batch.
-    fn attempt(&mut self, txn: &WriteTransaction) -> bool;
+    fn attempt(&mut self, tx: &Tx<'_>) -> bool;
     /// Replaces a successful result with `e`: the op's transaction failed
     /// after it (a commit hook) and was rolled back.
     fn fail(&mut self, e: StoreError);
@@ -154,12 +155,12 @@ pub(crate) struct OpJob<F, T> {
 
 impl<F, T> Job for OpJob<F, T>
 where
-    F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    fn attempt(&mut self, txn: &WriteTransaction) -> bool {
+    fn attempt(&mut self, tx: &Tx<'_>) -> bool {
         let op = &mut self.op;
-        let r = match catch_unwind(AssertUnwindSafe(|| op(txn))) {
+        let r = match catch_unwind(AssertUnwindSafe(|| op(tx))) {
             Ok(r) => r,
             Err(_) => {
                 tracing::error!("store op panicked; rolled back");
@@ -327,14 +328,15 @@ fn fast_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> Option<Result<(), Stor
         Err(e) => return Some(Err(e)),
     };
     txn.set_durability(Durability::Immediate);
-    for job in jobs.iter_mut() {
-        if !job.attempt(&txn) {
-            abort(txn);
-            return None;
-        }
-    }
-    if run_hooks(&txn).is_err() {
-        // The slow path finds out which op's writes the hook failed on.
+    // The tables the ops open stay open for the whole batch (see `Tx`), and
+    // close when `tx` is dropped, before the commit.
+    let ok = {
+        let tx = Tx::new(&txn);
+        // On a hook's failure the slow path finds out which op's writes it
+        // failed on.
+        jobs.iter_mut().all(|job| job.attempt(&tx)) && run_hooks(&tx).is_ok()
+    };
+    if !ok {
         abort(txn);
         return None;
     }
@@ -353,14 +355,17 @@ fn slow_path(db: &Database, jobs: &mut [Box<dyn Job>]) -> (Result<(), StoreError
             Err(e) => return (Err(e), false),
         };
         txn.set_durability(Durability::None);
-        let ok = job.attempt(&txn)
-            && match run_hooks(&txn) {
-                Ok(()) => true,
-                Err(e) => {
-                    job.fail(e);
-                    false
+        let ok = {
+            let tx = Tx::new(&txn);
+            job.attempt(&tx)
+                && match run_hooks(&tx) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        job.fail(e);
+                        false
+                    }
                 }
-            };
+        };
         if ok {
             let committed = txn.commit();
             end_txn();
@@ -397,10 +402,10 @@ fn durable_commit(db: &Database) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{tables, Store, StoreError};
-    use redb::{ReadableTable, WriteTransaction};
+    use super::super::{tables, Store, StoreError, Tx};
+    use redb::ReadableTable;
 
-    fn failing_hook(_: &WriteTransaction) -> Result<(), StoreError> {
+    fn failing_hook(_: &Tx<'_>) -> Result<(), StoreError> {
         Err(StoreError::Refused("hook refused".into()))
     }
 
@@ -411,9 +416,9 @@ mod tests {
             .map_or(0, u64::from_le_bytes))
     }
 
-    fn counting_hook(txn: &WriteTransaction) -> Result<(), StoreError> {
+    fn counting_hook(txn: &Tx<'_>) -> Result<(), StoreError> {
         let mut t = tables::open(txn, tables::KV)?;
-        let n = hooks_in(&t)?;
+        let n = hooks_in(&*t)?;
         t.insert("hooks", (n + 1).to_le_bytes().as_slice())?;
         Ok(())
     }

@@ -18,11 +18,11 @@
 //!   older than the maximum age (72 h); only the worker removes or rewrites
 //!   records, and it checks the event id before it does.
 
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::event::{new_event_id, StatusEvent};
-use crate::store::{tables, Store, StoreError};
+use crate::store::{tables, Store, StoreError, Tx};
 
 /// `(client id, seq)` → JSON of [`OutboxRecord`].
 pub const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_outbox");
@@ -57,7 +57,7 @@ fn from_json(bytes: &[u8]) -> Option<OutboxRecord> {
     serde_json::from_slice(bytes).ok()
 }
 
-fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
+fn next_seq(txn: &Tx<'_>) -> Result<u64, StoreError> {
     let mut kv = tables::open(txn, tables::KV)?;
     let current = match kv.get(NEXT_SEQ)? {
         Some(v) => {
@@ -80,7 +80,7 @@ fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
 /// [`super::Webhooks::notify`] wakes the client's worker; without it the
 /// worker still finds the event at its next poll.
 pub fn enqueue(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     client: &str,
     event: StatusEvent,
     now_ms: u64,
