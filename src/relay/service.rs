@@ -293,7 +293,7 @@ impl Relay {
         enc: &encoding::Encoded,
     ) -> Result<Vec<String>, (SmppError, usize)> {
         let esm_class = enc.esm_class_bits();
-        let futs = enc.parts().map(|part| {
+        let submit = |part: &[u8]| {
             pool.submit(SubmitRequest {
                 source: req.from.clone(),
                 dest: req.to.clone(),
@@ -303,8 +303,13 @@ impl Relay {
                 registered_delivery: 1,
                 validity: req.validity,
             })
-        });
-        let results = join_all(futs).await;
+        };
+        // Most messages are one segment: awaited directly, without
+        // `join_all`'s boxed set of futures.
+        let results = match enc.parts().next() {
+            Some(only) if enc.segments() == 1 => vec![submit(only).await],
+            _ => join_all(enc.parts().map(submit)).await,
+        };
         let accepted = results.iter().filter(|r| r.is_ok()).count();
         let mut ids = Vec::with_capacity(results.len());
         let mut first_err = None;
@@ -606,11 +611,15 @@ impl Relay {
             updated_ms: created,
         };
         let keys: Vec<String> = sent.ids.iter().filter_map(|s| dlr::index_key(s)).collect();
-        let (idem, c) = (idempotency_key.clone(), cid.to_owned());
-        let outcome = match &error {
-            None => serde_json::json!({ "message_id": id }),
-            Some(e) => serde_json::json!({ "message_id": id, "error": e.code() }),
-        };
+        // The outcome an idempotent retry replays, built only for a request
+        // that has a key.
+        let idem = idempotency_key.clone().map(|k| {
+            let outcome = match &error {
+                None => serde_json::json!({ "message_id": id }),
+                Some(e) => serde_json::json!({ "message_id": id, "error": e.code() }),
+            };
+            (k, cid.to_owned(), outcome)
+        });
         // Serialised here, not in the op: the store's writer thread, which
         // every op waits on, then only links and hashes it.
         let accepted = error
@@ -649,8 +658,8 @@ impl Relay {
         let write = self.inner.audit.write(move |atx| {
             record::put_message(atx.txn(), &rec)?;
             put_carrier_ids(atx.txn(), &op_carrier, &in_op, &rec.id)?;
-            if let Some(k) = &idem {
-                record::finish_idempotent(atx.txn(), &c, k, &rec.id, outcome.clone())?;
+            if let Some((k, c, outcome)) = &idem {
+                record::finish_idempotent(atx.txn(), c, k, &rec.id, outcome.clone())?;
             }
             if let Some(p) = &accepted {
                 atx.append_prepared(p)?;

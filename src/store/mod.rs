@@ -8,7 +8,8 @@
 //! sockets, config files. Tables for messages, audit records and the outbox
 //! belong to the modules that use them; they define their
 //! `redb::TableDefinition`s and open them with [`tables::open`] /
-//! [`tables::open_read`].
+//! [`tables::open_read`]. Write ops get the transaction as a [`Tx`], which
+//! keeps the tables a batch opened open until it commits.
 //!
 //! Invariants:
 //! - every write goes through the single writer thread ([`writer`]); a
