@@ -10,8 +10,9 @@
 //! Must not know: which protocol runs over the stream.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use parking_lot::RwLock;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -156,10 +157,7 @@ impl ServerTls {
 
     /// An acceptor using the current certificate.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let sc = match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let sc = self.current.read().clone();
         TlsAcceptor::from(sc)
     }
 
@@ -167,10 +165,7 @@ impl ServerTls {
     pub fn reload(&self, cfg: &config::Tls) -> Result<(), TlsError> {
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
         let sc = server_config(cfg, &alpn, self.client_auth)?;
-        match self.current.write() {
-            Ok(mut g) => *g = sc,
-            Err(poisoned) => *poisoned.into_inner() = sc,
-        }
+        *self.current.write() = sc;
         Ok(())
     }
 }

@@ -12,18 +12,19 @@
 //!   keyed limiter; once an address exceeds it, it is refused with 429 before
 //!   its key is even looked at, until the limiter would admit it again. IPv6
 //!   sources are keyed by their /64, since one host usually owns the prefix.
-//! * The table lives behind a `std::sync::RwLock<Arc<_>>`, read by cloning the
+//! * The table lives behind a `parking_lot::RwLock<Arc<_>>`, read by cloning the
 //!   `Arc`; no lock is held across an `.await`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -189,17 +190,11 @@ impl Authenticator {
     /// Replaces the key table (SIGHUP). Requests in flight keep the old one.
     pub fn reload(&self, clients: &[config::Client]) {
         let table = Arc::new(KeyTable::from_clients(clients));
-        match self.keys.write() {
-            Ok(mut g) => *g = table,
-            Err(p) => *p.into_inner() = table,
-        }
+        *self.keys.write() = table;
     }
 
     fn table(&self) -> Arc<KeyTable> {
-        match self.keys.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.keys.read().clone()
     }
 
     /// Checks an `Authorization` header value from `peer`.
@@ -242,10 +237,7 @@ impl Authenticator {
 
     /// Time left on a lock-out of this address, if any.
     fn locked_out(&self, key: IpAddr) -> Option<Duration> {
-        let blocked = match self.blocked.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let blocked = self.blocked.lock();
         let until = *blocked.get(&key)?;
         until.checked_duration_since(Instant::now())
     }
@@ -256,10 +248,7 @@ impl Authenticator {
         let wait = not_until
             .wait_time_from(self.clock.now())
             .max(Duration::from_secs(1));
-        let mut blocked = match self.blocked.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut blocked = self.blocked.lock();
         if blocked.len() >= MAX_BLOCKED {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
@@ -279,10 +268,7 @@ impl Authenticator {
         self.failures.retain_recent();
         self.failures.shrink_to_fit();
         let now = Instant::now();
-        let mut blocked = match self.blocked.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut blocked = self.blocked.lock();
         blocked.retain(|_, until| *until > now);
     }
 

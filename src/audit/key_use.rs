@@ -18,9 +18,9 @@
 //! record.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 
 use super::chain::format_at;
 use super::event::Entry;
@@ -62,9 +62,7 @@ impl KeyUse {
     /// Counts one use of `client`'s key at `now`.
     pub(crate) fn hit(&self, client: &str, now: DateTime<Utc>) {
         let minute = minute_of(now);
-        let Ok(mut counts) = self.counts.lock() else {
-            return;
-        };
+        let mut counts = self.counts.lock();
         let per_minute = match counts.get_mut(client) {
             Some(m) => m,
             None => counts.entry(client.to_owned()).or_default(),
@@ -76,9 +74,7 @@ impl KeyUse {
     /// oldest first.
     pub(crate) fn take(&self, now: DateTime<Utc>, all: bool) -> Vec<Total> {
         let current = minute_of(now);
-        let Ok(mut counts) = self.counts.lock() else {
-            return Vec::new();
-        };
+        let mut counts = self.counts.lock();
         let mut out = Vec::new();
         counts.retain(|client, per_minute| {
             let keep = if all {
@@ -103,17 +99,15 @@ impl KeyUse {
     /// path).
     pub(crate) fn any_due(&self, now: DateTime<Utc>) -> bool {
         let current = minute_of(now);
-        self.counts.lock().is_ok_and(|c| {
-            c.values()
-                .any(|m| m.first_key_value().is_some_and(|(k, _)| *k < current))
-        })
+        self.counts
+            .lock()
+            .values()
+            .any(|m| m.first_key_value().is_some_and(|(k, _)| *k < current))
     }
 
     /// Puts totals back after a failed write, so no use is lost.
     pub(crate) fn restore(&self, totals: Vec<Total>) {
-        let Ok(mut counts) = self.counts.lock() else {
-            return;
-        };
+        let mut counts = self.counts.lock();
         for t in totals {
             *counts
                 .entry(t.client)

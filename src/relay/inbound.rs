@@ -23,10 +23,11 @@
 //! otherwise redeliver forever), counted and audited.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
 
 use zeroize::Zeroizing;
 
@@ -178,17 +179,11 @@ impl Inbound {
     /// Applies a reloaded config (numbers, campaigns, webhook receivers).
     pub fn reload(&self, cfg: &Config) {
         let v = Arc::new(MoView::new(cfg));
-        match self.view.write() {
-            Ok(mut g) => *g = v,
-            Err(p) => *p.into_inner() = v,
-        }
+        *self.view.write() = v;
     }
 
     fn view(&self) -> Arc<MoView> {
-        match self.view.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.view.read().clone()
     }
 
     /// Adds one part; returns the whole payload once every part is in. The
@@ -202,10 +197,7 @@ impl Inbound {
         data_coding: u8,
         payload: &[u8],
     ) -> Option<(u8, Zeroizing<Vec<u8>>)> {
-        let mut map = match self.partials.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = self.partials.lock();
         let now = Instant::now();
         map.retain(|_, p| now.duration_since(p.started) < MO_PARTS_TTL);
         if map.len() >= MO_PARTS_MAX && !map.contains_key(&key) {
@@ -234,10 +226,7 @@ impl Inbound {
 
     /// Drops the held parts of a concatenated MO that got its final answer.
     fn forget(&self, key: &(String, String, u16)) {
-        let mut map = match self.partials.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = self.partials.lock();
         map.remove(key);
     }
 

@@ -13,8 +13,9 @@
 //! limiter, where one limiter decides alone.)
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::types::E164;
@@ -123,10 +124,7 @@ impl Limits {
         from: &E164,
         segments: u32,
     ) -> Result<(), Refusal> {
-        let mut b = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut b = self.inner.lock();
         let Buckets { campaigns, numbers } = &mut *b;
         let c_new = match campaigns.get(campaign) {
             Some(g) => Some(g.probe(now, segments).map_err(Refusal::RateLimited)?),
@@ -148,10 +146,7 @@ impl Limits {
     /// Gives back cells taken for a send that was then refused for another
     /// reason (daily cap, opt-out, no route), so it consumes nothing.
     pub fn refund(&self, campaign: &str, from: &E164, segments: u32) {
-        let mut b = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut b = self.inner.lock();
         let Buckets { campaigns, numbers } = &mut *b;
         for g in [campaigns.get_mut(campaign), numbers.get_mut(from)]
             .into_iter()

@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// Entries kept: over a second of flat-out traffic, minutes at usual rates;
 /// small enough (~2 MiB) to stay mostly in cache.
@@ -88,13 +89,6 @@ impl RecentIds {
         self.hasher.hash_one((carrier, key))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
-        match self.ring.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     /// Remembers that `message_id` was indexed under (`carrier`, each key).
     pub fn insert(&self, carrier: &str, keys: &[String], message_id: &str) {
         let now = Instant::now();
@@ -108,7 +102,7 @@ impl RecentIds {
                 at: now,
             })
             .collect();
-        let mut ring = self.lock();
+        let mut ring = self.ring.lock();
         for slot in slots {
             let at = ring.next;
             ring.next = (at + 1) % self.capacity;
@@ -131,7 +125,7 @@ impl RecentIds {
     /// The message id first of `keys` maps to for `carrier`, if one was
     /// remembered within [`MAX_AGE`]. `keys` in the store's look-up order.
     pub fn get(&self, carrier: &str, keys: &[String]) -> Option<String> {
-        let ring = self.lock();
+        let ring = self.ring.lock();
         for key in keys {
             let Some(&at) = ring.index.get(&self.hash(carrier, key)) else {
                 continue;
@@ -182,7 +176,7 @@ mod tests {
             let want = format!("msg_{i}");
             assert_eq!(r.get("a", &keys(&[&format!("x{i}")])), Some(want));
         }
-        assert!(r.lock().index.len() <= 3, "the index is bounded too");
+        assert!(r.ring.lock().index.len() <= 3, "the index is bounded too");
     }
 
     #[test]

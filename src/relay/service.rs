@@ -10,10 +10,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
+use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use super::limits::{local_day, Limits, Refusal};
@@ -105,10 +106,7 @@ fn now_ms() -> u64 {
 }
 
 fn read<T: ?Sized>(l: &RwLock<Arc<T>>) -> Arc<T> {
-    match l.read() {
-        Ok(g) => g.clone(),
-        Err(p) => p.into_inner().clone(),
-    }
+    l.read().clone()
 }
 
 fn api_encoding(e: &str) -> ApiEncoding {
@@ -173,15 +171,9 @@ impl Relay {
     /// the pools of carriers whose settings did not change).
     pub fn reload(&self, cfg: &Config, pools: Vec<Pool>) {
         let v = Arc::new(View::new(cfg, pools));
-        match self.inner.view.write() {
-            Ok(mut g) => *g = v,
-            Err(p) => *p.into_inner() = v,
-        }
+        *self.inner.view.write() = v;
         let l = Arc::new(Limits::new(cfg));
-        match self.inner.limits.write() {
-            Ok(mut g) => *g = l,
-            Err(p) => *p.into_inner() = l,
-        }
+        *self.inner.limits.write() = l;
     }
 
     /// The message a receipt's carrier id belongs to, if it was sent

@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,9 +34,7 @@ struct NameGuard {
 
 impl Drop for NameGuard {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.running.lock() {
-            m.remove(&self.id);
-        }
+        self.running.lock().remove(&self.id);
     }
 }
 
@@ -68,9 +67,7 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.running.lock() {
-            m.insert(id, name.into());
-        }
+        self.running.lock().insert(id, name.into());
         let guard = NameGuard {
             id,
             running: self.running.clone(),
@@ -83,10 +80,7 @@ impl Shutdown {
 
     /// Names of the named tasks still running.
     pub fn pending(&self) -> Vec<String> {
-        match self.running.lock() {
-            Ok(m) => m.values().cloned().collect(),
-            Err(_) => Vec::new(),
-        }
+        self.running.lock().values().cloned().collect()
     }
 
     /// Cancels the token, closes the tracker and waits up to `deadline` for

@@ -12,9 +12,9 @@
 //! prints them (only lengths) nor an unmasked number.
 
 use std::fmt;
-use std::sync::Mutex;
 
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use rusmpp::CommandStatus;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -165,19 +165,13 @@ impl RecordingHandler {
 
     /// Changes the status answered from now on.
     pub fn set_status(&self, status: CommandStatus) {
-        match self.status.lock() {
-            Ok(mut g) => *g = status,
-            Err(p) => *p.into_inner() = status,
-        }
+        *self.status.lock() = status;
     }
 }
 
 impl InboundHandler for RecordingHandler {
     fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
-        let status = match self.status.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
-        };
+        let status = *self.status.lock();
         Box::pin(async move {
             if self.tx.send((link.to_owned(), msg)).await.is_err() {
                 return CommandStatus::EsmeRxTAppn;

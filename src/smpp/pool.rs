@@ -13,10 +13,11 @@
 //! only to clone a handle, never across an `.await`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::RwLock;
 use rusmpp::CommandStatus;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -54,17 +55,11 @@ struct Slot {
 
 impl Slot {
     fn handle(&self) -> Option<SessionHandle> {
-        let g = match self.current.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let g = self.current.read();
         g.as_ref().filter(|h| !h.is_closed()).cloned()
     }
     fn set(&self, h: Option<SessionHandle>) {
-        match self.current.write() {
-            Ok(mut g) => *g = h,
-            Err(p) => *p.into_inner() = h,
-        }
+        *self.current.write() = h;
     }
 }
 

@@ -17,9 +17,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusmpp::CommandStatus;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -80,7 +81,7 @@ struct Inner {
     opts: ServerOptions,
     /// `[[peers]]` as last reloaded; `None` = those of `opts.auth`. Read
     /// and cloned only, never held across an await.
-    peers: std::sync::RwLock<Option<Arc<Vec<Peer>>>>,
+    peers: parking_lot::RwLock<Option<Arc<Vec<Peer>>>>,
     deps: SessionDeps,
     table: Mutex<Table>,
     binds_ok: AtomicU64,
@@ -89,17 +90,11 @@ struct Inner {
 
 impl Inner {
     fn current_peers(&self) -> Option<Arc<Vec<Peer>>> {
-        match self.peers.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.peers.read().clone()
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        match self.table.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    fn table(&self) -> parking_lot::MutexGuard<'_, Table> {
+        self.table.lock()
     }
 }
 
@@ -163,7 +158,7 @@ pub(crate) async fn start(
         .map(|l| l.local_addr())
         .transpose()?;
     let inner = Arc::new(Inner {
-        peers: std::sync::RwLock::new(None),
+        peers: parking_lot::RwLock::new(None),
         opts,
         deps: SessionDeps {
             handler,
@@ -216,10 +211,7 @@ impl ServerHandle {
             .filter(|o| !peers.iter().any(|n| n == *o))
             .map(|o| o.name.clone())
             .collect();
-        match self.inner.peers.write() {
-            Ok(mut g) => *g = Some(Arc::new(peers)),
-            Err(p) => *p.into_inner() = Some(Arc::new(peers)),
-        }
+        *self.inner.peers.write() = Some(Arc::new(peers));
         let t = self.inner.table();
         for name in &changed {
             for (_, h) in t.sessions.get(name).into_iter().flatten() {

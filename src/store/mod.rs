@@ -51,9 +51,10 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadTransaction, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
@@ -207,10 +208,8 @@ impl Store {
             // An error means the writer already ended: nothing left to wait for.
             let _ = rx.await;
         }
-        if let Ok(mut db) = self.inner.db.write() {
-            db.take();
-        }
-        let handle = self.inner.thread.lock().ok().and_then(|mut h| h.take());
+        self.inner.db.write().take();
+        let handle = self.inner.thread.lock().take();
         if let Some(handle) = handle {
             // Joining is quick (the thread has answered everything) but
             // blocking, so keep it off the async worker.
@@ -228,10 +227,7 @@ impl Store {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        match self.inner.db.read() {
-            Ok(guard) => guard.clone().ok_or(StoreError::Closed),
-            Err(_) => Err(StoreError::Closed),
-        }
+        self.inner.db.read().clone().ok_or(StoreError::Closed)
     }
 }
 

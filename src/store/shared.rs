@@ -22,9 +22,9 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::RwLock;
 use redb::ReadableTable;
 
 use super::{tables, Store, StoreError, Tx};
@@ -167,18 +167,12 @@ impl OptOutMirror {
     }
 
     fn contains(&self, campaign: &str, pseudonym: &[u8; 32]) -> bool {
-        let m = match self.by_campaign.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let m = self.by_campaign.read();
         m.get(campaign).is_some_and(|s| s.contains(pseudonym))
     }
 
     fn set(&self, campaign: &str, pseudonym: &[u8; 32], opted_out: bool) {
-        let mut m = match self.by_campaign.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut m = self.by_campaign.write();
         if opted_out {
             m.entry(campaign.to_owned()).or_default().insert(*pseudonym);
         } else if let Some(s) = m.get_mut(campaign) {

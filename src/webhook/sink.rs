@@ -15,13 +15,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::Router;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -62,13 +63,6 @@ struct SinkState {
     attempts: AtomicU64,
     bad_signatures: AtomicU64,
     shutdown: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 /// A running sink. Stops when [`Sink::stop`] is called or it is dropped.
@@ -177,12 +171,12 @@ impl Sink {
 
     /// Changes how later requests are answered.
     pub fn set_mode(&self, mode: Mode) {
-        *lock(&self.state.mode) = mode;
+        *self.state.mode.lock() = mode;
     }
 
     /// Accepted events (parsed JSON), in arrival order.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        lock(&self.state.events).clone()
+        self.state.events.lock().clone()
     }
 
     /// Number of accepted events.
@@ -242,7 +236,7 @@ async fn receive(
         st.bad_signatures.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED;
     }
-    let mode = *lock(&st.mode);
+    let mode = *st.mode.lock();
     match mode {
         Mode::Fail => return StatusCode::SERVICE_UNAVAILABLE,
         Mode::Hang(d) => {
@@ -257,7 +251,7 @@ async fn receive(
     let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return StatusCode::BAD_REQUEST;
     };
-    lock(&st.events).push(event);
+    st.events.lock().push(event);
     st.received.send_modify(|c| *c += 1);
     StatusCode::OK
 }

@@ -26,10 +26,11 @@
 //!   payload, the URL or a number.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -184,17 +185,11 @@ struct Slot {
 
 impl Slot {
     fn target(&self) -> Arc<Target> {
-        match self.target.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.target.read().clone()
     }
 
     fn set_target(&self, t: Arc<Target>) {
-        match self.target.write() {
-            Ok(mut g) => *g = t,
-            Err(poisoned) => *poisoned.into_inner() = t,
-        }
+        *self.target.write() = t;
     }
 }
 
@@ -285,10 +280,7 @@ impl Webhooks {
                 built.insert(c.id.clone(), Arc::new(t));
             }
         }
-        let mut slots = match self.shared.slots.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slots = self.shared.slots.lock();
         slots.retain(|id, slot| {
             let keep = built.contains_key(id);
             if !keep {
@@ -380,10 +372,7 @@ impl Webhooks {
     }
 
     fn slot(&self, client: &str) -> Option<Arc<Slot>> {
-        match self.shared.slots.lock() {
-            Ok(g) => g.get(client).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(client).cloned(),
-        }
+        self.shared.slots.lock().get(client).cloned()
     }
 }
 
