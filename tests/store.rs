@@ -101,13 +101,17 @@ async fn a_failing_op_does_not_lose_the_others_in_its_batch() {
             let k = key(n);
             let res = store
                 .write(move |txn| {
-                    tables::open(txn, tables::KV)?.insert(k.as_str(), b"x".as_slice())?;
+                    // The table stays borrowed through the failure: the
+                    // batch's open table must not outlive it in a bad state.
+                    let mut t = tables::open(txn, tables::KV)?;
+                    t.insert(k.as_str(), b"x".as_slice())?;
                     if n % 7 == 0 {
                         return Err(StoreError::Refused("test refusal".into()));
                     }
                     if n % 11 == 0 {
                         panic!("test panic in op");
                     }
+                    drop(t);
                     Ok(n)
                 })
                 .await;
