@@ -42,6 +42,9 @@ async fn reload_rebinds_changed_carriers_and_keeps_the_others() {
         || sim_a.handle.bound_sessions() == 0,
     )
     .await;
+    // The simulator counts a bind before the relay has read its bind_resp:
+    // wait for the relay's own view (every priority-1 carrier bound).
+    relay.wait_ready().await;
     let v = relay.send_ok(&message("After the reload.")).await;
     assert_eq!(v["carrier"], "carrier-us");
     assert_eq!(sim_c.submits(), 1, "sent through the new binding");
