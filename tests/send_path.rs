@@ -351,10 +351,7 @@ async fn failover_to_priority_2_when_priority_1_goes_down() {
         CarrierCfg::new("carrier-b", sim_b.port(), "sim-pw2").priority(2),
     ]);
     let relay = Relay::start(files, setup).await;
-    wait_until(Duration::from_secs(10), "carrier-b bound", || {
-        sim_b.handle.bound_sessions() == 1
-    })
-    .await;
+    relay.wait_bound("carrier-b", 1).await;
     assert_eq!(relay.send_ok(&message("one")).await["carrier"], "carrier-a");
     assert_eq!((sim_a.submits(), sim_b.submits()), (1, 0));
 

@@ -631,6 +631,21 @@ impl Relay {
         reqwest::get(url).await.unwrap().text().await.unwrap()
     }
 
+    /// Waits (up to 10 s) until the relay itself counts `n` bound sessions
+    /// to carrier `link` (a simulator counts a bind before the relay has
+    /// read its bind_resp, so its own count cannot tell).
+    pub async fn wait_bound(&self, link: &str, n: u64) {
+        let line = format!("sms_conduit_smpp_sessions{{link=\"{link}\",state=\"bound\"}} {n}\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.metrics_text().await.contains(&line) {
+            assert!(
+                Instant::now() < deadline,
+                "{link} never had {n} bound sessions"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Status events waiting in the webhook outbox (every client).
     pub fn outbox_depth(&self) -> u64 {
         sms_conduit::webhook::Outbox::new(self.app().store.clone())
