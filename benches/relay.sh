@@ -16,7 +16,19 @@ BIN=${BIN:-target/release/sms-conduit}
 BINABS=$(realpath "$BIN")
 [ -x "$BIN" ] || cargo build --release
 work=$(mktemp -d)
-trap 'kill $SIM $RELAY 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+stop() {
+  if [ -n "${RELAY_WRAP:-}" ] && [ -n "${RELAY:-}" ]; then
+    # The wrapper's child is the relay: a graceful stop (its last receipts in,
+    # SIGTERM to the relay itself) lets the wrapper write its report.
+    sleep 1
+    pkill -TERM -P "$RELAY" -f ' run --config' 2>/dev/null || true
+    wait "$RELAY" 2>/dev/null || true
+  fi
+  kill ${SIM:-} ${RELAY:-} 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap stop EXIT
 cp -r config/example "$work/example"
 KEY=$("$BINABS" keys new --client bench | sed -n 2p | tr -d ' ')
 HASH=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
@@ -66,7 +78,9 @@ cd "$work"
   --system-id bench --password "$(cat example/carrier-a.pass)" --dlr-delay-ms 200 > sim.out 2> sim.err &
 SIM=$!
 sleep 0.3
-RUST_LOG=warn "$BINABS" run --config c.toml 2> relay.err &
+# RELAY_WRAP: a command the relay runs under (benches/allocs.sh: heaptrack).
+# shellcheck disable=SC2086
+RUST_LOG=warn ${RELAY_WRAP:-} "$BINABS" run --config c.toml 2> relay.err &
 RELAY=$!
 for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
