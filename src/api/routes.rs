@@ -199,7 +199,11 @@ async fn send(state: &ApiState, client: ClientId, headers: &HeaderMap, body: Htt
         .await
     {
         Ok(accepted) => {
-            let location = HeaderValue::try_from(format!("/v1/messages/{}", accepted.id)).ok();
+            let mut path = String::with_capacity(SEND_ROUTE.len() + 1 + accepted.id.len());
+            path.push_str(SEND_ROUTE);
+            path.push('/');
+            path.push_str(&accepted.id);
+            let location = HeaderValue::try_from(path).ok();
             let mut resp = (StatusCode::CREATED, Json(accepted)).into_response();
             if let Some(l) = location {
                 resp.headers_mut().insert(header::LOCATION, l);

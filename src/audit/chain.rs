@@ -198,7 +198,7 @@ pub(crate) fn append_entry(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<(AuditRecord, u64), StoreError> {
-    let p = prepare(&entry, actor, &format_at(now))?;
+    let p = prepare(&entry, actor, format_at(now))?;
     let a = append_prepared(txn, node, &p, true)?;
     match a.record {
         Some(r) => Ok((r, a.written)),
@@ -469,7 +469,7 @@ fn build(
 ) -> Result<AuditRecord, StoreError> {
     let mut out = Vec::with_capacity(384);
     let prev = decode_prev(prev_hash)?;
-    let (hash, _) = prepare(entry, actor, at)?.write(seq, prev_hash, &prev, &mut out)?;
+    let (hash, _) = prepare(entry, actor, at.to_owned())?.write(seq, prev_hash, &prev, &mut out)?;
     record_of(entry.name(), at, seq, prev_hash, &hash, out)
 }
 
@@ -519,7 +519,7 @@ pub struct Prepared {
 
 /// Serialises `entry` as [`Prepared`]. Refuses an event that uses a field
 /// the record itself sets, or names one field twice.
-pub(crate) fn prepare(entry: &Entry, actor: &str, at: &str) -> Result<Prepared, StoreError> {
+pub(crate) fn prepare(entry: &Entry, actor: &str, at: String) -> Result<Prepared, StoreError> {
     let mut fields = entry.fields();
     if let Some((k, _)) = fields.iter().find(|(k, _)| RESERVED.contains(k)) {
         return Err(StoreError::Refused(format!(
@@ -527,7 +527,7 @@ pub(crate) fn prepare(entry: &Entry, actor: &str, at: &str) -> Result<Prepared, 
             entry.name()
         )));
     }
-    fields.push(("at", FieldValue::Str(at.into())));
+    fields.push(("at", FieldValue::Str(at.as_str().into())));
     fields.push(("event", FieldValue::Str(entry.name().into())));
     fields.push(("actor", FieldValue::Str(actor.into())));
     fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -538,7 +538,9 @@ pub(crate) fn prepare(entry: &Entry, actor: &str, at: &str) -> Result<Prepared, 
             w[0].0
         )));
     }
-    let mut bytes = Vec::with_capacity(320);
+    // Room for the largest usual record (an accepted message with two
+    // pseudonyms is ~330 bytes before its hashes), so it never grows.
+    let mut bytes = Vec::with_capacity(512);
     bytes.push(b'{');
     let mut offsets = [None::<usize>; 3];
     for (k, v) in &fields {
@@ -562,7 +564,7 @@ pub(crate) fn prepare(entry: &Entry, actor: &str, at: &str) -> Result<Prepared, 
     bytes.push(b'}');
     Ok(Prepared {
         event: entry.name(),
-        at: at.to_owned(),
+        at,
         bytes,
         at_hash: offsets[0].unwrap_or(end),
         at_prev: offsets[1].unwrap_or(end),
@@ -914,7 +916,7 @@ mod tests {
         }
         let mut out = b"prefix".to_vec();
         for entry in &entries {
-            let p = prepare(entry, "z", "2024-05-01T12:34:56.789Z").unwrap();
+            let p = prepare(entry, "z", "2024-05-01T12:34:56.789Z".to_owned()).unwrap();
             out.truncate(6);
             let (hash, bytes) = p.write(u64::MAX, ZERO_HASH, &[0; 32], &mut out).unwrap();
             let r = build(entry, "z", "2024-05-01T12:34:56.789Z", u64::MAX, ZERO_HASH).unwrap();

@@ -283,7 +283,9 @@ impl AuditEvent {
 
     /// The subject fields, in no particular order (records sort them).
     pub(crate) fn fields(&self) -> Vec<Field<'_>> {
-        let mut f: Vec<Field> = Vec::with_capacity(8);
+        // Room for the most fields an event has (7) and the three every
+        // record adds (`at`, `event`, `actor`): one allocation.
+        let mut f: Vec<Field> = Vec::with_capacity(10);
         match self {
             AuditEvent::AuthFailed { source, reason } => {
                 f.push(("source", s(source.to_string())));

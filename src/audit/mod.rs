@@ -235,7 +235,7 @@ impl Audit {
     /// Serialises `event` by `actor`, dated now, for
     /// [`AuditTxn::append_prepared`] in an op to come.
     pub fn prepare(event: AuditEvent, actor: &str) -> Result<Prepared, StoreError> {
-        chain::prepare(&Entry::Event(event), actor, &format_at(Utc::now()))
+        chain::prepare(&Entry::Event(event), actor, format_at(Utc::now()))
     }
 
     /// Records an event that comes with no state change of its own (a bind

@@ -510,11 +510,16 @@ impl Inbound {
                     if !is_final {
                         return false;
                     }
-                    let idx = rec
-                        .carrier_ids
-                        .iter()
-                        .position(|c| dlr::ids_match(c, &carrier_id))
-                        .unwrap_or(0);
+                    // Which segment: only a multi-part message needs the
+                    // (allocating) id match.
+                    let idx = if rec.carrier_ids.len() > 1 {
+                        rec.carrier_ids
+                            .iter()
+                            .position(|c| dlr::ids_match(c, &carrier_id))
+                            .unwrap_or(0)
+                    } else {
+                        0
+                    };
                     if rec.part_states.len() < rec.carrier_ids.len() {
                         rec.part_states.resize(rec.carrier_ids.len(), None);
                     }

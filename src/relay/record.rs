@@ -21,8 +21,12 @@ pub const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("message
 /// `msg_` + 12 hex digits of `ms` + 12 random hex digits. Ids sort by
 /// creation time (to the millisecond), which [`prune_before`] relies on.
 pub fn message_id_at(ms: u64) -> String {
+    use std::fmt::Write;
     let r: u64 = rand::random::<u64>() & 0xFFFF_FFFF_FFFF;
-    format!("msg_{:012x}{:012x}", ms & 0xFFFF_FFFF_FFFF, r)
+    // Sized up front: `format!` would grow the string three times.
+    let mut id = String::with_capacity(28);
+    let _ = write!(id, "msg_{:012x}{:012x}", ms & 0xFFFF_FFFF_FFFF, r);
+    id
 }
 
 /// The smallest id [`message_id_at`] can give at `ms`.

@@ -15,6 +15,8 @@
 //! digits, state words), so nothing else from the input can ride along.
 //! Errors name the missing or invalid field, never the bytes.
 
+use std::borrow::Cow;
+
 /// The optional TLVs of a receipt deliver_sm, as the session decoded them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReceiptTlvs<'a> {
@@ -351,8 +353,31 @@ fn hex_value(id: &str) -> Option<u64> {
 /// reads as hex, else `s<the id>`.
 fn key_of(id: &str) -> String {
     match hex_value(id) {
-        Some(v) => format!("x{v:x}"),
-        None => format!("s{id}"),
+        Some(v) => hex_key(v),
+        None => {
+            let mut key = String::with_capacity(id.len() + 1);
+            key.push('s');
+            key.push_str(id);
+            key
+        }
+    }
+}
+
+/// `x<v in hex>`, in one allocation (`format!` grows its string twice).
+fn hex_key(v: u64) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(17);
+    let _ = write!(key, "x{v:x}");
+    key
+}
+
+/// `id` trimmed and lower-cased, copied only when it has upper case.
+fn normalized(id: &str) -> Cow<'_, str> {
+    let id = id.trim();
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(id.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(id)
     }
 }
 
@@ -366,7 +391,7 @@ fn key_of(id: &str) -> String {
 /// into the keys its possible forms were stored under. One stored key per
 /// id keeps the index to one B-tree entry per segment.
 pub fn index_key(id: &str) -> Option<String> {
-    let id = id.trim().to_ascii_lowercase();
+    let id = normalized(id);
     (!id.is_empty()).then(|| key_of(&id))
 }
 
@@ -379,7 +404,7 @@ pub fn index_key(id: &str) -> Option<String> {
 /// An all-digit id is ambiguous ("10" as decimal is hex "a"), so the same
 /// form comes first: a carrier that keeps one form always hits on key 1.
 pub fn lookup_keys(id: &str) -> Vec<String> {
-    let id = id.trim().to_ascii_lowercase();
+    let id = normalized(id);
     let mut keys: Vec<String> = Vec::with_capacity(3);
     if id.is_empty() {
         return keys;
@@ -396,13 +421,33 @@ pub fn lookup_keys(id: &str) -> Vec<String> {
             t => t.parse::<u64>().ok(),
         };
         if let Some(v) = value {
-            add(format!("x{v:x}"));
+            add(hex_key(v));
         }
     }
     if let Some(v) = hex_value(&id) {
-        add(key_of(&v.to_string()));
+        add(decimal_key(v));
     }
     keys
+}
+
+/// [`key_of`] the decimal rendering of `v`, without rendering it: decimal
+/// digits are hex digits, so the key is `x` and the value of those digits
+/// read as hex, when they fit a `u64` (at most 16 digits).
+fn decimal_key(v: u64) -> String {
+    let (mut rest, mut as_hex, mut digits) = (v, 0u64, 0u32);
+    loop {
+        as_hex |= (rest % 10) << (4 * digits);
+        rest /= 10;
+        digits += 1;
+        if rest == 0 {
+            break;
+        }
+        if digits == 16 {
+            // 17 or more decimal digits: not a hex value, a string key.
+            return key_of(&v.to_string());
+        }
+    }
+    hex_key(as_hex)
 }
 
 /// True when a receipt's id `receipted` can name the submitted id
@@ -413,6 +458,27 @@ pub fn ids_match(submitted: &str, receipted: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn decimal_key_is_the_key_of_the_decimal_rendering() {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            255,
+            4096,
+            99_999_999,
+            1 << 40,
+            9_999_999_999_999_999,
+        ]
+        .into_iter()
+        .chain([10_000_000_000_000_000, u64::MAX])
+        {
+            assert_eq!(decimal_key(v), key_of(&v.to_string()), "{v}");
+        }
+    }
+
     use super::*;
 
     const CANARY: &str = "CANARY-PHI-7731";
