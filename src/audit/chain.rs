@@ -517,6 +517,14 @@ pub struct Prepared {
     at_seq: usize,
 }
 
+#[cfg(test)]
+impl Prepared {
+    /// The record as prepared (without its chain fields), as text.
+    pub(crate) fn json_for_tests(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
 /// Serialises `entry` as [`Prepared`]. Refuses an event that uses a field
 /// the record itself sets, or names one field twice.
 pub(crate) fn prepare(entry: &Entry, actor: &str, at: String) -> Result<Prepared, StoreError> {
@@ -557,6 +565,17 @@ pub(crate) fn prepare(entry: &Entry, actor: &str, at: String) -> Result<Prepared
         match v {
             FieldValue::Str(s) => serde_json::to_writer(&mut bytes, s.as_ref()),
             FieldValue::U64(n) => serde_json::to_writer(&mut bytes, n),
+            FieldValue::Hex(raw) => {
+                // Hex digits need no JSON escaping.
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                bytes.push(b'"');
+                for b in raw.iter() {
+                    bytes.push(DIGITS[usize::from(b >> 4)]);
+                    bytes.push(DIGITS[usize::from(b & 0x0f)]);
+                }
+                bytes.push(b'"');
+                Ok(())
+            }
         }
         .map_err(json_err)?;
     }

@@ -566,16 +566,19 @@ impl Inbound {
                         )?;
                     }
                 }
-                Ok(changed.then(|| (rec.status.clone(), rec.client.clone())))
+                // The new status (`rec.status` now), and the client only
+                // when a webhook worker is to be woken.
+                let wake = hooks.as_ref().map(|_| rec.client.clone());
+                Ok(new.filter(|_| changed).map(|status| (status, wake)))
             })
             .await;
         match result {
-            Ok(Some((status, client))) => {
+            Ok(Some((status, wake))) => {
                 self.metrics
                     .messages
-                    .with_label_values(&["dlr", &status, link])
+                    .with_label_values(&["dlr", status, link])
                     .inc();
-                if let Some(h) = &self.webhooks {
+                if let (Some(h), Some(client)) = (&self.webhooks, wake) {
                     // The event is committed: wake the client's worker.
                     h.notify(&client);
                 }

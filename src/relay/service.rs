@@ -297,11 +297,14 @@ impl Relay {
             })
         };
         // Most messages are one segment: awaited directly, without
-        // `join_all`'s boxed set of futures.
-        let results = match enc.parts().next() {
-            Some(only) if enc.segments() == 1 => vec![submit(only).await],
-            _ => join_all(enc.parts().map(submit)).await,
-        };
+        // `join_all`'s boxed set of futures or a vector of results.
+        if let (Some(only), 1) = (enc.parts().next(), enc.segments()) {
+            return match submit(only).await {
+                Ok(resp) => Ok(vec![resp.message_id]),
+                Err(e) => Err((e, 0)),
+            };
+        }
+        let results = join_all(enc.parts().map(submit)).await;
         let accepted = results.iter().filter(|r| r.is_ok()).count();
         let mut ids = Vec::with_capacity(results.len());
         let mut first_err = None;
@@ -432,8 +435,8 @@ impl Relay {
     ) -> Result<SendAccepted, SendError> {
         let t0 = Instant::now();
         let view = read(&self.inner.view);
-        let campaign_id = req.campaign_id.clone();
-        let fail = |e: SendError| self.refuse(cid, &campaign_id, Some(&req.to), e, t0);
+        let campaign_id = req.campaign_id.as_str();
+        let fail = |e: SendError| self.refuse(cid, campaign_id, Some(&req.to), e, t0);
         if origin == Origin::Client
             && !view
                 .clients
@@ -485,7 +488,7 @@ impl Relay {
         }
         let refuse_fresh = |e: SendError| async {
             self.forget(cid, &idempotency_key).await;
-            Err(self.refuse(cid, &campaign_id, Some(&req.to), e, t0))
+            Err(self.refuse(cid, campaign_id, Some(&req.to), e, t0))
         };
         let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
         let opted_out = match origin {
@@ -570,7 +573,7 @@ impl Relay {
                 // carrier may have taken it, so its cells stay spent.
                 return match e {
                     SendError::CarrierTimeout => {
-                        Err(self.refuse(cid, &campaign_id, Some(&req.to), e, t0))
+                        Err(self.refuse(cid, campaign_id, Some(&req.to), e, t0))
                     }
                     e => {
                         release().await;
@@ -633,7 +636,7 @@ impl Relay {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(message = %id, "audit record of a sent message: {e}");
-                return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
+                return Err(self.refuse(cid, campaign_id, Some(&req.to), SendError::Internal, t0));
             }
         };
         // The metadata, the idempotency outcome and the audit record commit
@@ -667,7 +670,7 @@ impl Relay {
         };
         if let Err(e) = outcome {
             tracing::error!(message = %id, "recording a sent message: {e}");
-            return Err(self.refuse(cid, &campaign_id, Some(&req.to), SendError::Internal, t0));
+            return Err(self.refuse(cid, campaign_id, Some(&req.to), SendError::Internal, t0));
         }
         // Only now, the index committed: a hit there is a hit in the store.
         self.inner.recent.insert(&carrier, &keys, &id);
