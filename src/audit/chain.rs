@@ -567,12 +567,11 @@ pub(crate) fn prepare(entry: &Entry, actor: &str, at: String) -> Result<Prepared
             FieldValue::U64(n) => serde_json::to_writer(&mut bytes, n),
             FieldValue::Hex(raw) => {
                 // Hex digits need no JSON escaping.
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let mut hex = [0u8; 64];
+                hex::encode_to_slice(raw, &mut hex)
+                    .map_err(|e| StoreError::Refused(format!("audit record hex field: {e}")))?;
                 bytes.push(b'"');
-                for b in raw.iter() {
-                    bytes.push(DIGITS[usize::from(b >> 4)]);
-                    bytes.push(DIGITS[usize::from(b & 0x0f)]);
-                }
+                bytes.extend_from_slice(&hex);
                 bytes.push(b'"');
                 Ok(())
             }

@@ -252,9 +252,9 @@ pub enum AuditEvent {
 pub(crate) enum FieldValue<'a> {
     Str(Cow<'a, str>),
     U64(u64),
-    /// Bytes written as a lower-case hex string (a pseudonym), without a
-    /// temporary `String`.
-    Hex(&'a [u8]),
+    /// A pseudonym, written as a lower-case hex string without a temporary
+    /// `String`.
+    Hex(&'a [u8; 32]),
 }
 
 /// A subject field: name and value.
@@ -329,7 +329,9 @@ impl AuditEvent {
             } => {
                 f.push(("client", s(client)));
                 opt(&mut f, "campaign", campaign.as_deref());
-                opt(&mut f, "to", to.as_ref().map(AuditNumber::to_field));
+                if let Some(to) = to {
+                    f.push(("to", to.field()));
+                }
                 f.push(("code", s(*code)));
                 opt(&mut f, "detail", detail.as_deref());
             }

@@ -458,6 +458,15 @@ pub fn ids_match(submitted: &str, receipted: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const CANARY: &str = "CANARY-PHI-7731";
+
+    const NO_TLVS: ReceiptTlvs<'static> = ReceiptTlvs {
+        receipted_message_id: None,
+        message_state: None,
+        network_error_code: None,
+    };
 
     #[test]
     fn decimal_key_is_the_key_of_the_decimal_rendering() {
@@ -478,15 +487,6 @@ mod tests {
             assert_eq!(decimal_key(v), key_of(&v.to_string()), "{v}");
         }
     }
-
-    use super::*;
-
-    const CANARY: &str = "CANARY-PHI-7731";
-    const NO_TLVS: ReceiptTlvs<'static> = ReceiptTlvs {
-        receipted_message_id: None,
-        message_state: None,
-        network_error_code: None,
-    };
 
     fn canonical() -> String {
         format!(
