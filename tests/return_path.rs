@@ -564,6 +564,38 @@ async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
     }
 }
 
+/// A receipt's `network_error_code` TLV is the message's error code (in the
+/// API and the webhook), ahead of the text's `err:` field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipts_network_error_code_tlv_is_the_error_code() {
+    let (relay, smsc, sink) = manual_world().await;
+    let v = relay.send_ok(&message("Your lab results are in.")).await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    let subs = smsc.submits();
+    assert_eq!(subs.len(), 1);
+    let sub = &subs[0];
+    assert_eq!(
+        smsc.receipt_with_network_error(
+            sub,
+            "UNDELIV",
+            "000",
+            Some(5),
+            &sub.message_id,
+            Some((3, 0x22))
+        )
+        .await,
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(status_of(&relay, &id).await, "undeliverable");
+    assert!(sink.wait_for(1, Duration::from_secs(10)).await);
+    let events = sink.events();
+    let e = events
+        .iter()
+        .find(|e| e["data"]["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no webhook for {id}: {events:?}"));
+    assert_eq!(e["data"]["error_code"], "3:34", "{e}");
+}
+
 /// SPEC §4 statuses from the receipts carriers send: DELIVRD, UNDELIV,
 /// EXPIRED and REJECTD become `delivered`, `undeliverable`, `expired` and
 /// `rejected` in the API and in the signed `message.status` webhook; a

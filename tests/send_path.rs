@@ -200,6 +200,34 @@ async fn silent_carrier_is_504_and_the_unknown_outcome_blocks_a_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_lost_with_the_message_in_its_window_is_504_without_failover() {
+    let files = Files::new();
+    let smsc = files.dropping_smsc().await;
+    let sim_b = files.sim("sim-pw2", |_| {}).await;
+    let setup = Setup::new(vec![
+        CarrierCfg::new("carrier-a", smsc.addr.port(), PW).priority(1),
+        CarrierCfg::new("carrier-b", sim_b.port(), "sim-pw2").priority(2),
+    ]);
+    let relay = Relay::start(files, setup).await;
+    relay.wait_bound("carrier-b", 1).await;
+    let r = relay.send_idem("key-lost", &message("hello")).await;
+    // Carrier A had the submit_sm when it went away: it may deliver it, so
+    // the outcome is unknown (504), and carrier B must not send it again.
+    expect_problem(r, 504, "carrier_timeout").await;
+    assert_eq!(smsc.submits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(sim_b.submits(), 0, "failed over a message A may have");
+    // Nor may a retry with the same key send it.
+    expect_problem(
+        relay.send_idem("key-lost", &message("hello")).await,
+        409,
+        "idempotency_conflict",
+    )
+    .await;
+    assert_eq!(sim_b.submits(), 0);
+    assert_eq!(smsc.submits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limiter_lets_the_burst_through_and_refuses_the_rest() {
     let files = Files::new();
     let sim = files.sim(PW, |_| {}).await;

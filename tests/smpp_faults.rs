@@ -29,6 +29,34 @@ fn ok_resp(seq: u32) -> Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_that_drops_every_session_after_the_bind_gets_a_growing_back_off() {
+    let shutdown = CancellationToken::new();
+    let (l, addr) = raw_listener().await;
+    let _pool = Pool::start(
+        carrier(addr, None, BindMode::Transmitter),
+        metrics(),
+        Arc::new(TempErrorHandler),
+        shutdown.clone(),
+    );
+    // Accept each bind, then hang up at once, for 2.5 s.
+    let start = Instant::now();
+    let mut sessions = 0;
+    while let Ok(Ok((s, _))) = tokio::time::timeout(
+        Duration::from_millis(2500).saturating_sub(start.elapsed()),
+        l.accept(),
+    )
+    .await
+    {
+        sessions += 1;
+        drop(bound_on(s).await);
+    }
+    // Reconnects wait 100–200, 200–400, 400–800, 800–1,600 ms…: at most 5
+    // sessions in 2.5 s (a fixed 100–200 ms pause would make 12 or more).
+    assert!((2..=5).contains(&sessions), "{sessions} sessions in 2.5 s");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_closing_with_50_outstanding_fails_them_fast_and_rebinds() {
     let shutdown = CancellationToken::new();
     let (l, addr) = raw_listener().await;
@@ -59,8 +87,10 @@ async fn carrier_closing_with_50_outstanding_fails_them_fast_and_rebinds() {
     drop(fake);
     for t in tasks {
         match t.await.unwrap() {
-            Err(e @ SmppError::SessionLost) => assert!(e.is_retryable()),
-            other => panic!("expected SessionLost, got {other:?}"),
+            // Written, then the carrier went away: it may have them, so
+            // they must not be retried elsewhere.
+            Err(e @ SmppError::LostInFlight) => assert!(!e.is_retryable()),
+            other => panic!("expected LostInFlight, got {other:?}"),
         }
     }
     assert!(

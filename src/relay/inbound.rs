@@ -431,10 +431,16 @@ impl Inbound {
     }
 
     async fn receipt(&self, link: &str, msg: &InboundMessage) -> CommandStatus {
+        // The TLV's raw form (type, code big-endian), which `dlr::parse`
+        // prefers to the text's `err:` field.
+        let network_error = msg.receipt.network_error_code.map(|(net, code)| {
+            let [hi, lo] = code.to_be_bytes();
+            [net, hi, lo]
+        });
         let tlvs = dlr::ReceiptTlvs {
             receipted_message_id: msg.receipt.receipted_message_id.as_deref(),
             message_state: msg.receipt.message_state,
-            network_error_code: None,
+            network_error_code: network_error.as_ref().map(|b| &b[..]),
         };
         let receipt = match dlr::parse(msg.body_bytes(), &tlvs) {
             Ok(r) => r,

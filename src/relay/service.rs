@@ -278,12 +278,13 @@ impl Relay {
         }
     }
 
-    /// Submits every segment on carrier `i`; the first error wins.
+    /// Submits every segment on carrier `i`; the first error wins, with
+    /// the carrier ids of the segments that were accepted (empty where not).
     async fn submit_all(
         pool: &Pool,
         req: &SendRequest,
         enc: &encoding::Encoded,
-    ) -> Result<Vec<String>, (SmppError, usize)> {
+    ) -> Result<Vec<String>, (SmppError, Vec<String>)> {
         let esm_class = enc.esm_class_bits();
         let submit = |part: &[u8]| {
             pool.submit(SubmitRequest {
@@ -301,11 +302,10 @@ impl Relay {
         if let (Some(only), 1) = (enc.parts().next(), enc.segments()) {
             return match submit(only).await {
                 Ok(resp) => Ok(vec![resp.message_id]),
-                Err(e) => Err((e, 0)),
+                Err(e) => Err((e, Vec::new())),
             };
         }
         let results = join_all(enc.parts().map(submit)).await;
-        let accepted = results.iter().filter(|r| r.is_ok()).count();
         let mut ids = Vec::with_capacity(results.len());
         let mut first_err = None;
         for r in results {
@@ -319,7 +319,7 @@ impl Relay {
         }
         match first_err {
             None => Ok(ids),
-            Some(e) => Err((e, accepted)),
+            Some(e) => Err((e, ids)),
         }
     }
 
@@ -336,7 +336,7 @@ impl Relay {
             let Some(pool) = pools.get(i) else { continue };
             match Self::submit_all(pool, req, enc).await {
                 Ok(ids) => return Ok(Sent { carrier: i, ids }),
-                Err((e, accepted)) => {
+                Err((e, ids)) => {
                     let mapped = match &e {
                         SmppError::Status(_) => SendError::CarrierRejected {
                             status_name: e
@@ -344,16 +344,22 @@ impl Relay {
                                 .map(|s| s.into_owned())
                                 .unwrap_or_default(),
                         },
-                        SmppError::Timeout => SendError::CarrierTimeout,
+                        // The carrier may have the message: a session lost
+                        // with it in the window, no answer, or an answer we
+                        // cannot read. Outcome unknown (SPEC §4's 504), never
+                        // a failover or a refund that invites a resend.
+                        SmppError::Timeout | SmppError::LostInFlight | SmppError::Protocol(_) => {
+                            SendError::CarrierTimeout
+                        }
                         _ => SendError::NoRoute,
                     };
-                    if accepted > 0 || !e.is_retryable() {
+                    let accepted = ids.iter().any(|id| !id.is_empty());
+                    if accepted || !e.is_retryable() {
                         // Some segment reached the carrier, or the carrier
                         // gave a final answer: no failover (no duplicates).
-                        let partial = (accepted > 0).then(|| Sent {
-                            carrier: i,
-                            ids: Vec::new(),
-                        });
+                        // The accepted segments' ids stay in the record, so
+                        // their receipts still find it.
+                        let partial = accepted.then_some(Sent { carrier: i, ids });
                         return Err((mapped, partial));
                     }
                     tracing::warn!(carrier = %pool.name(), "carrier failed before accepting; failing over: {e}");

@@ -53,9 +53,14 @@ pub use status::{status_label, status_name};
 #[derive(Debug, thiserror::Error)]
 pub enum SmppError {
     /// The session died (socket closed, keep-alive failed, peer unbound)
-    /// before this request was answered. Retryable on another session.
-    #[error("SMPP session lost before the response")]
+    /// before this request was written to it. Retryable on another session.
+    #[error("SMPP session lost before the request was sent")]
     SessionLost,
+    /// The session died after this request was handed to it and before its
+    /// response: the peer may have accepted it, so, like [`Self::Timeout`],
+    /// the outcome is unknown and sending it again could duplicate it.
+    #[error("SMPP session lost before the response")]
+    LostInFlight,
     /// No response within the response timeout. The outcome is unknown: the
     /// peer may have accepted it.
     #[error("no SMPP response within the response timeout")]
@@ -105,6 +110,7 @@ impl SmppError {
             | SmppError::BindRefused(_) => true,
             SmppError::Status(s) => status::is_temporary(*s),
             SmppError::Timeout
+            | SmppError::LostInFlight
             | SmppError::Tls(_)
             | SmppError::Protocol(_)
             | SmppError::InvalidField { .. }
@@ -145,6 +151,7 @@ mod tests {
     fn classification() {
         assert!(SmppError::SessionLost.is_retryable());
         assert!(!SmppError::Timeout.is_retryable());
+        assert!(!SmppError::LostInFlight.is_retryable());
         assert!(SmppError::Status(CommandStatus::EsmeRthrottled).is_retryable());
         assert!(!SmppError::Status(CommandStatus::EsmeRinvdstadr).is_retryable());
         assert_eq!(

@@ -41,6 +41,10 @@ use crate::metrics::Metrics;
 /// Longest a throttled PDU keeps being retried before it fails.
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(60);
 
+/// A bound session that ends sooner than this counts as a failed connection
+/// for the reconnect back-off.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+
 /// A stream a session can run over.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -329,6 +333,11 @@ async fn run_slot(
         .smpp_sessions
         .with_label_values(&[&link, "bound"]);
     let mut attempt: u32 = 0;
+    // Sessions in a row that ended within `STABLE_SESSION` of their bind: a
+    // carrier that takes the bind and then drops us must see the same
+    // growing back-off as one that refuses it, not a reconnect (and a pair
+    // of bind_up/bind_down audit records) every ~150 ms forever.
+    let mut short_sessions: u32 = 0;
     let mut last_logged: Option<&'static str> = None;
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
@@ -361,7 +370,13 @@ async fn run_slot(
                     direction: "outbound",
                     mode: slot.kind.label(),
                 });
+                let bound_at = std::time::Instant::now();
                 handle.closed().await;
+                if bound_at.elapsed() < STABLE_SESSION {
+                    short_sessions = short_sessions.saturating_add(1);
+                } else {
+                    short_sessions = 0;
+                }
                 slot.set(None);
                 bound_gauge.dec();
                 let reason = if shutdown.is_cancelled() {
@@ -374,7 +389,16 @@ async fn run_slot(
                     peer,
                     reason,
                 });
-                backoff(0, Duration::from_millis(200), Duration::from_secs(1))
+                if short_sessions <= 1 {
+                    // A session that had lasted: reconnect at once (jittered).
+                    backoff(0, Duration::from_millis(200), Duration::from_secs(1))
+                } else {
+                    backoff(
+                        short_sessions - 1,
+                        Duration::from_millis(200),
+                        Duration::from_secs(30),
+                    )
+                }
             }
             Err(e) => {
                 let reason = failure_reason(&e);

@@ -14,8 +14,10 @@
 //! [`super::bind`]), carriers, peers, routing.
 //!
 //! Invariants: at most `window` requests outstanding; every caller gets
-//! exactly one answer (response, `Timeout`, or `SessionLost` when the session
-//! dies — all outstanding at once); the socket is touched only by this task.
+//! exactly one answer (response, `Timeout`, or, when the session dies — all
+//! at once — `LostInFlight` for those taken into the window and
+//! `SessionLost` for those still queued); the socket is touched only by
+//! this task.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,7 +142,10 @@ impl SessionHandle {
             .send(Outgoing { pdu, reply })
             .await
             .map_err(|_| SmppError::SessionLost)?;
-        rx.await.unwrap_or(Err(SmppError::SessionLost))
+        // A session that ends answers every request it took (`finish`); a
+        // reply dropped unanswered means the task died with it, perhaps
+        // after writing it: unknown, not retryable.
+        rx.await.unwrap_or(Err(SmppError::LostInFlight))
     }
     /// Requests queued or outstanding through this handle's session.
     pub fn load(&self) -> usize {
@@ -617,9 +622,11 @@ where
             }
         }
         let lost = self.pending.len();
+        // Taken into the window, so written or about to be: the peer may
+        // have it. Only what is still queued below was surely never sent.
         for (_, w) in self.pending.drain() {
             if let Waiter::Caller(tx) = w {
-                let _ = tx.send(Err(SmppError::SessionLost));
+                let _ = tx.send(Err(SmppError::LostInFlight));
             }
         }
         self.window_gauge.sub(self.callers as i64);

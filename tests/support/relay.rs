@@ -107,6 +107,16 @@ impl Files {
     /// Starts an SMSC over TLS that accepts any bind and answers
     /// enquire_link, but never answers a submit_sm.
     pub async fn silent_smsc(&self) -> SilentSmsc {
+        self.unanswering_smsc(false).await
+    }
+
+    /// Like [`Self::silent_smsc`], but it drops the connection as soon as
+    /// a submit_sm arrives: a carrier lost with the message in its window.
+    pub async fn dropping_smsc(&self) -> SilentSmsc {
+        self.unanswering_smsc(true).await
+    }
+
+    async fn unanswering_smsc(&self, drop_on_submit: bool) -> SilentSmsc {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls_cfg = config::Tls {
@@ -145,7 +155,7 @@ impl Files {
                         return;
                     }
                     b.fetch_add(1, Ordering::SeqCst);
-                    silent_session(framed, s, t).await;
+                    silent_session(framed, s, t, drop_on_submit).await;
                 });
             }
         });
@@ -171,6 +181,7 @@ async fn silent_session<S>(
     mut framed: Framed<S, SmppCodec>,
     submits: Arc<AtomicU64>,
     token: CancellationToken,
+    drop_on_submit: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -198,6 +209,9 @@ async fn silent_session<S>(
             }
             CommandId::SubmitSm => {
                 submits.fetch_add(1, Ordering::SeqCst);
+                if drop_on_submit {
+                    return;
+                }
             }
             _ => {}
         }
@@ -823,6 +837,21 @@ impl ManualSmsc {
         state: Option<u8>,
         id: &str,
     ) -> CommandStatus {
+        self.receipt_with_network_error(submit, stat, err, state, id, None)
+            .await
+    }
+
+    /// As [`Self::receipt_with`], with a `network_error_code` TLV
+    /// (network type, code).
+    pub async fn receipt_with_network_error(
+        &self,
+        submit: &ManualSubmit,
+        stat: &str,
+        err: &str,
+        state: Option<u8>,
+        id: &str,
+        network_error_code: Option<(u8, u16)>,
+    ) -> CommandStatus {
         let now = chrono::Utc::now().format("%y%m%d%H%M");
         let text = format!(
             "id:{id} sub:001 dlvrd:001 submit date:{now} done date:{now} stat:{stat} err:{err} text:"
@@ -837,7 +866,7 @@ impl ManualSmsc {
             receipt: sms_conduit::smpp::handler::ReceiptTlvs {
                 receipted_message_id: state.map(|_| submit.message_id.clone()),
                 message_state: state,
-                network_error_code: None,
+                network_error_code,
             },
         };
         match self.handle.deliver(&submit.link, req).await {

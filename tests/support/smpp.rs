@@ -115,6 +115,11 @@ pub async fn raw_listener() -> (TcpListener, SocketAddr) {
 /// Accepts one connection and answers its bind with ESME_ROK.
 pub async fn accept_bound(l: &TcpListener) -> Raw {
     let (s, _) = l.accept().await.expect("accept");
+    bound_on(s).await
+}
+
+/// Answers the bind that arrives on an accepted connection with ESME_ROK.
+pub async fn bound_on(s: TcpStream) -> Raw {
     let mut f = Framed::new(s, CommandCodec::new());
     loop {
         let cmd = f.next().await.expect("bind pdu").expect("decodes");
