@@ -170,12 +170,14 @@ impl App {
             background.clone(),
         ));
         let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
-        // Each pool has its own token (a child of the shutdown token), so a
-        // reload can unbind one carrier without touching the others.
+        // Each pool has its own token, so a reload can unbind one carrier
+        // without touching the others. Not a child of the shutdown token:
+        // a drain unbinds the carriers only after the in-flight requests
+        // that need them have finished ([`App::stop`]).
         let pool_tokens: Vec<CancellationToken> = config
             .carriers
             .iter()
-            .map(|_| shutdown.token().child_token())
+            .map(|_| CancellationToken::new())
             .collect();
         let pools: Vec<Pool> = config
             .carriers
@@ -320,7 +322,7 @@ impl App {
                 }
                 None => {
                     tracing::info!(carrier = %c.name, "carrier settings changed or added: binding anew");
-                    let t = self.shutdown.token().child_token();
+                    let t = CancellationToken::new();
                     pools.push(Pool::start(
                         c.clone(),
                         self.metrics.clone(),
@@ -419,13 +421,17 @@ impl App {
         Ok(())
     }
 
-    /// Drains within `deadline`: stop accepting, let in-flight requests and
-    /// sessions finish, then flush and close the store. Returns whether every
-    /// task finished in time.
+    /// Drains within `deadline` (one budget for all of it, so a stop fits
+    /// the unit's `TimeoutStopSec`): stop accepting, let in-flight requests
+    /// finish on still-bound carriers, then unbind the carriers (their
+    /// windows answered first), then flush and close the store. Returns
+    /// whether every task finished in time.
     pub async fn stop(self, deadline: Duration) -> bool {
+        let end = tokio::time::Instant::now() + deadline;
         let clean = self.shutdown.drain(deadline).await;
-        // Sessions unbind when the token fires; wait for them within the
-        // same deadline.
+        for t in &self.pool_tokens {
+            t.cancel();
+        }
         let sessions = async {
             for p in self.relay.pools() {
                 p.wait().await;
@@ -434,10 +440,10 @@ impl App {
                 s.wait().await;
             }
         };
-        let sessions_done = tokio::time::timeout(deadline, sessions).await.is_ok();
+        let sessions_done = tokio::time::timeout_at(end, sessions).await.is_ok();
         // Audit records of the last refusals and of the binds going down.
         self.background.close();
-        let background_done = tokio::time::timeout(deadline, self.background.wait())
+        let background_done = tokio::time::timeout_at(end, self.background.wait())
             .await
             .is_ok();
         let clean = clean && sessions_done && background_done;
@@ -446,6 +452,16 @@ impl App {
             tracing::error!("closing the store: {e}");
         }
         clean
+    }
+}
+
+impl Drop for App {
+    /// An app dropped without [`App::stop`] (a failed start, a test) still
+    /// unbinds its carriers instead of leaving their pools reconnecting.
+    fn drop(&mut self) {
+        for t in &self.pool_tokens {
+            t.cancel();
+        }
     }
 }
 
@@ -459,8 +475,9 @@ fn log_head(what: &str, audit: &Audit) {
 }
 
 /// API key use and failures go to the audit log: use is aggregated per
-/// client per minute by the audit module; failures are already throttled per
-/// source address by the authenticator before they get here.
+/// client per minute by the audit module; failures arrive here at most at
+/// the authenticator's per-address failure rate, plus once per lock-out
+/// (requests during a lock-out are only counted).
 struct AuthToAudit(Audit);
 
 impl api::AuthAudit for AuthToAudit {

@@ -63,7 +63,10 @@ pub enum AuthFailure {
     Malformed,
     /// A well-formed key that matches no client.
     UnknownKey,
-    /// The address is over its failure limit; the key was not checked.
+    /// The address went over its failure limit: audited once, as its
+    /// lock-out begins. Requests during the lock-out are refused (429) and
+    /// counted in the metrics, not audited one by one, so a flood from one
+    /// address cannot fill the audit log.
     LockedOut,
 }
 
@@ -202,7 +205,6 @@ impl Authenticator {
         let key = limiter_key(peer);
         if let Some(wait) = self.locked_out(key) {
             self.metrics.auth_failures.inc();
-            self.audit.auth_failed(peer, AuthFailure::LockedOut);
             return Err(SendError::RateLimited { retry_after: wait });
         }
         let outcome = match header {
@@ -226,10 +228,15 @@ impl Authenticator {
             }
             Err(reason) => {
                 self.metrics.auth_failures.inc();
-                self.audit.auth_failed(peer, reason);
                 match self.record_failure(key) {
-                    Some(wait) => Err(SendError::RateLimited { retry_after: wait }),
-                    None => Err(SendError::Unauthorized),
+                    Some(wait) => {
+                        self.audit.auth_failed(peer, AuthFailure::LockedOut);
+                        Err(SendError::RateLimited { retry_after: wait })
+                    }
+                    None => {
+                        self.audit.auth_failed(peer, reason);
+                        Err(SendError::Unauthorized)
+                    }
                 }
             }
         }
@@ -333,6 +340,41 @@ mod tests {
     }
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<AuthFailure>>);
+    impl AuthAudit for Recorded {
+        fn auth_failed(&self, _peer: IpAddr, why: AuthFailure) {
+            self.0.lock().push(why);
+        }
+    }
+
+    #[test]
+    fn a_flood_from_a_locked_out_address_is_audited_once_not_per_request() {
+        let rec = Arc::new(Recorded::default());
+        let metrics = Arc::new(Metrics::new());
+        let a = Authenticator::with_failure_limit(
+            &[client("a", &["ka1"])],
+            rec.clone(),
+            metrics.clone(),
+            NonZeroU32::new(3).unwrap(),
+        );
+        for _ in 0..1000 {
+            let _ = a.authenticate(Some(b"Bearer guess"), PEER);
+        }
+        // Three failures within the limit, then the lock-out's start; the
+        // other 996 requests are only counted.
+        assert_eq!(
+            *rec.0.lock(),
+            vec![
+                AuthFailure::UnknownKey,
+                AuthFailure::UnknownKey,
+                AuthFailure::UnknownKey,
+                AuthFailure::LockedOut
+            ]
+        );
+        assert_eq!(metrics.auth_failures.get(), 1000);
+    }
 
     #[test]
     fn finds_the_right_client() {

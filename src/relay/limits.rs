@@ -110,6 +110,26 @@ impl Limits {
         }
     }
 
+    /// Keeps what each campaign and number present in both has already
+    /// spent in `old` (a reload's previous limits): a SIGHUP must not hand
+    /// every campaign a fresh burst over the carrier's TPM. A bucket whose
+    /// rate changed keeps its debt too; it is paid back at the new rate.
+    pub fn carry_over_from(&self, old: &Limits) {
+        let old = old.inner.lock();
+        let mut new = self.inner.lock();
+        let Buckets { campaigns, numbers } = &mut *new;
+        for (k, g) in campaigns.iter_mut() {
+            if let Some(o) = old.campaigns.get(k) {
+                g.tat = o.tat;
+            }
+        }
+        for (k, g) in numbers.iter_mut() {
+            if let Some(o) = old.numbers.get(k) {
+                g.tat = o.tat;
+            }
+        }
+    }
+
     /// Takes `segments` cells from the campaign and the sender number, both
     /// or neither. Unknown campaigns are not limited here (authorisation
     /// refuses them before).
@@ -196,6 +216,24 @@ mod tests {
         assert!(l
             .take_at(now + Duration::from_millis(200), "C", &n, 1)
             .is_err());
+    }
+
+    #[test]
+    fn a_reload_keeps_what_was_spent() {
+        let (old, n) = limits(300, 5, 60);
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert!(old.take_at(now, "C", &n, 1).is_ok());
+        }
+        let (new, _) = limits(300, 5, 60);
+        new.carry_over_from(&old);
+        assert!(
+            new.take_at(now, "C", &n, 1).is_err(),
+            "a reload handed out a fresh burst"
+        );
+        // A campaign the old limits did not know starts with its burst.
+        let (fresh, _) = limits(300, 5, 60);
+        assert!(fresh.take_at(now, "C", &n, 1).is_ok());
     }
 
     #[test]

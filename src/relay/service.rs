@@ -166,14 +166,16 @@ impl Relay {
         }
     }
 
-    /// Applies a reloaded config: clients, campaigns, brands and limits.
+    /// Applies a reloaded config: clients, campaigns, brands and limits (the
+    /// cells campaigns and numbers have spent carry over).
     /// `pools` are the carrier pools of `cfg`, in its order (the app keeps
     /// the pools of carriers whose settings did not change).
     pub fn reload(&self, cfg: &Config, pools: Vec<Pool>) {
         let v = Arc::new(View::new(cfg, pools));
         *self.inner.view.write() = v;
-        let l = Arc::new(Limits::new(cfg));
-        *self.inner.limits.write() = l;
+        let l = Limits::new(cfg);
+        l.carry_over_from(&read(&self.inner.limits));
+        *self.inner.limits.write() = Arc::new(l);
     }
 
     /// The message a receipt's carrier id belongs to, if it was sent
