@@ -370,6 +370,18 @@ async fn concatenated_mo_survives_a_webhook_failure_on_its_last_part() {
     assert_eq!(mo.len(), 1, "the whole MO relayed once after the retry");
     assert_eq!(mo[0]["data"]["text"], format!("{one}{two}"));
     assert_eq!(mo[0]["data"]["from"], TO);
+
+    // A part numbered past the total its first part announced (its own
+    // header says 3 of 3, the first said 2) is not held, so it is not
+    // acknowledged either.
+    assert_eq!(
+        smsc.deliver(mo_part(8, 1, 2, one)).await,
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(
+        smsc.deliver(mo_part(8, 3, 3, two)).await,
+        CommandStatus::EsmeRxTAppn
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,6 +574,33 @@ async fn canary_in_mo_texts_and_receipt_snippets_is_never_stored_or_logged() {
             panic!("{c} ({form}) in a log line: {}", line_at(&log, at));
         }
     }
+}
+
+/// An MO for a campaign no client receives (no webhook) is not taken and
+/// dropped: a temporary error, so the carrier keeps it (SPEC §1.4). A
+/// keyword is still handled (opt-out recorded) and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mo_nobody_receives_is_a_temporary_error_not_an_ack() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let relay = Relay::start(files, Setup::one(&sim, PW)).await;
+    let (patient, ours) = (digits(TO), digits(FROM));
+    assert_eq!(
+        sim.handle
+            .send_mo(patient, ours, "Running late, sorry")
+            .await,
+        CommandStatus::EsmeRxTAppn
+    );
+    assert_eq!(
+        sim.handle.send_mo(patient, ours, "STOP").await,
+        CommandStatus::EsmeRok
+    );
+    expect_problem(
+        relay.send(&message("Your results are ready.")).await,
+        422,
+        "recipient_opted_out",
+    )
+    .await;
 }
 
 /// A receipt's `network_error_code` TLV is the message's error code (in the

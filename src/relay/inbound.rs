@@ -48,6 +48,17 @@ const MO_PARTS_TTL: Duration = Duration::from_secs(600);
 /// At most this many concatenated MOs are assembled at once.
 const MO_PARTS_MAX: usize = 10_000;
 
+/// What [`Inbound::assemble`] made of one part of a concatenated MO.
+enum Assembly {
+    /// Every part is here: the data coding and the whole payload.
+    Whole(u8, Zeroizing<Vec<u8>>),
+    /// Held until the other parts come.
+    Held,
+    /// Not held: no room for another message, or a part numbered past the
+    /// total its first part announced.
+    NoRoom,
+}
+
 /// How long a receipt for an id not (yet) in the index is retried.
 const EARLY_RECEIPT_WAIT: [Duration; 4] = [
     Duration::from_millis(20),
@@ -196,12 +207,12 @@ impl Inbound {
         concat: encoding::Concat,
         data_coding: u8,
         payload: &[u8],
-    ) -> Option<(u8, Zeroizing<Vec<u8>>)> {
+    ) -> Assembly {
         let mut map = self.partials.lock();
         let now = Instant::now();
         map.retain(|_, p| now.duration_since(p.started) < MO_PARTS_TTL);
         if map.len() >= MO_PARTS_MAX && !map.contains_key(&key) {
-            return None;
+            return Assembly::NoRoom;
         }
         let total = usize::from(concat.total.max(1));
         let entry = map.entry(key.clone()).or_insert_with(|| Partial {
@@ -210,18 +221,20 @@ impl Inbound {
             parts: vec![None; total],
         });
         let idx = usize::from(concat.seq.max(1)) - 1;
-        if let Some(slot) = entry.parts.get_mut(idx) {
-            *slot = Some(Zeroizing::new(payload.to_vec()));
+        match entry.parts.get_mut(idx) {
+            Some(slot) => *slot = Some(Zeroizing::new(payload.to_vec())),
+            // A part numbered past the total the first part announced.
+            None => return Assembly::NoRoom,
         }
         if entry.parts.iter().any(Option::is_none) {
-            return None;
+            return Assembly::Held;
         }
         let len = entry.parts.iter().flatten().map(|p| p.len()).sum();
         let mut whole = Zeroizing::new(Vec::with_capacity(len));
         for p in entry.parts.iter().flatten() {
             whole.extend_from_slice(p);
         }
-        Some((entry.data_coding, whole))
+        Assembly::Whole(entry.data_coding, whole)
     }
 
     /// Drops the held parts of a concatenated MO that got its final answer.
@@ -306,13 +319,19 @@ impl Inbound {
             Some(c) => {
                 let key = (link.to_owned(), from.as_str().to_owned(), c.reference);
                 match self.assemble(key.clone(), c, msg.data_coding, data) {
-                    Some(w) => {
-                        whole = w;
+                    Assembly::Whole(dc, w) => {
+                        whole = (dc, w);
                         held = Some(key);
                         (whole.0, &whole.1[..])
                     }
                     // Earlier parts are acknowledged and held in memory.
-                    None => return CommandStatus::EsmeRok,
+                    Assembly::Held => return CommandStatus::EsmeRok,
+                    // Not kept, so not acknowledged: the carrier retries it.
+                    Assembly::NoRoom => {
+                        tracing::warn!(link, "MO part not held (table of partial MOs full, or numbered past its total); the carrier will retry");
+                        self.mo_outcome(link, "parts_full");
+                        return CommandStatus::EsmeRxTAppn;
+                    }
                 }
             }
             None => (msg.data_coding, data),
@@ -396,8 +415,18 @@ impl Inbound {
                     }
                 }
             }
-            // No client takes this campaign's MO: nothing to relay.
-            _ => CommandStatus::EsmeRok,
+            // No client takes this campaign's MO. A keyword was handled
+            // here (the opt-out state recorded, the answer sent); any other
+            // text has nobody to go to yet, and SPEC §1.4 acknowledges an
+            // MO only once a client has it: a temporary error, so the
+            // carrier retries (and delivers once a client's webhook is
+            // configured), not taken and dropped.
+            _ if class != KeywordClass::Other => CommandStatus::EsmeRok,
+            _ => {
+                tracing::warn!(link, campaign = %campaign.id, "MO refused for now, the carrier will retry: no client with a webhook receives this campaign's messages");
+                self.mo_outcome(link, "no_client");
+                CommandStatus::EsmeRxTAppn
+            }
         };
         if status == CommandStatus::EsmeRok {
             self.mo_outcome(link, "delivered");
