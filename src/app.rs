@@ -126,8 +126,13 @@ impl api::Readiness for Ready {
     }
 }
 
+/// How long [`App::start`] waits for every carrier's first bind attempt.
+const FIRST_BINDS_WAIT: Duration = Duration::from_secs(10);
+
 impl App {
-    /// Opens the store, binds every listener and starts every task.
+    /// Opens the store, binds every listener and starts every task, and
+    /// returns once every carrier bind has been tried (at most
+    /// [`FIRST_BINDS_WAIT`]).
     pub async fn start(config: Config) -> Result<App, AppError> {
         let errors = crate::preflight::check_tls_material(&config);
         if !errors.is_empty() {
@@ -185,6 +190,7 @@ impl App {
             .zip(&pool_tokens)
             .map(|(c, t)| Pool::start(c.clone(), metrics.clone(), inbound.clone(), t.clone()))
             .collect();
+        let pools_for_ready = pools.clone();
         let relay = Relay::new(
             &config,
             pools.clone(),
@@ -278,6 +284,20 @@ impl App {
             }
         });
         tracing::info!(api = %bound.api, metrics = %bound.metrics, node = %config.node.id, "listening");
+        // Every carrier bind tried once (bound or failed) before the caller
+        // may say READY=1 (SPEC §2), bounded so an unreachable carrier whose
+        // connect hangs cannot hold up the start.
+        let attempts =
+            futures::future::join_all(pools_for_ready.iter().map(Pool::first_bind_attempts));
+        if tokio::time::timeout(FIRST_BINDS_WAIT, attempts)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                wait_secs = FIRST_BINDS_WAIT.as_secs(),
+                "not every carrier bind finished its first attempt in time; starting anyway"
+            );
+        }
         Ok(App {
             bound,
             metrics,

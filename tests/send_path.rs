@@ -369,6 +369,38 @@ async fn daily_cap_counts_the_local_day_and_resets_at_local_midnight() {
     assert_eq!(sim.submits(), 3);
 }
 
+/// SPEC §2: `READY=1` comes after the binds were attempted. `App::start`
+/// (after which `run` says READY=1) returns with every carrier's first
+/// bind tried: the reachable one bound, the unreachable one failed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_returns_after_every_carrier_tried_its_first_bind() {
+    let files = Files::new();
+    // A carrier that takes half a second to answer the bind.
+    let smsc = files.slow_binding_smsc(Duration::from_millis(500)).await;
+    let setup = Setup::new(vec![
+        CarrierCfg::new("carrier-a", smsc.addr.port(), PW),
+        CarrierCfg::new("carrier-down", closed_port().await, PW).priority(2),
+    ])
+    .no_wait();
+    let relay = Relay::start(files, setup).await;
+    let pools = relay.app().relay().pools();
+    assert_eq!(
+        pools[0].bound_sessions(),
+        1,
+        "carrier-a bound before start returned"
+    );
+    assert_eq!(pools[1].bound_sessions(), 0);
+    let failures = relay
+        .metrics_text()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("sms_conduit_smpp_bind_failures_total") && l.contains("carrier-down")
+        })
+        .count();
+    assert!(failures > 0, "carrier-down's first bind was tried");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_priority_2_when_priority_1_goes_down() {
     let files = Files::new();

@@ -12,7 +12,7 @@
 //! minutes, and is logged once per failure series; the slot table is locked
 //! only to clone a handle, never across an `.await`.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +73,10 @@ struct Inner {
     limiter: Option<DefaultDirectRateLimiter>,
     epoch: Instant,
     tasks: TaskTracker,
+    /// Slots that have tried their first bind (bound or failed), and its
+    /// signal (see [`Pool::first_bind_attempts`]).
+    attempted: AtomicUsize,
+    attempted_signal: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -127,6 +131,8 @@ impl Pool {
             limiter,
             epoch: Instant::now(),
             tasks: TaskTracker::new(),
+            attempted: AtomicUsize::new(0),
+            attempted_signal: tokio::sync::Notify::new(),
         });
         let tls = if carrier.tls {
             Some(crate::tls::connector(carrier.ca_file.as_deref()).map_err(|e| e.to_string()))
@@ -149,6 +155,18 @@ impl Pool {
         }
         inner.tasks.close();
         Pool { inner }
+    }
+
+    /// Resolves once every slot has tried its first bind, bound or failed
+    /// (SPEC §2: `READY=1` after the binds were attempted).
+    pub async fn first_bind_attempts(&self) {
+        loop {
+            let signal = self.inner.attempted_signal.notified();
+            if self.inner.attempted.load(Ordering::Acquire) >= self.inner.slots.len() {
+                return;
+            }
+            signal.await;
+        }
     }
 
     /// The carrier name.
@@ -338,12 +356,18 @@ async fn run_slot(
     // growing back-off as one that refuses it, not a reconnect (and a pair
     // of bind_up/bind_down audit records) every ~150 ms forever.
     let mut short_sessions: u32 = 0;
+    let mut first_attempt = true;
     let mut last_logged: Option<&'static str> = None;
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
             r = establish(&carrier, slot.kind, &tls) => r,
             _ = shutdown.cancelled() => break,
         };
+        if first_attempt {
+            first_attempt = false;
+            inner.attempted.fetch_add(1, Ordering::Release);
+            inner.attempted_signal.notify_waiters();
+        }
         let wait = match result {
             Ok(framed) => {
                 attempt = 0;

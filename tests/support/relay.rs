@@ -107,16 +107,22 @@ impl Files {
     /// Starts an SMSC over TLS that accepts any bind and answers
     /// enquire_link, but never answers a submit_sm.
     pub async fn silent_smsc(&self) -> SilentSmsc {
-        self.unanswering_smsc(false).await
+        self.unanswering_smsc(false, Duration::ZERO).await
+    }
+
+    /// Like [`Self::silent_smsc`], but it answers each bind only after
+    /// `delay`.
+    pub async fn slow_binding_smsc(&self, delay: Duration) -> SilentSmsc {
+        self.unanswering_smsc(false, delay).await
     }
 
     /// Like [`Self::silent_smsc`], but it drops the connection as soon as
     /// a submit_sm arrives: a carrier lost with the message in its window.
     pub async fn dropping_smsc(&self) -> SilentSmsc {
-        self.unanswering_smsc(true).await
+        self.unanswering_smsc(true, Duration::ZERO).await
     }
 
-    async fn unanswering_smsc(&self, drop_on_submit: bool) -> SilentSmsc {
+    async fn unanswering_smsc(&self, drop_on_submit: bool, bind_delay: Duration) -> SilentSmsc {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls_cfg = config::Tls {
@@ -148,6 +154,7 @@ impl Files {
                     else {
                         return;
                     };
+                    tokio::time::sleep(bind_delay).await;
                     if bind::answer_bind(&mut framed, &attempt, CommandStatus::EsmeRok, "SILENT")
                         .await
                         .is_err()
