@@ -214,6 +214,26 @@ fn campaign_texts_required_with_numbers() {
 }
 
 #[test]
+fn campaign_texts_must_fit_one_segment_as_encoded() {
+    // 71 characters with one outside GSM 03.38: UCS-2, two segments.
+    let ucs2 = format!("Reply STOP to opt out \u{2014} {}", "x".repeat(47));
+    assert_eq!(ucs2.chars().count(), 71);
+    refused(
+        &valid().replace("help_text = \"help\"", &format!("help_text = \"{ucs2}\"")),
+        "campaigns[0].help_text",
+        "needs 2 segments",
+    );
+    // 160 GSM-7 characters fit; the same length as UCS-2 did not above.
+    let d = dir();
+    let gsm = "h".repeat(160);
+    load(
+        &valid().replace("help_text = \"help\"", &format!("help_text = \"{gsm}\"")),
+        &d,
+    )
+    .expect("160 GSM-7 characters are one SMS");
+}
+
+#[test]
 fn webhook_must_be_https() {
     refused(
         &valid().replace("https://app.example", "http://app.example"),

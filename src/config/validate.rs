@@ -532,8 +532,20 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
         let mut text = |f: &str, v: &Option<String>| -> String {
             match v {
                 Some(t) if !t.trim().is_empty() => {
-                    if t.chars().count() > 160 {
-                        c.err(k(f), "must fit one SMS (at most 160 characters)");
+                    // One segment as it will be encoded: 160 GSM-7 septets
+                    // (extension characters count two), or 70 UCS-2 units
+                    // once any character is outside GSM 03.38.
+                    let info = crate::smpp::encoding::analyze(t);
+                    if info.segments > 1 {
+                        c.err(
+                            k(f),
+                            format!(
+                                "must fit one SMS (at most 160 GSM-7 characters, or 70 when any character needs UCS-2); this one is {} characters in {} and needs {} segments",
+                                t.chars().count(),
+                                info.encoding.as_str(),
+                                info.segments
+                            ),
+                        );
                     }
                     t.clone()
                 }
