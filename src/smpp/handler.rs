@@ -62,10 +62,13 @@ pub struct InboundMessage {
 }
 
 impl InboundMessage {
-    /// True for a delivery receipt (esm_class message type 0x04 or 0x08, or
-    /// a `receipted_message_id` TLV).
+    /// True for a delivery receipt: esm_class message type 0x04 (SMSC
+    /// delivery receipt), 0x08 (SME delivery acknowledgement) or 0x20
+    /// (intermediate delivery notification), or a `receipted_message_id`
+    /// TLV. None of them is a patient's text, so none may reach the MO path.
     pub fn is_receipt(&self) -> bool {
-        matches!(self.esm_class & 0x3C, 0x04 | 0x08) || self.receipt.receipted_message_id.is_some()
+        matches!(self.esm_class & 0x3C, 0x04 | 0x08 | 0x20)
+            || self.receipt.receipted_message_id.is_some()
     }
 
     /// The text bytes: the payload TLV when present, else `short_message`.
@@ -178,5 +181,37 @@ impl InboundHandler for RecordingHandler {
             }
             status
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_esm_class(esm_class: u8) -> InboundMessage {
+        InboundMessage {
+            kind: InboundKind::DeliverSm,
+            source_addr_ton: 1,
+            source_addr: "15557654321".into(),
+            dest_addr_ton: 1,
+            dest_addr: "15551230001".into(),
+            esm_class,
+            data_coding: 0,
+            registered_delivery: 0,
+            short_message: Zeroizing::new(b"id:1 stat:ENROUTE".to_vec()),
+            message_payload: None,
+            receipt: ReceiptTlvs::default(),
+            message_id: None,
+        }
+    }
+
+    #[test]
+    fn receipts_and_intermediate_notifications_are_not_mo() {
+        for esm in [0x04, 0x08, 0x20, 0x44, 0x60] {
+            assert!(with_esm_class(esm).is_receipt(), "esm_class {esm:#04x}");
+        }
+        for esm in [0x00, 0x40, 0x03] {
+            assert!(!with_esm_class(esm).is_receipt(), "esm_class {esm:#04x}");
+        }
     }
 }
