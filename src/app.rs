@@ -430,11 +430,44 @@ impl App {
         {
             tracing::error!("audit record of the reload: {e}");
         }
-        if new.api.listen != self.config.api.listen
-            || new.metrics.listen != self.config.metrics.listen
-            || new.node.state_dir != self.config.node.state_dir
-        {
-            tracing::warn!("listener addresses and node.state_dir change only on restart");
+        let (old, mut on_restart) = (&self.config, Vec::new());
+        let mut changed = |key: &'static str, differs: bool| {
+            if differs {
+                on_restart.push(key);
+            }
+        };
+        changed("api.listen", new.api.listen != old.api.listen);
+        changed("metrics.listen", new.metrics.listen != old.metrics.listen);
+        changed("node.state_dir", new.node.state_dir != old.node.state_dir);
+        changed("node.id", new.node.id != old.node.id);
+        changed("node.drain_secs", new.node.drain != old.node.drain);
+        changed(
+            "node.lock_memory",
+            new.node.lock_memory != old.node.lock_memory,
+        );
+        changed(
+            "node.pseudonym_key_file",
+            new.node.pseudonym_key.expose() != old.node.pseudonym_key.expose(),
+        );
+        let (a, b) = (&new.smpp_server, &old.smpp_server);
+        changed(
+            "smpp_server",
+            a.listen != b.listen
+                || a.plaintext_listen != b.plaintext_listen
+                || a.idle_timeout != b.idle_timeout
+                || a.window != b.window,
+        );
+        changed(
+            "audit.retention_days",
+            new.audit.retention_days != old.audit.retention_days,
+        );
+        changed(
+            "store.metadata_retention_days",
+            new.store.metadata_retention_days != old.store.metadata_retention_days,
+        );
+        if !on_restart.is_empty() {
+            // Said, not silently ignored: these keep their running values.
+            tracing::warn!(keys = ?on_restart, "these settings changed in the file but take effect only on restart");
         }
         tracing::info!(config_sha256 = %new.file_sha256, "configuration reloaded");
         self.config = new;

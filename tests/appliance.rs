@@ -172,10 +172,13 @@ fn run_notifies_serves_reloads_and_drains() {
     let (new_key, new_hash) = sms_conduit::api::new_key();
     let cfg_path = f.dir.path().join("sms-conduit.toml");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
-    let text = text.replace(
-        "key_sha256 = [\"",
-        &format!("key_sha256 = [\"{new_hash}\", \""),
-    );
+    let text = text
+        .replace(
+            "key_sha256 = [\"",
+            &format!("key_sha256 = [\"{new_hash}\", \""),
+        )
+        // A setting that only a restart applies: the reload says so.
+        .replace("drain_secs = 5", "drain_secs = 6");
     std::fs::write(&cfg_path, text).unwrap();
     let status_with_new_key = || {
         rt.block_on(async {
@@ -192,6 +195,8 @@ fn run_notifies_serves_reloads_and_drains() {
     assert_eq!(status, 401, "not before the reload");
     signal(child.id(), libc::SIGHUP);
     wait_notify(&sock, "RELOADING=1");
+    let restart_only = wait_line(&rx, "take effect only on restart", &mut log);
+    assert!(restart_only.contains("node.drain_secs"), "{restart_only}");
     wait_line(&rx, "configuration reloaded", &mut log);
     wait_notify(&sock, "READY=1");
     let status = status_with_new_key();
