@@ -190,7 +190,6 @@ impl App {
             .zip(&pool_tokens)
             .map(|(c, t)| Pool::start(c.clone(), metrics.clone(), inbound.clone(), t.clone()))
             .collect();
-        let pools_for_ready = pools.clone();
         let relay = Relay::new(
             &config,
             pools.clone(),
@@ -287,8 +286,7 @@ impl App {
         // Every carrier bind tried once (bound or failed) before the caller
         // may say READY=1 (SPEC §2), bounded so an unreachable carrier whose
         // connect hangs cannot hold up the start.
-        let attempts =
-            futures::future::join_all(pools_for_ready.iter().map(Pool::first_bind_attempts));
+        let attempts = futures::future::join_all(pools.iter().map(Pool::first_bind_attempts));
         if tokio::time::timeout(FIRST_BINDS_WAIT, attempts)
             .await
             .is_err()

@@ -281,12 +281,13 @@ impl Relay {
     }
 
     /// Submits every segment on carrier `i`; the first error wins, with
-    /// the carrier ids of the segments that were accepted (empty where not).
+    /// how many segments were accepted and their carrier ids (empty where
+    /// not accepted; a carrier may also answer an empty id).
     async fn submit_all(
         pool: &Pool,
         req: &SendRequest,
         enc: &encoding::Encoded,
-    ) -> Result<Vec<String>, (SmppError, Vec<String>)> {
+    ) -> Result<Vec<String>, (SmppError, usize, Vec<String>)> {
         let esm_class = enc.esm_class_bits();
         let submit = |part: &[u8]| {
             pool.submit(SubmitRequest {
@@ -304,10 +305,11 @@ impl Relay {
         if let (Some(only), 1) = (enc.parts().next(), enc.segments()) {
             return match submit(only).await {
                 Ok(resp) => Ok(vec![resp.message_id]),
-                Err(e) => Err((e, Vec::new())),
+                Err(e) => Err((e, 0, Vec::new())),
             };
         }
         let results = join_all(enc.parts().map(submit)).await;
+        let accepted = results.iter().filter(|r| r.is_ok()).count();
         let mut ids = Vec::with_capacity(results.len());
         let mut first_err = None;
         for r in results {
@@ -321,7 +323,7 @@ impl Relay {
         }
         match first_err {
             None => Ok(ids),
-            Some(e) => Err((e, ids)),
+            Some(e) => Err((e, accepted, ids)),
         }
     }
 
@@ -338,7 +340,7 @@ impl Relay {
             let Some(pool) = pools.get(i) else { continue };
             match Self::submit_all(pool, req, enc).await {
                 Ok(ids) => return Ok(Sent { carrier: i, ids }),
-                Err((e, ids)) => {
+                Err((e, accepted, ids)) => {
                     let mapped = match &e {
                         SmppError::Status(_) => SendError::CarrierRejected {
                             status_name: e
@@ -355,13 +357,12 @@ impl Relay {
                         }
                         _ => SendError::NoRoute,
                     };
-                    let accepted = ids.iter().any(|id| !id.is_empty());
-                    if accepted || !e.is_retryable() {
+                    if accepted > 0 || !e.is_retryable() {
                         // Some segment reached the carrier, or the carrier
                         // gave a final answer: no failover (no duplicates).
                         // The accepted segments' ids stay in the record, so
                         // their receipts still find it.
-                        let partial = accepted.then_some(Sent { carrier: i, ids });
+                        let partial = (accepted > 0).then_some(Sent { carrier: i, ids });
                         return Err((mapped, partial));
                     }
                     tracing::warn!(carrier = %pool.name(), "carrier failed before accepting; failing over: {e}");
