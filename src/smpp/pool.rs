@@ -80,6 +80,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// Counts a slot's first bind attempt (once per slot) and wakes
+    /// [`Pool::first_bind_attempts`].
+    fn first_attempt_done(&self, first: &mut bool) {
+        if std::mem::take(first) {
+            self.attempted.fetch_add(1, Ordering::Release);
+            self.attempted_signal.notify_waiters();
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -363,11 +372,6 @@ async fn run_slot(
             r = establish(&carrier, slot.kind, &tls) => r,
             _ = shutdown.cancelled() => break,
         };
-        if first_attempt {
-            first_attempt = false;
-            inner.attempted.fetch_add(1, Ordering::Release);
-            inner.attempted_signal.notify_waiters();
-        }
         let wait = match result {
             Ok(framed) => {
                 attempt = 0;
@@ -386,6 +390,9 @@ async fn run_slot(
                 slot.paused_until.store(0, Ordering::Relaxed);
                 slot.set(Some(handle.clone()));
                 bound_gauge.inc();
+                // Counted once the session is in its slot, so a waiter sees
+                // the carrier bound.
+                inner.first_attempt_done(&mut first_attempt);
                 info!(link = %link, kind = slot.kind.label(), "SMPP bound");
                 let peer = format!("{}:{}", carrier.host, carrier.port);
                 deps.handler.bind_event(BindEvent::Up {
@@ -430,6 +437,7 @@ async fn run_slot(
                     .smpp_bind_failures
                     .with_label_values(&[&link, reason])
                     .inc();
+                inner.first_attempt_done(&mut first_attempt);
                 let slow = matches!(
                     e,
                     SmppError::BindRefused(_) | SmppError::InvalidField { .. } | SmppError::Tls(_)
