@@ -100,29 +100,40 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, App
         .map_err(|source| AppError::Listen { what, addr, source })
 }
 
-/// `/readyz`: the store is open and every priority-1 carrier has a bound session.
+/// `/readyz`: this node can send now: its store commits and some carrier
+/// has a bound session that can submit. One carrier's outage is not a
+/// reason to be drained by a load balancer (every node would be); it shows
+/// in the body and in the metrics.
 struct Ready {
     store: Store,
-    /// Whose priority-1 carrier pools must have a bound session.
     relay: Relay,
 }
 
 impl api::Readiness for Ready {
     fn ready(&self) -> Result<(), String> {
+        if !self.store.is_healthy() {
+            return Err("the store cannot commit".into());
+        }
         self.store
             .read(|_| Ok(()))
             .map_err(|_| "store is not open".to_string())?;
-        let first = self.relay.first_priority_pools();
-        let down: Vec<&str> = first
-            .iter()
-            .filter(|p| p.bound_sessions() == 0)
-            .map(|p| p.name())
-            .collect();
-        if down.is_empty() {
+        let pools = self.relay.pools();
+        if pools.is_empty() || pools.iter().any(|p| p.bound_transmitters() > 0) {
             Ok(())
         } else {
-            Err(format!("no bound session for carrier {}", down.join(", ")))
+            Err("no carrier has a bound session".into())
         }
+    }
+
+    fn carriers(&self) -> Vec<api::CarrierState> {
+        self.relay
+            .pools()
+            .iter()
+            .map(|p| api::CarrierState {
+                name: p.name().to_owned(),
+                bound_sessions: p.bound_sessions(),
+            })
+            .collect()
     }
 }
 
@@ -480,6 +491,12 @@ impl App {
     pub async fn stop(self, deadline: Duration) -> bool {
         let end = tokio::time::Instant::now() + deadline;
         let clean = self.shutdown.drain(deadline).await;
+        // Sends whose client went away run in their own tasks: they end
+        // (answered, recorded) before their carriers are unbound.
+        let sends_done = tokio::time::timeout_at(end, self.relay.sends_done())
+            .await
+            .is_ok();
+        let clean = clean && sends_done;
         for t in &self.pool_tokens {
             t.cancel();
         }

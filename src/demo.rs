@@ -258,7 +258,7 @@ fn config_toml(sim: SocketAddr, key_hash: &str, sink_url: &str, slow_burst: u64)
 [node]
 id = "demo"
 state_dir = "state"
-drain_secs = 5
+drain_secs = 15
 pseudonym_key_file = "pseudonym.key"
 
 [tls]

@@ -93,7 +93,7 @@ async fn right_key_reaches_the_service() {
         .send()
         .await
         .unwrap();
-    expect_problem(r, 503, "no_route").await;
+    expect_problem(r, 422, "no_route").await;
     let r = c
         .get(api.url("/v1/messages/msg_123"))
         .bearer_auth(&env.api_key)

@@ -28,7 +28,7 @@ fn files() -> Files {
 [node]
 id = "edge-test"
 state_dir = "state"
-drain_secs = 5
+drain_secs = 15
 pseudonym_key_file = "pseudonym.key"
 
 [tls]
@@ -178,7 +178,7 @@ fn run_notifies_serves_reloads_and_drains() {
             &format!("key_sha256 = [\"{new_hash}\", \""),
         )
         // A setting that only a restart applies: the reload says so.
-        .replace("drain_secs = 5", "drain_secs = 6");
+        .replace("drain_secs = 15", "drain_secs = 16");
     std::fs::write(&cfg_path, text).unwrap();
     let status_with_new_key = || {
         rt.block_on(async {

@@ -102,7 +102,7 @@ async fn scrape_over_loopback_http_passes_promtool() {
         .send()
         .await
         .unwrap();
-    assert_eq!(sent.status(), 503, "NoRouteService answers no_route");
+    assert_eq!(sent.status(), 422, "NoRouteService answers no_route");
     assert_eq!(sent.headers()["cache-control"], "no-store");
     let anon = c
         .post(api.url("/v1/messages"))
@@ -140,7 +140,7 @@ async fn scrape_over_loopback_http_passes_promtool() {
         "{text}"
     );
     assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
-    for status in ["503", "401", "405"] {
+    for status in ["422", "401", "405"] {
         let series = format!(
             r#"sms_conduit_api_requests_total{{route="/v1/messages",status="{status}"}} 1"#
         );

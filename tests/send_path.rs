@@ -120,10 +120,10 @@ async fn every_refusal_before_the_carrier_has_its_status_and_code() {
     )
     .await;
 
-    // 503 no_route: no carrier prefix matches +44.
+    // 422 no_route: no carrier prefix matches +44 (permanent).
     expect_problem(
         relay.send(&with("to", "+447700900123".into())).await,
-        503,
+        422,
         "no_route",
     )
     .await;
@@ -149,7 +149,7 @@ async fn carrier_error_is_502_with_the_smpp_status_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn carrier_down_is_503_no_route() {
+async fn carrier_down_is_503_carrier_unavailable_with_retry_after() {
     let files = Files::new();
     let sim = files.sim(PW, |_| {}).await;
     let down = closed_port().await;
@@ -160,13 +160,10 @@ async fn carrier_down_is_503_no_route() {
             .priority(2),
     ]);
     let relay = Relay::start(files, setup).await;
-    // The +44 carrier is configured but never binds.
-    expect_problem(
-        relay.send(&with("to", "+447700900123".into())).await,
-        503,
-        "no_route",
-    )
-    .await;
+    // The +44 carrier is configured but never binds: temporary, retry.
+    let r = relay.send(&with("to", "+447700900123".into())).await;
+    assert!(retry_after(&r) >= 1);
+    expect_problem(r, 503, "carrier_unavailable").await;
     // The +1 carrier is up.
     assert_eq!(relay.send_ok(&message("hi")).await["carrier"], "carrier-a");
 }
@@ -417,7 +414,18 @@ async fn failover_to_priority_2_when_priority_1_goes_down() {
 
     sim_a.stop().await;
     // The pool notices: the priority-1 carrier has no bound session.
-    relay.wait_not_ready().await;
+    wait_until(Duration::from_secs(10), "carrier-a unbound", || {
+        relay.app().relay().pools()[0].bound_sessions() == 0
+    })
+    .await;
+    // One carrier's outage does not make the node unready (a load
+    // balancer would drain every node for it): it shows in the body.
+    let r = relay.get_raw("/readyz").await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["carriers"][0]["name"], "carrier-a", "{body}");
+    assert_eq!(body["carriers"][0]["bound_sessions"], 0, "{body}");
+    assert_eq!(body["carriers"][1]["bound_sessions"], 1, "{body}");
     assert_eq!(relay.send_ok(&message("two")).await["carrier"], "carrier-b");
     assert_eq!(
         relay.send_ok(&message("three")).await["carrier"],
@@ -431,11 +439,13 @@ async fn failover_to_priority_2_when_priority_1_goes_down() {
         sim_b.handle.bound_sessions() == 0
     })
     .await;
+    // No carrier can take anything now: not ready.
+    relay.wait_not_ready().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = relay.send(&message("four")).await;
         if r.status() == 503 {
-            expect_problem(r, 503, "no_route").await;
+            expect_problem(r, 503, "carrier_unavailable").await;
             break;
         }
         assert!(Instant::now() < deadline, "still {}", r.status());

@@ -30,8 +30,9 @@ pub use metrics::{serve_metrics, MetricsServeError};
 pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};
 pub use service::{
-    AlwaysReady, ClientId, DynMessageService, Encoding, MessageService, MessageStatus, MessageView,
-    NoRouteService, OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
+    AlwaysReady, CarrierState, ClientId, DynMessageService, Encoding, MessageService,
+    MessageStatus, MessageView, NoRouteService, OptOutChange, OptOutService, OptOutView, Readiness,
+    SendAccepted, SendRequest,
 };
 
 use crate::metrics::Metrics;

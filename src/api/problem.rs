@@ -21,6 +21,11 @@ use serde::Serialize;
 /// Base of the `type` URI of every problem document.
 pub const PROBLEM_TYPE_BASE: &str = "https://sms-conduit.dev/problems/";
 
+/// `Retry-After` of `store_unavailable`: the store retries its reopen with
+/// a back-off of up to 5 s, so a client asked back after that finds it
+/// recovered if the fault (a full disk) has gone.
+pub const STORE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Media type of every error response.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -55,9 +60,22 @@ pub enum SendError {
     /// The carrier answered an SMPP error; `status_name` is e.g. `ESME_RINVDSTADR`.
     #[error("carrier rejected the message: {status_name}")]
     CarrierRejected { status_name: String },
-    /// No bound carrier for the destination.
+    /// No configured carrier covers the destination: permanent (422).
     #[error("no route")]
     NoRoute,
+    /// Routes exist for the destination but none has a bound session now,
+    /// or the carrier's pacing could not start the submit within the
+    /// request's deadline: nothing was sent, retry later (503).
+    #[error("carrier unavailable, retry after {retry_after:?}")]
+    CarrierUnavailable { retry_after: Duration },
+    /// This node's store cannot commit now: nothing was sent (503).
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// Same idempotency key, and the first attempt's outcome is unknown
+    /// (it may have reached a carrier: a timeout, or a crash while it was
+    /// in flight): never sent again.
+    #[error("idempotency key's first outcome is unknown")]
+    IdempotencyOutcomeUnknown,
     /// No carrier answer within the window timeout; outcome unknown.
     #[error("carrier timeout")]
     CarrierTimeout,
@@ -83,6 +101,9 @@ impl SendError {
             SendError::DailyCapReached { .. } => "daily_cap_reached",
             SendError::CarrierRejected { .. } => "carrier_rejected",
             SendError::NoRoute => "no_route",
+            SendError::CarrierUnavailable { .. } => "carrier_unavailable",
+            SendError::StoreUnavailable => "store_unavailable",
+            SendError::IdempotencyOutcomeUnknown => "idempotency_conflict",
             SendError::CarrierTimeout => "carrier_timeout",
             SendError::NotFound => "not_found",
             SendError::Internal => "internal_error",
@@ -135,9 +156,30 @@ impl SendError {
                 format!("the carrier refused the message: {status_name}"),
             ),
             SendError::NoRoute => (
-                S::SERVICE_UNAVAILABLE,
+                S::UNPROCESSABLE_ENTITY,
                 "No route",
-                "no carrier session is bound for this destination".into(),
+                "no configured carrier covers this destination".into(),
+            ),
+            SendError::CarrierUnavailable { retry_after } => (
+                S::SERVICE_UNAVAILABLE,
+                "Carrier unavailable",
+                format!(
+                    "no carrier for this destination can take the message now; it was not sent; retry after {} s",
+                    retry_secs(*retry_after)
+                ),
+            ),
+            SendError::StoreUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                format!(
+                    "this node cannot record messages now; it was not sent; retry after {} s",
+                    retry_secs(STORE_RETRY_AFTER)
+                ),
+            ),
+            SendError::IdempotencyOutcomeUnknown => (
+                S::CONFLICT,
+                "Idempotency conflict",
+                "the first attempt with this Idempotency-Key may have reached the carrier and its outcome is unknown; it is not sent again".into(),
             ),
             SendError::CarrierTimeout => (
                 S::GATEWAY_TIMEOUT,
@@ -153,9 +195,12 @@ impl SendError {
         };
         let mut p = Problem::new(status, self.code(), title, detail);
         match self {
-            SendError::RateLimited { retry_after } | SendError::DailyCapReached { retry_after } => {
+            SendError::RateLimited { retry_after }
+            | SendError::DailyCapReached { retry_after }
+            | SendError::CarrierUnavailable { retry_after } => {
                 p.retry_after = Some(*retry_after);
             }
+            SendError::StoreUnavailable => p.retry_after = Some(STORE_RETRY_AFTER),
             SendError::Unauthorized => p.www_authenticate = true,
             _ => {}
         }
@@ -312,7 +357,15 @@ mod tests {
                 },
                 502,
             ),
-            (SendError::NoRoute, 503),
+            (SendError::NoRoute, 422),
+            (
+                SendError::CarrierUnavailable {
+                    retry_after: Duration::from_secs(2),
+                },
+                503,
+            ),
+            (SendError::StoreUnavailable, 503),
+            (SendError::IdempotencyOutcomeUnknown, 409),
             (SendError::CarrierTimeout, 504),
             (SendError::NotFound, 404),
             (SendError::Internal, 500),

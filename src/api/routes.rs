@@ -114,15 +114,35 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
+    let carriers = state.readiness.carriers();
     match state.readiness.ready() {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(reason) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "Not ready",
-            reason,
-        )
-        .into_response(),
+        Ok(()) => {
+            Json(serde_json::json!({"status": "ready", "carriers": carriers})).into_response()
+        }
+        Err(reason) => {
+            let p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "Not ready",
+                reason,
+            );
+            // The problem document with the per-carrier state beside it,
+            // which an operator wants most when the node is not ready.
+            let body = serde_json::json!({
+                "type": p.type_uri,
+                "title": p.title,
+                "status": 503,
+                "detail": p.detail,
+                "code": p.code,
+                "carriers": carriers,
+            });
+            let mut resp = (StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
+            resp.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(super::problem::PROBLEM_CONTENT_TYPE),
+            );
+            resp
+        }
     }
 }
 

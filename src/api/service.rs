@@ -420,6 +420,18 @@ pub trait Readiness: Send + Sync + 'static {
     /// `Err(reason)` when not ready; the reason is shown to the prober, so it
     /// must hold config names only.
     fn ready(&self) -> Result<(), String>;
+
+    /// Each carrier's state, shown in `/readyz`'s body whatever the status.
+    fn carriers(&self) -> Vec<CarrierState> {
+        Vec::new()
+    }
+}
+
+/// One carrier in `/readyz`'s body: its config name and bound sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct CarrierState {
+    pub name: String,
+    pub bound_sessions: usize,
 }
 
 /// Always ready; for tests and the metrics-only listener.

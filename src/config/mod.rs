@@ -116,6 +116,10 @@ pub struct Api {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// One request's whole time (SPEC §4): its submits must be written by
+    /// this less the carriers' response timeout, so that an answer, or the
+    /// unknown-outcome 504, comes within it.
+    pub send_deadline: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -62,6 +62,8 @@ pub struct RawApi {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Default: the longest carrier `response_timeout_secs` + 2.
+    pub send_deadline_secs: Option<u64>,
 }
 
 fn default_header_timeout() -> u64 {

@@ -312,3 +312,20 @@ fn optional_tables_take_their_defaults() {
     assert_eq!(cfg.metrics.listen.port(), 9464);
     assert_eq!(cfg.audit.retention_days, 2190);
 }
+
+/// Issue 16 item 8: a drain shorter than a request's deadline reset
+/// requests the carrier had; the config is refused, naming both keys.
+#[test]
+fn drain_shorter_than_the_send_deadline_is_refused() {
+    let text = valid().replace("[node]\n", "[node]\ndrain_secs = 8\n");
+    refused(&text, "node.drain_secs", "api.send_deadline_secs (12");
+    let text = valid().replace("[api]\n", "[api]\nsend_deadline_secs = 10\n");
+    refused(
+        &text,
+        "api.send_deadline_secs",
+        "carriers[0].response_timeout_secs (10)",
+    );
+    let d = dir();
+    let cfg = load(&valid(), &d).unwrap();
+    assert_eq!(cfg.api.send_deadline, Duration::from_secs(12), "rt + 2");
+}

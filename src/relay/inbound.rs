@@ -31,6 +31,7 @@ use parking_lot::{Mutex, RwLock};
 
 use zeroize::Zeroizing;
 
+use super::inflight::Found;
 use super::{record, Relay};
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
@@ -449,12 +450,21 @@ impl Inbound {
         if keys.is_empty() {
             return Ok(None);
         }
-        if let Some(id) = self
-            .relay
-            .get()
-            .and_then(|r| r.recent_carrier_id(link, &keys))
-        {
-            return Ok(Some(id));
+        if let Some(relay) = self.relay.get() {
+            if let Some(id) = relay.recent_carrier_id(link, &keys) {
+                return Ok(Some(id));
+            }
+            // A segment of a message whose other segments are still with
+            // the carrier: wait for its record rather than drop the receipt.
+            match relay.in_flight_message(link, &keys).await {
+                Some(Found::Recorded(id)) => return Ok(Some(id)),
+                Some(Found::NotRecorded) => {
+                    return Err(StoreError::Refused(
+                        "the receipt's message is not recorded yet".into(),
+                    ))
+                }
+                None => {}
+            }
         }
         self.shared.lookup_carrier_id(link, &keys).await
     }

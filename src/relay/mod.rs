@@ -6,6 +6,7 @@
 //! translate), and never keeps a body beyond the request.
 
 pub mod inbound;
+pub mod inflight;
 pub mod limits;
 pub mod recent;
 pub mod record;

@@ -76,6 +76,43 @@ pub struct IdempotencyRecord {
     /// The first outcome to replay: the 201 body, or the problem `code`.
     pub outcome: Option<serde_json::Value>,
     pub created_ms: u64,
+    /// [`new_boot_id`] of the relay that claimed the key: a `pending`
+    /// claim of another boot was interrupted (a crash) while it may have
+    /// been with a carrier. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
+}
+
+/// Where an idempotency key's first attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdemPhase {
+    /// Claimed by this process and still running.
+    InFlight,
+    /// Claimed by a process that ended before its outcome was recorded:
+    /// the submit may have reached the carrier (the claim is made just
+    /// before the first submit_sm), so the outcome is unknown.
+    Interrupted,
+    /// The outcome is recorded.
+    Done,
+}
+
+impl IdempotencyRecord {
+    /// See [`IdemPhase`]; `boot` is the asking relay's boot id.
+    pub fn phase(&self, boot: &str) -> IdemPhase {
+        if self.state == "done" {
+            IdemPhase::Done
+        } else if self.boot.as_deref() == Some(boot) {
+            IdemPhase::InFlight
+        } else {
+            IdemPhase::Interrupted
+        }
+    }
+}
+
+/// A random id for one start of the relay: tells a claim made since this
+/// start from one left by an earlier run.
+pub fn new_boot_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -172,6 +209,8 @@ pub fn begin_idempotent(
     client: &str,
     key: &str,
     request_hash: &str,
+    message_id: &str,
+    boot: &str,
     now_ms: u64,
 ) -> Result<Idem, StoreError> {
     let mut t = tables::open(txn, IDEMPOTENCY)?;
@@ -183,9 +222,10 @@ pub fn begin_idempotent(
     let rec = IdempotencyRecord {
         request_hash: request_hash.to_owned(),
         state: "pending".into(),
-        message_id: None,
+        message_id: Some(message_id.to_owned()),
         outcome: None,
         created_ms: now_ms,
+        boot: Some(boot.to_owned()),
     };
     t.insert((client, key), json(&rec)?.as_slice())?;
     Ok(Idem::Fresh)
@@ -252,6 +292,24 @@ pub fn prune_before(txn: &Tx<'_>, cutoff_ms: u64, limit: usize) -> Result<usize,
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_pending_claim_of_another_boot_was_interrupted() {
+        let mut r = IdempotencyRecord {
+            request_hash: "h".into(),
+            state: "pending".into(),
+            message_id: Some("msg_1".into()),
+            outcome: None,
+            created_ms: 1,
+            boot: Some("boot-a".into()),
+        };
+        assert_eq!(r.phase("boot-a"), IdemPhase::InFlight);
+        assert_eq!(r.phase("boot-b"), IdemPhase::Interrupted);
+        r.boot = None;
+        assert_eq!(r.phase("boot-a"), IdemPhase::Interrupted, "older versions");
+        r.state = "done".into();
+        assert_eq!(r.phase("boot-b"), IdemPhase::Done);
+    }
+
     fn rec(id: &str, created_ms: u64) -> MessageRecord {
         MessageRecord {
             id: id.into(),
@@ -308,12 +366,12 @@ mod tests {
             9_000
         );
         let first = store
-            .write(|t| begin_idempotent(t, "c", "k1", "h1", 5))
+            .write(|t| begin_idempotent(t, "c", "k1", "h1", "msg_1", "b", 5))
             .await
             .unwrap();
         assert!(matches!(first, Idem::Fresh));
         let again = store
-            .write(|t| begin_idempotent(t, "c", "k1", "h2", 6))
+            .write(|t| begin_idempotent(t, "c", "k1", "h2", "msg_2", "b", 6))
             .await
             .unwrap();
         match again {

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::future::join_all;
+use futures::stream::{FuturesOrdered, StreamExt};
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
+use super::inflight::{InFlight, Registration};
 use super::limits::{local_day, Limits, Refusal};
 use super::recent::RecentIds;
 use super::record::{self, Idem, MessageRecord};
@@ -96,6 +97,16 @@ struct Inner {
     reference: AtomicU8,
     /// Carrier ids of recent sends, so most receipts skip a store read.
     recent: RecentIds,
+    /// Carrier ids of multi-segment messages not yet recorded.
+    inflight: Arc<InFlight>,
+    /// How long after its arrival a request may still write a submit_sm
+    /// (its deadline less the carriers' response timeout).
+    start_budget: Duration,
+    /// This start's id, written into idempotency claims.
+    boot: String,
+    /// Sends in their own tasks (they run to their recorded end even when
+    /// the client goes away); the drain waits for them before unbinding.
+    sends: tokio_util::task::TaskTracker,
 }
 
 fn now_ms() -> u64 {
@@ -133,6 +144,22 @@ fn to_time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// How long a request may wait for its first submit_sm to be written:
+/// `[api] send_deadline_secs` less the longest carrier response timeout (a
+/// written submit is answered, or timed out, within that), at least 1 s.
+fn start_budget(cfg: &Config) -> Duration {
+    let answer = cfg
+        .carriers
+        .iter()
+        .map(|c| c.response_timeout)
+        .max()
+        .unwrap_or_default();
+    cfg.api
+        .send_deadline
+        .saturating_sub(answer)
+        .max(Duration::from_secs(1))
+}
+
 /// What came back from the carrier for a whole message.
 struct Sent {
     carrier: usize,
@@ -162,6 +189,10 @@ impl Relay {
                 background,
                 reference: AtomicU8::new(rand::random()),
                 recent: RecentIds::default(),
+                inflight: Arc::default(),
+                start_budget: start_budget(cfg),
+                sends: tokio_util::task::TaskTracker::new(),
+                boot: record::new_boot_id(),
             }),
         }
     }
@@ -183,6 +214,24 @@ impl Relay {
     /// [`dlr::lookup_keys`] gives them. `None` means "ask the store".
     pub fn recent_carrier_id(&self, carrier: &str, keys: &[String]) -> Option<String> {
         self.inner.recent.get(carrier, keys)
+    }
+
+    /// Waits until every send started so far has ended (the drain, before
+    /// the carriers are unbound).
+    pub async fn sends_done(&self) {
+        self.inner.sends.close();
+        self.inner.sends.wait().await;
+        self.inner.sends.reopen();
+    }
+
+    /// The multi-segment message being sent that a receipt's `keys` belong
+    /// to, once its record's fate is known (see [`InFlight`]).
+    pub async fn in_flight_message(
+        &self,
+        carrier: &str,
+        keys: &[String],
+    ) -> Option<super::inflight::Found> {
+        self.inner.inflight.wait(carrier, keys).await
     }
 
     /// The pools, in config order.
@@ -266,55 +315,56 @@ impl Relay {
         e
     }
 
-    async fn forget(&self, client: &str, key: &Option<String>) {
-        if let Some(k) = key {
-            let (c, k) = (client.to_owned(), k.clone());
-            if let Err(e) = self
-                .inner
-                .store
-                .write(move |t| record::forget_idempotent(t, &c, &k))
-                .await
-            {
-                tracing::error!("forgetting an idempotency key: {e}");
-            }
-        }
-    }
-
-    /// Submits every segment on carrier `i`; the first error wins, with
-    /// how many segments were accepted and their carrier ids (empty where
-    /// not accepted; a carrier may also answer an empty id).
+    /// Submits every segment on `pool`; the first error wins, with how
+    /// many segments were accepted and their carrier ids (empty where not
+    /// accepted; a carrier may also answer an empty id). No segment's
+    /// submit_sm is written after `start_by`. Accepted segments of a
+    /// multi-segment message are entered in `registration` as they are
+    /// answered, so their receipts find the message before it commits.
     async fn submit_all(
         pool: &Pool,
         req: &SendRequest,
         enc: &encoding::Encoded,
+        start_by: Instant,
+        registration: Option<&mut Registration>,
     ) -> Result<Vec<String>, (SmppError, usize, Vec<String>)> {
         let esm_class = enc.esm_class_bits();
         let submit = |part: &[u8]| {
-            pool.submit(SubmitRequest {
-                source: req.from.clone(),
-                dest: req.to.clone(),
-                short_message: Zeroizing::new(part.to_vec()),
-                data_coding: enc.data_coding(),
-                esm_class,
-                registered_delivery: 1,
-                validity: req.validity,
-            })
+            pool.submit_by(
+                SubmitRequest {
+                    source: req.from.clone(),
+                    dest: req.to.clone(),
+                    short_message: Zeroizing::new(part.to_vec()),
+                    data_coding: enc.data_coding(),
+                    esm_class,
+                    registered_delivery: 1,
+                    validity: req.validity,
+                },
+                start_by,
+            )
         };
-        // Most messages are one segment: awaited directly, without
-        // `join_all`'s boxed set of futures or a vector of results.
-        if let (Some(only), 1) = (enc.parts().next(), enc.segments()) {
+        // Most messages are one segment: awaited directly, without a set
+        // of futures or a vector of results.
+        let Some(registration) = registration.filter(|_| enc.segments() > 1) else {
+            let Some(only) = enc.parts().next() else {
+                return Ok(Vec::new());
+            };
             return match submit(only).await {
                 Ok(resp) => Ok(vec![resp.message_id]),
                 Err(e) => Err((e, 0, Vec::new())),
             };
-        }
-        let results = join_all(enc.parts().map(submit)).await;
-        let accepted = results.iter().filter(|r| r.is_ok()).count();
-        let mut ids = Vec::with_capacity(results.len());
-        let mut first_err = None;
-        for r in results {
+        };
+        // Segments go out in order; each is entered as soon as answered.
+        let mut pending: FuturesOrdered<_> = enc.parts().map(submit).collect();
+        let mut ids = Vec::with_capacity(enc.segments());
+        let (mut accepted, mut first_err) = (0, None);
+        while let Some(r) = pending.next().await {
             match r {
-                Ok(resp) => ids.push(resp.message_id),
+                Ok(resp) => {
+                    registration.add(pool.name(), &resp.message_id);
+                    accepted += 1;
+                    ids.push(resp.message_id);
+                }
                 Err(e) => {
                     ids.push(String::new());
                     first_err.get_or_insert(e);
@@ -334,29 +384,18 @@ impl Relay {
         candidates: &[usize],
         req: &SendRequest,
         enc: &encoding::Encoded,
+        start_by: Instant,
+        mut registration: Option<&mut Registration>,
     ) -> Result<Sent, (SendError, Option<Sent>)> {
-        let mut last = SendError::NoRoute;
+        let mut last = SendError::CarrierUnavailable {
+            retry_after: CARRIER_RETRY_AFTER,
+        };
         for &i in candidates {
             let Some(pool) = pools.get(i) else { continue };
-            match Self::submit_all(pool, req, enc).await {
+            match Self::submit_all(pool, req, enc, start_by, registration.as_deref_mut()).await {
                 Ok(ids) => return Ok(Sent { carrier: i, ids }),
                 Err((e, accepted, ids)) => {
-                    let mapped = match &e {
-                        SmppError::Status(_) => SendError::CarrierRejected {
-                            status_name: e
-                                .status_name()
-                                .map(|s| s.into_owned())
-                                .unwrap_or_default(),
-                        },
-                        // The carrier may have the message: a session lost
-                        // with it in the window, no answer, or an answer we
-                        // cannot read. Outcome unknown (SPEC §4's 504), never
-                        // a failover or a refund that invites a resend.
-                        SmppError::Timeout | SmppError::LostInFlight | SmppError::Protocol(_) => {
-                            SendError::CarrierTimeout
-                        }
-                        _ => SendError::NoRoute,
-                    };
+                    let mapped = send_error(&e);
                     if accepted > 0 || !e.is_retryable() {
                         // Some segment reached the carrier, or the carrier
                         // gave a final answer: no failover (no duplicates).
@@ -371,6 +410,27 @@ impl Relay {
             }
         }
         Err((last, None))
+    }
+}
+
+/// The one mapping from an SMPP client error to the send path's error.
+fn send_error(e: &SmppError) -> SendError {
+    match e {
+        SmppError::Status(_) => SendError::CarrierRejected {
+            status_name: e.status_name().map(|s| s.into_owned()).unwrap_or_default(),
+        },
+        // The carrier may have the message: a session lost with it in the
+        // window, no answer, or an answer we cannot read. Outcome unknown
+        // (SPEC §4's 504), never a failover or a refund that invites a
+        // resend.
+        SmppError::Timeout | SmppError::LostInFlight | SmppError::Protocol(_) => {
+            SendError::CarrierTimeout
+        }
+        // Nothing was written: the pool could not start the submit in the
+        // request's time (paced, throttled, or no session).
+        _ => SendError::CarrierUnavailable {
+            retry_after: CARRIER_RETRY_AFTER,
+        },
     }
 }
 
@@ -412,14 +472,25 @@ impl Relay {
 }
 
 impl MessageService for Relay {
+    /// The send runs in its own task: once a submit_sm is written it runs
+    /// to its recorded end (record, audit, idempotency outcome) even if the
+    /// client goes away and this future is dropped (SPEC §4).
     async fn send(
         &self,
         client: &ClientId,
         req: SendRequest,
         idempotency_key: Option<String>,
     ) -> Result<SendAccepted, SendError> {
-        self.send_as(Origin::Client, client.as_str(), req, idempotency_key)
-            .await
+        let (relay, client) = (self.clone(), client.clone());
+        let task = self.inner.sends.spawn(async move {
+            relay
+                .send_as(Origin::Client, client.as_str(), req, idempotency_key)
+                .await
+        });
+        task.await.unwrap_or_else(|e| {
+            tracing::error!("a send task failed: {e}");
+            Err(SendError::Internal)
+        })
     }
 
     async fn get(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
@@ -435,6 +506,11 @@ impl MessageService for Relay {
 }
 
 impl Relay {
+    /// The send path in phases: authorize → reserve → claim → deliver →
+    /// commit. Each phase returns a typed value or the refusal; what the
+    /// request holds of the limits and its idempotency key is a
+    /// [`Reservation`] that gives everything back unless a carrier may have
+    /// the message.
     async fn send_as(
         &self,
         origin: Origin,
@@ -446,153 +522,86 @@ impl Relay {
         let view = read(&self.inner.view);
         let campaign_id = req.campaign_id.as_str();
         let fail = |e: SendError| self.refuse(cid, campaign_id, Some(&req.to), e, t0);
-        if origin == Origin::Client
-            && !view
-                .clients
-                .get(cid)
-                .is_some_and(|c| c.contains(&req.campaign_id))
-        {
-            return Err(fail(SendError::CampaignNotAllowed));
-        }
-        let Some(campaign) = view.campaigns.get(&req.campaign_id) else {
-            return Err(fail(SendError::CampaignNotAllowed));
-        };
-        if !campaign.numbers.contains(&req.from) {
-            return Err(fail(SendError::SenderNotInCampaign));
-        }
-        let info = encoding::analyze(req.text.expose());
-        if info.segments > MAX_SEGMENTS {
-            return Err(fail(SendError::InvalidRequest(format!(
-                "`text` needs {} segments ({}); at most {MAX_SEGMENTS} are allowed",
-                info.segments,
-                info.encoding.as_str()
-            ))));
-        }
+        let (campaign, info) = self.authorize(origin, cid, &req, &view).map_err(fail)?;
         let segments = info.segments as u32;
-        if let Some(k) = &idempotency_key {
-            if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(fail(SendError::InvalidRequest(
-                    "`Idempotency-Key` must be 1 to 255 visible ASCII characters".into(),
-                )));
-            }
-            let hash = self.request_hash(&req);
-            let (c, kk, h) = (cid.to_owned(), k.clone(), hash.clone());
-            let found = self
-                .inner
-                .store
-                .write(move |t| record::begin_idempotent(t, &c, &kk, &h, now_ms()))
-                .await
-                .map_err(|e| {
-                    tracing::error!("idempotency record: {e}");
-                    fail(SendError::Internal)
-                })?;
-            if let Idem::Existing(r) = found {
-                if r.request_hash != hash || r.state != "done" {
-                    return Err(fail(SendError::IdempotencyConflict));
-                }
-                return self
-                    .replay(cid, &r)
-                    .ok_or_else(|| fail(SendError::IdempotencyConflict));
-            }
-        }
-        let refuse_fresh = |e: SendError| async {
-            self.forget(cid, &idempotency_key).await;
-            Err(self.refuse(cid, campaign_id, Some(&req.to), e, t0))
+        let key = match idempotency_key {
+            Some(k) => Some(IdempotencyKey::parse(k).map_err(fail)?),
+            None => None,
         };
+        // Nothing goes to a carrier from a node that cannot record it.
+        if !self.inner.store.is_healthy() {
+            return Err(fail(SendError::StoreUnavailable));
+        }
         let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
-        let opted_out = match origin {
-            Origin::Client => self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await,
-            Origin::AutoReply => Ok(false),
-        };
-        match opted_out {
-            Ok(false) => {}
-            Ok(true) => return refuse_fresh(SendError::RecipientOptedOut).await,
-            Err(e) => {
-                tracing::error!("opt-out check: {e}");
-                return refuse_fresh(SendError::Internal).await;
-            }
-        }
-        let pools = &view.pools;
-        let candidates = view.routes.candidates(&req.to, |i| {
-            pools.get(i).is_some_and(|p| p.bound_transmitters() > 0)
-        });
-        if candidates.is_empty() {
-            return refuse_fresh(SendError::NoRoute).await;
-        }
-        let limits = read(&self.inner.limits);
-        if let Err(Refusal::RateLimited(retry_after)) =
-            limits.take(&campaign.id, &req.from, segments)
-        {
-            return refuse_fresh(SendError::RateLimited { retry_after }).await;
-        }
-        // What this request holds of the limits, given back if it ends in a
-        // definite refusal (nothing reached a carrier).
-        let mut daily_taken: Option<(String, String)> = None;
-        if let Some(brand) = view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
-            let (day, left) = local_day(brand.daily_reset_tz, chrono::Utc::now());
-            match self
-                .inner
-                .shared
-                .add_daily(&brand.id, &day, u64::from(segments), brand.daily_cap)
-                .await
-            {
-                Ok(Ok(_)) => daily_taken = Some((brand.id.clone(), day)),
-                Ok(Err(_)) => {
-                    limits.refund(&campaign.id, &req.from, segments);
-                    return refuse_fresh(SendError::DailyCapReached { retry_after: left }).await;
-                }
+        if origin == Origin::Client {
+            match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
+                Ok(false) => {}
+                Ok(true) => return Err(fail(SendError::RecipientOptedOut)),
                 Err(e) => {
-                    limits.refund(&campaign.id, &req.from, segments);
-                    tracing::error!("daily cap counter: {e}");
-                    return refuse_fresh(SendError::Internal).await;
+                    tracing::error!("opt-out check: {e}");
+                    return Err(fail(SendError::StoreUnavailable));
                 }
             }
         }
-        let release = || async {
-            limits.refund(&campaign.id, &req.from, segments);
-            if let Some((brand, day)) = &daily_taken {
-                if let Err(e) = self
-                    .inner
-                    .shared
-                    .release_daily(brand, day, u64::from(segments))
-                    .await
-                {
-                    tracing::error!("releasing a daily cap reservation: {e}");
-                }
-            }
-        };
-        let reference = self.inner.reference.fetch_add(1, Ordering::Relaxed);
-        let enc = match encoding::encode(req.text.expose(), reference) {
-            Ok(e) => e,
-            Err(_) => {
-                release().await;
-                return refuse_fresh(SendError::InvalidRequest("`text` cannot be encoded".into()))
-                    .await;
-            }
-        };
-        let sent = Self::send_segments(pools, &candidates, &req, &enc).await;
-        drop(enc);
+        let candidates = Self::route(&view, &req.to).map_err(fail)?;
+        let mut reservation = self
+            .reserve(cid, campaign, &view, &req.from, segments)
+            .await
+            .map_err(fail)?;
         let created = now_ms();
         let id = record::message_id_at(created);
+        if let Some(k) = &key {
+            match self.claim(cid, k, &req, &id, &mut reservation).await {
+                Ok(Claimed::Fresh) => {}
+                Ok(Claimed::Replay(a)) => {
+                    reservation.release().await;
+                    return Ok(a);
+                }
+                Err(e) => {
+                    reservation.release().await;
+                    return Err(fail(e));
+                }
+            }
+        }
+        let reference = self.inner.reference.fetch_add(1, Ordering::Relaxed);
+        let Ok(enc) = encoding::encode(req.text.expose(), reference) else {
+            reservation.release().await;
+            return Err(fail(SendError::InvalidRequest(
+                "`text` cannot be encoded".into(),
+            )));
+        };
+        let mut registration =
+            (segments > 1).then(|| InFlight::register(&self.inner.inflight, &id));
+        let start_by = t0 + self.inner.start_budget;
+        let sent = Self::send_segments(
+            &view.pools,
+            &candidates,
+            &req,
+            &enc,
+            start_by,
+            registration.as_mut(),
+        )
+        .await;
+        drop(enc);
         let (sent, error) = match sent {
             Ok(s) => (s, None),
             Err((e, None)) => {
                 // Nothing reached a carrier: a definite refusal, which
                 // consumes nothing. A timeout's outcome is unknown: the
-                // carrier may have taken it, so its cells stay spent.
-                return match e {
-                    SendError::CarrierTimeout => {
-                        Err(self.refuse(cid, campaign_id, Some(&req.to), e, t0))
-                    }
-                    e => {
-                        release().await;
-                        refuse_fresh(e).await
-                    }
-                };
+                // carrier may have taken it, so its cells and the key stay
+                // spent (the key's claim replays "outcome unknown").
+                if e == SendError::CarrierTimeout {
+                    reservation.keep();
+                    self.finish_unknown(cid, &key, &id).await;
+                } else {
+                    reservation.release().await;
+                }
+                return Err(fail(e));
             }
             Err((e, Some(partial))) => (partial, Some(e)),
         };
-        let carrier = pools[sent.carrier].name().to_owned();
+        reservation.keep();
+        let carrier = view.pools[sent.carrier].name().to_owned();
         let rec = MessageRecord {
             id: id.clone(),
             client: cid.to_owned(),
@@ -600,7 +609,7 @@ impl Relay {
             from: req.from.as_str().to_owned(),
             to_pseudonym: to_p.to_hex(),
             carrier: Some(carrier.clone()),
-            carrier_ids: sent.ids.clone(),
+            carrier_ids: sent.ids,
             encoding: info.encoding.as_str().to_owned(),
             segments,
             status: if error.is_some() {
@@ -614,75 +623,37 @@ impl Relay {
             created_ms: created,
             updated_ms: created,
         };
-        let keys: Vec<String> = sent.ids.iter().filter_map(|s| dlr::index_key(s)).collect();
-        // The outcome an idempotent retry replays, built only for a request
-        // that has a key.
-        let idem = idempotency_key.clone().map(|k| {
-            let outcome = match &error {
-                None => serde_json::json!({ "message_id": id }),
-                Some(e) => serde_json::json!({ "message_id": id, "error": e.code() }),
-            };
-            (k, cid.to_owned(), outcome)
+        let accepted = error.is_none().then(|| AuditEvent::MessageAccepted {
+            message_id: id.clone(),
+            client: cid.to_owned(),
+            campaign: campaign.id.clone(),
+            from: AuditNumber::of(&req.from, &self.inner.pseudonym_key, &view.own),
+            to: AuditNumber::from(to_p),
+            carrier: carrier.clone(),
+            segments,
         });
-        // Serialised here, not in the op: the store's writer thread, which
-        // every op waits on, then only links and hashes it.
-        let accepted = error
-            .is_none()
-            .then(|| {
-                let ev = AuditEvent::MessageAccepted {
-                    message_id: id.clone(),
-                    client: cid.to_owned(),
-                    campaign: campaign.id.clone(),
-                    from: AuditNumber::of(&req.from, &self.inner.pseudonym_key, &view.own),
-                    to: AuditNumber::from(to_p),
-                    carrier: carrier.clone(),
-                    segments,
-                };
-                Audit::prepare(ev, cid)
-            })
-            .transpose();
-        let accepted = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(message = %id, "audit record of a sent message: {e}");
-                return Err(self.refuse(cid, campaign_id, Some(&req.to), SendError::Internal, t0));
-            }
-        };
-        // The metadata, the idempotency outcome and the audit record commit
-        // in one transaction: no state change without its record. A local
-        // carrier-id index rides in it too (one op, one wake-up).
-        let local_index = self.inner.shared.index_is_local();
-        let keys: Arc<[String]> = keys.into();
-        let in_op = if local_index {
-            keys.clone()
-        } else {
-            Arc::from([])
-        };
-        let op_carrier = carrier.clone();
-        let write = self.inner.audit.write(move |atx| {
-            record::put_message(atx.txn(), &rec)?;
-            put_carrier_ids(atx.txn(), &op_carrier, &in_op, &rec.id)?;
-            if let Some((k, c, outcome)) = &idem {
-                record::finish_idempotent(atx.txn(), c, k, &rec.id, outcome.clone())?;
-            }
-            if let Some(p) = &accepted {
-                atx.append_prepared(p)?;
-            }
-            Ok(())
-        });
-        let outcome = if local_index {
-            write.await
-        } else {
-            let index = self.inner.shared.index_carrier_ids(&carrier, &keys, &id);
-            let (w, x) = futures::join!(write, index);
-            w.and(x)
-        };
-        if let Err(e) = outcome {
-            tracing::error!(message = %id, "recording a sent message: {e}");
-            return Err(self.refuse(cid, campaign_id, Some(&req.to), SendError::Internal, t0));
+        let outcome = Arc::new(Outcome::new(rec, key, error.as_ref(), accepted, cid));
+        let recorded = self.commit(&outcome).await;
+        if let (Some(r), true) = (&registration, recorded.is_ok()) {
+            r.pending.finish(true);
         }
-        // Only now, the index committed: a hit there is a hit in the store.
-        self.inner.recent.insert(&carrier, &keys, &id);
+        if let Err(e) = recorded {
+            // The carrier has the message and this node could not record
+            // it: the client must not be told 5xx-and-sent, so it gets the
+            // unknown-outcome 504, and the record is retried in the
+            // background until the store takes it (its receipts wait for
+            // it, see `InFlight`).
+            tracing::error!(message = %id, "recording a sent message: {e}; retrying in the background");
+            self.record_later(outcome, registration);
+            return Err(self.refuse(
+                cid,
+                campaign_id,
+                Some(&req.to),
+                SendError::CarrierTimeout,
+                t0,
+            ));
+        }
+        drop(registration);
         let m = &self.inner.metrics;
         if let Some(e) = error {
             m.messages
@@ -714,17 +685,25 @@ impl Relay {
     }
 
     /// The first outcome of an idempotency key, replayed.
-    fn replay(&self, client: &str, r: &record::IdempotencyRecord) -> Option<SendAccepted> {
-        let outcome = r.outcome.as_ref()?;
-        if outcome.get("error").is_some() {
-            return None;
+    fn replay(&self, client: &str, r: &record::IdempotencyRecord) -> Replay {
+        let Some(outcome) = r.outcome.as_ref() else {
+            return Replay::Other;
+        };
+        match outcome.get("error").and_then(|e| e.as_str()) {
+            Some("carrier_timeout") => return Replay::Unknown,
+            Some(_) => return Replay::Other,
+            None => {}
         }
-        let id = r.message_id.as_deref()?;
-        let rec = record::get_message(&self.inner.store, id).ok()??;
+        let Some(id) = r.message_id.as_deref() else {
+            return Replay::Other;
+        };
+        let Ok(Some(rec)) = record::get_message(&self.inner.store, id) else {
+            return Replay::Other;
+        };
         if rec.client != client {
-            return None;
+            return Replay::Other;
         }
-        Some(SendAccepted {
+        Replay::Accepted(SendAccepted {
             id: rec.id,
             status: MessageStatus::Accepted,
             segments: rec.segments,
@@ -733,6 +712,422 @@ impl Relay {
             campaign_id: rec.campaign,
             created_at: to_time(rec.created_ms),
         })
+    }
+}
+
+/// A validated `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Checks a header value; the error names the header, never the value.
+    pub fn parse(k: String) -> Result<Self, SendError> {
+        if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SendError::InvalidRequest(
+                "`Idempotency-Key` must be 1 to 255 visible ASCII characters".into(),
+            ));
+        }
+        Ok(IdempotencyKey(k))
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a send holds of the limits and of its idempotency key until it is
+/// known whether a carrier may have the message. [`Reservation::release`]
+/// gives it all back (a definite refusal consumes nothing);
+/// [`Reservation::keep`] keeps it (a carrier may have the message). Dropped
+/// with neither (a panic), it is given back from a background task.
+struct Reservation<'a> {
+    relay: &'a Relay,
+    limits: Arc<Limits>,
+    client: &'a str,
+    campaign: &'a str,
+    from: &'a E164,
+    segments: u32,
+    /// The brand and local day whose daily counter holds `segments`.
+    daily: Option<(String, String)>,
+    /// The idempotency key this request claimed.
+    key: Option<String>,
+    done: bool,
+}
+
+impl Reservation<'_> {
+    fn keep(&mut self) {
+        self.done = true;
+    }
+
+    /// Gives back the cells, the daily segments and the key, awaited, so a
+    /// retry right after the refusal finds them free.
+    async fn release(mut self) {
+        self.done = true;
+        self.limits.refund(self.campaign, self.from, self.segments);
+        let (daily, key) = (self.daily.take(), self.key.take());
+        self.relay
+            .give_back(self.client.to_owned(), daily, key, self.segments)
+            .await;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.limits.refund(self.campaign, self.from, self.segments);
+        let (relay, client) = (self.relay.clone(), self.client.to_owned());
+        let (daily, key, segments) = (self.daily.take(), self.key.take(), self.segments);
+        self.relay.inner.background.spawn(async move {
+            relay.give_back(client, daily, key, segments).await;
+        });
+    }
+}
+
+/// Everything a sent message's record commits, kept so that a commit that
+/// failed can be retried later ([`Relay::record_later`]).
+struct Outcome {
+    rec: MessageRecord,
+    /// The carrier-id index keys of the accepted segments.
+    keys: Arc<[String]>,
+    /// (key, client, the outcome a retry with the key replays).
+    idem: Option<(String, String, serde_json::Value)>,
+    /// The accepted message's audit record, serialised off the writer.
+    accepted: Option<crate::audit::Prepared>,
+}
+
+impl Outcome {
+    fn new(
+        rec: MessageRecord,
+        key: Option<IdempotencyKey>,
+        error: Option<&SendError>,
+        accepted: Option<AuditEvent>,
+        actor: &str,
+    ) -> Self {
+        let keys: Vec<String> = rec
+            .carrier_ids
+            .iter()
+            .filter_map(|s| dlr::index_key(s))
+            .collect();
+        let idem = key.map(|k| {
+            let outcome = match error {
+                None => serde_json::json!({ "message_id": rec.id }),
+                Some(e) => serde_json::json!({ "message_id": rec.id, "error": e.code() }),
+            };
+            (k.0, rec.client.clone(), outcome)
+        });
+        // Serialised here, not in the op: the store's writer thread, which
+        // every op waits on, then only links and hashes it.
+        let accepted = match accepted.map(|ev| Audit::prepare(ev, actor)).transpose() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(message = %rec.id, "audit record of a sent message: {e}");
+                None
+            }
+        };
+        Outcome {
+            rec,
+            keys: keys.into(),
+            idem,
+            accepted,
+        }
+    }
+}
+
+/// What claiming an idempotency key found.
+enum Claimed {
+    /// The key is new: this request sends.
+    Fresh,
+    /// The key's first attempt was accepted: its answer, replayed.
+    Replay(SendAccepted),
+}
+
+/// What a finished idempotency key's first outcome replays as.
+enum Replay {
+    Accepted(SendAccepted),
+    /// The carrier may have had it (a timeout).
+    Unknown,
+    /// Anything else: a conflict, as before.
+    Other,
+}
+
+/// First wait before a failed record is written again; doubles to
+/// [`RECORD_RETRY_MAX`]. The store reopens itself with a similar back-off.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait between tries of a failed record.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// How long a client is asked to wait when no route's carrier is bound:
+/// about what a pool's reconnect takes after a dropped session.
+const CARRIER_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl Relay {
+    /// Phase 1: may this client send this message at all? Campaign,
+    /// sender number, segment count. Changes nothing.
+    fn authorize<'v>(
+        &self,
+        origin: Origin,
+        cid: &str,
+        req: &SendRequest,
+        view: &'v View,
+    ) -> Result<(&'v Campaign, encoding::TextInfo), SendError> {
+        if origin == Origin::Client
+            && !view
+                .clients
+                .get(cid)
+                .is_some_and(|c| c.contains(&req.campaign_id))
+        {
+            return Err(SendError::CampaignNotAllowed);
+        }
+        let Some(campaign) = view.campaigns.get(&req.campaign_id) else {
+            return Err(SendError::CampaignNotAllowed);
+        };
+        if !campaign.numbers.contains(&req.from) {
+            return Err(SendError::SenderNotInCampaign);
+        }
+        let info = encoding::analyze(req.text.expose());
+        if info.segments > MAX_SEGMENTS {
+            return Err(SendError::InvalidRequest(format!(
+                "`text` needs {} segments ({}); at most {MAX_SEGMENTS} are allowed",
+                info.segments,
+                info.encoding.as_str()
+            )));
+        }
+        Ok((campaign, info))
+    }
+
+    /// The carriers that can take `to` now, best first: none configured is
+    /// permanent (`no_route`), none bound is temporary
+    /// (`carrier_unavailable`).
+    fn route(view: &View, to: &E164) -> Result<Vec<usize>, SendError> {
+        let pools = &view.pools;
+        let candidates = view.routes.candidates(to, |i| {
+            pools.get(i).is_some_and(|p| p.bound_transmitters() > 0)
+        });
+        if !candidates.is_empty() {
+            return Ok(candidates);
+        }
+        if view.routes.candidates(to, |_| true).is_empty() {
+            Err(SendError::NoRoute)
+        } else {
+            Err(SendError::CarrierUnavailable {
+                retry_after: CARRIER_RETRY_AFTER,
+            })
+        }
+    }
+
+    /// Phase 2: takes the campaign and number cells and the brand's daily
+    /// segments, all or none.
+    async fn reserve<'a>(
+        &'a self,
+        cid: &'a str,
+        campaign: &'a Campaign,
+        view: &View,
+        from: &'a E164,
+        segments: u32,
+    ) -> Result<Reservation<'a>, SendError> {
+        let limits = read(&self.inner.limits);
+        if let Err(Refusal::RateLimited(retry_after)) = limits.take(&campaign.id, from, segments) {
+            return Err(SendError::RateLimited { retry_after });
+        }
+        let mut r = Reservation {
+            relay: self,
+            limits,
+            client: cid,
+            campaign: &campaign.id,
+            from,
+            segments,
+            daily: None,
+            key: None,
+            done: false,
+        };
+        if let Some(brand) = view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
+            let (day, left) = local_day(brand.daily_reset_tz, chrono::Utc::now());
+            match self
+                .inner
+                .shared
+                .add_daily(&brand.id, &day, u64::from(segments), brand.daily_cap)
+                .await
+            {
+                Ok(Ok(_)) => r.daily = Some((brand.id.clone(), day)),
+                Ok(Err(_)) => {
+                    r.release().await;
+                    return Err(SendError::DailyCapReached { retry_after: left });
+                }
+                Err(e) => {
+                    tracing::error!("daily cap counter: {e}");
+                    r.release().await;
+                    return Err(SendError::StoreUnavailable);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Phase 3 (with an `Idempotency-Key`): claims the key durably before
+    /// anything is sent, with the message id and this process's boot id, so
+    /// that a retry (here or after a crash) can tell "in flight", "outcome
+    /// known" and "may have reached the carrier" apart.
+    async fn claim(
+        &self,
+        cid: &str,
+        key: &IdempotencyKey,
+        req: &SendRequest,
+        id: &str,
+        reservation: &mut Reservation<'_>,
+    ) -> Result<Claimed, SendError> {
+        let hash = self.request_hash(req);
+        let (c, k, h, i, b) = (
+            cid.to_owned(),
+            key.as_str().to_owned(),
+            hash.clone(),
+            id.to_owned(),
+            self.inner.boot.clone(),
+        );
+        let found = self
+            .inner
+            .store
+            .write(move |t| record::begin_idempotent(t, &c, &k, &h, &i, &b, now_ms()))
+            .await
+            .map_err(|e| {
+                tracing::error!("idempotency record: {e}");
+                SendError::StoreUnavailable
+            })?;
+        let r = match found {
+            Idem::Fresh => {
+                reservation.key = Some(key.as_str().to_owned());
+                return Ok(Claimed::Fresh);
+            }
+            Idem::Existing(r) => r,
+        };
+        if r.request_hash != hash {
+            return Err(SendError::IdempotencyConflict);
+        }
+        match r.phase(&self.inner.boot) {
+            record::IdemPhase::InFlight => Err(SendError::IdempotencyConflict),
+            record::IdemPhase::Interrupted => Err(SendError::IdempotencyOutcomeUnknown),
+            record::IdemPhase::Done => match self.replay(cid, &r) {
+                Replay::Accepted(a) => Ok(Claimed::Replay(a)),
+                Replay::Unknown => Err(SendError::IdempotencyOutcomeUnknown),
+                Replay::Other => Err(SendError::IdempotencyConflict),
+            },
+        }
+    }
+
+    /// Gives back the daily segments and forgets the claimed key of a send
+    /// that reached no carrier.
+    async fn give_back(
+        &self,
+        client: String,
+        daily: Option<(String, String)>,
+        key: Option<String>,
+        segments: u32,
+    ) {
+        if let Some((brand, day)) = daily {
+            if let Err(e) = self
+                .inner
+                .shared
+                .release_daily(&brand, &day, u64::from(segments))
+                .await
+            {
+                tracing::error!("releasing a daily cap reservation: {e}");
+            }
+        }
+        if let Some(k) = key {
+            if let Err(e) = self
+                .inner
+                .store
+                .write(move |t| record::forget_idempotent(t, &client, &k))
+                .await
+            {
+                tracing::error!("forgetting an idempotency key: {e}");
+            }
+        }
+    }
+
+    /// Marks a claimed key's outcome unknown (no answer from the carrier).
+    async fn finish_unknown(&self, cid: &str, key: &Option<IdempotencyKey>, id: &str) {
+        let Some(k) = key else { return };
+        let (c, k, i) = (cid.to_owned(), k.as_str().to_owned(), id.to_owned());
+        let outcome = serde_json::json!({ "message_id": i, "error": "carrier_timeout" });
+        if let Err(e) = self
+            .inner
+            .store
+            .write(move |t| record::finish_idempotent(t, &c, &k, &i, outcome.clone()))
+            .await
+        {
+            // The claim stays in flight, which a retry also refuses.
+            tracing::error!("recording an unknown outcome: {e}");
+        }
+    }
+
+    /// Phase 5: the metadata, the idempotency outcome and the audit record
+    /// commit in one transaction (no state change without its record); a
+    /// local carrier-id index rides in it too (one op, one wake-up).
+    async fn commit(&self, o: &Arc<Outcome>) -> Result<(), crate::store::StoreError> {
+        let local_index = self.inner.shared.index_is_local();
+        let carrier = o.rec.carrier.clone().unwrap_or_default();
+        let op = {
+            let o = o.clone();
+            move |atx: &mut crate::audit::AuditTxn<'_, '_>| {
+                record::put_message(atx.txn(), &o.rec)?;
+                if local_index {
+                    put_carrier_ids(
+                        atx.txn(),
+                        o.rec.carrier.as_deref().unwrap_or(""),
+                        &o.keys,
+                        &o.rec.id,
+                    )?;
+                }
+                if let Some((k, c, outcome)) = &o.idem {
+                    record::finish_idempotent(atx.txn(), c, k, &o.rec.id, outcome.clone())?;
+                }
+                if let Some(p) = &o.accepted {
+                    atx.append_prepared(p)?;
+                }
+                Ok(())
+            }
+        };
+        let write = self.inner.audit.write(op);
+        if local_index {
+            write.await?;
+        } else {
+            let index = self
+                .inner
+                .shared
+                .index_carrier_ids(&carrier, &o.keys, &o.rec.id);
+            let (w, x) = futures::join!(write, index);
+            w.and(x)?;
+        }
+        // Only now, the index committed: a hit there is a hit in the store.
+        self.inner.recent.insert(&carrier, &o.keys, &o.rec.id);
+        Ok(())
+    }
+
+    /// Retries the record of a message a carrier accepted until the store
+    /// takes it; the message's receipts wait for it meanwhile.
+    fn record_later(&self, outcome: Arc<Outcome>, registration: Option<Registration>) {
+        let relay = self.clone();
+        self.inner.background.spawn(async move {
+            let mut wait = RECORD_RETRY_FIRST;
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECORD_RETRY_MAX);
+                if !relay.inner.store.is_healthy() {
+                    continue;
+                }
+                match relay.commit(&outcome).await {
+                    Ok(()) => {
+                        tracing::info!(message = %outcome.rec.id, "sent message recorded after the store recovered");
+                        if let Some(r) = &registration {
+                            r.pending.finish(true);
+                        }
+                        return;
+                    }
+                    Err(e) => tracing::warn!(message = %outcome.rec.id, "recording a sent message again: {e}"),
+                }
+            }
+        });
     }
 }
 

@@ -90,6 +90,10 @@ pub enum SmppError {
         field: &'static str,
         reason: &'static str,
     },
+    /// The request's deadline to start passed before its submit_sm could be
+    /// written (pool pacing or a carrier's throttling); nothing was sent.
+    #[error("SMPP submit not started before the request's deadline")]
+    NotStarted,
     /// The appliance is shutting down; the request was not sent.
     #[error("SMPP shutting down")]
     Shutdown,
@@ -104,6 +108,7 @@ impl SmppError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SmppError::SessionLost
+            | SmppError::NotStarted
             | SmppError::NotBound
             | SmppError::Io(_)
             | SmppError::PhaseTimeout(_)

@@ -232,9 +232,26 @@ impl Pool {
     /// PDU is retried; other error statuses are returned as
     /// [`SmppError::Status`].
     pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, SmppError> {
+        self.submit_by(req, std::time::Instant::now() + MAX_THROTTLE_WAIT)
+            .await
+    }
+
+    /// [`Pool::submit`], but the submit_sm is never written after
+    /// `start_by`: waiting for pacing or a throttled session past it ends
+    /// in [`SmppError::NotStarted`] (nothing sent). Once written, the
+    /// session's response timeout bounds the answer.
+    pub async fn submit_by(
+        &self,
+        req: SubmitRequest,
+        start_by: std::time::Instant,
+    ) -> Result<SubmitResponse, SmppError> {
         let pdu = pdu::submit_sm(req)?;
+        let start_by = Instant::from_std(start_by);
         let started = Instant::now();
         loop {
+            if Instant::now() >= start_by {
+                return Err(SmppError::NotStarted);
+            }
             let (idx, handle) = match self.pick() {
                 Ok(x) => x,
                 Err(None) => return Err(SmppError::NotBound),
@@ -243,12 +260,20 @@ impl Pool {
                         return Err(SmppError::Status(CommandStatus::EsmeRthrottled));
                     }
                     let wait = until.saturating_sub(self.inner.now_ms()).max(1);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    tokio::time::sleep_until(
+                        (Instant::now() + Duration::from_millis(wait)).min(start_by),
+                    )
+                    .await;
                     continue;
                 }
             };
             if let Some(l) = &self.inner.limiter {
-                l.until_ready().await;
+                if tokio::time::timeout_at(start_by, l.until_ready())
+                    .await
+                    .is_err()
+                {
+                    return Err(SmppError::NotStarted);
+                }
             }
             let resp = handle.request(pdu.clone()).await?;
             let slot = &self.inner.slots[idx];

@@ -144,6 +144,11 @@ impl Store {
         })
     }
 
+    /// Whether the store can commit now (see the writer's recovery).
+    pub fn is_healthy(&self) -> bool {
+        true
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.inner.path

@@ -274,6 +274,8 @@ pub struct CarrierCfg {
     pub priority: u32,
     pub prefixes: Vec<String>,
     pub response_timeout_secs: u64,
+    /// `max_tps`; 0 = unset.
+    pub max_tps: u32,
 }
 
 impl CarrierCfg {
@@ -287,7 +289,12 @@ impl CarrierCfg {
             priority: 1,
             prefixes: vec!["+1".into()],
             response_timeout_secs: 2,
+            max_tps: 0,
         }
+    }
+    pub fn max_tps(mut self, tps: u32) -> Self {
+        self.max_tps = tps;
+        self
     }
     pub fn priority(mut self, p: u32) -> Self {
         self.priority = p;
@@ -390,7 +397,12 @@ server_name = "localhost"
 prefixes = [{prefixes}]
 priority = {priority}
 response_timeout_secs = {rt}
-"#,
+{tps}"#,
+            tps = if c.max_tps > 0 {
+                format!("max_tps = {}\n", c.max_tps)
+            } else {
+                String::new()
+            },
             name = c.name,
             port = c.port,
             prefixes = prefixes.join(", "),
@@ -418,7 +430,7 @@ response_timeout_secs = {rt}
 [node]
 id = "send-test"
 state_dir = "state"
-drain_secs = 5
+drain_secs = 15
 pseudonym_key_file = "pseudonym.key"
 
 [tls]
@@ -592,6 +604,11 @@ impl Relay {
             .unwrap()
     }
 
+    /// An unauthenticated GET of `path` (`/readyz`, `/healthz`).
+    pub async fn get_raw(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// `/readyz` status code.
     pub async fn readyz(&self) -> u16 {
         self.client
@@ -735,6 +752,9 @@ pub struct ManualSubmit {
 
 struct ManualHandler {
     submits: Arc<std::sync::Mutex<Vec<ManualSubmit>>>,
+    /// How long to hold the answer of the next submits, in order; empty =
+    /// answer at once.
+    delays: Arc<std::sync::Mutex<std::collections::VecDeque<Duration>>>,
 }
 
 impl sms_conduit::smpp::InboundHandler for ManualHandler {
@@ -753,6 +773,10 @@ impl sms_conduit::smpp::InboundHandler for ManualHandler {
                         dest_addr: msg.dest_addr.clone(),
                     });
                 }
+                let delay = self.delays.lock().unwrap().pop_front();
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
             }
             CommandStatus::EsmeRok
         })
@@ -767,6 +791,7 @@ pub struct ManualSmsc {
     pub handle: sms_conduit::smpp::ServerHandle,
     pub token: CancellationToken,
     submits: Arc<std::sync::Mutex<Vec<ManualSubmit>>>,
+    delays: Arc<std::sync::Mutex<std::collections::VecDeque<Duration>>>,
 }
 
 impl Files {
@@ -793,8 +818,10 @@ impl Files {
             max_binds: 16,
         };
         let submits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let delays = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let handler = Arc::new(ManualHandler {
             submits: submits.clone(),
+            delays: delays.clone(),
         });
         let token = CancellationToken::new();
         let handle = sms_conduit::smpp::start_server(
@@ -811,6 +838,7 @@ impl Files {
             handle,
             token,
             submits,
+            delays,
         }
     }
 }
@@ -818,6 +846,12 @@ impl Files {
 impl ManualSmsc {
     pub fn port(&self) -> u16 {
         self.handle.local_addr().unwrap().port()
+    }
+
+    /// Holds the answers of the next submit_sm, in arrival order, for these
+    /// times (a slow or throttling carrier; a segment answered late).
+    pub fn answer_after(&self, delays: &[Duration]) {
+        self.delays.lock().unwrap().extend(delays.iter().copied());
     }
 
     /// Every submit_sm taken so far, in arrival order.
