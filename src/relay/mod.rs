@@ -7,6 +7,7 @@
 
 pub mod inbound;
 pub mod limits;
+pub mod reassembly;
 pub mod recent;
 pub mod record;
 pub mod route;
