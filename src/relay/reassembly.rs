@@ -27,8 +27,8 @@
 //!     was acknowledged is spliced or dropped for it.
 //! - A whole message is delivered by one caller at a time: a part arriving
 //!   while its message's webhook is in flight is refused with
-//!   ESME_RX_T_APPN (`mo_busy`); the carrier's retry finds it delivered or
-//!   held again.
+//!   ESME_RX_T_APPN (`mo` outcome `busy`); the carrier's retry finds it
+//!   delivered or held again.
 //! - After a whole message was delivered, its key and a keyed digest of
 //!   each part (HMAC-SHA256 under a random per-process key, truncated to
 //!   16 octets: never the text, and no dictionary handle on short texts)
