@@ -37,6 +37,9 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// Status events waiting in the durable outbox.
     pub outbox_depth: IntGauge,
+    /// Parts of concatenated MOs held for reassembly, by `kind` (`parts`,
+    /// `bytes`).
+    pub mo_parts_held: IntGaugeVec,
     /// Audit records written.
     pub audit_records: IntCounter,
     /// Sequence number of the audit chain's head (its record count minus
@@ -189,6 +192,12 @@ impl Metrics {
                 &["client", "outcome"],
             ),
             outbox_depth,
+            mo_parts_held: gauge_vec(
+                &r,
+                "sms_conduit_mo_parts_held",
+                "Parts of concatenated MOs held for reassembly (kind: parts, bytes).",
+                &["kind"],
+            ),
             audit_records,
             audit_head_seq,
             store_commit: histogram(

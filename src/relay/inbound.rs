@@ -1,9 +1,10 @@
 //! What comes back from carriers: delivery receipts and MO messages handed
 //! over by the SMPP sessions.
 //!
-//! An MO is decoded in memory (concatenated parts are held, zeroized, until
-//! the last one arrives or they expire), its campaign found by the number it
-//! was sent to, STOP/START/HELP keywords acted on (opt-out recorded first, so
+//! An MO is decoded in memory (concatenated parts are held, zeroized, by
+//! [`super::reassembly`] until the last one arrives or they expire, under
+//! the bounds and rules documented there), its campaign found by the number
+//! it was sent to, STOP/START/HELP keywords acted on (opt-out recorded first, so
 //! a STOP is honoured even while the client's webhook is down), and then it
 //! is POSTed to the client's webhook while the carrier waits: a 2xx gets
 //! ESME_ROK, anything else ESME_RX_T_APPN so the carrier redelivers. The text
@@ -24,14 +25,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use parking_lot::{Mutex, RwLock};
-
-use zeroize::Zeroizing;
+use parking_lot::RwLock;
 
 use super::inflight::Found;
+use super::reassembly::{self, Assembly, Reassembly};
 use super::{record, Relay};
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
@@ -44,21 +44,6 @@ use crate::webhook::{ReceivedEvent, StatusEvent, Webhooks};
 
 /// How long the carrier may wait for the client's webhook on an MO.
 const MO_WEBHOOK_DEADLINE: Duration = Duration::from_secs(5);
-/// Parts of a concatenated MO are dropped when the rest does not arrive.
-const MO_PARTS_TTL: Duration = Duration::from_secs(600);
-/// At most this many concatenated MOs are assembled at once.
-const MO_PARTS_MAX: usize = 10_000;
-
-/// What [`Inbound::assemble`] made of one part of a concatenated MO.
-enum Assembly {
-    /// Every part is here: the data coding and the whole payload.
-    Whole(u8, Zeroizing<Vec<u8>>),
-    /// Held until the other parts come.
-    Held,
-    /// Not held: no room for another message, or a part numbered past the
-    /// total its first part announced.
-    NoRoom,
-}
 
 /// How long a receipt for an id not (yet) in the index is retried.
 const EARLY_RECEIPT_WAIT: [Duration; 4] = [
@@ -101,13 +86,6 @@ impl MoView {
     }
 }
 
-/// Parts of one concatenated MO.
-struct Partial {
-    started: Instant,
-    data_coding: u8,
-    parts: Vec<Option<Zeroizing<Vec<u8>>>>,
-}
-
 /// The relay's [`InboundHandler`].
 pub struct Inbound {
     shared: Arc<dyn SharedState>,
@@ -121,8 +99,8 @@ pub struct Inbound {
     /// Background work (audit records of bind changes, keyword answers),
     /// waited for by the app's drain before the store closes.
     background: tokio_util::task::TaskTracker,
-    /// (link, sender, reference) → parts so far. Never held across an await.
-    partials: Mutex<HashMap<(String, String, u16), Partial>>,
+    /// Parts of concatenated MOs so far.
+    parts: Reassembly,
 }
 
 /// The keyword class of an MO text: the whole text, any case, surrounding
@@ -174,12 +152,12 @@ impl Inbound {
             background,
             shared,
             audit,
-            metrics,
             webhooks,
             relay: OnceLock::new(),
             view: RwLock::new(Arc::new(MoView::new(cfg))),
             pseudonym_key: cfg.node.pseudonym_key.clone(),
-            partials: Mutex::new(HashMap::new()),
+            parts: Reassembly::new(metrics.clone()),
+            metrics,
         }
     }
 
@@ -196,52 +174,6 @@ impl Inbound {
 
     fn view(&self) -> Arc<MoView> {
         self.view.read().clone()
-    }
-
-    /// Adds one part; returns the whole payload once every part is in. The
-    /// parts stay held until [`Inbound::forget`]: when the relay of the whole
-    /// fails, the carrier retries only the part that got the temporary error
-    /// (the earlier ones were acknowledged), and that retry must find them.
-    fn assemble(
-        &self,
-        key: (String, String, u16),
-        concat: encoding::Concat,
-        data_coding: u8,
-        payload: &[u8],
-    ) -> Assembly {
-        let mut map = self.partials.lock();
-        let now = Instant::now();
-        map.retain(|_, p| now.duration_since(p.started) < MO_PARTS_TTL);
-        if map.len() >= MO_PARTS_MAX && !map.contains_key(&key) {
-            return Assembly::NoRoom;
-        }
-        let total = usize::from(concat.total.max(1));
-        let entry = map.entry(key.clone()).or_insert_with(|| Partial {
-            started: now,
-            data_coding,
-            parts: vec![None; total],
-        });
-        let idx = usize::from(concat.seq.max(1)) - 1;
-        match entry.parts.get_mut(idx) {
-            Some(slot) => *slot = Some(Zeroizing::new(payload.to_vec())),
-            // A part numbered past the total the first part announced.
-            None => return Assembly::NoRoom,
-        }
-        if entry.parts.iter().any(Option::is_none) {
-            return Assembly::Held;
-        }
-        let len = entry.parts.iter().flatten().map(|p| p.len()).sum();
-        let mut whole = Zeroizing::new(Vec::with_capacity(len));
-        for p in entry.parts.iter().flatten() {
-            whole.extend_from_slice(p);
-        }
-        Assembly::Whole(entry.data_coding, whole)
-    }
-
-    /// Drops the held parts of a concatenated MO that got its final answer.
-    fn forget(&self, key: &(String, String, u16)) {
-        let mut map = self.partials.lock();
-        map.remove(key);
     }
 
     fn mo_outcome(&self, link: &str, outcome: &str) {
@@ -314,36 +246,57 @@ impl Inbound {
             self.mo_outcome(link, "undecodable");
             return CommandStatus::EsmeRxPAppn;
         };
-        let whole;
-        let mut held = None;
-        let (data_coding, bytes): (u8, &[u8]) = match concat {
-            Some(c) => {
-                let key = (link.to_owned(), from.as_str().to_owned(), c.reference);
-                match self.assemble(key.clone(), c, msg.data_coding, data) {
-                    Assembly::Whole(dc, w) => {
-                        whole = (dc, w);
-                        held = Some(key);
-                        (whole.0, &whole.1[..])
-                    }
-                    // Earlier parts are acknowledged and held in memory.
-                    Assembly::Held => return CommandStatus::EsmeRok,
-                    // Not kept, so not acknowledged: the carrier retries it.
-                    Assembly::NoRoom => {
-                        tracing::warn!(link, "MO part not held (table of partial MOs full, or numbered past its total); the carrier will retry");
-                        self.mo_outcome(link, "parts_full");
-                        return CommandStatus::EsmeRxTAppn;
-                    }
-                }
+        let Some(c) = concat else {
+            return self
+                .mo_whole(link, &view, from, to, campaign, msg.data_coding, data)
+                .await;
+        };
+        let key = reassembly::Key {
+            link: link.to_owned(),
+            from: from.as_str().to_owned(),
+            to: to.as_str().to_owned(),
+            reference: c.reference,
+            total: c.total,
+        };
+        let (ticket, data_coding, whole) = match self.parts.add(key, c.seq, msg.data_coding, data) {
+            Assembly::Whole(ticket, dc, w) => (ticket, dc, w),
+            // Earlier parts are acknowledged and held in memory.
+            Assembly::Held => return CommandStatus::EsmeRok,
+            // Its message was relayed already: the carrier re-sent it.
+            Assembly::Duplicate => {
+                self.mo_outcome(link, "duplicate_part");
+                return CommandStatus::EsmeRok;
             }
-            None => (msg.data_coding, data),
+            // Not kept, so not acknowledged: the carrier retries it.
+            Assembly::Busy => {
+                self.mo_outcome(link, "busy");
+                return CommandStatus::EsmeRxTAppn;
+            }
+            Assembly::NoRoom => {
+                tracing::warn!(
+                    link,
+                    "MO part not held (held parts at their bound); the carrier will retry"
+                );
+                self.mo_outcome(link, "parts_full");
+                return CommandStatus::EsmeRxTAppn;
+            }
+            Assembly::TooLong => {
+                tracing::warn!(link, "MO part refused: longer than one SMS can carry");
+                self.mo_outcome(link, "part_too_long");
+                return CommandStatus::EsmeRinvmsglen;
+            }
         };
         let status = self
-            .mo_whole(link, &view, from, to, campaign, data_coding, bytes)
+            .mo_whole(link, &view, from, to, campaign, data_coding, &whole)
             .await;
-        // Parts stay held only while the carrier is to retry (temporary error).
-        if let Some(key) = held.filter(|_| status != CommandStatus::EsmeRxTAppn) {
-            self.forget(&key);
-        }
+        // Parts stay held only while the carrier is to retry (temporary
+        // error); a delivered whole is remembered so its redelivered parts
+        // are not relayed again.
+        ticket.close(match status {
+            CommandStatus::EsmeRok => reassembly::Outcome::Delivered,
+            CommandStatus::EsmeRxTAppn => reassembly::Outcome::Retry,
+            _ => reassembly::Outcome::Refused,
+        });
         status
     }
 

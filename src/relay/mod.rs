@@ -8,6 +8,7 @@
 pub mod inbound;
 pub mod inflight;
 pub mod limits;
+pub mod reassembly;
 pub mod recent;
 pub mod record;
 pub mod route;
