@@ -43,6 +43,7 @@
 //! ```
 
 mod error;
+mod fault;
 pub mod shared;
 pub mod tables;
 mod writer;
@@ -59,6 +60,8 @@ use redb::{Database, ReadTransaction, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
+#[doc(hidden)]
+pub use fault::FaultSwitch;
 pub use shared::{LocalShared, SharedState};
 pub use tables::Tx;
 pub(crate) use writer::{before_commit, current_txn};
@@ -114,14 +117,29 @@ impl Store {
     /// refused with [`StoreError::SchemaTooNew`]. Needs no runtime; writes
     /// need a tokio runtime to be awaited.
     pub fn open(state_dir: &Path, metrics: Option<Arc<Metrics>>) -> Result<Store, StoreError> {
+        Self::open_inner(state_dir, metrics, None)
+    }
+
+    /// As [`Store::open`], over a backend whose writes fail while `faults`
+    /// is on (see [`FaultSwitch`]). For tests of the store's fault handling.
+    #[doc(hidden)]
+    pub fn open_with_faults(
+        state_dir: &Path,
+        metrics: Option<Arc<Metrics>>,
+        faults: FaultSwitch,
+    ) -> Result<Store, StoreError> {
+        Self::open_inner(state_dir, metrics, Some(faults))
+    }
+
+    fn open_inner(
+        state_dir: &Path,
+        metrics: Option<Arc<Metrics>>,
+        faults: Option<FaultSwitch>,
+    ) -> Result<Store, StoreError> {
         prepare_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         precreate_file(&path)?;
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            source: Arc::new(e),
-        })?;
-        check_schema(&db, &path)?;
+        let db = open_db(&path, faults.as_ref())?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
@@ -267,6 +285,33 @@ fn precreate_file(path: &Path) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             source: Arc::new(e),
         })
+}
+
+/// Opens the database file, over the plain file backend or, for tests, the
+/// fault-injecting one, and checks its schema.
+fn open_db(path: &Path, faults: Option<&FaultSwitch>) -> Result<Database, StoreError> {
+    let open_err = |e: redb::DatabaseError| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let db = match faults {
+        None => Database::create(path).map_err(open_err)?,
+        Some(switch) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| open_err(e.into()))?;
+            let backend = redb::backends::FileBackend::new(file).map_err(open_err)?;
+            Database::builder()
+                .create_with_backend(fault::FaultBackend::new(backend, switch.clone()))
+                .map_err(open_err)?
+        }
+    };
+    check_schema(&db, path)?;
+    Ok(db)
 }
 
 /// Writes the version into a new file, refuses a newer one, and creates the
