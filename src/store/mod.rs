@@ -51,7 +51,7 @@ mod writer;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -87,10 +87,37 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What the writer thread shares with every handle: the database readers
+/// use, and whether it can commit.
+pub(crate) struct Live {
+    pub(crate) path: PathBuf,
+    /// `None` once closed, and while the writer reopens a database that
+    /// failed to commit. The lock is only held to clone or swap the `Arc`.
+    pub(crate) db: RwLock<Option<Arc<Database>>>,
+    /// False from a failed commit until the writer has reopened the
+    /// database and a durable probe commit succeeded (see [`writer`]).
+    pub(crate) healthy: AtomicBool,
+    /// Set by [`Store::close`]: tells "closed" from "recovering" when `db`
+    /// is `None`.
+    pub(crate) closed: AtomicBool,
+    /// The fault switch the database was opened with, to reopen it with the
+    /// same one; `None` on the normal path.
+    pub(crate) faults: Option<FaultSwitch>,
+}
+
+impl Live {
+    /// The error for a write or read refused because there is no database.
+    pub(crate) fn refusal(&self) -> StoreError {
+        if self.closed.load(Ordering::Acquire) {
+            StoreError::Closed
+        } else {
+            StoreError::Unavailable
+        }
+    }
+}
+
 struct Inner {
-    path: PathBuf,
-    /// `None` once closed. The lock is only held to clone the `Arc`.
-    db: RwLock<Option<Arc<Database>>>,
+    live: Arc<Live>,
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -103,7 +130,7 @@ struct Inner {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.inner.path)
+            .field("path", &self.inner.live.path)
             .finish_non_exhaustive()
     }
 }
@@ -139,21 +166,26 @@ impl Store {
         prepare_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         precreate_file(&path)?;
-        let db = open_db(&path, faults.as_ref())?;
-        let db = Arc::new(db);
+        let db = Arc::new(open_db(&path, faults.as_ref())?);
+        let live = Arc::new(Live {
+            path,
+            db: RwLock::new(Some(db.clone())),
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            faults,
+        });
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let thread = {
-            let (db, counters) = (db.clone(), counters.clone());
+            let (live, counters) = (live.clone(), counters.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer::run(db, rx, metrics, counters))
+                .spawn(move || writer::run(live, db, rx, metrics, counters))
                 .map_err(|e| StoreError::Thread(Arc::new(e)))?
         };
         Ok(Store {
             inner: Arc::new(Inner {
-                path,
-                db: RwLock::new(Some(db)),
+                live,
                 tx,
                 counters,
                 thread: Mutex::new(Some(thread)),
@@ -164,7 +196,17 @@ impl Store {
 
     /// Path of the database file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner.live.path
+    }
+
+    /// Whether the store can commit: false from the moment a commit (or the
+    /// start of a write transaction) failed on the database's storage until
+    /// the writer has reopened it and a durable probe commit succeeded, and
+    /// false once closed. While false, writes and reads are refused with
+    /// [`StoreError::Unavailable`]. One atomic load.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.live.healthy.load(Ordering::Acquire)
+            && !self.inner.live.closed.load(Ordering::Acquire)
     }
 
     /// Queues `op` for the writer and waits until its writes are durable.
@@ -175,11 +217,17 @@ impl Store {
     /// anything but redb: it holds up every write behind it.
     ///
     /// Once queued, the write happens even if this future is dropped.
+    ///
+    /// While the store is not healthy ([`Store::is_healthy`]) the op is not
+    /// run and the answer is [`StoreError::Unavailable`], at once.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        if !self.is_healthy() {
+            return Err(self.inner.live.refusal());
+        }
         let (tx, rx) = oneshot::channel();
         self.inner
             .tx
@@ -226,7 +274,8 @@ impl Store {
             // An error means the writer already ended: nothing left to wait for.
             let _ = rx.await;
         }
-        self.inner.db.write().take();
+        self.inner.live.closed.store(true, Ordering::Release);
+        self.inner.live.db.write().take();
         let handle = self.inner.thread.lock().take();
         if let Some(handle) = handle {
             // Joining is quick (the thread has answered everything) but
@@ -245,7 +294,8 @@ impl Store {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.inner.db.read().clone().ok_or(StoreError::Closed)
+        let db = self.inner.live.db.read().clone();
+        db.ok_or_else(|| self.inner.live.refusal())
     }
 }
 
@@ -273,7 +323,7 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates the file with 0600 before redb opens it, whatever the umask.
-fn precreate_file(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn precreate_file(path: &Path) -> Result<(), StoreError> {
     OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -289,7 +339,10 @@ fn precreate_file(path: &Path) -> Result<(), StoreError> {
 
 /// Opens the database file, over the plain file backend or, for tests, the
 /// fault-injecting one, and checks its schema.
-fn open_db(path: &Path, faults: Option<&FaultSwitch>) -> Result<Database, StoreError> {
+pub(crate) fn open_db(
+    path: &Path,
+    faults: Option<&FaultSwitch>,
+) -> Result<Database, StoreError> {
     let open_err = |e: redb::DatabaseError| StoreError::Open {
         path: path.to_path_buf(),
         source: Arc::new(e),
