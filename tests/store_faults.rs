@@ -59,19 +59,37 @@ async fn a_failed_commit_makes_the_store_unhealthy_and_it_recovers_by_itself() {
     faults.fail_writes(true);
     let err = put(&store, "during", 2).await.unwrap_err();
     eprintln!("write during the fault: {err}");
-    assert!(!store.is_healthy(), "a failed commit turns the store unhealthy");
+    assert!(
+        !store.is_healthy(),
+        "a failed commit turns the store unhealthy"
+    );
 
     faults.fail_writes(false);
     let took = wait_until(Duration::from_secs(10), || store.is_healthy()).await;
     eprintln!("healthy again after {took:?}");
-    assert!(took.is_some(), "the store recovers without a reopen by the test");
+    assert!(
+        took.is_some(),
+        "the store recovers without a reopen by the test"
+    );
 
     let after = put(&store, "after", 3).await;
     eprintln!("first write after the fault: {after:?}");
     after.expect("a write after recovery commits");
-    assert_eq!(get(&store, "after").unwrap(), Some(3), "readers see the reopened database");
-    assert_eq!(get(&store, "before").unwrap(), Some(1), "earlier commits survive");
-    assert_eq!(get(&store, "during").unwrap(), None, "the failed write left nothing");
+    assert_eq!(
+        get(&store, "after").unwrap(),
+        Some(3),
+        "readers see the reopened database"
+    );
+    assert_eq!(
+        get(&store, "before").unwrap(),
+        Some(1),
+        "earlier commits survive"
+    );
+    assert_eq!(
+        get(&store, "during").unwrap(),
+        None,
+        "the failed write left nothing"
+    );
     store.close().await.unwrap();
     drop(store);
 
@@ -110,7 +128,10 @@ async fn while_unhealthy_writes_are_refused_at_once_as_unavailable() {
     eprintln!("slowest refusal while unhealthy: {slowest:?}");
     assert!(slowest < Duration::from_millis(500), "{slowest:?}");
     assert!(!store.is_healthy(), "no recovery while the fault lasts");
-    assert!(matches!(get(&store, "before"), Err(StoreError::Unavailable)));
+    assert!(matches!(
+        get(&store, "before"),
+        Err(StoreError::Unavailable)
+    ));
     // Flush and close do not hang either.
     tokio::time::timeout(Duration::from_secs(5), store.flush())
         .await
@@ -213,7 +234,10 @@ async fn a_delivered_event_is_not_resent_while_the_store_cannot_record_it() {
         options,
     )
     .unwrap();
-    assert!(sink.wait_for(3, Duration::from_secs(10)).await, "3 deliveries");
+    assert!(
+        sink.wait_for(3, Duration::from_secs(10)).await,
+        "3 deliveries"
+    );
     // Two seconds of a store that cannot commit: 20 poll intervals.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = sink.attempts();
@@ -230,7 +254,10 @@ async fn a_delivered_event_is_not_resent_while_the_store_cannot_record_it() {
         "outbox empty after recovery: {emptied:?}; POSTs in all: {}",
         sink.attempts()
     );
-    assert!(emptied.is_some(), "the deliveries are recorded once the store is back");
+    assert!(
+        emptied.is_some(),
+        "the deliveries are recorded once the store is back"
+    );
     assert_eq!(sink.attempts(), 3, "and still not sent again");
 
     shutdown.cancel();

@@ -21,7 +21,21 @@
 //!   callers down instead of growing memory;
 //! - reads never wait for the writer ([`Store::read`] is a redb MVCC
 //!   snapshot). A read may see an op's writes a moment before they are
-//!   durable (see [`writer`]); it never sees a failed op's writes.
+//!   durable (see [`writer`]); it never sees a failed op's writes;
+//! - a store that cannot commit says so and heals itself: after a batch
+//!   fails, the writer tries to start a write transaction; if redb refuses
+//!   (after any I/O error, a full disk included, it refuses every write until
+//!   the database is reopened), [`Store::is_healthy`] turns false *before*
+//!   the batch's callers are answered, readers are cut off from the poisoned
+//!   database, and every write and read is refused at once with
+//!   [`StoreError::Unavailable`] (nothing of a refused write is kept). The
+//!   writer reopens the file (schema checked) with a back-off from
+//!   [`writer::REOPEN_FIRST`] to [`writer::REOPEN_MAX`], and only after an
+//!   empty durable commit on the reopened database succeeded does it hand
+//!   that database to readers and turn `is_healthy` true again. No restart,
+//!   and no caller ever waits on a store that cannot commit;
+//! - fault injection ([`FaultSwitch`], [`Store::open_with_faults`]) is for
+//!   tests only; [`Store::open`] runs on redb's plain file backend.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sms_conduit::store::StoreError> {
@@ -339,10 +353,7 @@ pub(crate) fn precreate_file(path: &Path) -> Result<(), StoreError> {
 
 /// Opens the database file, over the plain file backend or, for tests, the
 /// fault-injecting one, and checks its schema.
-pub(crate) fn open_db(
-    path: &Path,
-    faults: Option<&FaultSwitch>,
-) -> Result<Database, StoreError> {
+pub(crate) fn open_db(path: &Path, faults: Option<&FaultSwitch>) -> Result<Database, StoreError> {
     let open_err = |e: redb::DatabaseError| StoreError::Open {
         path: path.to_path_buf(),
         source: Arc::new(e),

@@ -26,8 +26,18 @@
 //!   savepoints cannot isolate ops instead: they must be taken before any
 //!   table of the transaction is written).
 //!
+//! - Recovery, when a batch failed and the database refuses to start a
+//!   write transaction (redb's state after any I/O error): see [`recover`].
+//!   The store is marked unhealthy and readers are cut off before anyone is
+//!   answered; the writer drops the database, answers whatever is queued
+//!   with [`StoreError::Unavailable`] while it reopens the file with a
+//!   back-off, and takes ops again once a durable probe commit succeeded.
+//!
 //! Invariants:
 //! - a caller gets `Ok` only after its writes are durable;
+//! - while the store is unhealthy no op runs: each is answered
+//!   [`StoreError::Unavailable`] within [`REFUSE_TICK`] (or at once by
+//!   [`super::Store::write`]);
 //! - at most one fsync per batch; ops never fsync;
 //! - a failed or panicking op leaves no trace and does not fail the batch;
 //! - on the slow path, readers may see an op's writes slightly before they
