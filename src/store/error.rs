@@ -57,6 +57,12 @@ pub enum StoreError {
     /// An op panicked; its writes were rolled back, the writer carries on.
     #[error("store operation panicked; its writes were rolled back")]
     OpPanicked,
+    /// The store cannot commit now: a commit failed on its storage (a full
+    /// disk, an I/O error) and the writer is reopening the database. Nothing
+    /// of the refused write was kept; try again later (the store recovers by
+    /// itself once the fault is gone, see [`crate::store::Store::is_healthy`]).
+    #[error("store unavailable: it cannot commit and is recovering")]
+    Unavailable,
     /// The store was closed (or its writer thread is gone).
     #[error("store is closed")]
     Closed,

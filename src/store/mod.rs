@@ -21,7 +21,21 @@
 //!   callers down instead of growing memory;
 //! - reads never wait for the writer ([`Store::read`] is a redb MVCC
 //!   snapshot). A read may see an op's writes a moment before they are
-//!   durable (see [`writer`]); it never sees a failed op's writes.
+//!   durable (see [`writer`]); it never sees a failed op's writes;
+//! - a store that cannot commit says so and heals itself: after a batch
+//!   fails, the writer tries to start a write transaction; if redb refuses
+//!   (after any I/O error, a full disk included, it refuses every write until
+//!   the database is reopened), [`Store::is_healthy`] turns false *before*
+//!   the batch's callers are answered, readers are cut off from the poisoned
+//!   database, and every write and read is refused at once with
+//!   [`StoreError::Unavailable`] (nothing of a refused write is kept). The
+//!   writer reopens the file (schema checked) with a back-off from
+//!   [`writer::REOPEN_FIRST`] to [`writer::REOPEN_MAX`], and only after an
+//!   empty durable commit on the reopened database succeeded does it hand
+//!   that database to readers and turn `is_healthy` true again. No restart,
+//!   and no caller ever waits on a store that cannot commit;
+//! - fault injection ([`FaultSwitch`], [`Store::open_with_faults`]) is for
+//!   tests only; [`Store::open`] runs on redb's plain file backend.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sms_conduit::store::StoreError> {
@@ -43,6 +57,7 @@
 //! ```
 
 mod error;
+mod fault;
 pub mod shared;
 pub mod tables;
 mod writer;
@@ -50,7 +65,7 @@ mod writer;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -59,6 +74,8 @@ use redb::{Database, ReadTransaction, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
+#[doc(hidden)]
+pub use fault::FaultSwitch;
 pub use shared::{LocalShared, SharedState};
 pub use tables::Tx;
 pub(crate) use writer::{before_commit, current_txn};
@@ -84,10 +101,37 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What the writer thread shares with every handle: the database readers
+/// use, and whether it can commit.
+pub(crate) struct Live {
+    pub(crate) path: PathBuf,
+    /// `None` once closed, and while the writer reopens a database that
+    /// failed to commit. The lock is only held to clone or swap the `Arc`.
+    pub(crate) db: RwLock<Option<Arc<Database>>>,
+    /// False from a failed commit until the writer has reopened the
+    /// database and a durable probe commit succeeded (see [`writer`]).
+    pub(crate) healthy: AtomicBool,
+    /// Set by [`Store::close`]: tells "closed" from "recovering" when `db`
+    /// is `None`.
+    pub(crate) closed: AtomicBool,
+    /// The fault switch the database was opened with, to reopen it with the
+    /// same one; `None` on the normal path.
+    pub(crate) faults: Option<FaultSwitch>,
+}
+
+impl Live {
+    /// The error for a write or read refused because there is no database.
+    pub(crate) fn refusal(&self) -> StoreError {
+        if self.closed.load(Ordering::Acquire) {
+            StoreError::Closed
+        } else {
+            StoreError::Unavailable
+        }
+    }
+}
+
 struct Inner {
-    path: PathBuf,
-    /// `None` once closed. The lock is only held to clone the `Arc`.
-    db: RwLock<Option<Arc<Database>>>,
+    live: Arc<Live>,
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -100,7 +144,7 @@ struct Inner {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.inner.path)
+            .field("path", &self.inner.live.path)
             .finish_non_exhaustive()
     }
 }
@@ -114,28 +158,48 @@ impl Store {
     /// refused with [`StoreError::SchemaTooNew`]. Needs no runtime; writes
     /// need a tokio runtime to be awaited.
     pub fn open(state_dir: &Path, metrics: Option<Arc<Metrics>>) -> Result<Store, StoreError> {
+        Self::open_inner(state_dir, metrics, None)
+    }
+
+    /// As [`Store::open`], over a backend whose writes fail while `faults`
+    /// is on (see [`FaultSwitch`]). For tests of the store's fault handling.
+    #[doc(hidden)]
+    pub fn open_with_faults(
+        state_dir: &Path,
+        metrics: Option<Arc<Metrics>>,
+        faults: FaultSwitch,
+    ) -> Result<Store, StoreError> {
+        Self::open_inner(state_dir, metrics, Some(faults))
+    }
+
+    fn open_inner(
+        state_dir: &Path,
+        metrics: Option<Arc<Metrics>>,
+        faults: Option<FaultSwitch>,
+    ) -> Result<Store, StoreError> {
         prepare_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         precreate_file(&path)?;
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            source: Arc::new(e),
-        })?;
-        check_schema(&db, &path)?;
-        let db = Arc::new(db);
+        let db = Arc::new(open_db(&path, faults.as_ref())?);
+        let live = Arc::new(Live {
+            path,
+            db: RwLock::new(Some(db.clone())),
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            faults,
+        });
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let thread = {
-            let (db, counters) = (db.clone(), counters.clone());
+            let (live, counters) = (live.clone(), counters.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer::run(db, rx, metrics, counters))
+                .spawn(move || writer::run(live, db, rx, metrics, counters))
                 .map_err(|e| StoreError::Thread(Arc::new(e)))?
         };
         Ok(Store {
             inner: Arc::new(Inner {
-                path,
-                db: RwLock::new(Some(db)),
+                live,
                 tx,
                 counters,
                 thread: Mutex::new(Some(thread)),
@@ -144,14 +208,19 @@ impl Store {
         })
     }
 
-    /// Whether the store can commit now (see the writer's recovery).
-    pub fn is_healthy(&self) -> bool {
-        true
-    }
-
     /// Path of the database file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner.live.path
+    }
+
+    /// Whether the store can commit: false from the moment a commit (or the
+    /// start of a write transaction) failed on the database's storage until
+    /// the writer has reopened it and a durable probe commit succeeded, and
+    /// false once closed. While false, writes and reads are refused with
+    /// [`StoreError::Unavailable`]. One atomic load.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.live.healthy.load(Ordering::Acquire)
+            && !self.inner.live.closed.load(Ordering::Acquire)
     }
 
     /// Queues `op` for the writer and waits until its writes are durable.
@@ -162,11 +231,17 @@ impl Store {
     /// anything but redb: it holds up every write behind it.
     ///
     /// Once queued, the write happens even if this future is dropped.
+    ///
+    /// While the store is not healthy ([`Store::is_healthy`]) the op is not
+    /// run and the answer is [`StoreError::Unavailable`], at once.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        if !self.is_healthy() {
+            return Err(self.inner.live.refusal());
+        }
         let (tx, rx) = oneshot::channel();
         self.inner
             .tx
@@ -213,7 +288,8 @@ impl Store {
             // An error means the writer already ended: nothing left to wait for.
             let _ = rx.await;
         }
-        self.inner.db.write().take();
+        self.inner.live.closed.store(true, Ordering::Release);
+        self.inner.live.db.write().take();
         let handle = self.inner.thread.lock().take();
         if let Some(handle) = handle {
             // Joining is quick (the thread has answered everything) but
@@ -232,7 +308,8 @@ impl Store {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.inner.db.read().clone().ok_or(StoreError::Closed)
+        let db = self.inner.live.db.read().clone();
+        db.ok_or_else(|| self.inner.live.refusal())
     }
 }
 
@@ -260,7 +337,7 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates the file with 0600 before redb opens it, whatever the umask.
-fn precreate_file(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn precreate_file(path: &Path) -> Result<(), StoreError> {
     OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -272,6 +349,33 @@ fn precreate_file(path: &Path) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             source: Arc::new(e),
         })
+}
+
+/// Opens the database file, over the plain file backend or, for tests, the
+/// fault-injecting one, and checks its schema.
+pub(crate) fn open_db(path: &Path, faults: Option<&FaultSwitch>) -> Result<Database, StoreError> {
+    let open_err = |e: redb::DatabaseError| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let db = match faults {
+        None => Database::create(path).map_err(open_err)?,
+        Some(switch) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| open_err(e.into()))?;
+            let backend = redb::backends::FileBackend::new(file).map_err(open_err)?;
+            Database::builder()
+                .create_with_backend(fault::FaultBackend::new(backend, switch.clone()))
+                .map_err(open_err)?
+        }
+    };
+    check_schema(&db, path)?;
+    Ok(db)
 }
 
 /// Writes the version into a new file, refuses a newer one, and creates the

@@ -26,8 +26,18 @@
 //!   savepoints cannot isolate ops instead: they must be taken before any
 //!   table of the transaction is written).
 //!
+//! - Recovery, when a batch failed and the database refuses to start a
+//!   write transaction (redb's state after any I/O error): see [`recover`].
+//!   The store is marked unhealthy and readers are cut off before anyone is
+//!   answered; the writer drops the database, answers whatever is queued
+//!   with [`StoreError::Unavailable`] while it reopens the file with a
+//!   back-off, and takes ops again once a durable probe commit succeeded.
+//!
 //! Invariants:
 //! - a caller gets `Ok` only after its writes are durable;
+//! - while the store is unhealthy no op runs: each is answered
+//!   [`StoreError::Unavailable`] within [`REFUSE_TICK`] (or at once by
+//!   [`super::Store::write`]);
 //! - at most one fsync per batch; ops never fsync;
 //! - a failed or panicking op leaves no trace and does not fail the batch;
 //! - on the slow path, readers may see an op's writes slightly before they
@@ -44,7 +54,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::Tx;
-use super::StoreError;
+use super::{Live, StoreError};
 use crate::metrics::Metrics;
 
 thread_local! {
@@ -133,6 +143,21 @@ pub(crate) const LINGER_UNTIL: usize = 256;
 /// `Store::write` wait (backpressure) instead of growing memory.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
+/// First wait before reopening a database that failed to commit, after the
+/// immediate attempt failed; doubled per failed attempt. Short, so a
+/// transient fault costs the relay a fraction of a second of refusals.
+pub(crate) const REOPEN_FIRST: Duration = Duration::from_millis(100);
+
+/// Longest wait between two reopen attempts: a disk that stays full is
+/// probed every 5 s, so the node is back within 5 s of space being freed,
+/// without a repair attempt (which reads the file) in a tight loop.
+pub(crate) const REOPEN_MAX: Duration = Duration::from_secs(5);
+
+/// While recovering, how often the writer answers what was queued
+/// meanwhile with [`StoreError::Unavailable`]: bounds how long an op that
+/// raced the health flag waits for its refusal.
+const REFUSE_TICK: Duration = Duration::from_millis(10);
+
 /// A type-erased op with its caller's answer channel.
 pub(crate) trait Job: Send {
     /// Runs the op in `tx` and keeps its result; says whether it
@@ -180,7 +205,10 @@ where
         let out = match (self.result, commit) {
             (Some(Ok(_)), Some(e)) => Err(e.clone()),
             (Some(r), _) => r,
-            (None, _) => Err(StoreError::OpPanicked),
+            // Never run: its transaction could not start, or the store
+            // refused it while recovering.
+            (None, Some(e)) => Err(e.clone()),
+            (None, None) => Err(StoreError::OpPanicked),
         };
         // The caller may have stopped waiting; the write stands anyway.
         let _ = self.tx.send(out);
@@ -205,7 +233,8 @@ pub(crate) struct Counters {
 
 /// Body of the writer thread. Returns when the queue is closed and empty.
 pub(crate) fn run(
-    db: Arc<Database>,
+    live: Arc<Live>,
+    mut db: Arc<Database>,
     mut rx: mpsc::Receiver<Msg>,
     metrics: Option<Arc<Metrics>>,
     counters: Arc<Counters>,
@@ -232,21 +261,138 @@ pub(crate) fn run(
             drain(&mut rx, &mut batch, &mut ops);
         }
         previous = ops;
-        if run_batch(
+        let end = run_batch(
             &db,
+            &live,
             &mut batch,
             &mut close_acks,
             metrics.as_deref(),
             &counters,
-        ) {
+        );
+        if end.closing {
             // Refuse new messages; the loop drains what is already queued and
             // ends when `blocking_recv` returns `None`.
             rx.close();
         }
+        if end.poisoned {
+            match recover(db, &live, &mut rx, &mut close_acks, end.closing) {
+                Some(reopened) => db = reopened,
+                None => {
+                    finish(close_acks);
+                    return;
+                }
+            }
+        }
     }
     drop(db);
+    finish(close_acks);
+}
+
+fn finish(close_acks: Vec<oneshot::Sender<()>>) {
     for ack in close_acks {
         let _ = ack.send(());
+    }
+}
+
+/// After a failed commit: gives up the poisoned database (`run_batch` has
+/// already marked the store unhealthy and taken it from the readers), then
+/// reopens the file with a back-off from [`REOPEN_FIRST`] to [`REOPEN_MAX`],
+/// answering everything queued meanwhile with [`StoreError::Unavailable`].
+/// Returns the reopened database once a durable probe commit on it
+/// succeeded (the store is healthy again), or `None` when the store was
+/// closed meanwhile (every message is then answered, the queue closed).
+fn recover(
+    poisoned: Arc<Database>,
+    live: &Live,
+    rx: &mut mpsc::Receiver<Msg>,
+    close_acks: &mut Vec<oneshot::Sender<()>>,
+    mut closing: bool,
+) -> Option<Arc<Database>> {
+    // redb refuses every write after an I/O error ("Previous I/O error"),
+    // until the database is closed and opened again. Readers may still hold
+    // it for a moment; a reopen before they let go fails (the file lock) and
+    // is tried again.
+    drop(poisoned);
+    let mut delay = REOPEN_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        closing |= refuse_queued(rx, close_acks);
+        if closing {
+            rx.close();
+            while let Some(m) = rx.blocking_recv() {
+                refuse(m, close_acks);
+            }
+            return None;
+        }
+        attempts += 1;
+        match reopen(live) {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *live.db.write() = Some(db.clone());
+                live.healthy.store(true, Ordering::Release);
+                tracing::warn!(attempts, "store reopened; it commits again");
+                return Some(db);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "store still cannot commit; refusing writes"
+                );
+            }
+        }
+        let until = Instant::now() + delay;
+        loop {
+            if refuse_queued(rx, close_acks) {
+                closing = true;
+                break;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(REFUSE_TICK));
+        }
+        delay = (delay * 2).min(REOPEN_MAX);
+    }
+}
+
+/// Opens the database file again (the same backend, the schema checked) and
+/// proves it commits with an empty durable transaction.
+fn reopen(live: &Live) -> Result<Database, StoreError> {
+    super::precreate_file(&live.path)?;
+    let db = super::open_db(&live.path, live.faults.as_ref())?;
+    durable_commit(&db)?;
+    Ok(db)
+}
+
+/// Answers what is queued now, without waiting: ops with
+/// [`StoreError::Unavailable`], flushes at once (nothing is pending). Says
+/// whether a `Close` was among them.
+fn refuse_queued(rx: &mut mpsc::Receiver<Msg>, close_acks: &mut Vec<oneshot::Sender<()>>) -> bool {
+    let mut closing = false;
+    while let Ok(m) = rx.try_recv() {
+        closing |= refuse(m, close_acks);
+    }
+    closing
+}
+
+/// Answers one message while the store cannot commit; true for a `Close`.
+fn refuse(m: Msg, close_acks: &mut Vec<oneshot::Sender<()>>) -> bool {
+    match m {
+        Msg::Op(job) => {
+            job.answer(Some(&StoreError::Unavailable));
+            false
+        }
+        Msg::Flush(ack) => {
+            let _ = ack.send(());
+            false
+        }
+        Msg::Close(ack) => {
+            close_acks.push(ack);
+            true
+        }
     }
 }
 
@@ -269,14 +415,25 @@ fn closing(batch: &[Msg]) -> bool {
     batch.iter().any(|m| !matches!(m, Msg::Op(_)))
 }
 
-/// Runs one batch; returns true when a `Close` was seen.
+/// How a batch ended.
+struct BatchEnd {
+    /// A `Close` was in the batch.
+    closing: bool,
+    /// The database can no longer commit; the store is marked unhealthy and
+    /// readers were cut off from it (see [`recover`]).
+    poisoned: bool,
+}
+
+/// Runs one batch.
 fn run_batch(
     db: &Database,
+    live: &Live,
     batch: &mut Vec<Msg>,
     close_acks: &mut Vec<oneshot::Sender<()>>,
     metrics: Option<&Metrics>,
     counters: &Counters,
-) -> bool {
+) -> BatchEnd {
+    let mut poisoned = false;
     let started = Instant::now();
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(batch.len());
     let mut flushes = Vec::new();
@@ -309,6 +466,14 @@ fn run_batch(
         }
         if let Err(e) = &outcome {
             tracing::error!(error = %e, ops = n, "store commit failed");
+            // Mark the store before anyone hears of the failure, so a caller
+            // that got the error sees `is_healthy() == false`.
+            poisoned = cannot_commit(db);
+            if poisoned {
+                live.healthy.store(false, Ordering::Release);
+                live.db.write().take();
+                tracing::error!("store cannot commit; refusing writes and reopening the database");
+            }
         }
         for job in jobs {
             job.answer(outcome.as_ref().err());
@@ -317,7 +482,23 @@ fn run_batch(
     for ack in flushes {
         let _ = ack.send(());
     }
-    closing
+    BatchEnd { closing, poisoned }
+}
+
+/// Whether `db` refuses to start a write transaction: after an I/O error
+/// redb refuses every write until the database is reopened. Called only
+/// after a failed batch; a commit that failed for another reason leaves the
+/// database usable.
+fn cannot_commit(db: &Database) -> bool {
+    match db.begin_write() {
+        Ok(txn) => {
+            if let Err(e) = txn.abort() {
+                tracing::error!(error = %e, "store abort failed");
+            }
+            false
+        }
+        Err(_) => true,
+    }
 }
 
 /// Every op in one durable transaction. `None` when an op failed (the

@@ -13,19 +13,28 @@
 //! it, and records the outcome in its own store op — delete on 2xx, new
 //! `attempt`/`next_attempt_ms` otherwise — so many attempts share one fsync.
 //!
+//! When the store cannot record an outcome (a full disk: [`Store::is_healthy`]
+//! is false) the worker starts no attempt until it can: an attempt it cannot
+//! record would only be made again. An event the client already took (2xx)
+//! whose delete failed is remembered in memory and only deleted later, not
+//! POSTed again.
+//!
 //! Invariants:
 //! - one event per message in flight, a message's events in seq order (see
 //!   [`Schedule`]);
 //! - an event leaves the outbox only after a 2xx or after its maximum age;
 //!   delivery is at least once (a crash between the 2xx and the delete sends
-//!   it again, with the same event id);
+//!   it again, with the same event id), but a live worker POSTs an event
+//!   that got a 2xx only once, however long its delete keeps failing;
+//! - an event is POSTed again no sooner than its back-off: while the store
+//!   is unhealthy no attempt starts at all;
 //! - one [`Webhooks`] per store: two would send the same events;
 //! - no lock is held across an `.await` (the std locks below are held only
 //!   to clone an `Arc`);
 //! - logs carry the client id, event id, attempt and outcome — never the
 //!   payload, the URL or a number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -221,6 +230,9 @@ enum Attempted {
     Done,
     /// Still pending; due again at this unix ms.
     Retry(u64),
+    /// The client took it (2xx) but the delete failed: at this unix ms, only
+    /// delete it again; never POST it again.
+    Delivered(u64),
 }
 
 impl Webhooks {
@@ -383,20 +395,45 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     let mut sched = Schedule::default();
     let mut inflight: JoinSet<Attempted> = JoinSet::new();
     let mut seq_of: HashMap<tokio::task::Id, u64> = HashMap::new();
+    // Seqs the client took (2xx) whose delete failed; held in `sched` too,
+    // so bounded by the window.
+    let mut delivered: HashSet<u64> = HashSet::new();
+    let mut paused = false;
     loop {
-        shared.ingest(&slot.id, &mut sched);
+        // A store that cannot commit cannot record an attempt's outcome:
+        // start none until it recovers (it does so by itself).
+        let healthy = shared.outbox.store().is_healthy();
+        match (paused, healthy) {
+            (true, true) => {
+                tracing::info!(client = %slot.id, "store commits again; webhook deliveries resume");
+            }
+            (false, false) => {
+                tracing::warn!(client = %slot.id, "store cannot commit; webhook deliveries wait for it");
+            }
+            _ => {}
+        }
+        paused = !healthy;
         let target = slot.target();
         let now = now_ms();
-        while inflight.len() < target.concurrency {
-            let Some(seq) = sched.take_due(now) else {
-                break;
-            };
-            let task = attempt(shared.clone(), slot.id.clone(), target.clone(), seq);
-            let handle = inflight.spawn(task);
-            seq_of.insert(handle.id(), seq);
+        if healthy {
+            shared.ingest(&slot.id, &mut sched);
+            while inflight.len() < target.concurrency {
+                let Some(seq) = sched.take_due(now) else {
+                    break;
+                };
+                let task = attempt(
+                    shared.clone(),
+                    slot.id.clone(),
+                    target.clone(),
+                    seq,
+                    delivered.contains(&seq),
+                );
+                let handle = inflight.spawn(task);
+                seq_of.insert(handle.id(), seq);
+            }
         }
         let wait = match sched.next_due() {
-            Some(at) if inflight.len() < target.concurrency => {
+            Some(at) if healthy && inflight.len() < target.concurrency => {
                 Duration::from_millis(at.saturating_sub(now)).min(poll)
             }
             _ => poll,
@@ -404,7 +441,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
         tokio::select! {
             _ = slot.stop.cancelled() => break,
             Some(joined) = inflight.join_next_with_id() => {
-                apply(&mut sched, &mut seq_of, joined, poll);
+                apply(&mut sched, &mut seq_of, &mut delivered, joined, poll);
             }
             _ = slot.notify.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -413,7 +450,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     // Let attempts in flight record their outcome, so a restart does not
     // resend what was just delivered.
     while let Some(joined) = inflight.join_next_with_id().await {
-        apply(&mut sched, &mut seq_of, joined, poll);
+        apply(&mut sched, &mut seq_of, &mut delivered, joined, poll);
     }
     tracing::info!(client = %slot.id, "webhook worker stopped");
 }
@@ -421,6 +458,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
 fn apply(
     sched: &mut Schedule,
     seq_of: &mut HashMap<tokio::task::Id, u64>,
+    delivered: &mut HashSet<u64>,
     joined: Result<(tokio::task::Id, Attempted), tokio::task::JoinError>,
     poll: Duration,
 ) {
@@ -432,8 +470,15 @@ fn apply(
         return;
     };
     match result {
-        Some(Attempted::Done) => sched.done(seq),
+        Some(Attempted::Done) => {
+            delivered.remove(&seq);
+            sched.done(seq);
+        }
         Some(Attempted::Retry(at)) => sched.retry(seq, at),
+        Some(Attempted::Delivered(at)) => {
+            delivered.insert(seq);
+            sched.retry(seq, at);
+        }
         None => {
             tracing::error!(seq, "webhook attempt task failed; retrying later");
             sched.retry(seq, now_ms().saturating_add(ms(poll)));
@@ -484,6 +529,24 @@ impl Shared {
         Attempted::Retry(now_ms().saturating_add(ms(self.options.poll_interval)))
     }
 
+    /// Removes an event the client took (2xx). If that fails the event is
+    /// not sent again by this worker: only its removal is retried (a restart
+    /// before it succeeds sends it again: at least once).
+    async fn remove_delivered(&self, client: &str, seq: u64, rec: &OutboxRecord) -> Attempted {
+        match self.outbox.remove(client, seq, &rec.event_id).await {
+            Ok(_) => Attempted::Done,
+            Err(e) => {
+                tracing::warn!(
+                    client,
+                    event_id = %rec.event_id,
+                    error = %e,
+                    "delivered, but removing the event failed; retrying the removal"
+                );
+                Attempted::Delivered(now_ms().saturating_add(ms(self.options.poll_interval)))
+            }
+        }
+    }
+
     /// Drops an event past its maximum age.
     async fn expire(&self, client: &str, seq: u64, rec: &OutboxRecord) -> Attempted {
         self.count(client, "expired");
@@ -504,8 +567,15 @@ impl Shared {
     }
 }
 
-/// One delivery attempt of the event at `(client, seq)`.
-async fn attempt(shared: Arc<Shared>, client: String, target: Arc<Target>, seq: u64) -> Attempted {
+/// One delivery attempt of the event at `(client, seq)`; when the client
+/// already took it (`delivered`), only its delete.
+async fn attempt(
+    shared: Arc<Shared>,
+    client: String,
+    target: Arc<Target>,
+    seq: u64,
+    delivered: bool,
+) -> Attempted {
     let rec = match shared.outbox.get(&client, seq) {
         Ok(Some(r)) => r,
         Ok(None) => return Attempted::Done,
@@ -514,6 +584,9 @@ async fn attempt(shared: Arc<Shared>, client: String, target: Arc<Target>, seq: 
             return shared.retry_soon();
         }
     };
+    if delivered {
+        return shared.remove_delivered(&client, seq, &rec).await;
+    }
     let deadline = rec.created_ms.saturating_add(ms(shared.options.max_age));
     if now_ms() >= deadline {
         return shared.expire(&client, seq, &rec).await;
@@ -529,20 +602,7 @@ async fn attempt(shared: Arc<Shared>, client: String, target: Arc<Target>, seq: 
     let outcome = result.as_ref().err().map_or("ok", Failure::outcome);
     shared.count(&client, outcome);
     let failure = match result {
-        Ok(()) => {
-            return match shared.outbox.remove(&client, seq, &rec.event_id).await {
-                Ok(_) => Attempted::Done,
-                Err(e) => {
-                    tracing::warn!(
-                        client,
-                        event_id = %rec.event_id,
-                        error = %e,
-                        "delivered, but removing the event failed; it will be sent again"
-                    );
-                    shared.retry_soon()
-                }
-            };
-        }
+        Ok(()) => return shared.remove_delivered(&client, seq, &rec).await,
         Err(f) => f,
     };
     let attempt = rec.attempt.saturating_add(1);
