@@ -145,12 +145,32 @@ impl App {
     /// returns once every carrier bind has been tried (at most
     /// [`FIRST_BINDS_WAIT`]).
     pub async fn start(config: Config) -> Result<App, AppError> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`App::start`] over a store whose commits a test can make fail
+    /// ([`crate::store::FaultSwitch`]).
+    #[doc(hidden)]
+    pub async fn start_with_store_faults(
+        config: Config,
+        faults: crate::store::FaultSwitch,
+    ) -> Result<App, AppError> {
+        Self::start_with(config, Some(faults)).await
+    }
+
+    async fn start_with(
+        config: Config,
+        faults: Option<crate::store::FaultSwitch>,
+    ) -> Result<App, AppError> {
         let errors = crate::preflight::check_tls_material(&config);
         if !errors.is_empty() {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open(&config.node.state_dir, Some(metrics.clone()))?;
+        let store = match faults {
+            None => Store::open(&config.node.state_dir, Some(metrics.clone()))?,
+            Some(f) => Store::open_with_faults(&config.node.state_dir, Some(metrics.clone()), f)?,
+        };
         let shutdown = Shutdown::new();
         let audit = Audit::open(store.clone(), &config.node.id, Some(metrics.clone())).await?;
         log_head("audit log head at start", &audit);
@@ -185,6 +205,17 @@ impl App {
             Some(webhooks.clone()),
             background.clone(),
         ));
+        let settler = Arc::new(crate::relay::settle::Settler::new(
+            audit.clone(),
+            Some(webhooks.clone()),
+            config.node.receipt_window,
+            config.node.receipt_deadline,
+        ));
+        handler.set_settler(settler.clone());
+        {
+            let token = shutdown.token();
+            shutdown.spawn("receipt-rules", async move { settler.run(token).await });
+        }
         let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
         // Each pool has its own token, so a reload can unbind one carrier
         // without touching the others. Not a child of the shutdown token:
@@ -450,6 +481,14 @@ impl App {
         changed("node.state_dir", new.node.state_dir != old.node.state_dir);
         changed("node.id", new.node.id != old.node.id);
         changed("node.drain_secs", new.node.drain != old.node.drain);
+        changed(
+            "node.receipt_window_secs",
+            new.node.receipt_window != old.node.receipt_window,
+        );
+        changed(
+            "node.receipt_deadline_secs",
+            new.node.receipt_deadline != old.node.receipt_deadline,
+        );
         changed(
             "node.lock_memory",
             new.node.lock_memory != old.node.lock_memory,

@@ -189,3 +189,99 @@ async fn a_key_whose_first_attempt_may_have_been_sent_is_never_sent_again() {
     let again = relay.send_idem("refused-1", &other).await;
     assert_eq!(again.status(), 201);
 }
+
+/// Item 4: a carrier that sends one receipt for a concatenated message
+/// (for its first segment here), and one that sends none. The first is
+/// decided by the receipt it sent once no other comes within
+/// `receipt_window_secs`; the second becomes `unknown` after
+/// `receipt_deadline_secs`; both with a webhook. Before the fix both stayed
+/// `accepted` for ever, with no webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_whose_receipts_stop_coming_are_settled() {
+    let files = Files::new();
+    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(SECRET.to_vec()))
+        .await
+        .unwrap();
+    let smsc = files.manual_smsc(PW).await;
+    let mut setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]).webhook(
+        &sink.url(),
+        SECRET,
+        sink.ca_file(),
+    );
+    setup.node_extra = "receipt_window_secs = 2\nreceipt_deadline_secs = 4\n".into();
+    let relay = Relay::start(files, setup).await;
+    let text = "appointment moved to thursday. ".repeat(8)[..220].to_owned();
+    let one = relay.send_ok(&message(&text)).await;
+    let one = one["id"].as_str().unwrap().to_owned();
+    let none = relay.send_ok(&message("no receipt ever")).await;
+    let none = none["id"].as_str().unwrap().to_owned();
+    let subs = smsc.submits();
+    assert_eq!(subs.len(), 3);
+    assert_eq!(smsc.receipt(&subs[0]).await, CommandStatus::EsmeRok);
+    assert_eq!(status_of(&relay, &one).await, "accepted", "one of two");
+    wait_until(
+        Duration::from_secs(8),
+        "the one-receipt message settled",
+        || {
+            sink.events()
+                .iter()
+                .any(|e| e["data"]["id"] == one.as_str())
+        },
+    )
+    .await;
+    assert_eq!(status_of(&relay, &one).await, "delivered");
+    wait_until(
+        Duration::from_secs(10),
+        "the receipt-less message settled",
+        || {
+            sink.events()
+                .iter()
+                .any(|e| e["data"]["id"] == none.as_str())
+        },
+    )
+    .await;
+    assert_eq!(status_of(&relay, &none).await, "unknown");
+    let events: Vec<Value> = sink
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "message.status")
+        .collect();
+    assert_eq!(events.len(), 2, "one event each: {events:?}");
+}
+
+/// Items 1 and 2: a node whose store cannot commit (a full disk) sends
+/// nothing: 503 `store_unavailable` with `Retry-After` before any
+/// submit_sm, `/readyz` not ready; once the fault is gone it recovers by
+/// itself and sends again. Before the fix the carrier got the message and
+/// the client a 500 (nothing recorded), and the store stayed poisoned
+/// until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_cannot_commit_sends_nothing_and_recovers() {
+    let files = Files::new();
+    let smsc = files.manual_smsc(PW).await;
+    let faults = sms_conduit::store::FaultSwitch::new();
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]);
+    let relay = Relay::start_with_store_faults(files, setup, faults.clone()).await;
+    assert_eq!(relay.send(&message("before the fault")).await.status(), 201);
+    faults.fail_writes(true);
+    // The first send after the disk filled may be the one whose commit
+    // finds it: the carrier has that one, and it is answered 504 (never a
+    // 5xx-and-sent) and recorded once the store is back.
+    let first = relay.send(&message("the disk just filled")).await;
+    assert!(
+        [503, 504].contains(&first.status().as_u16()),
+        "{}",
+        first.status()
+    );
+    let sent_before = smsc.submits().len();
+    for i in 0..5 {
+        let r = relay.send(&message(&format!("while full {i}"))).await;
+        assert!(retry_after(&r) >= 1);
+        expect_problem(r, 503, "store_unavailable").await;
+    }
+    assert_eq!(smsc.submits().len(), sent_before, "nothing sent while full");
+    relay.wait_not_ready().await;
+    faults.fail_writes(false);
+    relay.wait_ready().await;
+    assert_eq!(relay.send(&message("after the fault")).await.status(), 201);
+}

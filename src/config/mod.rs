@@ -101,6 +101,12 @@ pub struct Node {
     pub lock_memory: bool,
     /// 32 bytes: the HMAC key for number pseudonyms (SPEC §1.2).
     pub pseudonym_key: Secret,
+    /// Receipt rule 1: how long after a segment's final receipt the
+    /// others' may come before the received ones decide (relay::settle).
+    pub receipt_window: Duration,
+    /// Receipt rule 2: a message with no final status this long after it
+    /// was sent becomes `unknown`.
+    pub receipt_deadline: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,18 @@ pub struct RawNode {
     #[serde(default)]
     pub lock_memory: bool,
     pub pseudonym_key_file: String,
+    #[serde(default = "default_receipt_window")]
+    pub receipt_window_secs: u64,
+    #[serde(default = "default_receipt_deadline")]
+    pub receipt_deadline_secs: u64,
+}
+
+fn default_receipt_window() -> u64 {
+    600
+}
+/// 72 h, the longest validity carriers keep, plus an hour.
+fn default_receipt_deadline() -> u64 {
+    73 * 3600
 }
 
 fn default_drain_secs() -> u64 {

@@ -145,6 +145,16 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         }
     };
     c.positive("node.drain_secs", raw.node.drain_secs, 3600);
+    c.positive(
+        "node.receipt_window_secs",
+        raw.node.receipt_window_secs,
+        7 * 86_400,
+    );
+    c.positive(
+        "node.receipt_deadline_secs",
+        raw.node.receipt_deadline_secs,
+        30 * 86_400,
+    );
     let key = c.secret("node.pseudonym_key_file", &raw.node.pseudonym_key_file);
     let pseudonym_key = pseudonym_key(&mut c, key);
 
@@ -266,6 +276,8 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
             drain: Duration::from_secs(raw.node.drain_secs),
             lock_memory: raw.node.lock_memory,
             pseudonym_key,
+            receipt_window: Duration::from_secs(raw.node.receipt_window_secs),
+            receipt_deadline: Duration::from_secs(raw.node.receipt_deadline_secs),
         },
         tls,
         api,

@@ -92,6 +92,8 @@ pub struct Inbound {
     audit: Audit,
     metrics: Arc<Metrics>,
     webhooks: Option<Webhooks>,
+    /// Settles messages whose receipts stopped coming (set at start).
+    settler: OnceLock<Arc<super::settle::Settler>>,
     /// Set once the relay exists (it needs the pools, which need us).
     relay: OnceLock<Relay>,
     view: RwLock<Arc<MoView>>,
@@ -126,6 +128,20 @@ fn now_ms() -> u64 {
 }
 
 /// The overall status of a message from its segments' receipts.
+/// A stored status as the `&'static str` audit records take.
+pub fn static_status(s: &str) -> &'static str {
+    const ALL: [&str; 7] = [
+        "accepted",
+        "delivered",
+        "undeliverable",
+        "expired",
+        "rejected",
+        "failed",
+        "unknown",
+    ];
+    ALL.iter().find(|a| **a == s).copied().unwrap_or("unknown")
+}
+
 pub fn overall(parts: &[Option<String>]) -> Option<&'static str> {
     const FAIL: [&str; 4] = ["undeliverable", "expired", "rejected", "failed"];
     for p in parts.iter().flatten() {
@@ -154,6 +170,7 @@ impl Inbound {
             audit,
             webhooks,
             relay: OnceLock::new(),
+            settler: OnceLock::new(),
             view: RwLock::new(Arc::new(MoView::new(cfg))),
             pseudonym_key: cfg.node.pseudonym_key.clone(),
             parts: Reassembly::new(metrics.clone()),
@@ -162,6 +179,11 @@ impl Inbound {
     }
 
     /// Gives the handler the relay, for keyword answers.
+    /// The receipt rules' settler (README "Receipts").
+    pub fn set_settler(&self, settler: Arc<super::settle::Settler>) {
+        let _ = self.settler.set(settler);
+    }
+
     pub fn set_relay(&self, relay: Relay) {
         let _ = self.relay.set(relay);
     }
@@ -504,6 +526,7 @@ impl Inbound {
             .audit
             .write(move |atx| {
                 let (mut new, mut changed, mut now) = (None, false, 0);
+                let mut undecided = None;
                 let updated = record::update_message(atx.txn(), &message_id, |rec| {
                     if !is_final {
                         return false;
@@ -537,8 +560,13 @@ impl Inbound {
                     true
                 })?;
                 let Some((rec, true)) = updated else {
-                    return Ok(None);
+                    return Ok((None, None));
                 };
+                if new.is_none() && rec.segments > 1 {
+                    // A final receipt that left the message undecided:
+                    // its other segments' receipts may never come.
+                    undecided = Some(rec.id.clone());
+                }
                 if changed {
                     let status = new.unwrap_or("unknown");
                     match &likely {
@@ -567,10 +595,16 @@ impl Inbound {
                 // The new status (`rec.status` now), and the client only
                 // when a webhook worker is to be woken.
                 let wake = hooks.as_ref().map(|_| rec.client.clone());
-                Ok(new.filter(|_| changed).map(|status| (status, wake)))
+                Ok((
+                    new.filter(|_| changed).map(|status| (status, wake)),
+                    undecided,
+                ))
             })
             .await;
-        match result {
+        if let (Ok((_, Some(id))), Some(settler)) = (&result, self.settler.get()) {
+            settler.undecided(id);
+        }
+        match result.map(|(changed, _)| changed) {
             Ok(Some((status, wake))) => {
                 self.metrics
                     .messages

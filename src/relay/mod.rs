@@ -12,6 +12,7 @@ pub mod reassembly;
 pub mod recent;
 pub mod record;
 pub mod route;
+pub mod settle;
 
 pub mod service;
 

@@ -259,6 +259,43 @@ pub fn forget_idempotent(txn: &Tx<'_>, client: &str, key: &str) -> Result<(), St
     Ok(())
 }
 
+/// Ids of `accepted` messages created in `[from_ms, until_ms)`, at most
+/// `limit` records read, and where the next call should start.
+pub struct AcceptedBetween {
+    pub ids: Vec<String>,
+    pub next_ms: u64,
+}
+
+/// See [`AcceptedBetween`] (inside a store op; ids sort by creation time).
+pub fn accepted_between(
+    txn: &Tx<'_>,
+    from_ms: u64,
+    until_ms: u64,
+    limit: usize,
+) -> Result<AcceptedBetween, StoreError> {
+    let t = tables::open(txn, MESSAGES)?;
+    let (lo, hi) = (id_floor(from_ms), id_floor(until_ms));
+    let mut out = AcceptedBetween {
+        ids: Vec::new(),
+        next_ms: until_ms,
+    };
+    for (n, item) in t.range(lo.as_str()..hi.as_str())?.enumerate() {
+        let (k, v) = item?;
+        let rec = decode_message(k.value(), v.value())?;
+        if n >= limit {
+            // Resume at this record's millisecond: what the next call
+            // re-reads of it was settled (no longer `accepted`). A
+            // millisecond of more than `limit` records moves on by one.
+            out.next_ms = rec.created_ms.max(from_ms + 1);
+            break;
+        }
+        if rec.status == "accepted" {
+            out.ids.push(rec.id);
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes message records created before `cutoff_ms`, at most `limit` per
 /// call (call again while it returns `limit`). Idempotency keys older than
 /// the cutoff go too.

@@ -324,6 +324,8 @@ pub struct Setup {
     pub wait_ready: bool,
     /// A webhook for `clinic-app` (none by default).
     pub webhook: Option<WebhookCfg>,
+    /// Extra `[node]` lines (e.g. the receipt rules' windows).
+    pub node_extra: String,
 }
 
 /// `webhook_url`, the secret (written to `clinic-app.whsec` as is) and the
@@ -346,6 +348,7 @@ impl Setup {
             tz: "America/Los_Angeles".into(),
             wait_ready: true,
             webhook: None,
+            node_extra: String::new(),
         }
     }
     /// One carrier, `carrier-a`, on `sim`.
@@ -432,6 +435,7 @@ id = "send-test"
 state_dir = "state"
 drain_secs = 15
 pseudonym_key_file = "pseudonym.key"
+{node_extra}
 
 [tls]
 cert_file = "server.crt"
@@ -486,6 +490,7 @@ id = "other-app"
 key_sha256 = ["{other_hash}"]
 campaigns = ["{OTHER_CAMPAIGN}"]
 "#,
+        node_extra = setup.node_extra,
         cap = setup.daily_cap,
         tz = setup.tz,
         spm = setup.spm,
@@ -512,13 +517,35 @@ impl Relay {
     /// Writes the config into `files.dir`, starts the App and (unless
     /// `setup.wait_ready` is off) waits for `/readyz` 200.
     pub async fn start(files: Files, setup: Setup) -> Relay {
+        Self::start_inner(files, setup, None).await
+    }
+
+    /// [`Relay::start`] over a store whose commits the test can make fail.
+    pub async fn start_with_store_faults(
+        files: Files,
+        setup: Setup,
+        faults: sms_conduit::store::FaultSwitch,
+    ) -> Relay {
+        Self::start_inner(files, setup, Some(faults)).await
+    }
+
+    async fn start_inner(
+        files: Files,
+        setup: Setup,
+        faults: Option<sms_conduit::store::FaultSwitch>,
+    ) -> Relay {
         let (api_key, hash) = sms_conduit::api::new_key();
         let (other_key, other_hash) = sms_conduit::api::new_key();
         let toml = toml_for(&files, &setup, &hash, &other_hash);
         write(files.dir.path(), "sms-conduit.toml", &toml);
         let config = Config::from_toml(&toml, files.dir.path(), None)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let app = App::start(config.clone()).await.unwrap();
+        let app = match faults {
+            None => App::start(config.clone()).await.unwrap(),
+            Some(f) => App::start_with_store_faults(config.clone(), f)
+                .await
+                .unwrap(),
+        };
         let client = client_trusting(&[&files.cert_pem], false);
         let relay = Relay {
             files,
