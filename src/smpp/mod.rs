@@ -9,7 +9,9 @@
 //!   sequence numbers, the window, response timeouts, enquire_link, idle
 //!   timeout, generic_nack and unbind.
 //! * [`pool`] — outbound binds to one `[[carriers]]` entry: reconnect loops,
-//!   least-loaded choice, `max_tps` pacing, throttling back-off.
+//!   least-loaded choice, retrying throttled submits.
+//! * [`pacer`] — a pool's submit rate: `max_tps`, and AIMD after the carrier
+//!   throttles (issue 16 item 6).
 //! * [`server`] — `[smpp_server]`: TLS accept, bind authentication against
 //!   `[[peers]]`, and sending deliver_sm to bound peers.
 //! * [`sim`] — a simulated carrier SMSC on the same engine.
@@ -28,6 +30,7 @@ pub mod codec;
 pub mod dlr;
 pub mod encoding;
 pub mod handler;
+pub mod pacer;
 pub mod pdu;
 pub mod pool;
 pub mod server;

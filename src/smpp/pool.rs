@@ -2,22 +2,26 @@
 //!
 //! Owns: `binds` slots of the configured [`BindMode`], each a reconnect loop
 //! (TCP, TLS, bind, run the session, back off with jitter); choosing the
-//! least-loaded bound transmitting session for each submit; `max_tps` pacing
-//! for the whole pool; pausing a session that answered `ESME_RTHROTTLED` or
-//! `ESME_RMSGQFUL` and retrying that PDU instead of failing it.
+//! least-loaded bound transmitting session for each submit; retrying a PDU
+//! the carrier answered `ESME_RTHROTTLED` or `ESME_RMSGQFUL` (after a
+//! jittered delay, when the pool's [`Pacer`] admits it again) instead of
+//! failing it. The pacer (`max_tps`, and the adaptive rate after a throttle)
+//! is one per pool: a carrier counts the account's submits, not a session's.
 //!
 //! Must not know: routing between carriers, campaigns, text encoding.
 //!
 //! Invariants: a refused bind (bad credentials) backs off slowly, up to five
 //! minutes, and is logged once per failure series; the slot table is locked
-//! only to clone a handle, never across an `.await`.
+//! only to clone a handle, never across an `.await`; every submit_sm,
+//! first try or retry, waits for the pacer's admission, so one throttle
+//! episode slows the whole pool once and nothing resumes in a herd.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::RwLock;
+use rand::Rng;
 use rusmpp::CommandStatus;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -31,6 +35,7 @@ use tracing::{debug, info, warn};
 use super::bind::{bind_esme, BIND_SEQ};
 use super::codec::SmppCodec;
 use super::handler::{BindEvent, InboundHandler};
+use super::pacer::Pacer;
 use super::pdu::{self, MessageIds, SubmitRequest, SubmitResponse};
 use super::session::{self, BindKind, Role, SessionConfig, SessionDeps, SessionHandle};
 use super::status::{is_slow_down, status_label};
@@ -38,8 +43,15 @@ use super::{backoff, SmppError};
 use crate::config::{BindMode, Carrier};
 use crate::metrics::Metrics;
 
-/// Longest a throttled PDU keeps being retried before it fails.
+/// Longest a PDU keeps being retried after throttle answers, or waits for
+/// the pacer, before it fails with the throttle status (the relay may then
+/// fail over: the carrier refused every try, so nothing can duplicate).
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(60);
+
+/// A throttled PDU waits a random time up to this before queueing at the
+/// pacer again, so the answers of one burst do not re-queue in the order
+/// (and at the instant) they were refused.
+const RETRY_JITTER: Duration = Duration::from_millis(50);
 
 /// A bound session that ends sooner than this counts as a failed connection
 /// for the reconnect back-off.
@@ -52,9 +64,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 struct Slot {
     kind: BindKind,
     current: RwLock<Option<SessionHandle>>,
-    /// Milliseconds since the pool's epoch before which the slot rests.
-    paused_until: AtomicU64,
-    throttle_streak: AtomicU32,
 }
 
 impl Slot {
@@ -70,8 +79,7 @@ impl Slot {
 struct Inner {
     name: Arc<str>,
     slots: Vec<Slot>,
-    limiter: Option<DefaultDirectRateLimiter>,
-    epoch: Instant,
+    pacer: Pacer,
     tasks: TaskTracker,
     /// Slots that have tried their first bind (bound or failed), and its
     /// signal (see [`Pool::first_bind_attempts`]).
@@ -87,10 +95,6 @@ impl Inner {
             self.attempted.fetch_add(1, Ordering::Release);
             self.attempted_signal.notify_waiters();
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 }
 
@@ -120,12 +124,6 @@ impl Pool {
                 v
             }
         };
-        let limiter = std::num::NonZeroU32::new(carrier.max_tps).map(|tps| {
-            // A burst of a tenth of a second keeps the carrier's per-second
-            // counter from seeing the whole second's quota at once.
-            let burst = std::num::NonZeroU32::new((tps.get() / 10).max(1)).unwrap_or(tps);
-            RateLimiter::direct(Quota::per_second(tps).allow_burst(burst))
-        });
         let inner = Arc::new(Inner {
             name: Arc::from(carrier.name.as_str()),
             slots: kinds
@@ -133,12 +131,9 @@ impl Pool {
                 .map(|kind| Slot {
                     kind,
                     current: RwLock::new(None),
-                    paused_until: AtomicU64::new(0),
-                    throttle_streak: AtomicU32::new(0),
                 })
                 .collect(),
-            limiter,
-            epoch: Instant::now(),
+            pacer: Pacer::new(carrier.max_tps),
             tasks: TaskTracker::new(),
             attempted: AtomicUsize::new(0),
             attempted_signal: tokio::sync::Notify::new(),
@@ -206,31 +201,26 @@ impl Pool {
         self.inner.tasks.wait().await
     }
 
-    fn pick(&self) -> Result<(usize, SessionHandle), Option<u64>> {
-        let now = self.inner.now_ms();
-        let mut best: Option<(usize, SessionHandle)> = None;
-        let mut earliest: Option<u64> = None;
-        for (i, slot) in self.inner.slots.iter().enumerate() {
+    /// The least-loaded bound session that can take a submit_sm.
+    fn pick(&self) -> Option<SessionHandle> {
+        let mut best: Option<SessionHandle> = None;
+        for slot in &self.inner.slots {
             if !slot.kind.can_submit() {
                 continue;
             }
             let Some(h) = slot.handle() else { continue };
-            let until = slot.paused_until.load(Ordering::Relaxed);
-            if until > now {
-                earliest = Some(earliest.map_or(until, |e| e.min(until)));
-                continue;
-            }
-            if best.as_ref().is_none_or(|(_, b)| h.load() < b.load()) {
-                best = Some((i, h));
+            if best.as_ref().is_none_or(|b| h.load() < b.load()) {
+                best = Some(h);
             }
         }
-        best.ok_or(earliest)
+        best
     }
 
     /// Sends one submit_sm on the least-loaded bound session and returns the
-    /// carrier's message id. Throttling answers pause that session and the
-    /// PDU is retried; other error statuses are returned as
-    /// [`SmppError::Status`].
+    /// carrier's message id. Every try waits for the pool's pacer; a
+    /// throttling answer slows the pacer and the PDU is tried again when it
+    /// is admitted again, up to [`MAX_THROTTLE_WAIT`]; other error statuses
+    /// are returned as [`SmppError::Status`].
     pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, SmppError> {
         self.submit_by(req, std::time::Instant::now() + MAX_THROTTLE_WAIT)
             .await
@@ -247,60 +237,44 @@ impl Pool {
     ) -> Result<SubmitResponse, SmppError> {
         let pdu = pdu::submit_sm(req)?;
         let start_by = Instant::from_std(start_by);
-        let started = Instant::now();
+        let deadline = start_by.min(Instant::now() + MAX_THROTTLE_WAIT);
+        let pacer = &self.inner.pacer;
+        // What the carrier last answered, for a PDU that runs out of time.
+        let mut refused = None;
         loop {
-            if Instant::now() >= start_by {
-                return Err(SmppError::NotStarted);
+            // Nothing bound: fail now rather than queue for a turn.
+            if self.pick().is_none() {
+                return Err(SmppError::NotBound);
             }
-            let (idx, handle) = match self.pick() {
-                Ok(x) => x,
-                Err(None) => return Err(SmppError::NotBound),
-                Err(Some(until)) => {
-                    if started.elapsed() > MAX_THROTTLE_WAIT {
-                        return Err(SmppError::Status(CommandStatus::EsmeRthrottled));
-                    }
-                    let wait = until.saturating_sub(self.inner.now_ms()).max(1);
-                    tokio::time::sleep_until(
-                        (Instant::now() + Duration::from_millis(wait)).min(start_by),
-                    )
-                    .await;
-                    continue;
-                }
+            let Some(ticket) = pacer.admit(deadline).await else {
+                // No turn before the deadline: nothing was accepted. Past
+                // the request's own deadline that is a "not started" (retry
+                // later); a PDU the carrier kept throttling for
+                // MAX_THROTTLE_WAIT gets the carrier's answer.
+                return Err(match refused {
+                    Some(s) if Instant::now() < start_by => SmppError::Status(s),
+                    _ => SmppError::NotStarted,
+                });
             };
-            if let Some(l) = &self.inner.limiter {
-                if tokio::time::timeout_at(start_by, l.until_ready())
-                    .await
-                    .is_err()
-                {
-                    return Err(SmppError::NotStarted);
-                }
-            }
+            let handle = self.pick().ok_or(SmppError::NotBound)?;
             let resp = handle.request(pdu.clone()).await?;
-            let slot = &self.inner.slots[idx];
             match resp.status() {
                 CommandStatus::EsmeRok => {
-                    slot.throttle_streak.store(0, Ordering::Relaxed);
+                    pacer.accepted();
                     return Ok(SubmitResponse {
                         message_id: pdu::submit_resp_id(&resp),
                     });
                 }
                 s if is_slow_down(s) => {
-                    // One pause per episode: the other answers of the same
-                    // burst arrive while paused and do not lengthen it; a
-                    // throttle right after a pause (no success between)
-                    // doubles the next one.
-                    let now = self.inner.now_ms();
-                    if slot.paused_until.load(Ordering::Relaxed) <= now {
-                        let streak = slot.throttle_streak.fetch_add(1, Ordering::Relaxed);
-                        let pause =
-                            backoff(streak, Duration::from_millis(100), Duration::from_secs(2));
-                        slot.paused_until
-                            .fetch_max(now + pause.as_millis() as u64, Ordering::Relaxed);
-                        debug!(link = %self.inner.name, status = status_label(s), ?pause, "carrier asked to slow down; pausing session");
+                    if let Some(rate) = pacer.throttled(ticket) {
+                        debug!(link = %self.inner.name, status = status_label(s), rate = rate.round(), "carrier asked to slow down; pool rate lowered (submit_sm/s)");
                     }
-                    if started.elapsed() > MAX_THROTTLE_WAIT {
+                    if Instant::now() >= deadline {
                         return Err(SmppError::Status(s));
                     }
+                    refused = Some(s);
+                    let jitter = rand::thread_rng().gen_range(Duration::ZERO..=RETRY_JITTER);
+                    tokio::time::sleep(jitter).await;
                 }
                 s => return Err(SmppError::Status(s)),
             }
@@ -411,8 +385,6 @@ async fn run_slot(
                     idle_timeout: None,
                 };
                 let handle = session::spawn(framed, BIND_SEQ + 1, cfg, deps.clone());
-                slot.throttle_streak.store(0, Ordering::Relaxed);
-                slot.paused_until.store(0, Ordering::Relaxed);
                 slot.set(Some(handle.clone()));
                 bound_gauge.inc();
                 // Counted once the session is in its slot, so a waiter sees
