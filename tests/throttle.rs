@@ -19,10 +19,12 @@ const CARRIER_TPS: u32 = 200;
 const MESSAGES: usize = 1_000;
 const CLIENTS: usize = 50;
 
-/// Before the pool-wide pacer (commit 8a5b2a0, debug build): 1,000 messages
-/// took 16,000-26,000 submit_sm (16-26 per message), 94-96 % of them
-/// throttled, peaking at 1,900-3,400 submit_sm in one second. After: 1.00-1.01
-/// submit_sm per message, under 1 % throttled, peak 200-230 per second, ~6 s.
+/// Measured in a debug build (2 shared cores). Before the pool-wide pacer
+/// (commit 8a5b2a0): 2,523-3,142 submit_sm for the 1,000 messages (2.52-3.14
+/// per message, 60-68 % of them throttled), peaking at 595-684 submit_sm in
+/// one second; with 100 clients 4.91 per message, peak 1,059/s. After: 1.03
+/// per message (33-34 throttled, nearly all the first unpaced burst), peak
+/// 186-198/s, 5.7-7.6 s; with 100 clients 1.08, peak 210/s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_carrier_sees_about_one_submit_per_message() {
     let files = Files::new();
