@@ -43,6 +43,13 @@ use crate::tls::ServerTls;
 /// How long a connection that is shutting down may take to finish its
 /// in-flight requests before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// At shutdown, how long an HTTP/1 keep-alive connection still reads
+/// requests before it is closed: a request the client wrote just as the
+/// drain began is answered (with `Connection: close`) instead of meeting a
+/// closed socket, which leaves a POST's outcome unknown to the client
+/// (issue 16 item 8). A few round trips on any network; short enough not
+/// to lengthen a drain that has nothing to do.
+const SHUTDOWN_READ_GRACE: Duration = Duration::from_millis(250);
 /// How often the failed-authentication limiter is pruned.
 const AUTH_HOUSEKEEPING: Duration = Duration::from_secs(60);
 
@@ -229,18 +236,31 @@ impl Conn {
         let peer = self.peer;
         let router = self.router;
         let send = self.send;
+        let svc_shutdown = self.shutdown.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let guard = svc_activity.begin();
+            let draining = svc_shutdown.clone();
             let direct = send.as_ref().filter(|_| routes::is_send(&req)).cloned();
             if direct.is_none() {
                 req.extensions_mut().insert(ConnectInfo(peer));
             }
             let router = router.clone();
             async move {
-                let resp = match direct {
+                let mut resp = match direct {
                     Some(state) => Ok(routes::send_direct(state, peer.ip(), req).await),
                     None => router.oneshot(req).await,
                 };
+                if draining.is_cancelled() {
+                    // HTTP/1: the client learns the connection ends here,
+                    // and sends its next request elsewhere. (HTTP/2 has
+                    // GOAWAY and ignores the header.)
+                    if let Ok(r) = resp.as_mut() {
+                        r.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                    }
+                }
                 drop(guard);
                 resp
             }
@@ -280,7 +300,18 @@ impl Conn {
                     }
                     break false;
                 }
-                _ = self.shutdown.cancelled() => break true,
+                _ = self.shutdown.cancelled() => {
+                    // A request already on its way is read and answered;
+                    // the connection ends with the grace or with it.
+                    if alpn_h2 != Some(true)
+                        && tokio::time::timeout(SHUTDOWN_READ_GRACE, conn.as_mut())
+                            .await
+                            .is_ok()
+                    {
+                        break false;
+                    }
+                    break true;
+                }
                 _ = tick.tick() => {
                     if activity.idle_for() >= self.limits.idle_timeout {
                         tracing::debug!(peer = %peer, "idle connection closed");
