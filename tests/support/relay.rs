@@ -381,7 +381,7 @@ impl Setup {
     }
 }
 
-fn toml_for(files: &Files, setup: &Setup, hash: &str, other_hash: &str) -> String {
+pub fn toml_for(files: &Files, setup: &Setup, hash: &str, other_hash: &str) -> String {
     let mut carriers = String::new();
     for c in &setup.carriers {
         let pass = files.password_file(&c.name, &c.password);
