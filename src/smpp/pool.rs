@@ -219,7 +219,8 @@ impl Pool {
     /// Sends one submit_sm on the least-loaded bound session and returns the
     /// carrier's message id. Every try waits for the pool's pacer; a
     /// throttling answer slows the pacer and the PDU is tried again when it
-    /// is admitted again, up to [`MAX_THROTTLE_WAIT`]; other error statuses
+    /// is admitted again, up to [`MAX_THROTTLE_WAIT`], after which it ends in
+    /// [`SmppError::NotStarted`] (nothing accepted); other error statuses
     /// are returned as [`SmppError::Status`].
     pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, SmppError> {
         self.submit_by(req, std::time::Instant::now() + MAX_THROTTLE_WAIT)
@@ -239,22 +240,15 @@ impl Pool {
         let start_by = Instant::from_std(start_by);
         let deadline = start_by.min(Instant::now() + MAX_THROTTLE_WAIT);
         let pacer = &self.inner.pacer;
-        // What the carrier last answered, for a PDU that runs out of time.
-        let mut refused = None;
         loop {
             // Nothing bound: fail now rather than queue for a turn.
             if self.pick().is_none() {
                 return Err(SmppError::NotBound);
             }
             let Some(ticket) = pacer.admit(deadline).await else {
-                // No turn before the deadline: nothing was accepted. Past
-                // the request's own deadline that is a "not started" (retry
-                // later); a PDU the carrier kept throttling for
-                // MAX_THROTTLE_WAIT gets the carrier's answer.
-                return Err(match refused {
-                    Some(s) if Instant::now() < start_by => SmppError::Status(s),
-                    _ => SmppError::NotStarted,
-                });
+                // No turn before the deadline: nothing was accepted, a
+                // "not started" (the caller retries later).
+                return Err(SmppError::NotStarted);
             };
             let handle = self.pick().ok_or(SmppError::NotBound)?;
             let resp = handle.request(pdu.clone()).await?;
@@ -270,9 +264,11 @@ impl Pool {
                         debug!(link = %self.inner.name, status = status_label(s), rate = rate.round(), "carrier asked to slow down; pool rate lowered (submit_sm/s)");
                     }
                     if Instant::now() >= deadline {
-                        return Err(SmppError::Status(s));
+                        // Throttled until its time ran out: the carrier
+                        // took nothing; a temporary refusal (503 and
+                        // Retry-After), not the carrier's final word.
+                        return Err(SmppError::NotStarted);
                     }
-                    refused = Some(s);
                     let jitter = rand::thread_rng().gen_range(Duration::ZERO..=RETRY_JITTER);
                     tokio::time::sleep(jitter).await;
                 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod node;
 pub mod relay;
 
 use std::net::SocketAddr;
