@@ -48,6 +48,8 @@ fn start(dir: &std::path::Path) -> (Child, u16) {
             }
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the relay did not start listening:\n{}", log.join("\n"));
 }
 
