@@ -39,6 +39,7 @@ use tower::ServiceExt;
 use super::{routes, ApiState};
 use crate::config;
 use crate::tls::ServerTls;
+use std::net::IpAddr;
 
 /// How long a connection that is shutting down may take to finish its
 /// in-flight requests before it is dropped.
@@ -64,16 +65,27 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// Open connections at most; more are closed on accept.
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as
+    /// one) at most, so one host cannot take every slot.
+    pub max_per_address: usize,
 }
 
+/// Connections from one address that may be in their TLS handshake at
+/// once. A client opens a handful in parallel; an attacker holding bare
+/// sockets open (issue 20 item 3: 700 idle sockets refused a legitimate
+/// client 91 % of the time) gets no more than this many slots, for no
+/// longer than the handshake timeout.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+
 impl ConnLimits {
-    /// The limits of `[api]`; the handshake shares the header timeout.
+    /// The limits of `[api]`.
     pub fn from_api(api: &config::Api) -> Self {
         ConnLimits {
-            handshake_timeout: api.header_timeout,
+            handshake_timeout: api.handshake_timeout,
             header_timeout: api.header_timeout,
             idle_timeout: api.idle_timeout,
             max_connections: api.max_connections,
+            max_per_address: api.max_connections_per_address,
         }
     }
 
@@ -84,6 +96,7 @@ impl ConnLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 32,
+            max_per_address: 32,
         }
     }
 }
@@ -151,6 +164,7 @@ pub(crate) async fn accept_loop(
     name: &'static str,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = name, %addr, tls = tls.is_some(), "listening");
     }
@@ -168,6 +182,13 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        // The per-address caps first: a refused connection from a busy
+        // address never takes a global slot.
+        let Some(mine) = per_address.admit(peer.ip(), limits.max_per_address) else {
+            tracing::debug!(listener = name, %peer, "per-address connection limit reached; closing");
+            drop(tcp);
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::debug!(listener = name, %peer, "connection limit reached; closing");
             drop(tcp);
@@ -182,11 +203,83 @@ pub(crate) async fn accept_loop(
         };
         let tls = tls.clone();
         tracker.spawn(async move {
-            conn.run(tcp, tls).await;
+            conn.run(tcp, tls, mine).await;
             drop(permit);
         });
     }
     tracing::info!(listener = name, "stopped accepting");
+}
+
+/// Connections per client address: open, and of those still in their
+/// TLS handshake. IPv6 addresses count per /64 (one host usually has a
+/// whole /64).
+#[derive(Default)]
+struct PerAddress {
+    map: parking_lot::Mutex<std::collections::HashMap<IpAddr, (usize, usize)>>,
+}
+
+/// A connection's place in [`PerAddress`]; given back when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+    handshaking: bool,
+}
+
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl PerAddress {
+    /// A slot for a new connection from `ip`, or `None` over a cap.
+    fn admit(self: &Arc<Self>, ip: IpAddr, max_open: usize) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut map = self.map.lock();
+        let (open, handshaking) = map.entry(key).or_insert((0, 0));
+        if *open >= max_open || *handshaking >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *open += 1;
+        *handshaking += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+            handshaking: true,
+        })
+    }
+}
+
+impl AddressSlot {
+    fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            if let Some((_, h)) = self.table.map.lock().get_mut(&self.key) {
+                *h = h.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.map.lock();
+        if let Some((open, h)) = map.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+            if self.handshaking {
+                *h = h.saturating_sub(1);
+            }
+            if *open == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// One accepted connection.
@@ -199,9 +292,10 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(self, tcp: TcpStream, tls: Option<Arc<ServerTls>>) {
+    async fn run(self, tcp: TcpStream, tls: Option<Arc<ServerTls>>, mut mine: AddressSlot) {
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls else {
+            mine.handshake_done();
             return self.serve(tcp, None).await;
         };
         // The acceptor current now: a reload affects only later connections.
@@ -221,6 +315,7 @@ impl Conn {
                 }
             },
         };
+        mine.handshake_done();
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         self.serve(stream, Some(h2)).await
     }

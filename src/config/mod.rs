@@ -122,6 +122,10 @@ pub struct Api {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Time allowed for a client's TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Open connections from one client address (IPv6: one /64).
+    pub max_connections_per_address: usize,
     /// One request's whole time (SPEC §4): its submits must be written by
     /// this less the carriers' response timeout, so that an answer, or the
     /// unknown-outcome 504, comes within it.

@@ -74,6 +74,10 @@ pub struct RawApi {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// Default: the longest carrier `response_timeout_secs` + 2.
     pub send_deadline_secs: Option<u64>,
 }
@@ -83,6 +87,12 @@ fn default_header_timeout() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     60
+}
+fn default_handshake_timeout() -> u64 {
+    3
+}
+fn default_max_connections_per_address() -> usize {
+    512
 }
 fn default_max_connections() -> usize {
     4096

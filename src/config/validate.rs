@@ -188,11 +188,19 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
             c.positive("api.header_timeout_secs", a.header_timeout_secs, 300);
             c.positive("api.idle_timeout_secs", a.idle_timeout_secs, 3600);
             c.positive("api.max_connections", a.max_connections as u64, 1_000_000);
+            c.positive("api.handshake_timeout_secs", a.handshake_timeout_secs, 60);
+            c.positive(
+                "api.max_connections_per_address",
+                a.max_connections_per_address as u64,
+                1_000_000,
+            );
             Api {
                 listen: c.addr("api.listen", &a.listen).unwrap_or_else(unspecified),
                 header_timeout: Duration::from_secs(a.header_timeout_secs),
                 idle_timeout: Duration::from_secs(a.idle_timeout_secs),
                 max_connections: a.max_connections,
+                handshake_timeout: Duration::from_secs(a.handshake_timeout_secs),
+                max_connections_per_address: a.max_connections_per_address,
                 // Checked against the carriers below.
                 send_deadline: Duration::from_secs(a.send_deadline_secs.unwrap_or(0)),
             }
@@ -204,6 +212,8 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
                 header_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(60),
                 max_connections: 1,
+                handshake_timeout: Duration::from_secs(3),
+                max_connections_per_address: 1,
                 send_deadline: Duration::ZERO,
             }
         }
