@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc, with every block wiped before it is freed (SPEC §1.1: no copy
+// of a body outlives its relay; see service::zero_alloc).
 #[cfg(not(feature = "bench-system-alloc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sms_conduit::service::zero_alloc::ZeroOnFree<mimalloc::MiMalloc> =
+    sms_conduit::service::zero_alloc::ZeroOnFree(mimalloc::MiMalloc);
 use sms_conduit::config::Config;
 
 #[derive(Parser)]

@@ -36,8 +36,16 @@ async fn a_throttling_carrier_sees_about_one_submit_per_message() {
         .map(|i| {
             let relay = relay.clone();
             async move {
-                let resp = relay.send(&message(&format!("Reminder {i}"))).await;
-                resp.status().as_u16()
+                // A 503 carrier_unavailable means the pacer could not start
+                // the submit within the request's deadline (nothing was
+                // sent): a client retries it after Retry-After, as here.
+                loop {
+                    let resp = relay.send(&message(&format!("Reminder {i}"))).await;
+                    if resp.status() != 503 {
+                        return resp.status().as_u16();
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         })
         .buffer_unordered(CLIENTS)

@@ -55,6 +55,7 @@ pub mod hardening;
 pub mod notify;
 pub mod shutdown;
 pub mod signals;
+pub mod zero_alloc;
 
 pub use hardening::harden_process;
 pub use shutdown::Shutdown;

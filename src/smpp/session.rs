@@ -588,9 +588,16 @@ where
                 framed.feed(c).await?;
             }
             framed.flush().await?;
-            // The write buffer held text; wipe what it can still reach.
+            // The write buffer held text. The flushed bytes sit before its
+            // start (it was advanced past them): asking for one byte more
+            // than it has makes `BytesMut` reclaim that front in place (no
+            // allocation while nothing is pending), and the whole
+            // allocation is then zeroed. Without the reclaim, every PDU sent
+            // on the session stayed readable in memory (tests/memory_canary.rs).
             let buf = framed.write_buffer_mut();
             if buf.is_empty() {
+                let cap = buf.capacity();
+                buf.reserve(cap + 1);
                 let cap = buf.capacity();
                 buf.resize(cap, 0);
                 buf.clear();
