@@ -136,6 +136,8 @@ pub fn server_config(
 pub struct ServerTls {
     alpn: Vec<Vec<u8>>,
     client_auth: ClientAuth,
+    /// A client certificate is required (a CA to check it was configured).
+    requires_client_cert: bool,
     // A std lock: held only to clone an Arc, never across an await.
     current: RwLock<Arc<ServerConfig>>,
 }
@@ -151,8 +153,15 @@ impl ServerTls {
         Ok(Arc::new(ServerTls {
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
             client_auth,
+            requires_client_cert: client_auth == ClientAuth::RequireIfConfigured
+                && cfg.client_ca_file.is_some(),
             current: RwLock::new(sc),
         }))
+    }
+
+    /// Whether this listener requires client certificates.
+    pub fn requires_client_cert(&self) -> bool {
+        self.requires_client_cert
     }
 
     /// An acceptor using the current certificate.

@@ -377,6 +377,7 @@ async fn run_slot(
                 last_logged = None;
                 let cfg = SessionConfig {
                     link: link.clone(),
+                    receipt_link: None,
                     kind: slot.kind,
                     role: Role::Esme,
                     window: carrier.window.max(1) as usize,
