@@ -14,9 +14,7 @@ use futures::future::BoxFuture;
 use futures::SinkExt;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use sms_conduit::config::Peer;
-use sms_conduit::smpp::{
-    start_server, BindEvent, InboundHandler, InboundMessage, ServerHandle,
-};
+use sms_conduit::smpp::{start_server, BindEvent, InboundHandler, InboundMessage, ServerHandle};
 use sms_conduit::tls::{ClientAuth, ServerTls};
 use support::relay::{message, CarrierCfg, Files, ManualSubmit, Relay, Setup};
 use support::*;
@@ -138,7 +136,9 @@ async fn bare_sockets_from_one_host_do_not_starve_a_peer() {
         }
         let answered = next_cmd(&mut f, Duration::from_secs(2))
             .await
-            .is_some_and(|c| c.id() == CommandId::SubmitSmResp && c.status() == CommandStatus::EsmeRok);
+            .is_some_and(|c| {
+                c.id() == CommandId::SubmitSmResp && c.status() == CommandStatus::EsmeRok
+            });
         let _ = f
             .send(Command::new(CommandStatus::EsmeRok, 99_999, Pdu::Unbind))
             .await;
@@ -236,7 +236,9 @@ async fn every_bind_failure_looks_the_same_and_guessing_is_throttled() {
         Some(CommandStatus::EsmeRbindfail)
     );
     // …but the peer's own address is not affected.
-    let (ok, _keep) = bind_from("127.0.0.1", addr, "carrierb", "pw").await.unwrap();
+    let (ok, _keep) = bind_from("127.0.0.1", addr, "carrierb", "pw")
+        .await
+        .unwrap();
     assert_eq!(ok, CommandStatus::EsmeRok);
     let audited = h.failed.load(Ordering::Relaxed);
     eprintln!(
@@ -275,7 +277,9 @@ async fn plaintext_listener_refuses_a_peer_when_certificates_are_required() {
     )
     .await;
     let addr = s.plaintext_addr().unwrap();
-    let r = bind_from("127.0.0.1", addr, "carrierb", "pw").await.map(|(s, _)| s);
+    let r = bind_from("127.0.0.1", addr, "carrierb", "pw")
+        .await
+        .map(|(s, _)| s);
     assert_eq!(r, Some(CommandStatus::EsmeRbindfail));
     assert_eq!(
         metric_sum(
@@ -308,7 +312,9 @@ async fn peer_sessions_keep_alive_are_counted_apart_and_map_receipts_to_their_ca
     )
     .await;
     let addr = s.plaintext_addr().unwrap();
-    let (st, mut f) = bind_from("127.0.0.1", addr, "carrierb", "pw").await.unwrap();
+    let (st, mut f) = bind_from("127.0.0.1", addr, "carrierb", "pw")
+        .await
+        .unwrap();
     assert_eq!(st, CommandStatus::EsmeRok);
     let ping = next_cmd(&mut f, Duration::from_secs(1)).await;
     assert_eq!(ping.map(|c| c.id()), Some(CommandId::EnquireLink));
@@ -352,7 +358,11 @@ async fn unknown_receipts_do_not_hold_the_session_and_are_reported_in_aggregate(
     let logs = capture::capture();
     let files = Files::new();
     let smsc = Arc::new(files.manual_smsc(PW).await);
-    let relay = Relay::start(files, Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)])).await;
+    let relay = Relay::start(
+        files,
+        Setup::new(vec![CarrierCfg::new("carrier-a", smsc.port(), PW)]),
+    )
+    .await;
     let resp = relay.send(&message("hello")).await;
     assert_eq!(resp.status(), 201);
     assert!(wait_until(Duration::from_secs(5), || smsc.submits().len() == 1).await);
@@ -392,4 +402,75 @@ async fn unknown_receipts_do_not_hold_the_session_and_are_reported_in_aggregate(
     assert!(real_took < Duration::from_millis(1500), "{real_took:?}");
     assert_eq!(unknown, 200.0);
     assert_eq!(warns, 1);
+}
+
+/// Item 9: a carrier running a self-signed certificate is trusted by
+/// pinning its SHA-256 (`carriers[].cert_sha256`); without the pin the
+/// handshake fails with an error naming the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_carrier_is_trusted_by_its_pinned_fingerprint() {
+    use sha2::Digest;
+    use sms_conduit::config::BindMode;
+    use sms_conduit::smpp::Pool;
+    let logs = capture::capture();
+    let c = certs();
+    let tls_cfg = sms_conduit::config::Tls {
+        cert_file: c.cert.clone(),
+        key_file: c.key.clone(),
+        client_ca_file: None,
+    };
+    let tls = ServerTls::load(&tls_cfg, &[], ClientAuth::RequireIfConfigured).unwrap();
+    let (s, _m, shutdown) = server_with(
+        server_cfg(true, Duration::from_secs(30)),
+        Some(tls),
+        vec![peer("carrierb", "pw-b", "127.0.0.0/8")],
+        Arc::new(Counting::default()),
+    )
+    .await;
+    let addr = s.local_addr().unwrap();
+    let der = sms_conduit::tls::load_certs(&c.cert).unwrap().remove(0);
+    let pin: [u8; 32] = sha2::Sha256::digest(der.as_ref()).into();
+    let mk = |name: &str, pin: Option<[u8; 32]>| {
+        let mut cr = carrier(addr, None, BindMode::Transceiver);
+        cr.name = name.into();
+        cr.tls = true;
+        cr.system_id = "carrierb".into();
+        cr.password = sms_conduit::types::Secret::new(b"pw-b".to_vec());
+        cr.cert_sha256 = pin;
+        cr
+    };
+    let unpinned = Pool::start(
+        mk("selfsigned-unpinned", None),
+        metrics(),
+        Arc::new(Counting::default()),
+        shutdown.clone(),
+    );
+    let pinned = Pool::start(
+        mk("selfsigned-pinned", Some(pin)),
+        metrics(),
+        Arc::new(Counting::default()),
+        shutdown.clone(),
+    );
+    let mut wrong = pin;
+    wrong[0] ^= 1;
+    let mispinned = Pool::start(
+        mk("selfsigned-wrongpin", Some(wrong)),
+        metrics(),
+        Arc::new(Counting::default()),
+        shutdown.clone(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || pinned.bound_sessions() == 1).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(unpinned.bound_sessions(), 0);
+    assert_eq!(mispinned.bound_sessions(), 0);
+    let text = String::from_utf8_lossy(&logs.bytes()).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("selfsigned-unpinned") && l.contains("carriers[].cert_sha256")),
+        "no log line names the option"
+    );
+    assert!(text
+        .lines()
+        .any(|l| l.contains("selfsigned-wrongpin") && l.contains("not the one pinned")));
+    shutdown.cancel();
 }

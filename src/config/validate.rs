@@ -581,7 +581,8 @@ fn peers(
             .as_deref()
             .filter(|s| !s.is_empty())
             .map(|f| c.fingerprint(&k("cert_sha256"), f));
-        let has_ca = tls.is_some_and(|t| t.client_ca_file.as_deref().is_some_and(|f| !f.is_empty()));
+        let has_ca =
+            tls.is_some_and(|t| t.client_ca_file.as_deref().is_some_and(|f| !f.is_empty()));
         if cert_sha256.is_some() && !has_ca {
             c.err(
                 k("cert_sha256"),

@@ -82,7 +82,10 @@ struct EarlySlot<'a> {
 }
 
 impl<'a> EarlySlot<'a> {
-    fn take(waiting: &'a parking_lot::Mutex<HashMap<String, usize>>, link: &'a str) -> Option<Self> {
+    fn take(
+        waiting: &'a parking_lot::Mutex<HashMap<String, usize>>,
+        link: &'a str,
+    ) -> Option<Self> {
         let mut w = waiting.lock();
         let n = w.entry(link.to_owned()).or_insert(0);
         if *n >= MAX_EARLY_WAITING {
