@@ -642,10 +642,56 @@ async fn retention(config: Config, audit: Audit, stop: tokio_util::sync::Cancell
     }
 }
 
+/// Descriptors beyond the listeners' connection limits: the store, the
+/// audit log, carrier and webhook connections, listeners, logs.
+const FD_HEADROOM: u64 = 256;
+
+/// Makes sure the open-file limit can hold every connection the config
+/// allows (`api.max_connections` + `smpp_server.max_connections` +
+/// [`FD_HEADROOM`]): raises the soft limit up to the hard one if needed,
+/// and warns when even that is short (then accepts would fail with "Too
+/// many open files" before the configured limits refuse anything).
+fn check_fd_limit(config: &Config) {
+    let smpp =
+        if config.smpp_server.listen.is_some() || config.smpp_server.plaintext_listen.is_some() {
+            config.smpp_server.max_connections as u64
+        } else {
+            0
+        };
+    let needed = config.api.max_connections as u64 + smpp + FD_HEADROOM;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < needed {
+        let raised = libc::rlimit {
+            rlim_cur: needed.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            needed,
+            "the open-file limit is below api.max_connections + smpp_server.max_connections + {FD_HEADROOM}: raise LimitNOFILE= in the unit or lower those limits"
+        );
+    } else {
+        tracing::info!(limit = lim.rlim_cur, needed, "open-file limit");
+    }
+}
+
 /// `sms-conduit run`: the appliance under systemd (or a terminal).
 pub async fn run(config_path: &Path) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     service::harden_process(config.node.lock_memory)?;
+    check_fd_limit(&config);
     let mut signals = Signals::new()?;
     let drain = config.node.drain;
     let mut app = App::start(config).await?;

@@ -33,6 +33,14 @@ pub struct Metrics {
     pub smpp_pdus: IntCounterVec,
     /// Failed binds by link and reason.
     pub smpp_bind_failures: IntCounterVec,
+    /// Peers' sessions bound to our SMPP server, by peer name (outbound
+    /// binds to carriers are in `smpp_sessions`).
+    pub smpp_peer_sessions: IntGaugeVec,
+    /// Connections open on the SMPP server's listeners, bound or not.
+    pub smpp_server_connections: IntGauge,
+    /// Connections the SMPP server closed at accept, by reason
+    /// (`max_connections`, `per_address`).
+    pub smpp_connections_refused: IntCounterVec,
     /// Webhook attempts by client and outcome.
     pub webhook_attempts: IntCounterVec,
     /// Status events waiting in the durable outbox.
@@ -184,6 +192,27 @@ impl Metrics {
                 "sms_conduit_smpp_bind_failures_total",
                 "Failed SMPP binds by link and reason.",
                 &["link", "reason"],
+            ),
+            smpp_peer_sessions: gauge_vec(
+                &r,
+                "sms_conduit_smpp_peer_sessions",
+                "Peers' sessions bound to our SMPP server, by peer.",
+                &["peer"],
+            ),
+            smpp_server_connections: {
+                let g = IntGauge::new(
+                    "sms_conduit_smpp_server_connections",
+                    "Connections open on the SMPP server's listeners, bound or not.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            smpp_connections_refused: counter_vec(
+                &r,
+                "sms_conduit_smpp_connections_refused_total",
+                "Connections the SMPP server closed at accept, by reason.",
+                &["reason"],
             ),
             webhook_attempts: counter_vec(
                 &r,

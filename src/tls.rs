@@ -136,6 +136,8 @@ pub fn server_config(
 pub struct ServerTls {
     alpn: Vec<Vec<u8>>,
     client_auth: ClientAuth,
+    /// A client certificate is required (a CA to check it was configured).
+    requires_client_cert: bool,
     // A std lock: held only to clone an Arc, never across an await.
     current: RwLock<Arc<ServerConfig>>,
 }
@@ -151,8 +153,15 @@ impl ServerTls {
         Ok(Arc::new(ServerTls {
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
             client_auth,
+            requires_client_cert: client_auth == ClientAuth::RequireIfConfigured
+                && cfg.client_ca_file.is_some(),
             current: RwLock::new(sc),
         }))
+    }
+
+    /// Whether this listener requires client certificates.
+    pub fn requires_client_cert(&self) -> bool {
+        self.requires_client_cert
     }
 
     /// An acceptor using the current certificate.
@@ -192,6 +201,85 @@ pub fn client_config(
 /// A connector for outbound TLS (carriers, webhooks).
 pub fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
     Ok(TlsConnector::from(client_config(ca_file, &[])?))
+}
+
+/// Trusts exactly one server certificate, by the SHA-256 of its DER
+/// (`carriers[].cert_sha256`): for carriers whose SMSC runs a self-signed
+/// certificate. The handshake signature is still checked against it, so
+/// only the holder of its key passes; name and validity are not checked
+/// (the pin is the identity).
+#[derive(Debug)]
+struct Pinned {
+    sha256: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        let got: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(got.ct_eq(&self.sha256)) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the carrier's certificate (SHA-256 {}) is not the one pinned in carriers[].cert_sha256",
+                hex::encode(got)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A connector that trusts only the certificate whose SHA-256 is `sha256`.
+pub fn pinned_connector(sha256: [u8; 32]) -> Result<TlsConnector, TlsError> {
+    let provider = provider();
+    let cc = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider }))
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(cc)))
 }
 
 /// A self-signed certificate and key, PEM encoded, for the demo and tests.

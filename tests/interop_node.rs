@@ -61,6 +61,7 @@ fn carrier(port: u16, ca: &Path, password: &str) -> Carrier {
         priority: 1,
         enquire_link: Duration::from_secs(30),
         response_timeout: Duration::from_secs(5),
+        cert_sha256: None,
     }
 }
 
@@ -153,12 +154,18 @@ async fn node_smpp_binds_to_our_server_over_tls_and_delivers() {
         },
         allow: vec!["127.0.0.1/32".parse().unwrap()],
         max_binds: 2,
+        carrier: None,
+        cert_sha256: None,
     };
     let server_cfg = SmppServer {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         plaintext_listen: None,
         idle_timeout: Duration::from_secs(30),
         window: 16,
+        max_connections: 64,
+        max_unbound_per_address: 8,
+        bind_timeout: Duration::from_secs(10),
+        enquire_link: Duration::from_secs(20),
     };
     let tls_cfg = config::Tls {
         cert_file: c.cert.clone(),

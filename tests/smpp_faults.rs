@@ -410,11 +410,11 @@ async fn bind_authentication_failures_are_answered_counted_and_closed() {
     .await;
     assert_eq!(
         bind_status(&s, "nobody", "pw").await,
-        (CommandStatus::EsmeRinvsysid, true)
+        (CommandStatus::EsmeRbindfail, true)
     );
     assert_eq!(
         bind_status(&s, "carrierb", "wrong").await,
-        (CommandStatus::EsmeRinvpaswd, true)
+        (CommandStatus::EsmeRbindfail, true)
     );
     assert_eq!(
         bind_status(&s, "faraway", "pw").await,

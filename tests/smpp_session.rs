@@ -28,6 +28,7 @@ fn start(
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
         link: Arc::from("test"),
+        receipt_link: None,
         kind: BindKind::Transceiver,
         role: Role::Esme,
         window: 8,

@@ -145,6 +145,14 @@ pub struct SmppServer {
     pub plaintext_listen: Option<SocketAddr>,
     pub idle_timeout: Duration,
     pub window: u32,
+    /// Connections on both listeners together, bound or not.
+    pub max_connections: usize,
+    /// Connections from one source address that have not bound yet.
+    pub max_unbound_per_address: usize,
+    /// From accept to a successful bind (TLS handshake included).
+    pub bind_timeout: Duration,
+    /// We send enquire_link on a bound peer's session this often.
+    pub enquire_link: Duration,
 }
 
 /// How an outbound pool binds.
@@ -191,6 +199,9 @@ pub struct Carrier {
     pub priority: u32,
     pub enquire_link: Duration,
     pub response_timeout: Duration,
+    /// Pinned SHA-256 of the carrier's end-entity certificate (DER): when
+    /// set, that certificate is trusted instead of a CA chain.
+    pub cert_sha256: Option<[u8; 32]>,
 }
 
 /// `PartialEq` tells a reload whose sessions must be unbound.
@@ -202,6 +213,12 @@ pub struct Peer {
     pub password_sha256: [u8; 32],
     pub allow: Vec<ipnet::IpNet>,
     pub max_binds: u32,
+    /// The carrier this peer speaks for: its receipts are looked up under
+    /// that carrier's name (`None` = the peer's own name).
+    pub carrier: Option<String>,
+    /// SHA-256 of the client certificate (DER) the peer must present at
+    /// bind, on the TLS listener.
+    pub cert_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]

@@ -126,6 +126,14 @@ pub struct RawSmppServer {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_window")]
     pub window: u32,
+    #[serde(default = "default_smpp_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_unbound_per_address")]
+    pub max_unbound_per_address: usize,
+    #[serde(default = "default_bind_timeout")]
+    pub bind_timeout_secs: u64,
+    #[serde(default = "default_enquire_link")]
+    pub enquire_link_secs: u64,
 }
 
 impl Default for RawSmppServer {
@@ -135,8 +143,26 @@ impl Default for RawSmppServer {
             plaintext_listen: String::new(),
             idle_timeout_secs: default_smpp_idle(),
             window: default_window(),
+            max_connections: default_smpp_max_connections(),
+            max_unbound_per_address: default_max_unbound_per_address(),
+            bind_timeout_secs: default_bind_timeout(),
+            enquire_link_secs: default_enquire_link(),
         }
     }
+}
+
+/// Far more than any carrier's binds, far below the unit's `LimitNOFILE`.
+fn default_smpp_max_connections() -> usize {
+    1024
+}
+/// A carrier opens its binds one or a few at a time; a host with more
+/// connections waiting to bind than this is not binding.
+fn default_max_unbound_per_address() -> usize {
+    8
+}
+/// TLS handshake and bind PDU together; carriers bind in well under a second.
+fn default_bind_timeout() -> u64 {
+    10
 }
 
 fn default_smpp_idle() -> u64 {
@@ -175,6 +201,8 @@ pub struct RawCarrier {
     pub enquire_link_secs: u64,
     #[serde(default = "default_response_timeout")]
     pub response_timeout_secs: u64,
+    /// SHA-256 of the carrier's certificate (DER), hex, colons allowed.
+    pub cert_sha256: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -202,6 +230,10 @@ pub struct RawPeer {
     pub allow: Vec<String>,
     #[serde(default = "default_one_u32")]
     pub max_binds: u32,
+    /// The `carriers[].name` whose receipts this peer delivers.
+    pub carrier: Option<String>,
+    /// SHA-256 of the client certificate (DER) the peer must present.
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

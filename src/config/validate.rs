@@ -109,6 +109,21 @@ impl Check<'_> {
         }
     }
 
+    /// A certificate fingerprint: 64 hex digits, colons allowed (as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it).
+    fn fingerprint(&mut self, key: &str, value: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let digits: String = value.trim().chars().filter(|c| *c != ':').collect();
+        match hex::decode(&digits) {
+            Ok(v) if v.len() == 32 => out.copy_from_slice(&v),
+            _ => self.err(
+                key,
+                "must be the certificate's SHA-256 fingerprint: 64 hex digits, colons allowed (openssl x509 -noout -fingerprint -sha256)",
+            ),
+        }
+        out
+    }
+
     fn sha256_hex(&mut self, key: &str, value: &str) -> [u8; 32] {
         let mut out = [0u8; 32];
         match hex::decode(value.trim()) {
@@ -249,16 +264,41 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
     };
     c.positive("smpp_server.idle_timeout_secs", s.idle_timeout_secs, 86_400);
     c.positive("smpp_server.window", u64::from(s.window), 4096);
+    c.positive(
+        "smpp_server.max_connections",
+        s.max_connections as u64,
+        1_000_000,
+    );
+    c.positive(
+        "smpp_server.max_unbound_per_address",
+        s.max_unbound_per_address as u64,
+        65_536,
+    );
+    c.positive("smpp_server.bind_timeout_secs", s.bind_timeout_secs, 300);
+    c.positive("smpp_server.enquire_link_secs", s.enquire_link_secs, 3600);
+    if s.enquire_link_secs >= s.idle_timeout_secs {
+        c.err(
+            "smpp_server.enquire_link_secs",
+            format!(
+                "{} must be less than smpp_server.idle_timeout_secs ({}), or a bound peer's session idles out between keep-alives",
+                s.enquire_link_secs, s.idle_timeout_secs
+            ),
+        );
+    }
     let smpp_server = SmppServer {
         listen: smpp_listen,
         plaintext_listen,
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
         window: s.window,
+        max_connections: s.max_connections,
+        max_unbound_per_address: s.max_unbound_per_address,
+        bind_timeout: Duration::from_secs(s.bind_timeout_secs),
+        enquire_link: Duration::from_secs(s.enquire_link_secs),
     };
 
     let carriers = carriers(&mut c, &raw.carriers);
     let api = send_deadline(&mut c, api, &carriers, raw.node.drain_secs);
-    let peers = peers(&mut c, &raw.peers);
+    let peers = peers(&mut c, &raw.peers, &carriers, raw.tls.as_ref());
     let brands = brands(&mut c, &raw.brands);
     let campaigns = campaigns(&mut c, &raw.campaigns, &raw.brands);
     let clients = clients(&mut c, &raw.clients, &raw.campaigns);
@@ -443,6 +483,20 @@ fn carriers(c: &mut Check<'_>, raw: &[RawCarrier]) -> Vec<Carrier> {
             .as_deref()
             .filter(|s| !s.is_empty())
             .map(|f| c.existing_file(&k("ca_file"), f));
+        let cert_sha256 = r
+            .cert_sha256
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|f| c.fingerprint(&k("cert_sha256"), f));
+        if cert_sha256.is_some() && ca_file.is_some() {
+            c.err(
+                k("cert_sha256"),
+                "set either ca_file (a CA signs the carrier's certificate) or cert_sha256 (its self-signed certificate is pinned), not both",
+            );
+        }
+        if cert_sha256.is_some() && !r.tls {
+            c.err(k("cert_sha256"), "pins a TLS certificate, but tls = false");
+        }
         if !r.tls && !is_loopback_host(&r.host) {
             c.err(
                 k("tls"),
@@ -471,6 +525,7 @@ fn carriers(c: &mut Check<'_>, raw: &[RawCarrier]) -> Vec<Carrier> {
             priority: r.priority,
             enquire_link: Duration::from_secs(r.enquire_link_secs),
             response_timeout: Duration::from_secs(r.response_timeout_secs),
+            cert_sha256,
         });
     }
     out
@@ -484,7 +539,12 @@ fn is_loopback_host(host: &str) -> bool {
             .unwrap_or(false)
 }
 
-fn peers(c: &mut Check<'_>, raw: &[RawPeer]) -> Vec<Peer> {
+fn peers(
+    c: &mut Check<'_>,
+    raw: &[RawPeer],
+    carriers: &[Carrier],
+    tls: Option<&RawTls>,
+) -> Vec<Peer> {
     let mut names = HashSet::new();
     let mut ids = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -517,12 +577,36 @@ fn peers(c: &mut Check<'_>, raw: &[RawPeer]) -> Vec<Peer> {
             }
         }
         c.positive(&k("max_binds"), u64::from(r.max_binds), 256);
+        let carrier = r.carrier.clone().filter(|s| !s.is_empty());
+        if let Some(name) = &carrier {
+            if !carriers.iter().any(|cr| &cr.name == name) {
+                c.err(
+                    k("carrier"),
+                    format!("{name:?} is not the name of a carriers[] entry"),
+                );
+            }
+        }
+        let cert_sha256 = r
+            .cert_sha256
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|f| c.fingerprint(&k("cert_sha256"), f));
+        let has_ca =
+            tls.is_some_and(|t| t.client_ca_file.as_deref().is_some_and(|f| !f.is_empty()));
+        if cert_sha256.is_some() && !has_ca {
+            c.err(
+                k("cert_sha256"),
+                "needs tls.client_ca_file: client certificates are requested only when a CA to check them is set",
+            );
+        }
         out.push(Peer {
             name: r.name.clone(),
             system_id: r.system_id.clone(),
             password_sha256,
             allow,
             max_binds: r.max_binds,
+            carrier,
+            cert_sha256,
         });
     }
     out

@@ -20,8 +20,14 @@
 //! A receipt can overtake our own bookkeeping of the submit_sm_resp (the
 //! carrier answers the submit and sends the receipt before the metadata
 //! commit lands); such a receipt is looked up again for a short while before
-//! it counts as unknown. Unknown ids are answered OK (the carrier would
-//! otherwise redeliver forever), counted and audited.
+//! it counts as unknown. At most [`MAX_EARLY_WAITING`] receipts per link
+//! wait so at once; beyond that a receipt not found at once is unknown
+//! straight away, so a flood of receipts for unknown ids cannot fill the
+//! session's window and hold up its real receipts and MO. Unknown ids are
+//! answered OK (the carrier would otherwise redeliver forever), counted in
+//! `messages_total{outcome="unknown_id"}`, and logged and audited in
+//! aggregate: the first of a link in each [`UNKNOWN_RECEIPT_REPORT`]
+//! period, with the count of those not reported since.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -52,6 +58,51 @@ const EARLY_RECEIPT_WAIT: [Duration; 4] = [
     Duration::from_millis(400),
     Duration::from_millis(1500),
 ];
+
+/// Receipts of one link that may wait for their message at once (see
+/// [`EARLY_RECEIPT_WAIT`]); each holds a slot of the session's window for
+/// up to two seconds, and a session's window is 64 by default.
+const MAX_EARLY_WAITING: usize = 8;
+
+/// Receipts for unknown ids are reported (a WARN line, an audit record)
+/// once per link per this period; the rest are counted.
+const UNKNOWN_RECEIPT_REPORT: Duration = Duration::from_secs(60);
+
+/// A link's unknown receipts since its last report.
+struct UnknownReport {
+    reported_at: std::time::Instant,
+    /// Unknown receipts since then, not reported each.
+    since: u64,
+}
+
+/// Takes one of a link's early-wait slots; gives it back on drop.
+struct EarlySlot<'a> {
+    waiting: &'a parking_lot::Mutex<HashMap<String, usize>>,
+    link: &'a str,
+}
+
+impl<'a> EarlySlot<'a> {
+    fn take(
+        waiting: &'a parking_lot::Mutex<HashMap<String, usize>>,
+        link: &'a str,
+    ) -> Option<Self> {
+        let mut w = waiting.lock();
+        let n = w.entry(link.to_owned()).or_insert(0);
+        if *n >= MAX_EARLY_WAITING {
+            return None;
+        }
+        *n += 1;
+        Some(EarlySlot { waiting, link })
+    }
+}
+
+impl Drop for EarlySlot<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.waiting.lock().get_mut(self.link) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
 
 /// The config the return path reads, swapped whole on reload.
 struct MoView {
@@ -103,6 +154,10 @@ pub struct Inbound {
     background: tokio_util::task::TaskTracker,
     /// Parts of concatenated MOs so far.
     parts: Reassembly,
+    /// Receipts waiting for their message, per link.
+    early_waiting: parking_lot::Mutex<HashMap<String, usize>>,
+    /// Unknown receipts' last report, per link.
+    unknown: parking_lot::Mutex<HashMap<String, UnknownReport>>,
 }
 
 /// The keyword class of an MO text: the whole text, any case, surrounding
@@ -175,6 +230,8 @@ impl Inbound {
             pseudonym_key: cfg.node.pseudonym_key.clone(),
             parts: Reassembly::new(metrics.clone()),
             metrics,
+            early_waiting: parking_lot::Mutex::new(HashMap::new()),
+            unknown: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -469,8 +526,16 @@ impl Inbound {
             }
         };
         let mut found = None;
+        let mut slot = None;
         for wait in std::iter::once(Duration::ZERO).chain(EARLY_RECEIPT_WAIT) {
             if !wait.is_zero() {
+                if slot.is_none() {
+                    slot = EarlySlot::take(&self.early_waiting, link);
+                    if slot.is_none() {
+                        // Enough of this link's receipts wait already.
+                        break;
+                    }
+                }
                 tokio::time::sleep(wait).await;
             }
             match self.lookup(link, &receipt.message_id).await {
@@ -485,12 +550,45 @@ impl Inbound {
                 }
             }
         }
+        drop(slot);
         let Some(message_id) = found else {
-            tracing::warn!(link, carrier_id = %receipt.message_id, "delivery receipt for an unknown message id");
             self.metrics
                 .messages
                 .with_label_values(&["dlr", "unknown_id", ""])
                 .inc();
+            let suppressed = {
+                let now = std::time::Instant::now();
+                let mut u = self.unknown.lock();
+                match u.get_mut(link) {
+                    Some(r) if now.duration_since(r.reported_at) < UNKNOWN_RECEIPT_REPORT => {
+                        r.since += 1;
+                        None
+                    }
+                    Some(r) => {
+                        r.reported_at = now;
+                        Some(std::mem::take(&mut r.since))
+                    }
+                    None => {
+                        u.insert(
+                            link.to_owned(),
+                            UnknownReport {
+                                reported_at: now,
+                                since: 0,
+                            },
+                        );
+                        Some(0)
+                    }
+                }
+            };
+            let Some(suppressed) = suppressed else {
+                return CommandStatus::EsmeRok;
+            };
+            tracing::warn!(
+                link,
+                carrier_id = %receipt.message_id,
+                unreported_before = suppressed,
+                "delivery receipt for an unknown message id (reported once a minute per link; every one is counted in sms_conduit_messages_total{{outcome=\"unknown_id\"}})"
+            );
             let ev = AuditEvent::MessageStatus {
                 message_id: String::new(),
                 status: "unknown_receipt",

@@ -139,7 +139,11 @@ impl Pool {
             attempted_signal: tokio::sync::Notify::new(),
         });
         let tls = if carrier.tls {
-            Some(crate::tls::connector(carrier.ca_file.as_deref()).map_err(|e| e.to_string()))
+            let c = match carrier.cert_sha256 {
+                Some(pin) => crate::tls::pinned_connector(pin),
+                None => crate::tls::connector(carrier.ca_file.as_deref()),
+            };
+            Some(c.map_err(|e| e.to_string()))
         } else {
             None
         };
@@ -291,6 +295,26 @@ fn failure_reason(e: &SmppError) -> &'static str {
     }
 }
 
+/// A TLS failure in words an operator acts on: an untrusted certificate
+/// (a self-signed SMSC, say) names the options that trust it.
+fn explain_tls(carrier: &str, e: &std::io::Error) -> String {
+    let unknown = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                    | rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+            )
+        });
+    if unknown {
+        format!("{e}: the carrier's certificate is not signed by a trusted CA; for a self-signed certificate pin it with carriers[].cert_sha256 (name = {carrier:?}; openssl x509 -noout -fingerprint -sha256), or name its CA in carriers[].ca_file")
+    } else {
+        e.to_string()
+    }
+}
+
 async fn establish(
     carrier: &Carrier,
     kind: BindKind,
@@ -316,7 +340,7 @@ async fn establish(
             let s = tokio::time::timeout(within, connector.connect(name, tcp))
                 .await
                 .map_err(|_| SmppError::PhaseTimeout("TLS handshake"))?
-                .map_err(|e| SmppError::Tls(e.to_string()))?;
+                .map_err(|e| SmppError::Tls(explain_tls(&carrier.name, &e)))?;
             Box::new(s)
         }
     };
@@ -373,6 +397,7 @@ async fn run_slot(
                 last_logged = None;
                 let cfg = SessionConfig {
                     link: link.clone(),
+                    receipt_link: None,
                     kind: slot.kind,
                     role: Role::Esme,
                     window: carrier.window.max(1) as usize,

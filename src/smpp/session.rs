@@ -88,6 +88,9 @@ pub enum Role {
 pub struct SessionConfig {
     /// Carrier or peer name from config (metric label, log field).
     pub link: Arc<str>,
+    /// The name receipts on this session are handed to the handler under
+    /// (a peer speaking for a carrier: `peers[].carrier`); `None` = `link`.
+    pub receipt_link: Option<Arc<str>>,
     pub kind: BindKind,
     pub role: Role,
     /// Outstanding requests we may have in flight.
@@ -569,7 +572,10 @@ where
         }
         let mid = msg.message_id.clone();
         let handler = self.deps.handler.clone();
-        let link = self.cfg.link.clone();
+        let link = match &self.cfg.receipt_link {
+            Some(carrier) if msg.is_receipt() => carrier.clone(),
+            _ => self.cfg.link.clone(),
+        };
         self.handlers.push(Box::pin(async move {
             let status = handler.deliver(&link, msg).await;
             pdu::message_resp(kind, status, seq, mid.as_deref())

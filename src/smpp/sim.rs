@@ -304,6 +304,8 @@ pub async fn start_sim(
                     "::/0".parse().map_err(|_| SmppError::Protocol("cidr"))?,
                 ],
                 max_binds: u32::MAX,
+                carrier: None,
+                cert_sha256: None,
             }])
         }
         _ => Auth::Any {
@@ -318,6 +320,14 @@ pub async fn start_sim(
         response_timeout: Duration::from_secs(10),
         system_id: "SIMSMSC".into(),
         auth,
+        // A test and demo SMSC: generous bounds, no keep-alive of its own.
+        limits: server::Limits {
+            max_connections: 65_536,
+            max_unbound_per_address: 65_536,
+            bind_timeout: opts.idle_timeout,
+        },
+        enquire_link: None,
+        client_cert_required: false,
     };
     let metrics = Arc::new(Metrics::new());
     let server = server::start(server_opts, handler, metrics, shutdown.clone()).await?;

@@ -836,6 +836,10 @@ impl Files {
             plaintext_listen: None,
             idle_timeout: Duration::from_secs(300),
             window: 64,
+            max_connections: 256,
+            max_unbound_per_address: 8,
+            bind_timeout: Duration::from_secs(10),
+            enquire_link: Duration::from_secs(30),
         };
         let peer = config::Peer {
             name: "manual".into(),
@@ -843,6 +847,8 @@ impl Files {
             password_sha256: sha2::Sha256::digest(password.as_bytes()).into(),
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             max_binds: 16,
+            carrier: None,
+            cert_sha256: None,
         };
         let submits = Arc::new(std::sync::Mutex::new(Vec::new()));
         let delays = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));

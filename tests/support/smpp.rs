@@ -55,6 +55,7 @@ pub fn carrier(addr: SocketAddr, ca: Option<PathBuf>, bind: BindMode) -> Carrier
         priority: 1,
         enquire_link: Duration::from_secs(30),
         response_timeout: Duration::from_secs(2),
+        cert_sha256: None,
     }
 }
 
@@ -66,6 +67,8 @@ pub fn peer(system_id: &str, password: &str, allow: &str) -> Peer {
         password_sha256: sha2::Sha256::digest(password.as_bytes()).into(),
         allow: vec![allow.parse().expect("cidr")],
         max_binds: 2,
+        carrier: None,
+        cert_sha256: None,
     }
 }
 
@@ -76,6 +79,10 @@ pub fn server_cfg(tls: bool, idle: Duration) -> SmppServer {
         plaintext_listen: (!tls).then_some(lo),
         idle_timeout: idle,
         window: 64,
+        max_connections: 256,
+        max_unbound_per_address: 8,
+        bind_timeout: Duration::from_secs(10),
+        enquire_link: Duration::from_secs(30),
     }
 }
 
