@@ -4,7 +4,8 @@
 //! (size limit before buffering, buffered into a zeroizing buffer because the
 //! body holds message text), turning axum's own failures (unknown route, wrong
 //! method, wrong content type) into problem documents, and counting requests
-//! per route *template* in `api_requests`.
+//! per route *template* in `api_requests`, and serving the API's OpenAPI
+//! document (`openapi/openapi.json`, compiled in).
 //!
 //! Must not know: sockets, TLS, or what sending means — that is the
 //! [`MessageService`](super::MessageService) behind [`ApiState`].
@@ -45,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(OPENAPI_ROUTE, get(openapi))
         .route(SEND_ROUTE, post(send_message))
         .route("/v1/messages/{id}", get(get_message))
         .route(
@@ -107,6 +109,22 @@ pub(crate) async fn send_direct(
         Err(e) => e.into_response(),
     };
     finish(&state, SEND_ROUTE, resp)
+}
+
+/// Where the API's own OpenAPI document is served.
+pub const OPENAPI_ROUTE: &str = "/v1/openapi.json";
+
+/// The OpenAPI 3.1 document of this API, as kept in the repository. Served
+/// without authentication, like `/healthz`: it holds no secret and no
+/// deployment detail, and an integrator (or a fuzzer) reads it first.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI_JSON,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {
