@@ -31,6 +31,20 @@ use crate::store::{Store, StoreError};
 use crate::tls::{ClientAuth, ServerTls, TlsError};
 use crate::webhook::Webhooks;
 
+/// Sets `smpp_configured_sessions` from `new`'s carriers, removing the
+/// series of carriers `old` had and `new` has not.
+fn set_configured_sessions(metrics: &Metrics, old: Option<&Config>, new: &Config) {
+    let g = &metrics.smpp_configured_sessions;
+    for c in old.map_or(&[][..], |o| &o.carriers[..]) {
+        if !new.carriers.iter().any(|n| n.name == c.name) {
+            let _ = g.remove_label_values(&[&c.name]);
+        }
+    }
+    for c in &new.carriers {
+        g.with_label_values(&[&c.name]).set(i64::from(c.binds));
+    }
+}
+
 /// Why the appliance could not start or reload.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -226,6 +240,7 @@ impl App {
             .iter()
             .map(|_| CancellationToken::new())
             .collect();
+        set_configured_sessions(&metrics, None, &config);
         let pools: Vec<Pool> = config
             .carriers
             .iter()
@@ -363,6 +378,7 @@ impl App {
     /// keeps its pool and its binds; a changed or new one gets a new pool;
     /// the pools of removed or changed carriers unbind.
     fn reload_pools(&mut self, new: &Config) -> Vec<Pool> {
+        set_configured_sessions(&self.metrics, Some(&self.config), new);
         let old_pools = self.relay.pools();
         let mut kept = vec![false; self.config.carriers.len()];
         let mut pools = Vec::with_capacity(new.carriers.len());
