@@ -28,26 +28,42 @@ async fn configured_sessions_follow_the_config_and_reloads() {
     let binds = i64::from(relay.config.carriers[0].binds);
     let text = String::from_utf8(relay.app().metrics.render()).unwrap();
     assert_eq!(
-        gauge(&text, r#"sms_conduit_smpp_configured_sessions{link="carrier-a"}"#),
+        gauge(
+            &text,
+            r#"sms_conduit_smpp_configured_sessions{link="carrier-a"}"#
+        ),
         Some(binds),
         "{text}"
     );
     assert_eq!(
-        gauge(&text, r#"sms_conduit_smpp_sessions{link="carrier-a",state="bound"}"#),
+        gauge(
+            &text,
+            r#"sms_conduit_smpp_sessions{link="carrier-a",state="bound"}"#
+        ),
         Some(binds)
     );
     // Renamed carrier: the old name's series goes, the new one comes.
     relay
-        .reload(Setup::new(vec![CarrierCfg::new("carrier-b", sim.port(), PW)]))
+        .reload(Setup::new(vec![CarrierCfg::new(
+            "carrier-b",
+            sim.port(),
+            PW,
+        )]))
         .await;
     let text = String::from_utf8(relay.app().metrics.render()).unwrap();
     assert_eq!(
-        gauge(&text, r#"sms_conduit_smpp_configured_sessions{link="carrier-a"}"#),
+        gauge(
+            &text,
+            r#"sms_conduit_smpp_configured_sessions{link="carrier-a"}"#
+        ),
         None,
         "{text}"
     );
     assert_eq!(
-        gauge(&text, r#"sms_conduit_smpp_configured_sessions{link="carrier-b"}"#),
+        gauge(
+            &text,
+            r#"sms_conduit_smpp_configured_sessions{link="carrier-b"}"#
+        ),
         Some(binds)
     );
     assert!(relay.stop().await);
@@ -57,7 +73,9 @@ async fn configured_sessions_follow_the_config_and_reloads() {
 async fn oldest_outbox_age_grows_while_the_webhook_is_down() {
     let files = Files::new();
     // The receipt comes at once: its status event is what waits.
-    let sim = files.sim(PW, |o| o.dlr_delay = Duration::from_millis(20)).await;
+    let sim = files
+        .sim(PW, |o| o.dlr_delay = Duration::from_millis(20))
+        .await;
     let dead = closed_port().await;
     let setup = Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)]).webhook(
         &format!("http://127.0.0.1:{dead}/events"),

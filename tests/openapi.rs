@@ -165,10 +165,16 @@ fn every_send_error_code_is_documented_with_its_status() {
         );
         for r in documented {
             if p.retry_after.is_some() {
-                assert!(r["headers"]["Retry-After"].is_object(), "{status} Retry-After");
+                assert!(
+                    r["headers"]["Retry-After"].is_object(),
+                    "{status} Retry-After"
+                );
             }
             if p.www_authenticate {
-                assert!(r["headers"]["WWW-Authenticate"].is_object(), "{status} WWW-Authenticate");
+                assert!(
+                    r["headers"]["WWW-Authenticate"].is_object(),
+                    "{status} WWW-Authenticate"
+                );
             }
         }
     }
@@ -182,7 +188,12 @@ fn every_send_error_code_is_documented_with_its_status() {
 async fn the_api_serves_the_document_without_a_key() {
     let env = TestEnv::new();
     let api = start_api(&env, NoRouteService, Arc::new(AlwaysReady)).await;
-    let resp = env.client().get(api.url(OPENAPI_ROUTE)).send().await.unwrap();
+    let resp = env
+        .client()
+        .get(api.url(OPENAPI_ROUTE))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     assert_eq!(resp.text().await.unwrap(), OPENAPI_JSON);
