@@ -2,8 +2,10 @@
 //! takes it down in order.
 //!
 //! Owns: start-up order (store before listeners, listeners before `READY=1`),
-//! SIGHUP reload (config, keys, certificates — binds that did not change are
-//! kept), and the drain on SIGTERM (stop accepting, finish in-flight work,
+//! SIGHUP reload (config, keys, certificates, CA files — every file is read
+//! again; binds whose settings and CA bytes did not change are kept) and its
+//! outcome in `<state_dir>/reload-status`, which `sms-conduit reload` waits
+//! for ([`request_reload`]), and the drain on SIGTERM (stop accepting, finish in-flight work,
 //! unbind, flush and close the store) within `node.drain_secs`.
 //!
 //! [`App::start`] is what the integration tests run in-process on
@@ -30,6 +32,28 @@ use crate::store::shared::LocalShared;
 use crate::store::{Store, StoreError};
 use crate::tls::{ClientAuth, ServerTls, TlsError};
 use crate::webhook::Webhooks;
+
+/// Sets `smpp_configured_sessions` from `new`'s carriers, removing the
+/// series of carriers `old` had and `new` has not.
+fn set_configured_sessions(metrics: &Metrics, old: Option<&Config>, new: &Config) {
+    let g = &metrics.smpp_configured_sessions;
+    for c in old.map_or(&[][..], |o| &o.carriers[..]) {
+        if !new.carriers.iter().any(|n| n.name == c.name) {
+            let _ = g.remove_label_values(&[&c.name]);
+        }
+    }
+    for c in &new.carriers {
+        g.with_label_values(&[&c.name]).set(i64::from(c.binds));
+    }
+}
+
+/// SHA-256 of a carrier's `ca_file` bytes; `None` without one (or when it
+/// cannot be read: the reload's preflight has refused that already).
+fn ca_digest(c: &crate::config::Carrier) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let bytes = std::fs::read(c.ca_file.as_ref()?).ok()?;
+    Some(sha2::Sha256::digest(bytes).into())
+}
 
 /// Why the appliance could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +110,10 @@ pub struct App {
     inbound_handler: Arc<dyn smpp::InboundHandler>,
     /// One per carrier pool, in config order (see `reload`).
     pool_tokens: Vec<CancellationToken>,
+    /// SHA-256 of each pool's `ca_file` as it was read when the pool
+    /// started, in config order: a reload compares the file's bytes, not
+    /// only its path, so a CA rotated in place rebuilds the pool.
+    pool_ca: Vec<Option<[u8; 32]>>,
     background: tokio_util::task::TaskTracker,
     inbound: Arc<Inbound>,
     webhooks: Webhooks,
@@ -226,6 +254,8 @@ impl App {
             .iter()
             .map(|_| CancellationToken::new())
             .collect();
+        set_configured_sessions(&metrics, None, &config);
+        let pool_ca: Vec<Option<[u8; 32]>> = config.carriers.iter().map(ca_digest).collect();
         let pools: Vec<Pool> = config
             .carriers
             .iter()
@@ -350,6 +380,7 @@ impl App {
             relay,
             inbound_handler: inbound,
             pool_tokens,
+            pool_ca,
             background,
             inbound: handler,
             webhooks,
@@ -363,17 +394,20 @@ impl App {
     /// keeps its pool and its binds; a changed or new one gets a new pool;
     /// the pools of removed or changed carriers unbind.
     fn reload_pools(&mut self, new: &Config) -> Vec<Pool> {
+        set_configured_sessions(&self.metrics, Some(&self.config), new);
         let old_pools = self.relay.pools();
         let mut kept = vec![false; self.config.carriers.len()];
         let mut pools = Vec::with_capacity(new.carriers.len());
         let mut tokens = Vec::with_capacity(new.carriers.len());
+        let mut cas = Vec::with_capacity(new.carriers.len());
         for c in &new.carriers {
-            let same = self
-                .config
-                .carriers
-                .iter()
-                .enumerate()
-                .position(|(j, o)| !kept[j] && o == c && j < old_pools.len());
+            // Same settings *and* the same bytes in its CA file: a CA
+            // rotated at the same path must reach new sessions.
+            let ca = ca_digest(c);
+            let same = self.config.carriers.iter().enumerate().position(|(j, o)| {
+                !kept[j] && o == c && j < old_pools.len() && self.pool_ca.get(j) == Some(&ca)
+            });
+            cas.push(ca);
             match same {
                 Some(j) => {
                     kept[j] = true;
@@ -381,7 +415,7 @@ impl App {
                     tokens.push(self.pool_tokens[j].clone());
                 }
                 None => {
-                    tracing::info!(carrier = %c.name, "carrier settings changed or added: binding anew");
+                    tracing::info!(carrier = %c.name, "carrier settings or CA file changed, or carrier added: binding anew");
                     let t = CancellationToken::new();
                     pools.push(Pool::start(
                         c.clone(),
@@ -399,6 +433,7 @@ impl App {
             }
         }
         self.pool_tokens = tokens;
+        self.pool_ca = cas;
         pools
     }
 
@@ -694,7 +729,10 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
     check_fd_limit(&config);
     let mut signals = Signals::new()?;
     let drain = config.node.drain;
+    let status_path = config.node.state_dir.join(RELOAD_STATUS_FILE);
     let mut app = App::start(config).await?;
+    let mut generation: u64 = 0;
+    write_reload_status(&status_path, generation, &Ok(()));
 
     let watchdog = notify::Watchdog::from_env();
     let heartbeat = watchdog.as_ref().map(|w| w.heartbeat());
@@ -712,14 +750,15 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
             ev = signals.recv() => match ev {
                 Event::Reload => {
                     notify_or_log(notify::reloading());
-                    match Config::load(config_path) {
-                        Ok(new) => {
-                            if let Err(e) = app.reload(new).await {
-                                tracing::error!("reload refused, keeping the running configuration: {e}");
-                            }
-                        }
-                        Err(e) => tracing::error!("reload refused, keeping the running configuration:\n{e}"),
+                    let outcome = match Config::load(config_path) {
+                        Ok(new) => app.reload(new).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(AppError::from(e).to_string()),
+                    };
+                    if let Err(e) = &outcome {
+                        tracing::error!("reload refused, keeping the running configuration: {e}");
                     }
+                    generation += 1;
+                    write_reload_status(&status_path, generation, &outcome);
                     notify_or_log(notify::ready());
                 }
                 Event::Shutdown => break,
@@ -742,6 +781,134 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
         Err(AppError::Other(
             "drain deadline passed with work still in flight".into(),
         ))
+    }
+}
+
+/// The file in `node.state_dir` where `run` records the outcome of each
+/// reload, for `sms-conduit reload` (systemd's `ExecReload=`).
+pub const RELOAD_STATUS_FILE: &str = "reload-status";
+
+/// How long `sms-conduit reload` waits for the outcome: a reload rebinds
+/// changed carriers in the background, so it is quick; this only bounds a
+/// process that died or hangs.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// One reload outcome as the status file holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// The running process.
+    pub pid: u32,
+    /// 0 at start, one more after every reload.
+    pub generation: u64,
+    /// `Err(reason)` when the reload was refused.
+    pub outcome: Result<(), String>,
+}
+
+impl ReloadStatus {
+    fn render(&self) -> String {
+        let outcome = match &self.outcome {
+            Ok(()) => "ok\n".to_owned(),
+            Err(e) => format!("refused\n{e}\n"),
+        };
+        format!(
+            "pid {}\ngeneration {}\n{outcome}",
+            self.pid, self.generation
+        )
+    }
+
+    /// Parses the file; `None` when it is not (yet) a complete status.
+    pub fn parse(text: &str) -> Option<ReloadStatus> {
+        let mut lines = text.lines();
+        let pid = lines.next()?.strip_prefix("pid ")?.parse().ok()?;
+        let generation = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        let outcome = match lines.next()? {
+            "ok" => Ok(()),
+            "refused" => Err(lines.collect::<Vec<_>>().join("\n")),
+            _ => return None,
+        };
+        Some(ReloadStatus {
+            pid,
+            generation,
+            outcome,
+        })
+    }
+
+    /// Reads `path`; `None` when it is missing or incomplete.
+    pub fn read(path: &Path) -> Option<ReloadStatus> {
+        ReloadStatus::parse(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
+/// Replaces the status file (a temp file renamed over it, so a reader never
+/// sees half of one). A failure is logged: the reload itself stands.
+fn write_reload_status(path: &Path, generation: u64, outcome: &Result<(), String>) {
+    let status = ReloadStatus {
+        pid: std::process::id(),
+        generation,
+        outcome: outcome.clone(),
+    };
+    let tmp = path.with_extension("tmp");
+    let r = std::fs::write(&tmp, status.render()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::error!(path = %path.display(), "cannot write the reload status: {e}");
+    }
+}
+
+/// `sms-conduit reload`: validates the config at `config_path` (a config
+/// that fails is refused here, and the running process is not disturbed),
+/// sends SIGHUP to the running process (`pid`, else the one named in the
+/// status file) and waits up to `wait` for its outcome. `Ok` carries the
+/// new status; `Err` the reason the reload was refused or not confirmed.
+pub fn request_reload(
+    config_path: &Path,
+    pid: Option<u32>,
+    wait: Duration,
+) -> Result<ReloadStatus, String> {
+    let config = Config::load(config_path).map_err(|e| AppError::from(e).to_string())?;
+    let path = config.node.state_dir.join(RELOAD_STATUS_FILE);
+    let before = ReloadStatus::read(&path);
+    let pid = match (pid, &before) {
+        (Some(p), _) => p,
+        (None, Some(s)) => s.pid,
+        (None, None) => {
+            return Err(format!(
+                "{} not found: is sms-conduit running with this config? (or pass --pid)",
+                path.display()
+            ))
+        }
+    };
+    let generation = before
+        .as_ref()
+        .filter(|s| s.pid == pid)
+        .map_or(0, |s| s.generation);
+    let target = libc::pid_t::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+    // SAFETY: kill(2) with a plain pid and signal number has no memory
+    // effects.
+    if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
+        return Err(format!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(s) = ReloadStatus::read(&path) {
+            if s.pid == pid && s.generation > generation {
+                return match &s.outcome {
+                    Ok(()) => Ok(s),
+                    Err(e) => Err(format!(
+                        "reload refused, the running configuration is kept: {e}"
+                    )),
+                };
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no reload outcome from pid {pid} within {} s",
+                wait.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -43,6 +43,17 @@ enum Command {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
         config: PathBuf,
     },
+    /// Reload the running appliance (what the systemd unit's ExecReload
+    /// runs): validate the config, send SIGHUP, wait for the outcome. Exit 1
+    /// with the reason when the reload is refused.
+    Reload {
+        #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
+        config: PathBuf,
+        /// The running process (systemd: $MAINPID); default: the one that
+        /// wrote <state_dir>/reload-status.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// A simulated carrier SMSC for tests, demos and benchmarks.
     SimCarrier {
         #[arg(long, default_value = "127.0.0.1:2775")]
@@ -262,6 +273,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Reload { config, pid } => {
+            match sms_conduit::app::request_reload(&config, pid, sms_conduit::app::RELOAD_WAIT) {
+                Ok(s) => {
+                    println!("reloaded (pid {}, reload {})", s.pid, s.generation);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {

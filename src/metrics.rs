@@ -45,6 +45,14 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// Status events waiting in the durable outbox.
     pub outbox_depth: IntGauge,
+    /// Age in seconds of the oldest status event waiting for a client (0
+    /// when none waits): a stuck webhook endpoint shows here before the
+    /// depth grows.
+    pub outbox_oldest_age: IntGaugeVec,
+    /// Outbound sessions each carrier is configured with (`binds`), beside
+    /// `smpp_sessions{state="bound"}` so an alert can compare the two.
+    /// Carriers only: inbound peers have no configured count.
+    pub smpp_configured_sessions: IntGaugeVec,
     /// Parts of concatenated MOs held for reassembly, by `kind` (`parts`,
     /// `bytes`).
     pub mo_parts_held: IntGaugeVec,
@@ -57,6 +65,9 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// Writes per store commit.
     pub store_batch: Histogram,
+    /// Store commits that failed (a full disk, an I/O error): each one
+    /// answered every write of its batch with an error.
+    pub store_commit_failures: IntCounter,
     /// API requests by route template and status code.
     pub api_requests: IntCounterVec,
     /// Failed API authentications.
@@ -149,6 +160,13 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(outbox_depth.clone()))
             .expect("unique metric name");
+        let store_commit_failures = IntCounter::new(
+            "sms_conduit_store_commit_failures_total",
+            "Store commits that failed.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(store_commit_failures.clone()))
+            .expect("unique metric name");
         Metrics {
             messages: counter_vec(
                 &r,
@@ -221,6 +239,18 @@ impl Metrics {
                 &["client", "outcome"],
             ),
             outbox_depth,
+            outbox_oldest_age: gauge_vec(
+                &r,
+                "sms_conduit_outbox_oldest_age_seconds",
+                "Age of the oldest status event waiting for webhook delivery, by client (0 = none).",
+                &["client"],
+            ),
+            smpp_configured_sessions: gauge_vec(
+                &r,
+                "sms_conduit_smpp_configured_sessions",
+                "Outbound SMPP sessions configured per carrier (binds).",
+                &["link"],
+            ),
             mo_parts_held: gauge_vec(
                 &r,
                 "sms_conduit_mo_parts_held",
@@ -243,6 +273,7 @@ impl Metrics {
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
                 ],
             ),
+            store_commit_failures,
             api_requests: counter_vec(
                 &r,
                 "sms_conduit_api_requests_total",

@@ -74,7 +74,7 @@ fn unit_has_the_required_directives() {
         "NotifyAccess=main",
         "LimitCORE=0",
         "WatchdogSec=30",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/sms-conduit reload --config /etc/sms-conduit/sms-conduit.toml --pid $MAINPID",
         "DynamicUser=yes",
         "StateDirectory=sms-conduit",
         "StateDirectoryMode=0700",

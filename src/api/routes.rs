@@ -4,7 +4,8 @@
 //! (size limit before buffering, buffered into a zeroizing buffer because the
 //! body holds message text), turning axum's own failures (unknown route, wrong
 //! method, wrong content type) into problem documents, and counting requests
-//! per route *template* in `api_requests`.
+//! per route *template* in `api_requests`, and serving the API's OpenAPI
+//! document (`openapi/openapi.json`, compiled in).
 //!
 //! Must not know: sockets, TLS, or what sending means — that is the
 //! [`MessageService`](super::MessageService) behind [`ApiState`].
@@ -45,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(OPENAPI_ROUTE, get(openapi))
         .route(SEND_ROUTE, post(send_message))
         .route("/v1/messages/{id}", get(get_message))
         .route(
@@ -104,9 +106,31 @@ pub(crate) async fn send_direct(
     let (parts, body) = req.into_parts();
     let resp = match authenticate(&state, &parts.headers, peer) {
         Ok(client) => send(&state, client, &parts.headers, HttpBody::new(body)).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            discard_body(HttpBody::new(body)).await;
+            e.into_response()
+        }
     };
     finish(&state, SEND_ROUTE, resp)
+}
+
+/// Where the API's own OpenAPI document is served.
+pub const OPENAPI_ROUTE: &str = "/v1/openapi.json";
+
+/// The OpenAPI 3.1 document of this API, as kept in the repository. Served
+/// without authentication, like `/healthz`: it holds no secret and no
+/// deployment detail, and an integrator (or a fuzzer) reads it first.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI_JSON,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {
@@ -198,11 +222,15 @@ async fn send_message(
 /// The send endpoint once the client is known.
 async fn send(state: &ApiState, client: ClientId, headers: &HeaderMap, body: HttpBody) -> Response {
     if let Err(p) = check_json_content_type(headers) {
+        discard_body(body).await;
         return p.into_response();
     }
     let idempotency_key = match idempotency_key(headers) {
         Ok(k) => k,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            discard_body(body).await;
+            return e.into_response();
+        }
     };
     let bytes = match read_body(headers, body).await {
         Ok(b) => b,
@@ -359,6 +387,31 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, SendError> {
         ));
     }
     Ok(Some(String::from_utf8_lossy(b).into_owned()))
+}
+
+/// How long the body of a request refused before reading it (wrong key,
+/// wrong `Content-Type`, bad `Idempotency-Key`) is read and discarded
+/// before the answer goes out. Answering while an HTTP/2 client is still
+/// sending ends the stream with a reset that curl reports as `(92) Stream
+/// error` instead of the 401/415; a body that arrives in time avoids it. A
+/// client slower than this gets the answer anyway.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads and drops up to [`MAX_BODY`] bytes of `body` within
+/// [`DISCARD_TIMEOUT`]: bounded work for a refused request, nothing kept.
+async fn discard_body(mut body: HttpBody) {
+    let drain = async move {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > MAX_BODY {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = crate::deadline::within(DISCARD_TIMEOUT, drain).await;
 }
 
 /// Reads a request body into a zeroizing buffer, refusing more than

@@ -465,6 +465,9 @@ fn run_batch(
             m.store_batch.observe(n as f64);
         }
         if let Err(e) = &outcome {
+            if let Some(m) = metrics {
+                m.store_commit_failures.inc();
+            }
             tracing::error!(error = %e, ops = n, "store commit failed");
             // Mark the store before anyone hears of the failure, so a caller
             // that got the error sees `is_healthy() == false`.

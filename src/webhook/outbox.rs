@@ -131,6 +131,15 @@ impl Outbox {
             })
     }
 
+    /// When the oldest readable event waiting for `client` was enqueued
+    /// (unix ms); `None` when none waits.
+    pub fn oldest_created_ms(&self, client: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .scan(client, None, 1)?
+            .into_iter()
+            .find_map(|r| r.record.map(|rec| rec.created_ms)))
+    }
+
     /// The events waiting for `client`, in sending order, with their seq.
     pub fn pending(&self, client: &str) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
         let rows = self.scan(client, None, usize::MAX)?;

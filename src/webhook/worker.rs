@@ -511,6 +511,13 @@ impl Shared {
                 Err(e) => tracing::warn!(client, error = %e, "reading the webhook outbox failed"),
             }
         }
+        if let Ok(oldest) = self.outbox.oldest_created_ms(client) {
+            let age_ms = oldest.map_or(0, |t| now_ms().saturating_sub(t));
+            self.metrics
+                .outbox_oldest_age
+                .with_label_values(&[client])
+                .set(i64::try_from(age_ms / 1000).unwrap_or(i64::MAX));
+        }
         if let Ok(depth) = self.outbox.depth() {
             self.metrics
                 .outbox_depth
