@@ -381,7 +381,9 @@ fn fleet_keys_are_validated_and_named() {
         "must be",
     );
     refused(
-        &with_fleet("redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\npassword_file = \"nope\""),
+        &with_fleet(
+            "redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\npassword_file = \"nope\"",
+        ),
         "fleet.password_file",
         "cannot read",
     );
@@ -391,12 +393,16 @@ fn fleet_keys_are_validated_and_named() {
         "between",
     );
     refused(
-        &with_fleet("redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\ndlr_index_ttl_days = 0"),
+        &with_fleet(
+            "redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\ndlr_index_ttl_days = 0",
+        ),
         "fleet.dlr_index_ttl_days",
         "between",
     );
     refused(
-        &with_fleet("redis_url = \"redis://127.0.0.1\"\nkey_prefix = \"p:\"\nca_file = \"server.crt\""),
+        &with_fleet(
+            "redis_url = \"redis://127.0.0.1\"\nkey_prefix = \"p:\"\nca_file = \"server.crt\"",
+        ),
         "fleet.ca_file",
         "rediss://",
     );

@@ -341,14 +341,21 @@ fn fleet(c: &mut Check<'_>, r: &RawFleet) -> Fleet {
             format!("{url:?} must start with rediss://, or redis:// or redis+unix:// on this host"),
         ),
     }
-    let password = r.password_file.as_deref().filter(|f| !f.is_empty()).map(|f| {
-        let raw = c.secret("fleet.password_file", f);
-        let trimmed = raw.trimmed_str().map(|p| p.as_bytes().to_vec());
-        if trimmed.is_none() && !raw.expose().is_empty() {
-            c.err("fleet.password_file", "the password is not valid UTF-8 text");
-        }
-        Secret::new(trimmed.unwrap_or_default())
-    });
+    let password = r
+        .password_file
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let raw = c.secret("fleet.password_file", f);
+            let trimmed = raw.trimmed_str().map(|p| p.as_bytes().to_vec());
+            if trimmed.is_none() && !raw.expose().is_empty() {
+                c.err(
+                    "fleet.password_file",
+                    "the password is not valid UTF-8 text",
+                );
+            }
+            Secret::new(trimmed.unwrap_or_default())
+        });
     let ca_file = r
         .ca_file
         .as_deref()
@@ -359,8 +366,7 @@ fn fleet(c: &mut Check<'_>, r: &RawFleet) -> Fleet {
     }
     let prefix_ok = !r.key_prefix.is_empty()
         && r.key_prefix.len() <= 64
-        && r
-            .key_prefix
+        && r.key_prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     if !prefix_ok {

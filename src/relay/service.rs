@@ -563,7 +563,14 @@ impl Relay {
         }
         let candidates = Self::route(&view, &req.to).map_err(fail)?;
         let mut reservation = self
-            .reserve(cid, campaign, &view, &req.from, segments, (origin == Origin::Client).then_some(to_p.0))
+            .reserve(
+                cid,
+                campaign,
+                &view,
+                &req.from,
+                segments,
+                (origin == Origin::Client).then_some(to_p.0),
+            )
             .await
             .map_err(fail)?;
         let created = now_ms();
@@ -791,7 +798,8 @@ impl Drop for Reservation<'_> {
             return;
         }
         let (relay, client) = (self.relay.clone(), self.client.to_owned());
-        let (admission, key, limits) = (self.admission.take(), self.key.take(), self.limits.clone());
+        let (admission, key, limits) =
+            (self.admission.take(), self.key.take(), self.limits.clone());
         self.relay.inner.background.spawn(async move {
             relay.give_back(client, admission, limits, key).await;
         });

@@ -170,7 +170,8 @@ impl RedisShared {
     /// itself), so a node starts even while Redis is down — it then
     /// refuses sends with 503 until Redis answers.
     pub fn new(cfg: &Config, fleet: &Fleet, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        let bad = |e: redis::RedisError| StoreError::Shared(format!("redis_url: {}", e.kind_name()));
+        let bad =
+            |e: redis::RedisError| StoreError::Shared(format!("redis_url: {}", e.kind_name()));
         let mut info: redis::ConnectionInfo = fleet.redis_url.as_str().parse().map_err(bad)?;
         if let Some(p) = &fleet.password {
             info.redis.password = p.trimmed_str().map(str::to_owned);
@@ -287,12 +288,9 @@ impl RedisShared {
     }
 
     fn opt_out_key(&self, campaign: &str) -> Result<String, StoreError> {
-        let brand = self
-            .brands
-            .read()
-            .get(campaign)
-            .cloned()
-            .ok_or_else(|| StoreError::Shared(format!("campaign {campaign:?} is not configured")))?;
+        let brand = self.brands.read().get(campaign).cloned().ok_or_else(|| {
+            StoreError::Shared(format!("campaign {campaign:?} is not configured"))
+        })?;
         Ok(format!("{}:o:{campaign}", self.tag(&brand)))
     }
 
@@ -429,9 +427,10 @@ impl SharedState for RedisShared {
         Box::pin(async move {
             let k = self.opt_out_key(campaign)?;
             let member = hex::encode(pseudonym);
-            self.call("opt_out", |mut c| async move {
-                c.sismember(k, member).await
-            })
+            self.call(
+                "opt_out",
+                |mut c| async move { c.sismember(k, member).await },
+            )
             .await
         })
     }
