@@ -28,6 +28,7 @@ use crate::relay::inbound::Inbound;
 use crate::relay::Relay;
 use crate::service::{self, notify, Event, Shutdown, Signals};
 use crate::smpp::{self, Pool, ServerHandle};
+use crate::store::redis_shared::RedisShared;
 use crate::store::shared::LocalShared;
 use crate::store::{Store, StoreError};
 use crate::tls::{ClientAuth, ServerTls, TlsError};
@@ -120,6 +121,8 @@ pub struct App {
     audit: Audit,
     smpp_tls: Option<Arc<ServerTls>>,
     smpp_server: Option<ServerHandle>,
+    /// Fleet mode's shared state, to hand it reloaded campaigns.
+    fleet: Option<Arc<RedisShared>>,
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -135,12 +138,44 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, App
 struct Ready {
     store: Store,
     relay: Relay,
+    /// Fleet mode: not ready once Redis has failed for [`FLEET_READY_GRACE`].
+    fleet: Option<Arc<RedisShared>>,
+}
+
+/// How long Redis may fail before `/readyz` drains the node: long enough to
+/// ride out a reconnect or a Sentinel failover's first seconds, short
+/// enough that a load balancer moves traffic to nodes that can send.
+const FLEET_READY_GRACE: Duration = Duration::from_secs(3);
+
+/// How often the fleet health task pings Redis, so `/readyz` knows even
+/// while no send calls it.
+const FLEET_PING_EVERY: Duration = Duration::from_secs(1);
+
+async fn fleet_health(r: Arc<RedisShared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(FLEET_PING_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = r.ping().await {
+            tracing::warn!("fleet shared state: {e}");
+        }
+    }
 }
 
 impl api::Readiness for Ready {
     fn ready(&self) -> Result<(), String> {
         if !self.store.is_healthy() {
             return Err("the store cannot commit".into());
+        }
+        if let Some(d) = self.fleet.as_ref().and_then(|f| f.down_for()) {
+            if d > FLEET_READY_GRACE {
+                return Err(format!(
+                    "the fleet's shared state (Redis) has not answered for {} s",
+                    d.as_secs()
+                ));
+            }
         }
         self.store
             .read(|_| Ok(()))
@@ -211,9 +246,22 @@ impl App {
             retention(config.clone(), audit.clone(), shutdown.token()),
         );
 
+        // Fleet mode: limits, caps, opt-outs and the index in Redis.
+        let fleet = match &config.fleet {
+            Some(f) => {
+                let r = RedisShared::new(&config, f, metrics.clone())
+                    .map_err(|e| AppError::Other(format!("fleet: {e}")))?;
+                let r = Arc::new(r);
+                shutdown.spawn("fleet-health", fleet_health(r.clone(), shutdown.token()));
+                Some(r)
+            }
+            None => None,
+        };
         // Carriers first: binds proceed while the listeners come up.
-        let shared: Arc<dyn crate::store::shared::SharedState> =
-            Arc::new(LocalShared::new(store.clone()));
+        let shared: Arc<dyn crate::store::shared::SharedState> = match &fleet {
+            Some(r) => r.clone(),
+            None => Arc::new(LocalShared::new(store.clone())),
+        };
         // Audit writes and keyword answers spawned by the relay; the drain
         // waits for them before the store closes.
         let background = tokio_util::task::TaskTracker::new();
@@ -310,6 +358,7 @@ impl App {
             Arc::new(Ready {
                 store: store.clone(),
                 relay: relay.clone(),
+                fleet: fleet.clone(),
             }),
             auth.clone(),
             metrics.clone(),
@@ -387,6 +436,7 @@ impl App {
             audit,
             smpp_tls,
             smpp_server,
+            fleet,
         })
     }
 
@@ -489,6 +539,9 @@ impl App {
             server.set_peers(new.peers.clone());
         }
         self.relay.reload(&new, pools);
+        if let Some(f) = &self.fleet {
+            f.set_campaigns(&new);
+        }
         self.inbound.reload(&new);
         if let Err(e) = self.webhooks.reload(&new.clients) {
             tracing::error!("webhook settings not reloaded, keeping the old ones: {e}");

@@ -72,6 +72,14 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// Failed API authentications.
     pub auth_failures: IntCounter,
+    /// Fleet mode: 1 while the shared state (Redis) answers, 0 when its last
+    /// call failed. Stays 1 on a single appliance.
+    pub shared_state_up: IntGauge,
+    /// Fleet mode: failed shared-state calls by operation (`admit`,
+    /// `refund`, `opt_out`, `index`, …).
+    pub shared_state_errors: IntCounterVec,
+    /// Fleet mode: shared-state call latency by operation.
+    pub shared_state_latency: HistogramVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -167,7 +175,34 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(store_commit_failures.clone()))
             .expect("unique metric name");
+        let shared_state_up = IntGauge::new(
+            "sms_conduit_shared_state_up",
+            "1 while the shared state (Redis in fleet mode) answers.",
+        )
+        .expect("static metric definition");
+        shared_state_up.set(1);
+        r.register(Box::new(shared_state_up.clone()))
+            .expect("unique metric name");
+        let shared_state_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sms_conduit_shared_state_seconds",
+                "Shared-state (Redis) call latency by operation.",
+            )
+            .buckets(latency_buckets()),
+            &["op"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(shared_state_latency.clone()))
+            .expect("unique metric name");
         Metrics {
+            shared_state_up,
+            shared_state_latency,
+            shared_state_errors: counter_vec(
+                &r,
+                "sms_conduit_shared_state_errors_total",
+                "Failed shared-state (Redis) calls by operation.",
+                &["op"],
+            ),
             messages: counter_vec(
                 &r,
                 "sms_conduit_messages_total",

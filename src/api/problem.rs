@@ -26,6 +26,11 @@ pub const PROBLEM_TYPE_BASE: &str = "https://sms-conduit.dev/problems/";
 /// recovered if the fault (a full disk) has gone.
 pub const STORE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// `Retry-After` of `shared_state_unavailable`: Redis's connection manager
+/// reconnects within about a second of Redis being back, so a client asked
+/// back after 2 s finds it recovered if Redis has restarted.
+pub const SHARED_STATE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Media type of every error response.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -71,6 +76,10 @@ pub enum SendError {
     /// This node's store cannot commit now: nothing was sent (503).
     #[error("store unavailable")]
     StoreUnavailable,
+    /// Fleet mode: the shared state (Redis) did not answer, so opt-out,
+    /// rate and daily cap could not be checked: nothing was sent (503).
+    #[error("shared state unavailable")]
+    SharedStateUnavailable,
     /// Same idempotency key, and the first attempt's outcome is unknown
     /// (it may have reached a carrier: a timeout, or a crash while it was
     /// in flight): never sent again.
@@ -103,6 +112,7 @@ impl SendError {
             SendError::NoRoute => "no_route",
             SendError::CarrierUnavailable { .. } => "carrier_unavailable",
             SendError::StoreUnavailable => "store_unavailable",
+            SendError::SharedStateUnavailable => "shared_state_unavailable",
             SendError::IdempotencyOutcomeUnknown => "idempotency_conflict",
             SendError::CarrierTimeout => "carrier_timeout",
             SendError::NotFound => "not_found",
@@ -176,6 +186,14 @@ impl SendError {
                     retry_secs(STORE_RETRY_AFTER)
                 ),
             ),
+            SendError::SharedStateUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "Shared state unavailable",
+                format!(
+                    "the fleet's shared state cannot be reached, so opt-outs and limits cannot be checked; it was not sent; retry after {} s",
+                    retry_secs(SHARED_STATE_RETRY_AFTER)
+                ),
+            ),
             SendError::IdempotencyOutcomeUnknown => (
                 S::CONFLICT,
                 "Idempotency conflict",
@@ -201,6 +219,7 @@ impl SendError {
                 p.retry_after = Some(*retry_after);
             }
             SendError::StoreUnavailable => p.retry_after = Some(STORE_RETRY_AFTER),
+            SendError::SharedStateUnavailable => p.retry_after = Some(SHARED_STATE_RETRY_AFTER),
             SendError::Unauthorized => p.www_authenticate = true,
             _ => {}
         }
@@ -365,6 +384,7 @@ mod tests {
                 503,
             ),
             (SendError::StoreUnavailable, 503),
+            (SendError::SharedStateUnavailable, 503),
             (SendError::IdempotencyOutcomeUnknown, 409),
             (SendError::CarrierTimeout, 504),
             (SendError::NotFound, 404),

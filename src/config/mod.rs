@@ -91,6 +91,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     pub audit: Audit,
     pub store: Store,
+    /// `[fleet]`: shared state in Redis; `None` on a single appliance.
+    pub fleet: Option<Fleet>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +229,24 @@ pub struct Brand {
     /// Segments per local day over all the brand's campaigns; 0 = none.
     pub daily_cap: u64,
     pub daily_reset_tz: chrono_tz::Tz,
+}
+
+/// `[fleet]` (SPEC §8): the Redis that several nodes share.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// `rediss://…` (or `redis://`/`redis+unix://` on loopback), without a
+    /// password: that comes from `password`.
+    pub redis_url: String,
+    /// From `password_file`, trimmed; `None` when not set.
+    pub password: Option<Secret>,
+    /// PEM roots for `rediss://`; the system roots when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key this deployment writes (e.g. `smsc:prod:`).
+    pub key_prefix: String,
+    /// How long a carrier-id index entry lives in Redis.
+    pub dlr_index_ttl: Duration,
+    /// Longest wait for one Redis call before it counts as failed.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub store: RawStore,
+    /// Fleet mode (SPEC §8): absent on a single appliance.
+    pub fleet: Option<RawFleet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,4 +318,26 @@ impl Default for RawStore {
 
 fn default_metadata_retention() -> u32 {
     30
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFleet {
+    pub redis_url: String,
+    pub password_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub key_prefix: String,
+    #[serde(default = "default_dlr_index_ttl_days")]
+    pub dlr_index_ttl_days: u32,
+    #[serde(default = "default_fleet_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// A week: receipts come within the carriers' 72 h validity; the rest is margin.
+fn default_dlr_index_ttl_days() -> u32 {
+    7
+}
+
+/// Half a second: a Redis round trip is ~0.1 ms on a LAN; longer means trouble.
+fn default_fleet_timeout_ms() -> u64 {
+    500
 }

@@ -329,3 +329,86 @@ fn drain_shorter_than_the_send_deadline_is_refused() {
     let cfg = load(&valid(), &d).unwrap();
     assert_eq!(cfg.api.send_deadline, Duration::from_secs(12), "rt + 2");
 }
+
+fn with_fleet(section: &str) -> String {
+    format!("{}\n[fleet]\n{section}\n", valid())
+}
+
+#[test]
+fn fleet_absent_by_default_and_typed_when_set() {
+    let d = dir();
+    assert!(load(&valid(), &d).unwrap().fleet.is_none());
+    std::fs::write(d.path().join("redis.pass"), "hunter2\n").unwrap();
+    let cfg = load(
+        &with_fleet(
+            "redis_url = \"rediss://redis.internal:6380\"\npassword_file = \"redis.pass\"\nkey_prefix = \"smsc:prod:\"",
+        ),
+        &d,
+    )
+    .unwrap();
+    let f = cfg.fleet.unwrap();
+    assert_eq!(f.password.unwrap().expose(), b"hunter2");
+    assert_eq!(f.key_prefix, "smsc:prod:");
+    assert_eq!(f.dlr_index_ttl, std::time::Duration::from_secs(7 * 86_400));
+    assert_eq!(f.timeout, std::time::Duration::from_millis(500));
+    // Plaintext on loopback and a unix socket are fine.
+    for url in ["redis://127.0.0.1:6379", "redis+unix:///run/redis.sock"] {
+        let text = with_fleet(&format!("redis_url = \"{url}\"\nkey_prefix = \"t:\""));
+        assert!(load(&text, &d).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn fleet_keys_are_validated_and_named() {
+    refused(
+        &with_fleet("redis_url = \"redis://redis.internal:6379\"\nkey_prefix = \"p:\""),
+        "fleet.redis_url",
+        "rediss://",
+    );
+    refused(
+        &with_fleet("redis_url = \"http://127.0.0.1\"\nkey_prefix = \"p:\""),
+        "fleet.redis_url",
+        "must start with",
+    );
+    refused(
+        &with_fleet("redis_url = \"rediss://u:pw@redis.internal\"\nkey_prefix = \"p:\""),
+        "fleet.redis_url",
+        "password_file",
+    );
+    refused(
+        &with_fleet("redis_url = \"rediss://r.internal\"\nkey_prefix = \"{b}\""),
+        "fleet.key_prefix",
+        "must be",
+    );
+    refused(
+        &with_fleet(
+            "redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\npassword_file = \"nope\"",
+        ),
+        "fleet.password_file",
+        "cannot read",
+    );
+    refused(
+        &with_fleet("redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\ntimeout_ms = 0"),
+        "fleet.timeout_ms",
+        "between",
+    );
+    refused(
+        &with_fleet(
+            "redis_url = \"rediss://r.internal\"\nkey_prefix = \"p:\"\ndlr_index_ttl_days = 0",
+        ),
+        "fleet.dlr_index_ttl_days",
+        "between",
+    );
+    refused(
+        &with_fleet(
+            "redis_url = \"redis://127.0.0.1\"\nkey_prefix = \"p:\"\nca_file = \"server.crt\"",
+        ),
+        "fleet.ca_file",
+        "rediss://",
+    );
+    refused(
+        &with_fleet("redis_url = \"rediss://r.internal\""),
+        "fleet",
+        "missing field `key_prefix`",
+    );
+}

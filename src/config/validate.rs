@@ -314,6 +314,8 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         36_500,
     );
 
+    let fleet = raw.fleet.as_ref().map(|f| fleet(&mut c, f));
+
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -344,7 +346,102 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         store: Store {
             metadata_retention_days: raw.store.metadata_retention_days,
         },
+        fleet,
     })
+}
+
+/// `[fleet]`: TLS to Redis unless it is on this host, the password only
+/// from a file, a key prefix that cannot collide with our hash tags.
+fn fleet(c: &mut Check<'_>, r: &RawFleet) -> Fleet {
+    let url = r.redis_url.trim();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match scheme {
+        "rediss" | "redis" => {
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority.contains('@') {
+                c.err(
+                    "fleet.redis_url",
+                    "must not carry credentials: put the password in fleet.password_file",
+                );
+            }
+            let hostport = authority.rsplit('@').next().unwrap_or("");
+            let host = match hostport.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => hostport.split(':').next().unwrap_or(""),
+            };
+            if host.is_empty() {
+                c.err("fleet.redis_url", "has no host");
+            } else if scheme == "redis" && !is_loopback_host(host) {
+                c.err(
+                    "fleet.redis_url",
+                    format!("plaintext redis:// to {host:?} is refused: use rediss:// (TLS) off loopback"),
+                );
+            }
+        }
+        "redis+unix" | "unix" => {
+            if !rest.starts_with('/') {
+                c.err(
+                    "fleet.redis_url",
+                    "a unix socket URL needs an absolute path (redis+unix:///run/redis/redis.sock)",
+                );
+            }
+        }
+        _ => c.err(
+            "fleet.redis_url",
+            format!("{url:?} must start with rediss://, or redis:// or redis+unix:// on this host"),
+        ),
+    }
+    let password = r
+        .password_file
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let raw = c.secret("fleet.password_file", f);
+            let trimmed = raw.trimmed_str().map(|p| p.as_bytes().to_vec());
+            if trimmed.is_none() && !raw.expose().is_empty() {
+                c.err(
+                    "fleet.password_file",
+                    "the password is not valid UTF-8 text",
+                );
+            }
+            Secret::new(trimmed.unwrap_or_default())
+        });
+    let ca_file = r
+        .ca_file
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|f| c.existing_file("fleet.ca_file", f));
+    if ca_file.is_some() && scheme != "rediss" {
+        c.err("fleet.ca_file", "is only used with a rediss:// redis_url");
+    }
+    let prefix_ok = !r.key_prefix.is_empty()
+        && r.key_prefix.len() <= 64
+        && r.key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if !prefix_ok {
+        c.err(
+            "fleet.key_prefix",
+            format!(
+                "{:?} must be 1-64 characters of letters, digits, '-', '_', '.' or ':' (e.g. \"smsc:prod:\")",
+                r.key_prefix
+            ),
+        );
+    }
+    c.positive(
+        "fleet.dlr_index_ttl_days",
+        u64::from(r.dlr_index_ttl_days),
+        90,
+    );
+    c.positive("fleet.timeout_ms", r.timeout_ms, 60_000);
+    Fleet {
+        redis_url: url.to_owned(),
+        password,
+        ca_file,
+        key_prefix: r.key_prefix.clone(),
+        dlr_index_ttl: Duration::from_secs(u64::from(r.dlr_index_ttl_days) * 86_400),
+        timeout: Duration::from_millis(r.timeout_ms),
+    }
 }
 
 /// The send deadline against the carriers' response timeouts, and the

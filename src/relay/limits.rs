@@ -179,6 +179,17 @@ impl Limits {
     }
 }
 
+impl crate::store::shared::LocalCells for Limits {
+    fn take_cells(&self, campaign: &str, from: &E164, segments: u32) -> Result<(), Duration> {
+        self.take(campaign, from, segments)
+            .map_err(|Refusal::RateLimited(d)| d)
+    }
+
+    fn refund_cells(&self, campaign: &str, from: &E164, segments: u32) {
+        self.refund(campaign, from, segments);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use super::inflight::{InFlight, Registration};
-use super::limits::{local_day, Limits, Refusal};
+use super::limits::{local_day, Limits};
 use super::recent::RecentIds;
 use super::record::{self, Idem, MessageRecord};
 use super::route::Routes;
@@ -31,9 +31,26 @@ use crate::config::{Brand, Campaign, Config};
 use crate::metrics::Metrics;
 use crate::smpp::encoding::{self, Encoding};
 use crate::smpp::{dlr, Pool, SmppError, SubmitRequest};
-use crate::store::shared::{put_carrier_ids, SharedState};
+use crate::store::shared::{put_carrier_ids, Admission, Rate, SharedState, Verdict};
 use crate::store::Store;
 use crate::types::{Pseudonym, Secret, E164};
+
+/// The answer to a store or shared-state failure before anything was sent:
+/// the shared state (fleet mode, Redis) has its own code.
+fn unavailable(e: &crate::store::StoreError) -> SendError {
+    match e {
+        crate::store::StoreError::Shared(_) => SendError::SharedStateUnavailable,
+        _ => SendError::StoreUnavailable,
+    }
+}
+
+/// An opt-out API failure: 503 when the shared state is down, else 500.
+fn internal_or_shared(e: &crate::store::StoreError) -> SendError {
+    match e {
+        crate::store::StoreError::Shared(_) => SendError::SharedStateUnavailable,
+        _ => SendError::Internal,
+    }
+}
 
 /// At most this many segments per message (SPEC §4).
 pub const MAX_SEGMENTS: usize = 10;
@@ -533,19 +550,27 @@ impl Relay {
             return Err(fail(SendError::StoreUnavailable));
         }
         let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
-        if origin == Origin::Client {
+        // A shared backend checks it atomically with the limits (reserve).
+        if origin == Origin::Client && !self.inner.shared.admission_checks_opt_out() {
             match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
                 Ok(false) => {}
                 Ok(true) => return Err(fail(SendError::RecipientOptedOut)),
                 Err(e) => {
                     tracing::error!("opt-out check: {e}");
-                    return Err(fail(SendError::StoreUnavailable));
+                    return Err(fail(unavailable(&e)));
                 }
             }
         }
         let candidates = Self::route(&view, &req.to).map_err(fail)?;
         let mut reservation = self
-            .reserve(cid, campaign, &view, &req.from, segments)
+            .reserve(
+                cid,
+                campaign,
+                &view,
+                &req.from,
+                segments,
+                (origin == Origin::Client).then_some(to_p.0),
+            )
             .await
             .map_err(fail)?;
         let created = now_ms();
@@ -741,13 +766,11 @@ impl IdempotencyKey {
 /// with neither (a panic), it is given back from a background task.
 struct Reservation<'a> {
     relay: &'a Relay,
+    /// The node's own cells (the local shared state refunds them).
     limits: Arc<Limits>,
     client: &'a str,
-    campaign: &'a str,
-    from: &'a E164,
-    segments: u32,
-    /// The brand and local day whose daily counter holds `segments`.
-    daily: Option<(String, String)>,
+    /// What the admission took; `None` once given back.
+    admission: Option<Admission>,
     /// The idempotency key this request claimed.
     key: Option<String>,
     done: bool,
@@ -762,10 +785,9 @@ impl Reservation<'_> {
     /// retry right after the refusal finds them free.
     async fn release(mut self) {
         self.done = true;
-        self.limits.refund(self.campaign, self.from, self.segments);
-        let (daily, key) = (self.daily.take(), self.key.take());
+        let (admission, key) = (self.admission.take(), self.key.take());
         self.relay
-            .give_back(self.client.to_owned(), daily, key, self.segments)
+            .give_back(self.client.to_owned(), admission, self.limits.clone(), key)
             .await;
     }
 }
@@ -775,11 +797,11 @@ impl Drop for Reservation<'_> {
         if self.done {
             return;
         }
-        self.limits.refund(self.campaign, self.from, self.segments);
         let (relay, client) = (self.relay.clone(), self.client.to_owned());
-        let (daily, key, segments) = (self.daily.take(), self.key.take(), self.segments);
+        let (admission, key, limits) =
+            (self.admission.take(), self.key.take(), self.limits.clone());
         self.relay.inner.background.spawn(async move {
-            relay.give_back(client, daily, key, segments).await;
+            relay.give_back(client, admission, limits, key).await;
         });
     }
 }
@@ -917,7 +939,9 @@ impl Relay {
     }
 
     /// Phase 2: takes the campaign and number cells and the brand's daily
-    /// segments, all or none.
+    /// segments, all or none, in one call to the shared state (which also
+    /// checks `recipient`'s opt-out when it does so atomically, see
+    /// [`SharedState::admission_checks_opt_out`]).
     async fn reserve<'a>(
         &'a self,
         cid: &'a str,
@@ -925,43 +949,57 @@ impl Relay {
         view: &View,
         from: &'a E164,
         segments: u32,
+        recipient: Option<[u8; 32]>,
     ) -> Result<Reservation<'a>, SendError> {
         let limits = read(&self.inner.limits);
-        if let Err(Refusal::RateLimited(retry_after)) = limits.take(&campaign.id, from, segments) {
-            return Err(SendError::RateLimited { retry_after });
+        let shared = &self.inner.shared;
+        let (daily, left) = match view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
+            Some(b) => {
+                let (day, left) = local_day(b.daily_reset_tz, chrono::Utc::now());
+                (Some((day, b.daily_cap)), left)
+            }
+            None => (None, Duration::ZERO),
+        };
+        let nspm = campaign.number_segments_per_minute;
+        let admission = Admission {
+            campaign: campaign.id.clone(),
+            brand: campaign.brand.clone(),
+            campaign_rate: Rate {
+                per_minute: campaign.segments_per_minute,
+                burst: campaign.burst,
+            },
+            from: from.clone(),
+            // A number's burst is at most the campaign burst (as `Limits`).
+            number_rate: (nspm > 0).then(|| Rate {
+                per_minute: nspm,
+                burst: campaign.burst.min(nspm).max(1),
+            }),
+            daily,
+            recipient: recipient.filter(|_| shared.admission_checks_opt_out()),
+            segments,
+        };
+        match shared.admit(&admission, &*limits).await {
+            Ok(Verdict::Admitted) => {}
+            Ok(Verdict::OptedOut) => return Err(SendError::RecipientOptedOut),
+            Ok(Verdict::RateLimited(retry_after)) => {
+                return Err(SendError::RateLimited { retry_after })
+            }
+            Ok(Verdict::DailyCapReached) => {
+                return Err(SendError::DailyCapReached { retry_after: left })
+            }
+            Err(e) => {
+                tracing::error!("admission (opt-out, rate, daily cap): {e}");
+                return Err(unavailable(&e));
+            }
         }
-        let mut r = Reservation {
+        Ok(Reservation {
             relay: self,
             limits,
             client: cid,
-            campaign: &campaign.id,
-            from,
-            segments,
-            daily: None,
+            admission: Some(admission),
             key: None,
             done: false,
-        };
-        if let Some(brand) = view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
-            let (day, left) = local_day(brand.daily_reset_tz, chrono::Utc::now());
-            match self
-                .inner
-                .shared
-                .add_daily(&brand.id, &day, u64::from(segments), brand.daily_cap)
-                .await
-            {
-                Ok(Ok(_)) => r.daily = Some((brand.id.clone(), day)),
-                Ok(Err(_)) => {
-                    r.release().await;
-                    return Err(SendError::DailyCapReached { retry_after: left });
-                }
-                Err(e) => {
-                    tracing::error!("daily cap counter: {e}");
-                    r.release().await;
-                    return Err(SendError::StoreUnavailable);
-                }
-            }
-        }
-        Ok(r)
+        })
     }
 
     /// Phase 3 (with an `Idempotency-Key`): claims the key durably before
@@ -1014,23 +1052,18 @@ impl Relay {
         }
     }
 
-    /// Gives back the daily segments and forgets the claimed key of a send
-    /// that reached no carrier.
+    /// Gives back what the admission took and forgets the claimed key of a
+    /// send that reached no carrier.
     async fn give_back(
         &self,
         client: String,
-        daily: Option<(String, String)>,
+        admission: Option<Admission>,
+        limits: Arc<Limits>,
         key: Option<String>,
-        segments: u32,
     ) {
-        if let Some((brand, day)) = daily {
-            if let Err(e) = self
-                .inner
-                .shared
-                .release_daily(&brand, &day, u64::from(segments))
-                .await
-            {
-                tracing::error!("releasing a daily cap reservation: {e}");
+        if let Some(a) = admission {
+            if let Err(e) = self.inner.shared.refund(&a, &*limits).await {
+                tracing::error!("giving back an admission: {e}");
             }
         }
         if let Some(k) = key {
@@ -1165,7 +1198,7 @@ impl crate::api::OptOutService for Relay {
                 .await
                 .map_err(|e| {
                     tracing::error!("opt-out look-up: {e}");
-                    SendError::Internal
+                    internal_or_shared(&e)
                 })?;
             Ok(crate::api::OptOutView {
                 campaign_id: campaign.to_owned(),
@@ -1189,7 +1222,7 @@ impl crate::api::OptOutService for Relay {
             let shared = &self.inner.shared;
             let internal = |e: crate::store::StoreError| {
                 tracing::error!("opt-out change: {e}");
-                SendError::Internal
+                internal_or_shared(&e)
             };
             let was = shared
                 .is_opted_out(campaign, &p.0)

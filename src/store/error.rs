@@ -70,6 +70,11 @@ pub enum StoreError {
     /// a clear number). Owners of tables may use it for domain refusals.
     #[error("store operation refused: {0}")]
     Refused(String),
+    /// Fleet mode: the shared state (Redis) failed or did not answer in
+    /// time. Holds the operation and the client's error kind, never a key's
+    /// value, a body or a number.
+    #[error("shared state: {0}")]
+    Shared(String),
 }
 
 macro_rules! from_redb {

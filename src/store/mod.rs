@@ -2,7 +2,8 @@
 //!
 //! Owns: `<state_dir>/sms-conduit.redb`, its schema version, the only write
 //! path into it ([`Store::write`]), and the shared-state seam of SPEC §8
-//! ([`shared::SharedState`], implemented locally by [`shared::LocalShared`]).
+//! ([`shared::SharedState`], implemented locally by [`shared::LocalShared`]
+//! and, in fleet mode, on Redis by [`redis_shared::RedisShared`]).
 //!
 //! Must not know: message bodies (SPEC §1.1 — ops only ever carry metadata),
 //! sockets, config files. Tables for messages, audit records and the outbox
@@ -58,6 +59,7 @@
 
 mod error;
 mod fault;
+pub mod redis_shared;
 pub mod shared;
 pub mod tables;
 mod writer;

@@ -28,9 +28,64 @@ use parking_lot::RwLock;
 use redb::ReadableTable;
 
 use super::{tables, Store, StoreError, Tx};
+use crate::types::E164;
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn SharedState>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A GCRA rate: `per_minute` cells a minute, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Everything one send asks of the limits: owned, so a [`Reservation`]-style
+/// guard can give it back from a background task.
+///
+/// [`Reservation`]: crate::relay
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub campaign: String,
+    /// The campaign's brand (its keys share one hash tag on Redis).
+    pub brand: String,
+    pub campaign_rate: Rate,
+    /// Our own sender number (clear in Redis keys: it is not a patient's).
+    pub from: E164,
+    /// The sender number's rate, when the campaign limits numbers.
+    pub number_rate: Option<Rate>,
+    /// `(local day, cap)` when the brand has a daily cap.
+    pub daily: Option<(String, u64)>,
+    /// The recipient's pseudonym when the send must honour opt-outs.
+    pub recipient: Option<[u8; 32]>,
+    pub segments: u32,
+}
+
+/// What [`SharedState::admit`] decided. Anything but `Admitted` took nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Admitted,
+    OptedOut,
+    /// Over the campaign or number rate; retry after the duration.
+    RateLimited(std::time::Duration),
+    DailyCapReached,
+}
+
+/// The node's own campaign/number limiters, which the local
+/// [`SharedState::admit`] uses (`crate::relay::limits::Limits`); a shared
+/// backend keeps its cells itself and ignores them.
+pub trait LocalCells: Send + Sync {
+    /// Takes `segments` cells from the campaign and the number, both or
+    /// neither; `Err(wait)` when refused.
+    fn take_cells(
+        &self,
+        campaign: &str,
+        from: &E164,
+        segments: u32,
+    ) -> Result<(), std::time::Duration>;
+    /// Gives back cells taken by [`LocalCells::take_cells`].
+    fn refund_cells(&self, campaign: &str, from: &E164, segments: u32);
+}
 
 /// State shared by every node of a deployment. See the module docs.
 pub trait SharedState: Send + Sync {
@@ -102,6 +157,76 @@ pub trait SharedState: Send + Sync {
         carrier: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// True when [`SharedState::admit`] itself checks the recipient's
+    /// opt-out (a shared backend, atomically with the limits), so the send
+    /// path need not check it before routing.
+    fn admission_checks_opt_out(&self) -> bool {
+        false
+    }
+
+    /// Checks and takes one send's admission, all or nothing: opt-out (when
+    /// `a.recipient` is set), campaign and number rate, brand daily cap.
+    /// The default is one appliance's: the node's own `cells`, then
+    /// [`SharedState::add_daily`].
+    fn admit<'a>(
+        &'a self,
+        a: &'a Admission,
+        cells: &'a dyn LocalCells,
+    ) -> BoxFuture<'a, Result<Verdict, StoreError>> {
+        Box::pin(async move {
+            if let Some(p) = &a.recipient {
+                if self.is_opted_out(&a.campaign, p).await? {
+                    return Ok(Verdict::OptedOut);
+                }
+            }
+            let from = &a.from;
+            if let Err(wait) = cells.take_cells(&a.campaign, from, a.segments) {
+                return Ok(Verdict::RateLimited(wait));
+            }
+            if let Some((day, cap)) = &a.daily {
+                let added = self
+                    .add_daily(&a.brand, day, u64::from(a.segments), *cap)
+                    .await;
+                match added {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => {
+                        cells.refund_cells(&a.campaign, from, a.segments);
+                        return Ok(Verdict::DailyCapReached);
+                    }
+                    Err(e) => {
+                        cells.refund_cells(&a.campaign, from, a.segments);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(Verdict::Admitted)
+        })
+    }
+
+    /// Gives back what an `Admitted` [`SharedState::admit`] took, for a
+    /// send that then definitely did not happen.
+    fn refund<'a>(
+        &'a self,
+        a: &'a Admission,
+        cells: &'a dyn LocalCells,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let from = &a.from;
+            cells.refund_cells(&a.campaign, from, a.segments);
+            if let Some((day, _)) = &a.daily {
+                self.release_daily(&a.brand, day, u64::from(a.segments))
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the backend answered its last call (a shared one; the local
+    /// store has its own health, [`crate::store::Store::is_healthy`]).
+    fn is_up(&self) -> bool {
+        true
+    }
 }
 
 /// Writes index entries `(carrier, key)` → `message_id` in the caller's

@@ -89,6 +89,22 @@ impl Files {
         }
     }
 
+    /// Another dir with the same certificate and pseudonym key (a second
+    /// node of a fleet: it trusts the same simulators, has its own store).
+    pub fn sibling(&self) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write(dir.path(), "server.crt", &self.cert_pem);
+        let key_pem = std::fs::read_to_string(&self.key).unwrap();
+        let key = write(dir.path(), "server.key", &key_pem);
+        write(dir.path(), "pseudonym.key", &"5a".repeat(32));
+        Files {
+            dir,
+            cert_pem: self.cert_pem.clone(),
+            cert,
+            key,
+        }
+    }
+
     /// Starts a simulated SMSC over TLS (this dir's certificate) accepting
     /// [`SYSTEM_ID`] / `password`; `tweak` may change any option. Receipts
     /// are held back an hour unless `tweak` shortens `dlr_delay`.
@@ -326,6 +342,8 @@ pub struct Setup {
     pub webhook: Option<WebhookCfg>,
     /// Extra `[node]` lines (e.g. the receipt rules' windows).
     pub node_extra: String,
+    /// Appended to the config as is: e.g. a `[fleet]` table.
+    pub fleet_extra: String,
 }
 
 /// `webhook_url`, the secret (written to `clinic-app.whsec` as is) and the
@@ -349,6 +367,7 @@ impl Setup {
             wait_ready: true,
             webhook: None,
             node_extra: String::new(),
+            fleet_extra: String::new(),
         }
     }
     /// One carrier, `carrier-a`, on `sim`.
@@ -489,7 +508,10 @@ campaigns = ["{CAMPAIGN}"]
 id = "other-app"
 key_sha256 = ["{other_hash}"]
 campaigns = ["{OTHER_CAMPAIGN}"]
+
+{fleet_extra}
 "#,
+        fleet_extra = setup.fleet_extra,
         node_extra = setup.node_extra,
         cap = setup.daily_cap,
         tz = setup.tz,

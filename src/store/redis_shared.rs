@@ -1,0 +1,568 @@
+//! Fleet mode: the shared-state seam on Redis (SPEC §8).
+//!
+//! Owns: the Redis key layout of a deployment, the Lua scripts that check
+//! and take a send's admission atomically on Redis's clock, and the health
+//! of the connection (up/down, since when) that `/readyz` and the metrics
+//! read.
+//!
+//! Must not know: message bodies, clear recipient numbers, the send path's
+//! phases. It only ever sees pseudonyms (hex), campaign/brand/carrier ids,
+//! our own sender numbers and message ids.
+//!
+//! Key layout (`P` = `[fleet] key_prefix`): every rate, cap and opt-out key
+//! of one brand shares the hash tag `{b:BRAND}`, so one script touches one
+//! Redis Cluster shard (a campaign belongs to one brand for life):
+//! - `P{b:BRAND}:c:CAMPAIGN` — campaign GCRA theoretical arrival time (µs),
+//! - `P{b:BRAND}:n:NUMBER` — sender number GCRA TAT (our own number),
+//! - `P{b:BRAND}:d:DAY` — the brand's daily segments, expire after 2 days,
+//! - `P{b:BRAND}:o:CAMPAIGN` — set of hex pseudonyms that opted out (never
+//!   expires: Redis must run with `maxmemory-policy noeviction`),
+//! - `Px:CARRIER:KEY` — carrier-id index, `NODE MESSAGE_ID`, with a TTL.
+//!
+//! Invariants: a call that fails or times out is an `Err`
+//! ([`StoreError::Shared`]), never a guess; the connection manager
+//! reconnects by itself when Redis returns, and scripts reload themselves
+//! (EVALSHA, then EVAL on NOSCRIPT).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::shared::{Admission, BoxFuture, LocalCells, SharedState, Verdict};
+use super::StoreError;
+use crate::config::{Config, Fleet};
+use crate::metrics::Metrics;
+
+/// Daily counters expire after two days: a counter is read only on its own
+/// local day, and two days cover every time zone's day plus a margin.
+pub const DAILY_TTL_SECS: u64 = 2 * 86_400;
+
+/// Checks opt-out, campaign GCRA, number GCRA and daily cap, then takes them
+/// all, or nothing. Times in µs from Redis's `TIME`; TATs written with
+/// `%.0f` (Lua 5.1 would print large numbers in exponent form).
+/// Returns `{0,0}` admitted, `{1,0}` opted out, `{2,wait_us}` rate
+/// limited, `{3,0}` daily cap reached.
+const ADMIT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+if ARGV[8] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[8]) == 1 then
+  return {1, 0}
+end
+local function probe(key, interval, tol)
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new = tat + interval * n
+  local ahead = new - now
+  if ahead <= tol then return new, 0 end
+  if interval * n > tol then
+    if tat <= now then return new, 0 end
+    return nil, tat - now
+  end
+  return nil, ahead - tol
+end
+local c_new, c_wait = probe(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if not c_new then return {2, math.floor(c_wait)} end
+local n_int = tonumber(ARGV[4])
+local n_new = nil
+if n_int > 0 then
+  local w
+  n_new, w = probe(KEYS[2], n_int, tonumber(ARGV[5]))
+  if not n_new then return {2, math.floor(w)} end
+end
+local cap = tonumber(ARGV[6])
+if cap > 0 then
+  local cur = tonumber(redis.call('GET', KEYS[3])) or 0
+  if cur + n > cap then return {3, 0} end
+end
+local function keep(key, new)
+  redis.call('SET', key, string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
+end
+keep(KEYS[1], c_new)
+if n_new then keep(KEYS[2], n_new) end
+if cap > 0 then
+  redis.call('INCRBY', KEYS[3], n)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
+end
+return {0, 0}
+"#;
+
+/// Gives back what [`ADMIT_LUA`] took: the TATs move back by the cells,
+/// the daily counter down (never below zero); TTLs kept.
+const REFUND_LUA: &str = r#"
+local n = tonumber(ARGV[1])
+local function back(key, interval)
+  local tat = tonumber(redis.call('GET', key))
+  if tat then
+    redis.call('SET', key, string.format('%.0f', tat - interval * n), 'KEEPTTL')
+  end
+end
+back(KEYS[1], tonumber(ARGV[2]))
+if tonumber(ARGV[3]) > 0 then back(KEYS[2], tonumber(ARGV[3])) end
+if ARGV[4] == '1' then
+  local cur = tonumber(redis.call('GET', KEYS[3]))
+  if cur then
+    local new = cur - n
+    if new < 0 then new = 0 end
+    redis.call('SET', KEYS[3], string.format('%.0f', new), 'KEEPTTL')
+  end
+end
+return 0
+"#;
+
+/// INCRBY under a cap: `{1,new}` added, `{0,current}` refused.
+const ADD_DAILY_LUA: &str = r#"
+local n = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local cur = tonumber(redis.call('GET', KEYS[1])) or 0
+if cap > 0 and cur + n > cap then return {0, cur} end
+local new = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, new}
+"#;
+
+/// DECRBY that stops at zero and keeps the TTL.
+const RELEASE_DAILY_LUA: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]))
+if cur then
+  local new = cur - tonumber(ARGV[1])
+  if new < 0 then new = 0 end
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'KEEPTTL')
+end
+return 0
+"#;
+
+struct Scripts {
+    admit: Script,
+    refund: Script,
+    add_daily: Script,
+    release_daily: Script,
+}
+
+/// [`SharedState`] on Redis, for several nodes behind a load balancer.
+pub struct RedisShared {
+    client: redis::Client,
+    con: tokio::sync::OnceCell<ConnectionManager>,
+    prefix: String,
+    node: String,
+    index_ttl_secs: u64,
+    timeout: Duration,
+    /// campaign id → brand id (the hash tag of its keys), from the config.
+    brands: RwLock<HashMap<String, String>>,
+    /// Since when calls fail; `None` while Redis answers.
+    down_since: Mutex<Option<Instant>>,
+    scripts: Scripts,
+    metrics: Arc<Metrics>,
+}
+
+fn gcra_us(per_minute: u32, burst: u32) -> (u64, u64) {
+    let interval = 60_000_000 / u64::from(per_minute.max(1));
+    (interval, interval * u64::from(burst.max(1)))
+}
+
+impl RedisShared {
+    /// A client for `[fleet]`; connects on first use (and reconnects by
+    /// itself), so a node starts even while Redis is down — it then
+    /// refuses sends with 503 until Redis answers.
+    pub fn new(cfg: &Config, fleet: &Fleet, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let bad =
+            |e: redis::RedisError| StoreError::Shared(format!("redis_url: {}", e.kind_name()));
+        let mut info: redis::ConnectionInfo = fleet.redis_url.as_str().parse().map_err(bad)?;
+        if let Some(p) = &fleet.password {
+            info.redis.password = p.trimmed_str().map(str::to_owned);
+        }
+        let client = match &fleet.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| StoreError::Shared(format!("fleet.ca_file: {e}")))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(bad)?
+            }
+            None => redis::Client::open(info).map_err(bad)?,
+        };
+        let me = RedisShared {
+            client,
+            con: tokio::sync::OnceCell::new(),
+            prefix: fleet.key_prefix.clone(),
+            node: cfg.node.id.clone(),
+            index_ttl_secs: fleet.dlr_index_ttl.as_secs().max(1),
+            timeout: fleet.timeout,
+            brands: RwLock::new(HashMap::new()),
+            down_since: Mutex::new(None),
+            scripts: Scripts {
+                admit: Script::new(ADMIT_LUA),
+                refund: Script::new(REFUND_LUA),
+                add_daily: Script::new(ADD_DAILY_LUA),
+                release_daily: Script::new(RELEASE_DAILY_LUA),
+            },
+            metrics,
+        };
+        me.set_campaigns(cfg);
+        Ok(me)
+    }
+
+    /// Takes the campaign → brand map of a (re)loaded config.
+    pub fn set_campaigns(&self, cfg: &Config) {
+        *self.brands.write() = cfg
+            .campaigns
+            .iter()
+            .map(|c| (c.id.clone(), c.brand.clone()))
+            .collect();
+    }
+
+    /// How long calls have been failing; `None` while Redis answers.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.down_since.lock().map(|t| t.elapsed())
+    }
+
+    /// One PING, to keep the health current while no send calls (the app
+    /// runs it every second for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn con(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        self.con
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), cfg))
+            .await
+            .cloned()
+    }
+
+    /// Runs one Redis call under the timeout, recording health and metrics.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let t0 = Instant::now();
+        let res = tokio::time::timeout(self.timeout, async {
+            let c = self.con().await?;
+            f(c).await
+        })
+        .await;
+        let res = match res {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Shared(format!("{op}: {}", e.kind_name()))),
+            Err(_) => Err(StoreError::Shared(format!("{op}: timed out"))),
+        };
+        let m = &self.metrics;
+        m.shared_state_latency
+            .with_label_values(&[op])
+            .observe(t0.elapsed().as_secs_f64());
+        match &res {
+            Ok(_) => {
+                *self.down_since.lock() = None;
+                m.shared_state_up.set(1);
+            }
+            Err(_) => {
+                self.down_since.lock().get_or_insert_with(Instant::now);
+                m.shared_state_up.set(0);
+                m.shared_state_errors.with_label_values(&[op]).inc();
+            }
+        }
+        res
+    }
+
+    fn tag(&self, brand: &str) -> String {
+        format!("{}{{b:{brand}}}", self.prefix)
+    }
+
+    fn opt_out_key(&self, campaign: &str) -> Result<String, StoreError> {
+        let brand = self.brands.read().get(campaign).cloned().ok_or_else(|| {
+            StoreError::Shared(format!("campaign {campaign:?} is not configured"))
+        })?;
+        Ok(format!("{}:o:{campaign}", self.tag(&brand)))
+    }
+
+    fn keys(&self, a: &Admission) -> [String; 4] {
+        let tag = self.tag(&a.brand);
+        let number = a.from.as_str();
+        let day = a.daily.as_ref().map_or("", |(d, _)| d.as_str());
+        [
+            format!("{tag}:c:{}", a.campaign),
+            format!("{tag}:n:{number}"),
+            format!("{tag}:d:{day}"),
+            format!("{tag}:o:{}", a.campaign),
+        ]
+    }
+
+    fn index_key(&self, carrier: &str, key: &str) -> String {
+        format!("{}x:{carrier}:{key}", self.prefix)
+    }
+}
+
+/// `kind_name` without the server's message (which could echo arguments).
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for redis::RedisError {
+    fn kind_name(&self) -> String {
+        if self.is_timeout() {
+            "timed out".into()
+        } else if self.is_connection_refusal() {
+            "connection refused".into()
+        } else if self.is_connection_dropped() || self.is_io_error() {
+            "connection lost".into()
+        } else {
+            format!("{:?}", self.kind())
+        }
+    }
+}
+
+impl SharedState for RedisShared {
+    fn add_daily<'a>(
+        &'a self,
+        key: &'a str,
+        day: &'a str,
+        amount: u64,
+        cap: u64,
+    ) -> BoxFuture<'a, Result<Result<u64, u64>, StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}:d:{day}", self.tag(key));
+            let (added, n): (i64, u64) = self
+                .call("daily", |mut c| async move {
+                    self.scripts
+                        .add_daily
+                        .key(k)
+                        .arg(amount)
+                        .arg(cap)
+                        .arg(DAILY_TTL_SECS)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(if added == 1 { Ok(n) } else { Err(n) })
+        })
+    }
+
+    fn release_daily<'a>(
+        &'a self,
+        key: &'a str,
+        day: &'a str,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}:d:{day}", self.tag(key));
+            self.call("daily", |mut c| async move {
+                self.scripts
+                    .release_daily
+                    .key(k)
+                    .arg(amount)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn daily<'a>(&'a self, key: &'a str, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}:d:{day}", self.tag(key));
+            let v: Option<u64> = self
+                .call("daily", |mut c| async move { c.get(k).await })
+                .await?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    fn opt_out<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = self.opt_out_key(campaign)?;
+            let member = hex::encode(pseudonym);
+            self.call("opt_out", |mut c| async move {
+                c.sadd::<_, _, i64>(k, member).await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn opt_in<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = self.opt_out_key(campaign)?;
+            let member = hex::encode(pseudonym);
+            self.call("opt_out", |mut c| async move {
+                c.srem::<_, _, i64>(k, member).await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn is_opted_out<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let k = self.opt_out_key(campaign)?;
+            let member = hex::encode(pseudonym);
+            self.call(
+                "opt_out",
+                |mut c| async move { c.sismember(k, member).await },
+            )
+            .await
+        })
+    }
+
+    fn index_carrier_ids<'a>(
+        &'a self,
+        carrier: &'a str,
+        keys: &'a [String],
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let value = format!("{} {message_id}", self.node);
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.set_ex(self.index_key(carrier, key), &value, self.index_ttl_secs)
+                    .ignore();
+            }
+            self.call("index", |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await
+        })
+    }
+
+    fn lookup_carrier_id<'a>(
+        &'a self,
+        carrier: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(None);
+            }
+            let ks: Vec<String> = keys.iter().map(|k| self.index_key(carrier, k)).collect();
+            let found: Vec<Option<String>> = self
+                .call("index", |mut c| async move {
+                    redis::cmd("MGET").arg(ks).query_async(&mut c).await
+                })
+                .await?;
+            for v in found.into_iter().flatten() {
+                let Some((node, id)) = v.split_once(' ') else {
+                    continue;
+                };
+                if node == self.node {
+                    return Ok(Some(id.to_owned()));
+                }
+                // Phase 1: a receipt for another node's message is not
+                // forwarded to its owner (its record lives there).
+                tracing::debug!(owner = node, "receipt for a message sent by another node");
+                return Ok(None);
+            }
+            Ok(None)
+        })
+    }
+
+    fn admission_checks_opt_out(&self) -> bool {
+        true
+    }
+
+    fn admit<'a>(
+        &'a self,
+        a: &'a Admission,
+        _cells: &'a dyn LocalCells,
+    ) -> BoxFuture<'a, Result<Verdict, StoreError>> {
+        Box::pin(async move {
+            let (c_int, c_tol) = gcra_us(a.campaign_rate.per_minute, a.campaign_rate.burst);
+            let (n_int, n_tol) = a
+                .number_rate
+                .map_or((0, 0), |r| gcra_us(r.per_minute, r.burst));
+            let cap = a.daily.as_ref().map_or(0, |(_, cap)| *cap);
+            let member = a.recipient.map(hex::encode).unwrap_or_default();
+            let keys = self.keys(a);
+            let (code, wait_us): (i64, i64) = self
+                .call("admit", |mut c| async move {
+                    let mut inv = self.scripts.admit.prepare_invoke();
+                    for k in keys {
+                        inv.key(k);
+                    }
+                    inv.arg(a.segments)
+                        .arg(c_int)
+                        .arg(c_tol)
+                        .arg(n_int)
+                        .arg(n_tol)
+                        .arg(cap)
+                        .arg(DAILY_TTL_SECS)
+                        .arg(member);
+                    inv.invoke_async(&mut c).await
+                })
+                .await?;
+            Ok(match code {
+                0 => Verdict::Admitted,
+                1 => Verdict::OptedOut,
+                2 => Verdict::RateLimited(Duration::from_micros(wait_us.max(0) as u64)),
+                _ => Verdict::DailyCapReached,
+            })
+        })
+    }
+
+    fn refund<'a>(
+        &'a self,
+        a: &'a Admission,
+        _cells: &'a dyn LocalCells,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (c_int, _) = gcra_us(a.campaign_rate.per_minute, a.campaign_rate.burst);
+            let n_int = a
+                .number_rate
+                .map_or(0, |r| gcra_us(r.per_minute, r.burst).0);
+            let daily = if a.daily.is_some() { "1" } else { "0" };
+            let [ck, nk, dk, _] = self.keys(a);
+            self.call("refund", |mut c| async move {
+                self.scripts
+                    .refund
+                    .key(ck)
+                    .key(nk)
+                    .key(dk)
+                    .arg(a.segments)
+                    .arg(c_int)
+                    .arg(n_int)
+                    .arg(daily)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.down_since.lock().is_none()
+    }
+}
