@@ -37,6 +37,7 @@ fn every_send_error() -> Vec<SendError> {
         SendError::NoRoute,
         SendError::CarrierUnavailable { retry_after: d },
         SendError::StoreUnavailable,
+        SendError::SharedStateUnavailable,
         SendError::IdempotencyOutcomeUnknown,
         SendError::CarrierTimeout,
         SendError::NotFound,
@@ -56,6 +57,7 @@ fn every_send_error() -> Vec<SendError> {
             | SendError::NoRoute
             | SendError::CarrierUnavailable { .. }
             | SendError::StoreUnavailable
+            | SendError::SharedStateUnavailable
             | SendError::IdempotencyOutcomeUnknown
             | SendError::CarrierTimeout
             | SendError::NotFound
