@@ -219,8 +219,8 @@ async fn node_smpp_binds_to_our_server_over_tls_and_delivers() {
     let status = bad.next("bind")["status"].as_u64().unwrap();
     assert_eq!(
         status,
-        u32::from(CommandStatus::EsmeRinvpaswd) as u64,
-        "wrong password refused with ESME_RINVPASWD"
+        u32::from(CommandStatus::EsmeRbindfail) as u64,
+        "wrong password refused with ESME_RBINDFAIL (one status for every bind failure)"
     );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
