@@ -153,8 +153,15 @@ enum KeysCommand {
         /// The `[[clients]] id` the key is for.
         #[arg(long)]
         client: String,
+        /// Days until the key expires (its `not_after`); 0 = never.
+        #[arg(long, default_value_t = DEFAULT_KEY_DAYS)]
+        days: u32,
     },
 }
+
+/// `keys new` gives a key this many days by default: a yearly rotation,
+/// the "regular change" of credentials the HIPAA guidance asks for.
+const DEFAULT_KEY_DAYS: u32 = 365;
 
 /// Logs go to stderr (journald under systemd). `RUST_LOG` filters; the
 /// default keeps rusmpp's per-PDU tracing off.
@@ -249,13 +256,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
-            command: KeysCommand::New { client },
+            command: KeysCommand::New { client, days },
         } => {
             let (key, hash) = sms_conduit::api::new_key();
             println!("API key for client {client:?} (shown once; give it to the client, store it nowhere else):");
             println!("  {key}");
             println!("Add its hash to [[clients]] id = {client:?} in the config:");
-            println!("  key_sha256 = [\"{hash}\"]");
+            if days == 0 {
+                println!("  key_sha256 = [\"{hash}\"]");
+            } else {
+                let not_after = (chrono::Utc::now() + chrono::Duration::days(i64::from(days)))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                println!("  key_sha256 = [{{ sha256 = \"{hash}\", not_after = \"{not_after}\" }}]");
+                println!("(it expires in {days} days; --days 0 for a key that never expires)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => Ok(check_config(&config)),

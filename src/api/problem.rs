@@ -38,6 +38,10 @@ pub enum SendError {
     /// Missing or unknown API key.
     #[error("unauthorized")]
     Unauthorized,
+    /// A known key past its `not_after` (RFC 3339, UTC): 401 `unauthorized`
+    /// with a detail that says so, so the client knows to rotate.
+    #[error("API key expired")]
+    KeyExpired { not_after: String },
     /// The key's client may not use this campaign.
     #[error("campaign not allowed for this client")]
     CampaignNotAllowed,
@@ -92,7 +96,7 @@ impl SendError {
     pub fn code(&self) -> &'static str {
         match self {
             SendError::InvalidRequest(_) => "invalid_request",
-            SendError::Unauthorized => "unauthorized",
+            SendError::Unauthorized | SendError::KeyExpired { .. } => "unauthorized",
             SendError::CampaignNotAllowed => "campaign_not_allowed",
             SendError::SenderNotInCampaign => "sender_not_in_campaign",
             SendError::IdempotencyConflict => "idempotency_conflict",
@@ -119,6 +123,11 @@ impl SendError {
                 S::UNAUTHORIZED,
                 "Unauthorized",
                 "a valid API key is required: Authorization: Bearer <key>".into(),
+            ),
+            SendError::KeyExpired { not_after } => (
+                S::UNAUTHORIZED,
+                "Unauthorized",
+                format!("the key expired at {not_after}; use its replacement (sms-conduit keys new)"),
             ),
             SendError::CampaignNotAllowed => (
                 S::FORBIDDEN,
@@ -201,7 +210,7 @@ impl SendError {
                 p.retry_after = Some(*retry_after);
             }
             SendError::StoreUnavailable => p.retry_after = Some(STORE_RETRY_AFTER),
-            SendError::Unauthorized => p.www_authenticate = true,
+            SendError::Unauthorized | SendError::KeyExpired { .. } => p.www_authenticate = true,
             _ => {}
         }
         p

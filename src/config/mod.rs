@@ -222,11 +222,16 @@ pub struct Campaign {
     pub start_text: String,
 }
 
-#[derive(Debug, Clone)]
+/// `Default` is for tests that build a client by hand
+/// (`..Default::default()`), so new optional fields do not break them.
+#[derive(Debug, Clone, Default)]
 pub struct Client {
     pub id: String,
     /// SHA-256 digests of the client's API keys.
     pub key_sha256: Vec<[u8; 32]>,
+    /// Each key's `not_after`, in the order of `key_sha256` (same length):
+    /// from that instant on the key is refused. `None` = never expires.
+    pub key_not_after: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     pub campaigns: Vec<String>,
     pub webhook: Option<Webhook>,
 }

@@ -226,7 +226,7 @@ pub struct RawCampaign {
 pub struct RawClient {
     pub id: String,
     #[serde(default)]
-    pub key_sha256: Vec<String>,
+    pub key_sha256: Vec<RawKey>,
     #[serde(default)]
     pub campaigns: Vec<String>,
     pub webhook_url: Option<String>,
@@ -234,6 +234,20 @@ pub struct RawClient {
     pub webhook_ca_file: Option<String>,
     #[serde(default = "default_webhook_concurrency")]
     pub webhook_concurrency: u32,
+}
+
+/// One entry of `[[clients]].key_sha256`: the bare hex digest (a key that
+/// never expires, the original form), or a table
+/// `{ sha256 = "…", not_after = "2027-06-30T00:00:00Z" }`. The table's keys
+/// are checked in `validate` (so an unknown one is named, not swallowed).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a SHA-256 hex string, or a table { sha256 = \"<hex>\", not_after = \"<RFC 3339 time>\" }"
+)]
+pub enum RawKey {
+    Hash(String),
+    Table(std::collections::BTreeMap<String, toml::Value>),
 }
 
 fn default_webhook_concurrency() -> u32 {

@@ -329,3 +329,63 @@ fn drain_shorter_than_the_send_deadline_is_refused() {
     let cfg = load(&valid(), &d).unwrap();
     assert_eq!(cfg.api.send_deadline, Duration::from_secs(12), "rt + 2");
 }
+
+#[test]
+fn key_entries_may_carry_not_after_quoted_or_bare() {
+    let d = dir();
+    let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+    let text = valid().replace(
+        &format!("key_sha256 = [\"{HASH}\"]"),
+        &format!(
+            "key_sha256 = [\"{HASH}\", {{ sha256 = \"{other}\", not_after = \"2027-06-30T00:00:00Z\" }}, {{ sha256 = \"{}\", not_after = 2028-01-01T00:00:00+01:00 }}]",
+            "a".repeat(64)
+        ),
+    );
+    let cfg = load(&text, &d).unwrap();
+    let c = &cfg.clients[0];
+    assert_eq!(c.key_sha256.len(), 3);
+    assert_eq!(c.key_not_after.len(), 3);
+    assert_eq!(c.key_not_after[0], None);
+    assert_eq!(
+        c.key_not_after[1].map(|t| t.to_rfc3339()),
+        Some("2027-06-30T00:00:00+00:00".into())
+    );
+    assert_eq!(
+        c.key_not_after[2].map(|t| t.to_rfc3339()),
+        Some("2027-12-31T23:00:00+00:00".into())
+    );
+}
+
+#[test]
+fn key_tables_name_their_bad_fields() {
+    let with = |entry: &str| valid().replace(&format!("[\"{HASH}\"]"), &format!("[{entry}]"));
+    refused(
+        &with(&format!(
+            "{{ sha256 = \"{HASH}\", not_after = \"next year\" }}"
+        )),
+        "clients[0].key_sha256[0].not_after",
+        "RFC 3339",
+    );
+    refused(
+        &with(&format!(
+            "{{ sha256 = \"{HASH}\", expires = \"2027-01-01T00:00:00Z\" }}"
+        )),
+        "clients[0].key_sha256[0].expires",
+        "unknown key",
+    );
+    refused(
+        &with("{ not_after = \"2027-01-01T00:00:00Z\" }"),
+        "clients[0].key_sha256[0].sha256",
+        "is required",
+    );
+    refused(
+        &with("{ sha256 = \"abc\" }"),
+        "clients[0].key_sha256[0].sha256",
+        "64 hex",
+    );
+    refused(
+        &with("42"),
+        "clients[0].key_sha256[0]",
+        "SHA-256 hex string",
+    );
+}

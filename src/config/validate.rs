@@ -643,9 +643,11 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
             );
         }
         let mut keys = Vec::new();
-        for (j, h) in r.key_sha256.iter().enumerate() {
+        let mut not_after = Vec::new();
+        for (j, entry) in r.key_sha256.iter().enumerate() {
             let key = format!("clients[{i}].key_sha256[{j}]");
-            let d = c.sha256_hex(&key, h);
+            let (d, until) = client_key(c, &key, entry);
+            not_after.push(until);
             if !keys_seen.insert(d) {
                 c.err(
                     key,
@@ -708,11 +710,61 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
         out.push(Client {
             id: r.id.clone(),
             key_sha256: keys,
+            key_not_after: not_after,
             campaigns: r.campaigns.clone(),
             webhook,
         });
     }
     out
+}
+
+/// One `key_sha256` entry: its digest and `not_after`. `key` is the entry's
+/// path (`clients[0].key_sha256[1]`); a table's fields are named below it.
+fn client_key(
+    c: &mut Check<'_>,
+    key: &str,
+    entry: &RawKey,
+) -> ([u8; 32], Option<chrono::DateTime<chrono::Utc>>) {
+    let table = match entry {
+        RawKey::Hash(h) => return (c.sha256_hex(key, h), None),
+        RawKey::Table(t) => t,
+    };
+    let mut digest = None;
+    let mut not_after = None;
+    for (field, value) in table {
+        let fkey = format!("{key}.{field}");
+        match (field.as_str(), value) {
+            ("sha256", toml::Value::String(h)) => digest = Some(c.sha256_hex(&fkey, h)),
+            ("sha256", _) => c.err(fkey, "must be 64 hex characters (a SHA-256 digest)"),
+            ("not_after", v) => {
+                // Quoted or a bare TOML date-time: both are read as RFC 3339.
+                let text = match v {
+                    toml::Value::String(s) => Some(s.clone()),
+                    toml::Value::Datetime(d) => Some(d.to_string()),
+                    _ => None,
+                };
+                match text
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                {
+                    Some(t) => not_after = Some(t.with_timezone(&chrono::Utc)),
+                    None => c.err(
+                        fkey,
+                        "must be an RFC 3339 time with its offset, e.g. \"2027-06-30T00:00:00Z\"",
+                    ),
+                }
+            }
+            _ => c.err(fkey, "unknown key"),
+        }
+    }
+    let digest = digest.unwrap_or_else(|| {
+        c.err(
+            format!("{key}.sha256"),
+            "is required (the key's SHA-256 from `sms-conduit keys new`)",
+        );
+        [0u8; 32]
+    });
+    (digest, not_after)
 }
 
 /// Webhooks carry bodies (MO texts), so they must be HTTPS; plain `http://`

@@ -326,6 +326,9 @@ pub struct Setup {
     pub webhook: Option<WebhookCfg>,
     /// Extra `[node]` lines (e.g. the receipt rules' windows).
     pub node_extra: String,
+    /// Appended to the end of the config: whole tables (`[[campaigns]]`,
+    /// `[[clients]]`, …) a scenario adds.
+    pub extra_toml: String,
 }
 
 /// `webhook_url`, the secret (written to `clinic-app.whsec` as is) and the
@@ -349,6 +352,7 @@ impl Setup {
             wait_ready: true,
             webhook: None,
             node_extra: String::new(),
+            extra_toml: String::new(),
         }
     }
     /// One carrier, `carrier-a`, on `sim`.
@@ -489,8 +493,9 @@ campaigns = ["{CAMPAIGN}"]
 id = "other-app"
 key_sha256 = ["{other_hash}"]
 campaigns = ["{OTHER_CAMPAIGN}"]
-"#,
+{extra_toml}"#,
         node_extra = setup.node_extra,
+        extra_toml = setup.extra_toml,
         cap = setup.daily_cap,
         tz = setup.tz,
         spm = setup.spm,
