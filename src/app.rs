@@ -313,14 +313,21 @@ impl App {
         shutdown.spawn("api", async move {
             api::serve_api(api_listener, tls, state, limits, token, tracker).await
         });
-        let (token, tracker, m, tls) = (
+        let (token, tracker, tls) = (
             shutdown.token(),
             shutdown.tracker().clone(),
-            metrics.clone(),
             metrics_tls.clone(),
         );
+        // `/metrics`, and `GET /admin/backup` for `sms-conduit backup`.
+        let router = api::metrics_router(metrics.clone()).merge(crate::backup::admin_router(
+            store.clone(),
+            crate::backup::admin_token(&config.node.pseudonym_key),
+            config.node.state_dir.clone(),
+        ));
         shutdown.spawn("metrics", async move {
-            if let Err(e) = api::serve_metrics(metrics_listener, tls, m, token, tracker).await {
+            if let Err(e) =
+                api::serve_metrics_router(metrics_listener, tls, router, token, tracker).await
+            {
                 tracing::error!("metrics listener stopped: {e}");
             }
         });
