@@ -269,7 +269,8 @@ impl App {
             None
         };
 
-        let api_tls = ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], ClientAuth::None)?;
+        let api_tls =
+            ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], api_client_auth(&config))?;
         let auth = Arc::new(Authenticator::new(
             &config.clients,
             Arc::new(AuthToAudit(audit.clone())),
@@ -447,7 +448,7 @@ impl App {
         if !errors.is_empty() {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
-        self.api_tls.reload(&new.tls)?;
+        self.api_tls.reload_with(&new.tls, api_client_auth(&new))?;
         if let Some(t) = &self.metrics_tls {
             t.reload(&new.tls)?;
         }
@@ -592,6 +593,15 @@ fn log_head(what: &str, audit: &Audit) {
 /// client per minute by the audit module; failures arrive here at most at
 /// the authenticator's per-address failure rate, plus once per lock-out
 /// (requests during a lock-out are only counted).
+/// The API asks for a client certificate only when a client pins one.
+fn api_client_auth(config: &Config) -> ClientAuth {
+    if api::auth::any_client_cert(&config.clients) {
+        ClientAuth::Optional
+    } else {
+        ClientAuth::None
+    }
+}
+
 struct AuthToAudit(Audit);
 
 impl api::AuthAudit for AuthToAudit {

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::expect_problem;
-use support::relay::{message, Files, Relay, Setup, CAMPAIGN, FROM, TO};
+use support::relay::{message, Files, Relay, Setup, CAMPAIGN};
 
 /// The audit export of the running relay, as JSON records.
 fn audit_records(relay: &Relay) -> Vec<serde_json::Value> {
@@ -96,6 +96,110 @@ async fn an_expired_key_is_refused_with_its_own_detail_audited_and_its_expiry_is
     assert!(value("1") > 365 * 86_400);
     // Keys without a not_after have no series.
     assert!(!metrics.contains("sms_conduit_api_key_expiry_seconds{client=\"clinic-app\""));
-    let _ = (FROM, TO);
+    assert!(relay.stop().await);
+}
+
+/// A client certificate (self-signed) as reqwest's identity, and its
+/// SHA-256 fingerprint as `client_cert_sha256` takes it.
+fn client_identity(dir: &std::path::Path, name: &str) -> (reqwest::Identity, String) {
+    let ss = sms_conduit::tls::self_signed(&[name]).unwrap();
+    let path = support::write(dir, &format!("{name}.crt"), &ss.cert_pem);
+    let der = sms_conduit::tls::load_certs(&path).unwrap();
+    let fp = hex::encode(sms_conduit::tls::cert_sha256(&der[0]));
+    let pem = format!("{}{}", ss.cert_pem, ss.key_pem);
+    (reqwest::Identity::from_pem(pem.as_bytes()).unwrap(), fp)
+}
+
+/// An HTTPS client for `relay` presenting `identity` (if any).
+fn client_with(relay: &Relay, identity: Option<reqwest::Identity>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(relay.files.cert_pem.as_bytes()).unwrap(),
+        )
+        .timeout(Duration::from_secs(10));
+    if let Some(id) = identity {
+        b = b.identity(id);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn a_key_that_requires_a_client_certificate_is_refused_without_it_and_audited() {
+    let files = Files::new();
+    let sim = files.sim("pw", |_| {}).await;
+    let (pinned, fp) = client_identity(files.dir.path(), "pinned-app");
+    let (stranger, _) = client_identity(files.dir.path(), "stranger");
+    let (key, hash) = sms_conduit::api::new_key();
+    // Colon-separated upper case, as `openssl x509 -fingerprint -sha256` prints it.
+    let fp_colons = fp
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut setup = Setup::one(&sim, "pw");
+    setup.extra_toml = format!(
+        r#"
+[[clients]]
+id = "pinned-app"
+key_sha256 = ["{hash}"]
+client_cert_sha256 = ["{fp_colons}"]
+campaigns = ["{CAMPAIGN}"]
+"#
+    );
+    let mut relay = Relay::start(files, setup).await;
+    let post = |c: &reqwest::Client, k: &str| {
+        c.post(relay.url("/v1/messages"))
+            .header("content-type", "application/json")
+            .bearer_auth(k)
+            .body(message("hello").to_string())
+            .send()
+    };
+
+    // The key alone: refused, with a detail that says what is missing.
+    let r = post(&client_with(&relay, None), &key).await.unwrap();
+    let doc = expect_problem(r, 401, "unauthorized").await;
+    assert!(
+        doc["detail"].as_str().unwrap().contains("TLS certificate"),
+        "{doc}"
+    );
+    wait_audit(&relay, "api.auth_failed", "reason", "client_cert_missing").await;
+    // The key with another certificate: refused.
+    let r = post(&client_with(&relay, Some(stranger)), &key)
+        .await
+        .unwrap();
+    expect_problem(r, 401, "unauthorized").await;
+    assert_eq!(sim.submits(), 0);
+    // The key with its certificate: sent (also on the routed GET path).
+    let c = client_with(&relay, Some(pinned));
+    let r = post(&c, &key).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .get(relay.url(&format!("/v1/messages/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client_with(&relay, None)
+        .get(relay.url(&format!("/v1/messages/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 401, "unauthorized").await;
+    // A client without pins is unaffected: the certificate is asked for,
+    // not required.
+    let r = post(&client_with(&relay, None), &relay.api_key)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     assert!(relay.stop().await);
 }

@@ -73,6 +73,9 @@ pub enum AuthFailure {
     LockedOut,
     /// A key that matches a client but whose `not_after` has passed.
     KeyExpired,
+    /// A key of a client with `client_cert_sha256`, on a connection that
+    /// presented none of those certificates.
+    ClientCertMissing,
 }
 
 impl AuthFailure {
@@ -84,6 +87,7 @@ impl AuthFailure {
             AuthFailure::UnknownKey => "unknown_key",
             AuthFailure::LockedOut => "locked_out",
             AuthFailure::KeyExpired => "key_expired",
+            AuthFailure::ClientCertMissing => "client_cert_missing",
         }
     }
 }
@@ -113,6 +117,8 @@ struct KeyEntry {
     client: ClientId,
     index: usize,
     not_after: Option<DateTime<Utc>>,
+    /// The client's certificate pins; empty = the key alone suffices.
+    certs: Arc<[[u8; 32]]>,
 }
 
 impl KeyTable {
@@ -121,6 +127,7 @@ impl KeyTable {
             .iter()
             .flat_map(|c| {
                 let id = ClientId::new(&c.id);
+                let certs: Arc<[[u8; 32]]> = c.client_cert_sha256.clone().into();
                 c.key_sha256
                     .iter()
                     .enumerate()
@@ -129,6 +136,7 @@ impl KeyTable {
                         client: id.clone(),
                         index,
                         not_after: c.key_not_after.get(index).copied().flatten(),
+                        certs: certs.clone(),
                     })
             })
             .collect();
@@ -210,8 +218,21 @@ impl Authenticator {
         self.keys.read().clone()
     }
 
-    /// Checks an `Authorization` header value from `peer`.
+    /// Checks an `Authorization` header value from `peer`, on a connection
+    /// without a client certificate.
     pub fn authenticate(&self, header: Option<&[u8]>, peer: IpAddr) -> Result<ClientId, SendError> {
+        self.authenticate_with_cert(header, peer, None)
+    }
+
+    /// Checks an `Authorization` header value from `peer`, whose connection
+    /// presented a client certificate with SHA-256 `cert` (if any): a key
+    /// of a client with `client_cert_sha256` needs one of those.
+    pub fn authenticate_with_cert(
+        &self,
+        header: Option<&[u8]>,
+        peer: IpAddr,
+        cert: Option<&[u8; 32]>,
+    ) -> Result<ClientId, SendError> {
         let key = limiter_key(peer);
         if let Some(wait) = self.locked_out(key) {
             self.metrics.auth_failures.inc();
@@ -227,6 +248,9 @@ impl Authenticator {
                     match table.lookup(&digest) {
                         Some(e) => match e.not_after {
                             Some(t) if t <= Utc::now() => Err((AuthFailure::KeyExpired, Some(t))),
+                            _ if !cert_matches(&e.certs, cert) => {
+                                Err((AuthFailure::ClientCertMissing, None))
+                            }
                             _ => Ok((e.client.clone(), e.index)),
                         },
                         None => Err((AuthFailure::UnknownKey, None)),
@@ -248,11 +272,12 @@ impl Authenticator {
                     }
                     None => {
                         self.audit.auth_failed(peer, reason);
-                        Err(match expired_at {
-                            Some(t) => SendError::KeyExpired {
+                        Err(match (reason, expired_at) {
+                            (_, Some(t)) => SendError::KeyExpired {
                                 not_after: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                             },
-                            None => SendError::Unauthorized,
+                            (AuthFailure::ClientCertMissing, _) => SendError::ClientCertRequired,
+                            _ => SendError::Unauthorized,
                         })
                     }
                 }
@@ -302,6 +327,24 @@ impl Authenticator {
     pub fn tracked_addresses(&self) -> usize {
         self.failures.len()
     }
+}
+
+/// Whether the presented certificate satisfies a client's pins: always
+/// when it has none, else when it is one of them.
+fn cert_matches(pins: &[[u8; 32]], cert: Option<&[u8; 32]>) -> bool {
+    if pins.is_empty() {
+        return true;
+    }
+    let Some(cert) = cert else { return false };
+    pins.iter()
+        .fold(subtle::Choice::from(0), |any, p| any | p.ct_eq(cert))
+        .into()
+}
+
+/// Whether any client pins a certificate: then the API listener asks for
+/// one ([`crate::tls::ClientAuth::Optional`]).
+pub fn any_client_cert(clients: &[config::Client]) -> bool {
+    clients.iter().any(|c| !c.client_cert_sha256.is_empty())
 }
 
 /// Sets `sms_conduit_api_key_expiry_seconds` for every key with a
@@ -359,9 +402,7 @@ mod tests {
                 .iter()
                 .map(|k| Sha256::digest(k.as_bytes()).into())
                 .collect(),
-            key_not_after: vec![],
-            campaigns: vec![],
-            webhook: None,
+            ..Default::default()
         }
     }
 

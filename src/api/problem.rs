@@ -42,6 +42,10 @@ pub enum SendError {
     /// with a detail that says so, so the client knows to rotate.
     #[error("API key expired")]
     KeyExpired { not_after: String },
+    /// A valid key of a client that requires a TLS client certificate, on a
+    /// connection without one of its certificates: 401 `unauthorized`.
+    #[error("client certificate required")]
+    ClientCertRequired,
     /// The key's client may not use this campaign.
     #[error("campaign not allowed for this client")]
     CampaignNotAllowed,
@@ -96,7 +100,9 @@ impl SendError {
     pub fn code(&self) -> &'static str {
         match self {
             SendError::InvalidRequest(_) => "invalid_request",
-            SendError::Unauthorized | SendError::KeyExpired { .. } => "unauthorized",
+            SendError::Unauthorized
+            | SendError::KeyExpired { .. }
+            | SendError::ClientCertRequired => "unauthorized",
             SendError::CampaignNotAllowed => "campaign_not_allowed",
             SendError::SenderNotInCampaign => "sender_not_in_campaign",
             SendError::IdempotencyConflict => "idempotency_conflict",
@@ -128,6 +134,11 @@ impl SendError {
                 S::UNAUTHORIZED,
                 "Unauthorized",
                 format!("the key expired at {not_after}; use its replacement (sms-conduit keys new)"),
+            ),
+            SendError::ClientCertRequired => (
+                S::UNAUTHORIZED,
+                "Unauthorized",
+                "this key is accepted only with the client's TLS certificate; connect with it".into(),
             ),
             SendError::CampaignNotAllowed => (
                 S::FORBIDDEN,
@@ -210,7 +221,9 @@ impl SendError {
                 p.retry_after = Some(*retry_after);
             }
             SendError::StoreUnavailable => p.retry_after = Some(STORE_RETRY_AFTER),
-            SendError::Unauthorized | SendError::KeyExpired { .. } => p.www_authenticate = true,
+            SendError::Unauthorized
+            | SendError::KeyExpired { .. }
+            | SendError::ClientCertRequired => p.www_authenticate = true,
             _ => {}
         }
         p

@@ -99,10 +99,11 @@ pub(crate) fn is_send<B>(req: &axum::http::Request<B>) -> bool {
 pub(crate) async fn send_direct(
     state: ApiState,
     peer: IpAddr,
+    cert: Option<[u8; 32]>,
     req: axum::http::Request<hyper::body::Incoming>,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let resp = match authenticate(&state, &parts.headers, peer) {
+    let resp = match authenticate(&state, &parts.headers, peer, cert.as_ref()) {
         Ok(client) => send(&state, client, &parts.headers, HttpBody::new(body)).await,
         Err(e) => e.into_response(),
     };
@@ -154,6 +155,12 @@ async fn method_not_allowed() -> Problem {
     Problem::method_not_allowed()
 }
 
+/// SHA-256 of the client certificate the request's TLS connection
+/// presented (`None`: none, or plaintext), put in each request's extensions
+/// by the listener for keys that require one.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCert(pub Option<[u8; 32]>);
+
 /// An authenticated client, from `Authorization: Bearer …`.
 pub struct Authed(pub ClientId);
 
@@ -169,7 +176,8 @@ impl FromRequestParts<ApiState> for Authed {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        authenticate(state, &parts.headers, peer).map(Authed)
+        let cert = parts.extensions.get::<PeerCert>().and_then(|c| c.0);
+        authenticate(state, &parts.headers, peer, cert.as_ref()).map(Authed)
     }
 }
 
@@ -177,11 +185,12 @@ fn authenticate(
     state: &ApiState,
     headers: &HeaderMap,
     peer: IpAddr,
+    cert: Option<&[u8; 32]>,
 ) -> Result<ClientId, SendError> {
     let h = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    state.auth.authenticate(h, peer)
+    state.auth.authenticate_with_cert(h, peer, cert)
 }
 
 async fn send_message(

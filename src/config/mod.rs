@@ -232,6 +232,9 @@ pub struct Client {
     /// Each key's `not_after`, in the order of `key_sha256` (same length):
     /// from that instant on the key is refused. `None` = never expires.
     pub key_not_after: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    /// SHA-256 of the DER certificates the client's TLS connection must
+    /// present beside its key (a second factor); empty = key alone.
+    pub client_cert_sha256: Vec<[u8; 32]>,
     pub campaigns: Vec<String>,
     pub webhook: Option<Webhook>,
 }

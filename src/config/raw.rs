@@ -227,6 +227,11 @@ pub struct RawClient {
     pub id: String,
     #[serde(default)]
     pub key_sha256: Vec<RawKey>,
+    /// SHA-256 fingerprints of the client's TLS certificates (DER), hex,
+    /// colons allowed: when set, a key of this client is accepted only on a
+    /// connection that presented one of them.
+    #[serde(default)]
+    pub client_cert_sha256: Vec<String>,
     #[serde(default)]
     pub campaigns: Vec<String>,
     pub webhook_url: Option<String>,

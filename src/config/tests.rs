@@ -389,3 +389,24 @@ fn key_tables_name_their_bad_fields() {
         "SHA-256 hex string",
     );
 }
+
+#[test]
+fn client_cert_fingerprints_take_hex_with_or_without_colons() {
+    let d = dir();
+    let colons = "AB:".repeat(31) + "AB";
+    let text = valid().replace(
+        "campaigns = [\"CX4K2M9\"]\nwebhook_url",
+        &format!("client_cert_sha256 = [\"{HASH}\", \"{colons}\"]\ncampaigns = [\"CX4K2M9\"]\nwebhook_url"),
+    );
+    let cfg = load(&text, &d).unwrap();
+    assert_eq!(cfg.clients[0].client_cert_sha256.len(), 2);
+    assert_eq!(cfg.clients[0].client_cert_sha256[1], [0xAB; 32]);
+    refused(
+        &valid().replace(
+            "campaigns = [\"CX4K2M9\"]\nwebhook_url",
+            "client_cert_sha256 = [\"nope\"]\ncampaigns = [\"CX4K2M9\"]\nwebhook_url",
+        ),
+        "clients[0].client_cert_sha256[0]",
+        "64 hex",
+    );
+}

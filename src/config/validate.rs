@@ -656,6 +656,12 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
             }
             keys.push(d);
         }
+        let mut certs = Vec::new();
+        for (j, h) in r.client_cert_sha256.iter().enumerate() {
+            // `openssl x509 -fingerprint -sha256` prints `AB:CD:…`.
+            let hex: String = h.chars().filter(|c| *c != ':').collect();
+            certs.push(c.sha256_hex(&format!("clients[{i}].client_cert_sha256[{j}]"), &hex));
+        }
         for (j, id) in r.campaigns.iter().enumerate() {
             if !campaigns.iter().any(|cp| &cp.id == id) {
                 c.err(
@@ -711,6 +717,7 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
             id: r.id.clone(),
             key_sha256: keys,
             key_not_after: not_after,
+            client_cert_sha256: certs,
             campaigns: r.campaigns.clone(),
             webhook,
         });
