@@ -285,7 +285,8 @@ impl App {
             auth.clone(),
             metrics.clone(),
         )
-        .with_opt_outs(Arc::new(relay.clone()));
+        .with_opt_outs(Arc::new(relay.clone()))
+        .with_consents(Arc::new(relay.clone()));
         let api_listener = listen("api.listen", config.api.listen).await?;
         let metrics_listener = listen("metrics.listen", config.metrics.listen).await?;
         let bound = Bound {

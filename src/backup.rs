@@ -170,6 +170,7 @@ macro_rules! each_table {
         one!(tables::DAILY_COUNTERS);
         one!(tables::OPT_OUTS);
         one!(tables::CARRIER_IDS);
+        one!(crate::store::shared::CONSENTS);
         one!(crate::relay::record::MESSAGES);
         one!(crate::relay::record::IDEMPOTENCY);
         one!(crate::webhook::outbox::OUTBOX);

@@ -203,3 +203,229 @@ campaigns = ["{CAMPAIGN}"]
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     assert!(relay.stop().await);
 }
+
+/// The sender number of the consent campaign.
+const CONSENT_FROM: &str = "+15551230077";
+const CONSENT_CAMPAIGN: &str = "CCONSENT";
+
+fn consent_setup(sim: &support::relay::Sim, hash: &str) -> Setup {
+    let mut setup = Setup::one(sim, "pw");
+    setup.extra_toml = format!(
+        r#"
+[[brands]]
+id = "BCONSENT"
+
+[[campaigns]]
+id = "{CONSENT_CAMPAIGN}"
+brand = "BCONSENT"
+numbers = ["{CONSENT_FROM}"]
+segments_per_minute = 60000
+burst = 1000
+help_text = "Clinic: reply STOP to opt out."
+stop_text = "Clinic: you are unsubscribed."
+start_text = "Clinic: you are subscribed again."
+require_opt_in = true
+opt_in_keywords = ["YES", "join"]
+opt_in_text = "Clinic: you will receive appointment reminders. Reply STOP to opt out."
+
+[[clients]]
+id = "consent-app"
+key_sha256 = ["{hash}"]
+campaigns = ["{CONSENT_CAMPAIGN}"]
+"#
+    );
+    setup
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_required_recorded_by_api_and_keyword_withdrawn_and_stop_wins() {
+    let files = Files::new();
+    let sim = files.sim("pw", |_| {}).await;
+    let (key, hash) = sms_conduit::api::new_key();
+    let mut relay = Relay::start(files, consent_setup(&sim, &hash)).await;
+    let canary = format!("CANARY-{:012x}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF);
+    let to_api = "+15557650001";
+    let to_kw = "+15557650002";
+    let body = |to: &str| {
+        serde_json::json!({
+            "from": CONSENT_FROM, "to": to, "text": format!("{canary} reminder"),
+            "campaign_id": CONSENT_CAMPAIGN,
+        })
+        .to_string()
+    };
+    let consent_url =
+        |to: &str| relay.url(&format!("/v1/campaigns/{CONSENT_CAMPAIGN}/consents/{to}"));
+
+    // No consent: refused, nothing sent, the text not echoed.
+    let r = relay.post_raw(Some(&key), None, body(to_api)).await;
+    let doc = expect_problem(r, 422, "consent_missing").await;
+    assert!(!doc.to_string().contains(&canary));
+    assert_eq!(sim.submits(), 0);
+    let r = relay
+        .client
+        .get(consent_url(to_api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404, "not_found").await;
+
+    // Recorded through the API: the send goes.
+    let evidence = serde_json::json!({"method": "web_form", "at": "2026-12-01T09:30:00+01:00", "client_ref": "intake-form-17"});
+    let r = relay
+        .client
+        .put(consent_url(to_api))
+        .bearer_auth(&key)
+        .json(&evidence)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["method"], "web_form");
+    assert_eq!(v["at"], "2026-12-01T08:30:00Z");
+    assert_eq!(v["client_ref"], "intake-form-17");
+    let r = relay
+        .client
+        .get(consent_url(to_api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = relay.post_raw(Some(&key), None, body(to_api)).await;
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    // Bad evidence is refused, naming the field, not echoing it.
+    let r = relay
+        .client
+        .put(consent_url(to_api))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"method": "telepathy", "at": "now"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 400, "invalid_request").await;
+    // Another client may not look at this campaign's consents.
+    let r = relay
+        .client
+        .get(consent_url(to_api))
+        .bearer_auth(&relay.api_key)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 403, "campaign_not_allowed").await;
+
+    // Withdrawn: refused again.
+    let r = relay
+        .client
+        .delete(consent_url(to_api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = relay.post_raw(Some(&key), None, body(to_api)).await;
+    expect_problem(r, 422, "consent_missing").await;
+
+    // Recorded through the campaign's keyword (any case, punctuation).
+    let submits = sim.submits();
+    sim.handle.send_mo(to_kw, CONSENT_FROM, "Join!").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v: serde_json::Value = loop {
+        let r = relay
+            .client
+            .get(consent_url(to_kw))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 200 {
+            break r.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the keyword recorded no consent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(v["method"], "keyword");
+    // The confirmation went out (an auto-reply through the carrier).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.submits() == submits {
+        assert!(Instant::now() < deadline, "no opt-in confirmation sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = relay.post_raw(Some(&key), None, body(to_kw)).await;
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+
+    // STOP after consent: refused as opted out; the consent stays recorded.
+    sim.handle.send_mo(to_kw, CONSENT_FROM, "STOP").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = relay.post_raw(Some(&key), None, body(to_kw)).await;
+        if r.status().as_u16() == 422 {
+            expect_problem(r, 422, "recipient_opted_out").await;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "STOP did not win over the consent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every change is in the audit export, numbers as pseudonyms only.
+    let records = audit_records(&relay);
+    let consent: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"].as_str().unwrap_or("").starts_with("consent."))
+        .collect();
+    let shape: Vec<(String, String, String)> = consent
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_owned(),
+                r["method"].as_str().unwrap_or("").to_owned(),
+                r["via"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("consent.recorded".into(), "web_form".into(), "api".into()),
+            ("consent.withdrawn".into(), "".into(), "api".into()),
+            ("consent.recorded".into(), "keyword".into(), "mo".into()),
+        ]
+    );
+    assert_eq!(consent[0]["actor"], "consent-app");
+    let export = serde_json::to_string(&records).unwrap();
+    for n in [to_api, to_kw] {
+        assert!(
+            !export.contains(&n[2..]),
+            "a clear number in the audit export"
+        );
+    }
+    assert!(relay.stop().await);
+    // Canary: no message text and no clear number in any file of the node.
+    let mut all = Vec::new();
+    support::capture::files_under(relay.files.dir.path(), &mut all);
+    let state: Vec<_> = all
+        .iter()
+        .filter(|f| f.starts_with(relay.state_dir()))
+        .collect();
+    assert!(!state.is_empty(), "no files under the state dir?");
+    for f in state {
+        let bytes = std::fs::read(f).unwrap();
+        assert_eq!(
+            support::capture::leaked(&bytes, &canary),
+            None,
+            "{}",
+            f.display()
+        );
+        for n in [to_api, to_kw] {
+            assert!(
+                support::capture::find(&bytes, &n.as_bytes()[2..]).is_none(),
+                "{n} in {}",
+                f.display()
+            );
+        }
+    }
+}

@@ -59,6 +59,10 @@ pub enum SendError {
     /// The recipient opted out of this campaign's numbers.
     #[error("recipient opted out")]
     RecipientOptedOut,
+    /// The campaign has `require_opt_in` and the recipient's consent is not
+    /// recorded: nothing was sent (422).
+    #[error("recipient consent missing")]
+    ConsentMissing,
     /// A campaign (or authentication-failure) rate limit.
     #[error("rate limited, retry after {retry_after:?}")]
     RateLimited { retry_after: Duration },
@@ -107,6 +111,7 @@ impl SendError {
             SendError::SenderNotInCampaign => "sender_not_in_campaign",
             SendError::IdempotencyConflict => "idempotency_conflict",
             SendError::RecipientOptedOut => "recipient_opted_out",
+            SendError::ConsentMissing => "consent_missing",
             SendError::RateLimited { .. } => "rate_limited",
             SendError::DailyCapReached { .. } => "daily_cap_reached",
             SendError::CarrierRejected { .. } => "carrier_rejected",
@@ -174,6 +179,11 @@ impl SendError {
                 S::BAD_GATEWAY,
                 "Carrier rejected",
                 format!("the carrier refused the message: {status_name}"),
+            ),
+            SendError::ConsentMissing => (
+                S::UNPROCESSABLE_ENTITY,
+                "Consent missing",
+                "this campaign sends only to recipients whose consent is recorded (PUT /v1/campaigns/{id}/consents/{number}, or the campaign's opt-in keyword); it was not sent".into(),
             ),
             SendError::NoRoute => (
                 S::UNPROCESSABLE_ENTITY,

@@ -208,7 +208,8 @@ pub struct Brand {
     pub daily_reset_tz: chrono_tz::Tz,
 }
 
-#[derive(Debug, Clone)]
+/// `Default` is for tests that build a campaign by hand.
+#[derive(Debug, Clone, Default)]
 pub struct Campaign {
     pub id: String,
     pub brand: String,
@@ -220,6 +221,13 @@ pub struct Campaign {
     pub help_text: String,
     pub stop_text: String,
     pub start_text: String,
+    /// A send to a recipient without a recorded consent for this campaign
+    /// is refused (`consent_missing`).
+    pub require_opt_in: bool,
+    /// MO keywords (upper case) that record a consent; answered with
+    /// `opt_in_text`.
+    pub opt_in_keywords: Vec<String>,
+    pub opt_in_text: String,
 }
 
 /// `Default` is for tests that build a client by hand

@@ -220,6 +220,14 @@ pub struct RawCampaign {
     pub help_text: Option<String>,
     pub stop_text: Option<String>,
     pub start_text: Option<String>,
+    /// Sends need a recorded consent (opt-in) of the recipient.
+    #[serde(default)]
+    pub require_opt_in: bool,
+    /// MO keywords that record a consent (e.g. `["YES", "JOIN"]`).
+    #[serde(default)]
+    pub opt_in_keywords: Vec<String>,
+    /// The answer to an opt-in keyword.
+    pub opt_in_text: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

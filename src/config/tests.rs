@@ -410,3 +410,36 @@ fn client_cert_fingerprints_take_hex_with_or_without_colons() {
         "64 hex",
     );
 }
+
+#[test]
+fn opt_in_keywords_need_a_confirmation_and_must_not_be_stop_words() {
+    let with = |extra: &str| {
+        valid().replace(
+            "start_text = \"start\"\n",
+            &format!("start_text = \"start\"\nrequire_opt_in = true\n{extra}\n"),
+        )
+    };
+    let d = dir();
+    let cfg = load(
+        &with("opt_in_keywords = [\"yes\", \"JOIN\"]\nopt_in_text = \"You are in.\""),
+        &d,
+    )
+    .unwrap();
+    assert!(cfg.campaigns[0].require_opt_in);
+    assert_eq!(cfg.campaigns[0].opt_in_keywords, ["YES", "JOIN"]);
+    refused(
+        &with("opt_in_keywords = [\"YES\"]"),
+        "campaigns[0].opt_in_text",
+        "is required",
+    );
+    refused(
+        &with("opt_in_keywords = [\"START\"]\nopt_in_text = \"x\""),
+        "campaigns[0].opt_in_keywords[0]",
+        "STOP/START/HELP",
+    );
+    refused(
+        &with("opt_in_keywords = [\"YES PLEASE\"]\nopt_in_text = \"x\""),
+        "campaigns[0].opt_in_keywords[0]",
+        "letters or digits",
+    );
+}

@@ -613,6 +613,37 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
         let help_text = text("help_text", &r.help_text);
         let stop_text = text("stop_text", &r.stop_text);
         let start_text = text("start_text", &r.start_text);
+        let mut opt_in_keywords = Vec::new();
+        for (j, w) in r.opt_in_keywords.iter().enumerate() {
+            let key = format!("campaigns[{i}].opt_in_keywords[{j}]");
+            let upper = w.trim().to_ascii_uppercase();
+            if upper.is_empty()
+                || upper.len() > 20
+                || !upper.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                c.err(key, format!("{w:?} must be 1-20 letters or digits"));
+            } else if crate::relay::inbound::keyword(&upper) != crate::audit::KeywordClass::Other {
+                c.err(key, format!("{w:?} is already a STOP/START/HELP keyword"));
+            } else {
+                opt_in_keywords.push(upper);
+            }
+        }
+        let opt_in_text = match &r.opt_in_text {
+            Some(t) if !t.trim().is_empty() => {
+                if crate::smpp::encoding::analyze(t).segments > 1 {
+                    c.err(k("opt_in_text"), "must fit one SMS (at most 160 GSM-7 characters, or 70 when any character needs UCS-2)");
+                }
+                t.clone()
+            }
+            _ if !opt_in_keywords.is_empty() => {
+                c.err(
+                    k("opt_in_text"),
+                    "is required when opt_in_keywords is set (the confirmation the sender gets)",
+                );
+                String::new()
+            }
+            _ => String::new(),
+        };
         out.push(Campaign {
             id: r.id.clone(),
             brand: r.brand.clone(),
@@ -623,6 +654,9 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
             help_text,
             stop_text,
             start_text,
+            require_opt_in: r.require_opt_in,
+            opt_in_keywords,
+            opt_in_text,
         });
     }
     out
