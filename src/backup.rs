@@ -304,15 +304,6 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Backs up an open store to `out` from one snapshot, while it keeps
-/// serving. Blocking: call from a blocking thread.
-pub fn backup_store(store: &Store, out: &Path) -> Result<BackupReport, BackupError> {
-    let pending = Pending::new(out)?;
-    let file = pending.file.reopen().map_err(io(out))?;
-    store.read(|rtxn| Ok(snapshot_into(rtxn, file, out)))??;
-    pending.finish()
-}
-
 /// Backs up the store in `state_dir` when no appliance has it open.
 /// [`BackupError::Running`] when one does (ask it with [`fetch_backup`]).
 pub fn backup_offline(state_dir: &Path, out: &Path) -> Result<BackupReport, BackupError> {

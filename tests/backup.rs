@@ -71,6 +71,19 @@ async fn a_backup_under_load_restores_to_a_node_that_answers_and_verifies() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The admin route wants the token derived from the pseudonym key.
+    let admin = format!(
+        "http://127.0.0.1:{}/admin/backup",
+        relay.app().bound.metrics.port()
+    );
+    let c = reqwest::Client::new();
+    for auth in [None, Some("Bearer nope")] {
+        let mut rb = c.get(&admin);
+        if let Some(a) = auth {
+            rb = rb.header("authorization", a);
+        }
+        assert_eq!(rb.send().await.unwrap().status().as_u16(), 401);
+    }
     let out_dir = tempfile::tempdir().unwrap();
     let backup = out_dir.path().join("node.backup");
     let config = relay.files.dir.path().join("sms-conduit.toml");
@@ -96,6 +109,7 @@ async fn a_backup_under_load_restores_to_a_node_that_answers_and_verifies() {
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert!(o.status.success(), "{}", show(&o));
+    eprintln!("sends during the backup: {}\n{}", after - before, show(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("audit chain ok"), "{}", show(&o));
     assert!(stdout.contains("messages: "), "{}", show(&o));

@@ -1,5 +1,6 @@
 //! The metrics listener: `GET /metrics` in the Prometheus text format
-//! (SPEC §7).
+//! (SPEC §7), and whatever admin routes the caller merges in
+//! ([`serve_metrics_router`]; the appliance adds `crate::backup`'s).
 //!
 //! Owns: the metrics router and the rule that plain HTTP is served only on a
 //! loopback address — anywhere else the listener must use TLS (the same

@@ -14,7 +14,7 @@
 //! one) will implement the same [`SharedState`] trait later — `INCRBY` under a
 //! Lua check for (a), a set per campaign for (b), plain keys with a TTL for
 //! (c) — and callers, which only ever hold an `Arc<dyn SharedState>`, will not
-//! change. Keep this trait narrow: anything that is not one of these three
+//! change. Keep this trait narrow: anything that is not one of these four
 //! stays in [`crate::store::Store`].
 //!
 //! Invariants: a number appears here only as its 32-byte keyed pseudonym
