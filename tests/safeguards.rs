@@ -429,3 +429,28 @@ async fn consent_is_required_recorded_by_api_and_keyword_withdrawn_and_stop_wins
         }
     }
 }
+
+#[test]
+fn keys_new_prints_a_line_with_a_default_expiry() {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let out = run(&["keys", "new", "--client", "clinic-app"]);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("key_sha256"))
+        .unwrap();
+    let at = line.find("not_after = \"").unwrap() + "not_after = \"".len();
+    let not_after = chrono::DateTime::parse_from_rfc3339(&line[at..at + 20]).unwrap();
+    let days = (not_after.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_days();
+    assert!((364..=365).contains(&days), "{line}");
+    let out = run(&["keys", "new", "--client", "clinic-app", "--days", "30"]);
+    assert!(out.contains("it expires in 30 days"), "{out}");
+    let out = run(&["keys", "new", "--client", "clinic-app", "--days", "0"]);
+    assert!(!out.contains("not_after"), "{out}");
+}
