@@ -347,7 +347,8 @@ impl App {
             None
         };
 
-        let api_tls = ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], ClientAuth::None)?;
+        let api_tls =
+            ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], api_client_auth(&config))?;
         let auth = Arc::new(Authenticator::new(
             &config.clients,
             Arc::new(AuthToAudit(audit.clone())),
@@ -363,7 +364,8 @@ impl App {
             auth.clone(),
             metrics.clone(),
         )
-        .with_opt_outs(Arc::new(relay.clone()));
+        .with_opt_outs(Arc::new(relay.clone()))
+        .with_consents(Arc::new(relay.clone()));
         let api_listener = listen("api.listen", config.api.listen).await?;
         let metrics_listener = listen("metrics.listen", config.metrics.listen).await?;
         let bound = Bound {
@@ -392,14 +394,21 @@ impl App {
         shutdown.spawn("api", async move {
             api::serve_api(api_listener, tls, state, limits, token, tracker).await
         });
-        let (token, tracker, m, tls) = (
+        let (token, tracker, tls) = (
             shutdown.token(),
             shutdown.tracker().clone(),
-            metrics.clone(),
             metrics_tls.clone(),
         );
+        // `/metrics`, and `GET /admin/backup` for `sms-conduit backup`.
+        let router = api::metrics_router(metrics.clone()).merge(crate::backup::admin_router(
+            store.clone(),
+            crate::backup::admin_token(&config.node.pseudonym_key),
+            config.node.state_dir.clone(),
+        ));
         shutdown.spawn("metrics", async move {
-            if let Err(e) = api::serve_metrics(metrics_listener, tls, m, token, tracker).await {
+            if let Err(e) =
+                api::serve_metrics_router(metrics_listener, tls, router, token, tracker).await
+            {
                 tracing::error!("metrics listener stopped: {e}");
             }
         });
@@ -525,7 +534,7 @@ impl App {
         if !errors.is_empty() {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
-        self.api_tls.reload(&new.tls)?;
+        self.api_tls.reload_with(&new.tls, api_client_auth(&new))?;
         if let Some(t) = &self.metrics_tls {
             t.reload(&new.tls)?;
         }
@@ -673,6 +682,15 @@ fn log_head(what: &str, audit: &Audit) {
 /// client per minute by the audit module; failures arrive here at most at
 /// the authenticator's per-address failure rate, plus once per lock-out
 /// (requests during a lock-out are only counted).
+/// The API asks for a client certificate only when a client pins one.
+fn api_client_auth(config: &Config) -> ClientAuth {
+    if api::auth::any_client_cert(&config.clients) {
+        ClientAuth::Optional
+    } else {
+        ClientAuth::None
+    }
+}
+
 struct AuthToAudit(Audit);
 
 impl api::AuthAudit for AuthToAudit {

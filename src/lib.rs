@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod config;
 pub mod deadline;

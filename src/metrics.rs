@@ -80,6 +80,10 @@ pub struct Metrics {
     pub shared_state_errors: IntCounterVec,
     /// Fleet mode: shared-state call latency by operation.
     pub shared_state_latency: HistogramVec,
+    /// Seconds until each API key's `not_after` (negative once past), by
+    /// client id and key index (its position in `key_sha256`), never the
+    /// key; only keys with a `not_after` have a series.
+    pub api_key_expiry: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -316,6 +320,12 @@ impl Metrics {
                 &["route", "status"],
             ),
             auth_failures,
+            api_key_expiry: gauge_vec(
+                &r,
+                "sms_conduit_api_key_expiry_seconds",
+                "Seconds until an API key's not_after (negative once expired), by client and key index.",
+                &["client", "key"],
+            ),
             registry: r,
         }
     }

@@ -3,6 +3,8 @@
 //!
 //! Owns: reading PEM certificates and keys, building `rustls` server and
 //! client configs, optional client-certificate verification for SMPP peers,
+//! the optional, unchained client certificate of the API (its fingerprint is
+//! the second factor `crate::api::auth` checks),
 //! and hot reload: a [`ServerTls`] hands out an acceptor built from the
 //! *current* config, and [`ServerTls::reload`] swaps it (SIGHUP) without
 //! touching connections already established.
@@ -97,6 +99,71 @@ pub enum ClientAuth {
     None,
     /// `tls.client_ca_file` (when set) must have signed the client's certificate.
     RequireIfConfigured,
+    /// A client certificate is asked for but not required, and not checked
+    /// against a CA: the API compares its SHA-256 with the client's
+    /// `client_cert_sha256` pins. The handshake still proves the client
+    /// holds the certificate's private key.
+    Optional,
+}
+
+/// The verifier of [`ClientAuth::Optional`]: offers client authentication,
+/// does not require it, accepts any certificate whose handshake signature
+/// verifies.
+#[derive(Debug)]
+struct PinnedByCaller {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PinnedByCaller {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Trust comes from the pinned fingerprint, compared per request.
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// SHA-256 of a certificate's DER: what `client_cert_sha256` pins.
+pub fn cert_sha256(cert: &CertificateDer<'_>) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(cert.as_ref()).into()
 }
 
 /// Builds a server config from the `[tls]` table.
@@ -120,6 +187,9 @@ pub fn server_config(
                 })?;
             builder.with_client_cert_verifier(verifier)
         }
+        (_, ClientAuth::Optional) => builder.with_client_cert_verifier(Arc::new(PinnedByCaller {
+            algorithms: provider().signature_verification_algorithms,
+        })),
         _ => builder.with_no_client_auth(),
     };
     let mut sc = builder
@@ -135,9 +205,9 @@ pub fn server_config(
 /// A listener's TLS state that can be swapped on reload.
 pub struct ServerTls {
     alpn: Vec<Vec<u8>>,
-    client_auth: ClientAuth,
-    /// A client certificate is required (a CA to check it was configured).
-    requires_client_cert: bool,
+    client_auth: RwLock<ClientAuth>,
+    /// A client CA was configured at the last load or reload.
+    has_client_ca: std::sync::atomic::AtomicBool,
     // A std lock: held only to clone an Arc, never across an await.
     current: RwLock<Arc<ServerConfig>>,
 }
@@ -152,16 +222,19 @@ impl ServerTls {
         let sc = server_config(cfg, alpn, client_auth)?;
         Ok(Arc::new(ServerTls {
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
-            client_auth,
-            requires_client_cert: client_auth == ClientAuth::RequireIfConfigured
-                && cfg.client_ca_file.is_some(),
+            client_auth: RwLock::new(client_auth),
+            has_client_ca: std::sync::atomic::AtomicBool::new(cfg.client_ca_file.is_some()),
             current: RwLock::new(sc),
         }))
     }
 
-    /// Whether this listener requires client certificates.
+    /// Whether this listener requires client certificates (a CA to check
+    /// them is configured).
     pub fn requires_client_cert(&self) -> bool {
-        self.requires_client_cert
+        *self.client_auth.read() == ClientAuth::RequireIfConfigured
+            && self
+                .has_client_ca
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// An acceptor using the current certificate.
@@ -173,8 +246,27 @@ impl ServerTls {
     /// Re-reads the certificate files; on error the old certificate stays.
     pub fn reload(&self, cfg: &config::Tls) -> Result<(), TlsError> {
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let sc = server_config(cfg, &alpn, self.client_auth)?;
+        let client_auth = *self.client_auth.read();
+        let sc = server_config(cfg, &alpn, client_auth)?;
         *self.current.write() = sc;
+        self.has_client_ca.store(
+            cfg.client_ca_file.is_some(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// As [`ServerTls::reload`], changing whether client certificates are
+    /// asked for (the API: when a reload adds or removes the last pin).
+    pub fn reload_with(&self, cfg: &config::Tls, client_auth: ClientAuth) -> Result<(), TlsError> {
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        let sc = server_config(cfg, &alpn, client_auth)?;
+        *self.client_auth.write() = client_auth;
+        *self.current.write() = sc;
+        self.has_client_ca.store(
+            cfg.client_ca_file.is_some(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 }

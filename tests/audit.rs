@@ -550,6 +550,7 @@ async fn records_hold_no_clear_recipient_number() {
         help_text: "help".into(),
         stop_text: "stop".into(),
         start_text: "start".into(),
+        ..Default::default()
     }]);
     let from = AuditNumber::of(&sender, &key, &own);
     let to = AuditNumber::of(&patient, &key, &own);

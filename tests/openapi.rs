@@ -25,6 +25,11 @@ fn every_send_error() -> Vec<SendError> {
     let all = vec![
         SendError::InvalidRequest("x".into()),
         SendError::Unauthorized,
+        SendError::KeyExpired {
+            not_after: "2020-01-01T00:00:00Z".into(),
+        },
+        SendError::ClientCertRequired,
+        SendError::ConsentMissing,
         SendError::CampaignNotAllowed,
         SendError::SenderNotInCampaign,
         SendError::IdempotencyConflict,
@@ -47,6 +52,9 @@ fn every_send_error() -> Vec<SendError> {
         match e {
             SendError::InvalidRequest(_)
             | SendError::Unauthorized
+            | SendError::KeyExpired { .. }
+            | SendError::ClientCertRequired
+            | SendError::ConsentMissing
             | SendError::CampaignNotAllowed
             | SendError::SenderNotInCampaign
             | SendError::IdempotencyConflict

@@ -225,6 +225,7 @@ async fn a_delivered_event_is_not_resent_while_the_store_cannot_record_it() {
         key_sha256: vec![],
         campaigns: vec![],
         webhook: Some(sink.webhook(1)),
+        ..Default::default()
     }];
     let _hooks = Webhooks::start_with(
         &clients,

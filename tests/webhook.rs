@@ -46,6 +46,7 @@ fn client(id: &str, hook: config::Webhook) -> config::Client {
         key_sha256: vec![],
         campaigns: vec![],
         webhook: Some(hook),
+        ..Default::default()
     }
 }
 

@@ -1,8 +1,10 @@
 //! API-key authentication (SPEC §4: `Authorization: Bearer KEY`).
 //!
-//! Owns: the key table (SHA-256 digests from `[[clients]].key_sha256`,
-//! swapped whole on reload), the constant-time look-up, the per-source-address
-//! limit on failed authentications, the audit hook, and making new keys.
+//! Owns: the key table (SHA-256 digests from `[[clients]].key_sha256`, with
+//! each key's optional `not_after`, swapped whole on reload), the
+//! constant-time look-up, refusing expired keys, the per-key
+//! seconds-to-expiry gauge, the per-source-address limit on failed
+//! authentications, the audit hook, and making new keys.
 //!
 //! Why this shape:
 //! * Only digests are configured, so the presented key is hashed and the
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::{Mutex, RwLock};
@@ -68,6 +71,11 @@ pub enum AuthFailure {
     /// counted in the metrics, not audited one by one, so a flood from one
     /// address cannot fill the audit log.
     LockedOut,
+    /// A key that matches a client but whose `not_after` has passed.
+    KeyExpired,
+    /// A key of a client with `client_cert_sha256`, on a connection that
+    /// presented none of those certificates.
+    ClientCertMissing,
 }
 
 impl AuthFailure {
@@ -78,6 +86,8 @@ impl AuthFailure {
             AuthFailure::Malformed => "malformed",
             AuthFailure::UnknownKey => "unknown_key",
             AuthFailure::LockedOut => "locked_out",
+            AuthFailure::KeyExpired => "key_expired",
+            AuthFailure::ClientCertMissing => "client_cert_missing",
         }
     }
 }
@@ -106,6 +116,9 @@ struct KeyEntry {
     digest: [u8; 32],
     client: ClientId,
     index: usize,
+    not_after: Option<DateTime<Utc>>,
+    /// The client's certificate pins; empty = the key alone suffices.
+    certs: Arc<[[u8; 32]]>,
 }
 
 impl KeyTable {
@@ -114,6 +127,7 @@ impl KeyTable {
             .iter()
             .flat_map(|c| {
                 let id = ClientId::new(&c.id);
+                let certs: Arc<[[u8; 32]]> = c.client_cert_sha256.clone().into();
                 c.key_sha256
                     .iter()
                     .enumerate()
@@ -121,6 +135,8 @@ impl KeyTable {
                         digest: *digest,
                         client: id.clone(),
                         index,
+                        not_after: c.key_not_after.get(index).copied().flatten(),
+                        certs: certs.clone(),
                     })
             })
             .collect();
@@ -128,7 +144,7 @@ impl KeyTable {
     }
 
     /// Compares `digest` with every entry in constant time.
-    fn lookup(&self, digest: &[u8; 32]) -> Option<(&ClientId, usize)> {
+    fn lookup(&self, digest: &[u8; 32]) -> Option<&KeyEntry> {
         let mut found = subtle::Choice::from(0);
         let mut at: u64 = 0;
         for (i, e) in self.entries.iter().enumerate() {
@@ -137,8 +153,7 @@ impl KeyTable {
             found |= eq;
         }
         if bool::from(found) {
-            let e = self.entries.get(at as usize)?;
-            Some((&e.client, e.index))
+            self.entries.get(at as usize)
         } else {
             None
         }
@@ -180,8 +195,10 @@ impl Authenticator {
         metrics: Arc<Metrics>,
         failures_per_minute: NonZeroU32,
     ) -> Self {
+        let table = Arc::new(KeyTable::from_clients(clients));
+        set_expiry_gauge(&metrics, &table, Utc::now());
         Authenticator {
-            keys: RwLock::new(Arc::new(KeyTable::from_clients(clients))),
+            keys: RwLock::new(table),
             failures: RateLimiter::keyed(Quota::per_minute(failures_per_minute)),
             clock: DefaultClock::default(),
             blocked: Mutex::new(HashMap::new()),
@@ -193,6 +210,7 @@ impl Authenticator {
     /// Replaces the key table (SIGHUP). Requests in flight keep the old one.
     pub fn reload(&self, clients: &[config::Client]) {
         let table = Arc::new(KeyTable::from_clients(clients));
+        set_expiry_gauge(&self.metrics, &table, Utc::now());
         *self.keys.write() = table;
     }
 
@@ -200,23 +218,42 @@ impl Authenticator {
         self.keys.read().clone()
     }
 
-    /// Checks an `Authorization` header value from `peer`.
+    /// Checks an `Authorization` header value from `peer`, on a connection
+    /// without a client certificate.
     pub fn authenticate(&self, header: Option<&[u8]>, peer: IpAddr) -> Result<ClientId, SendError> {
+        self.authenticate_with_cert(header, peer, None)
+    }
+
+    /// Checks an `Authorization` header value from `peer`, whose connection
+    /// presented a client certificate with SHA-256 `cert` (if any): a key
+    /// of a client with `client_cert_sha256` needs one of those.
+    pub fn authenticate_with_cert(
+        &self,
+        header: Option<&[u8]>,
+        peer: IpAddr,
+        cert: Option<&[u8; 32]>,
+    ) -> Result<ClientId, SendError> {
         let key = limiter_key(peer);
         if let Some(wait) = self.locked_out(key) {
             self.metrics.auth_failures.inc();
             return Err(SendError::RateLimited { retry_after: wait });
         }
         let outcome = match header {
-            None => Err(AuthFailure::Missing),
+            None => Err((AuthFailure::Missing, None)),
             Some(h) => match bearer_token(h) {
-                None => Err(AuthFailure::Malformed),
+                None => Err((AuthFailure::Malformed, None)),
                 Some(token) => {
                     let digest: [u8; 32] = Sha256::digest(token).into();
                     let table = self.table();
                     match table.lookup(&digest) {
-                        Some((client, index)) => Ok((client.clone(), index)),
-                        None => Err(AuthFailure::UnknownKey),
+                        Some(e) => match e.not_after {
+                            Some(t) if t <= Utc::now() => Err((AuthFailure::KeyExpired, Some(t))),
+                            _ if !cert_matches(&e.certs, cert) => {
+                                Err((AuthFailure::ClientCertMissing, None))
+                            }
+                            _ => Ok((e.client.clone(), e.index)),
+                        },
+                        None => Err((AuthFailure::UnknownKey, None)),
                     }
                 }
             },
@@ -226,7 +263,7 @@ impl Authenticator {
                 self.audit.key_used(&client, index, peer);
                 Ok(client)
             }
-            Err(reason) => {
+            Err((reason, expired_at)) => {
                 self.metrics.auth_failures.inc();
                 match self.record_failure(key) {
                     Some(wait) => {
@@ -235,7 +272,13 @@ impl Authenticator {
                     }
                     None => {
                         self.audit.auth_failed(peer, reason);
-                        Err(SendError::Unauthorized)
+                        Err(match (reason, expired_at) {
+                            (_, Some(t)) => SendError::KeyExpired {
+                                not_after: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            },
+                            (AuthFailure::ClientCertMissing, _) => SendError::ClientCertRequired,
+                            _ => SendError::Unauthorized,
+                        })
                     }
                 }
             }
@@ -272,6 +315,7 @@ impl Authenticator {
 
     /// Drops limiter state that no longer matters; call about once a minute.
     pub fn housekeeping(&self) {
+        set_expiry_gauge(&self.metrics, &self.table(), Utc::now());
         self.failures.retain_recent();
         self.failures.shrink_to_fit();
         let now = Instant::now();
@@ -282,6 +326,39 @@ impl Authenticator {
     /// Addresses with failure state (for tests and diagnostics).
     pub fn tracked_addresses(&self) -> usize {
         self.failures.len()
+    }
+}
+
+/// Whether the presented certificate satisfies a client's pins: always
+/// when it has none, else when it is one of them.
+fn cert_matches(pins: &[[u8; 32]], cert: Option<&[u8; 32]>) -> bool {
+    if pins.is_empty() {
+        return true;
+    }
+    let Some(cert) = cert else { return false };
+    pins.iter()
+        .fold(subtle::Choice::from(0), |any, p| any | p.ct_eq(cert))
+        .into()
+}
+
+/// Whether any client pins a certificate: then the API listener asks for
+/// one ([`crate::tls::ClientAuth::Optional`]).
+pub fn any_client_cert(clients: &[config::Client]) -> bool {
+    clients.iter().any(|c| !c.client_cert_sha256.is_empty())
+}
+
+/// Sets `sms_conduit_api_key_expiry_seconds` for every key with a
+/// `not_after` (negative once expired); keys without one have no series.
+/// Reset first, so a key removed on reload loses its series.
+fn set_expiry_gauge(metrics: &Metrics, table: &KeyTable, now: DateTime<Utc>) {
+    metrics.api_key_expiry.reset();
+    for e in &table.entries {
+        if let Some(t) = e.not_after {
+            metrics
+                .api_key_expiry
+                .with_label_values(&[e.client.as_str(), &e.index.to_string()])
+                .set((t - now).num_seconds());
+        }
     }
 }
 
@@ -325,8 +402,7 @@ mod tests {
                 .iter()
                 .map(|k| Sha256::digest(k.as_bytes()).into())
                 .collect(),
-            campaigns: vec![],
-            webhook: None,
+            ..Default::default()
         }
     }
 
@@ -422,6 +498,41 @@ mod tests {
         // Another address is unaffected.
         let other: IpAddr = "192.0.2.7".parse().unwrap();
         assert!(a.authenticate(Some(b"Bearer ka1"), other).is_ok());
+    }
+
+    #[test]
+    fn an_expired_key_is_refused_with_its_own_detail_and_audited() {
+        let rec = Arc::new(Recorded::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut c = client("a", &["old", "new"]);
+        c.key_not_after = vec![
+            Some(Utc::now() - chrono::Duration::seconds(1)),
+            Some(Utc::now() + chrono::Duration::days(30)),
+        ];
+        let a = Authenticator::new(&[c], rec.clone(), metrics.clone());
+        let refused = a.authenticate(Some(b"Bearer old"), PEER).unwrap_err();
+        assert!(matches!(refused, SendError::KeyExpired { .. }));
+        let p = refused.problem();
+        assert_eq!(p.status.as_u16(), 401);
+        assert_eq!(refused.code(), "unauthorized");
+        assert!(p.detail.contains("expired"), "{}", p.detail);
+        assert_eq!(*rec.0.lock(), vec![AuthFailure::KeyExpired]);
+        assert_eq!(
+            a.authenticate(Some(b"Bearer new"), PEER).unwrap().as_str(),
+            "a"
+        );
+        let text = String::from_utf8(metrics.render()).unwrap();
+        let line = |k: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "sms_conduit_api_key_expiry_seconds{{client=\"a\",key=\"{k}\"}}"
+                    ))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        };
+        assert!(line("0").unwrap() < 0);
+        assert!(line("1").unwrap() > 29 * 86_400);
     }
 
     #[test]

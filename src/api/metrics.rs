@@ -1,5 +1,6 @@
 //! The metrics listener: `GET /metrics` in the Prometheus text format
-//! (SPEC §7).
+//! (SPEC §7), and whatever admin routes the caller merges in
+//! ([`serve_metrics_router`]; the appliance adds `crate::backup`'s).
 //!
 //! Owns: the metrics router and the rule that plain HTTP is served only on a
 //! loopback address — anywhere else the listener must use TLS (the same
@@ -66,6 +67,19 @@ pub async fn serve_metrics(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Result<(), MetricsServeError> {
+    serve_metrics_router(listener, tls, metrics_router(metrics), shutdown, tracker).await
+}
+
+/// As [`serve_metrics`] with a router of the caller's (the metrics router
+/// merged with admin routes such as `crate::backup::admin_router`), under
+/// the same loopback-or-TLS rule.
+pub async fn serve_metrics_router(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    router: Router,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), MetricsServeError> {
     let addr = listener.local_addr()?;
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(MetricsServeError::PlaintextNotLoopback(addr));
@@ -73,7 +87,7 @@ pub async fn serve_metrics(
     accept_loop(
         listener,
         tls,
-        metrics_router(metrics).into(),
+        router.into(),
         ConnLimits::metrics(),
         shutdown,
         tracker,

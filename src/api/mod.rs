@@ -26,7 +26,7 @@ pub mod service;
 use std::sync::Arc;
 
 pub use auth::{new_key, AuthAudit, AuthFailure, Authenticator, NoAudit};
-pub use metrics::{serve_metrics, MetricsServeError};
+pub use metrics::{metrics_router, serve_metrics, serve_metrics_router, MetricsServeError};
 pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};
 pub use service::{
@@ -50,6 +50,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Opt-out administration (the relay; none until then).
     pub opt_outs: Arc<dyn OptOutService>,
+    /// Consent administration (the relay); `None`: the routes answer 404.
+    pub consents: Option<Arc<dyn routes::ConsentService>>,
 }
 
 impl ApiState {
@@ -66,7 +68,14 @@ impl ApiState {
             auth,
             metrics,
             opt_outs: Arc::new(NoRouteService),
+            consents: None,
         }
+    }
+
+    /// The same state with consent administration served by `consents`.
+    pub fn with_consents(mut self, consents: Arc<dyn routes::ConsentService>) -> Self {
+        self.consents = Some(consents);
+        self
     }
 
     /// The same state with opt-out administration served by `opt_outs`.

@@ -43,6 +43,14 @@ pub enum SendError {
     /// Missing or unknown API key.
     #[error("unauthorized")]
     Unauthorized,
+    /// A known key past its `not_after` (RFC 3339, UTC): 401 `unauthorized`
+    /// with a detail that says so, so the client knows to rotate.
+    #[error("API key expired")]
+    KeyExpired { not_after: String },
+    /// A valid key of a client that requires a TLS client certificate, on a
+    /// connection without one of its certificates: 401 `unauthorized`.
+    #[error("client certificate required")]
+    ClientCertRequired,
     /// The key's client may not use this campaign.
     #[error("campaign not allowed for this client")]
     CampaignNotAllowed,
@@ -56,6 +64,10 @@ pub enum SendError {
     /// The recipient opted out of this campaign's numbers.
     #[error("recipient opted out")]
     RecipientOptedOut,
+    /// The campaign has `require_opt_in` and the recipient's consent is not
+    /// recorded: nothing was sent (422).
+    #[error("recipient consent missing")]
+    ConsentMissing,
     /// A campaign (or authentication-failure) rate limit.
     #[error("rate limited, retry after {retry_after:?}")]
     RateLimited { retry_after: Duration },
@@ -101,11 +113,14 @@ impl SendError {
     pub fn code(&self) -> &'static str {
         match self {
             SendError::InvalidRequest(_) => "invalid_request",
-            SendError::Unauthorized => "unauthorized",
+            SendError::Unauthorized
+            | SendError::KeyExpired { .. }
+            | SendError::ClientCertRequired => "unauthorized",
             SendError::CampaignNotAllowed => "campaign_not_allowed",
             SendError::SenderNotInCampaign => "sender_not_in_campaign",
             SendError::IdempotencyConflict => "idempotency_conflict",
             SendError::RecipientOptedOut => "recipient_opted_out",
+            SendError::ConsentMissing => "consent_missing",
             SendError::RateLimited { .. } => "rate_limited",
             SendError::DailyCapReached { .. } => "daily_cap_reached",
             SendError::CarrierRejected { .. } => "carrier_rejected",
@@ -129,6 +144,16 @@ impl SendError {
                 S::UNAUTHORIZED,
                 "Unauthorized",
                 "a valid API key is required: Authorization: Bearer <key>".into(),
+            ),
+            SendError::KeyExpired { not_after } => (
+                S::UNAUTHORIZED,
+                "Unauthorized",
+                format!("the key expired at {not_after}; use its replacement (sms-conduit keys new)"),
+            ),
+            SendError::ClientCertRequired => (
+                S::UNAUTHORIZED,
+                "Unauthorized",
+                "this key is accepted only with the client's TLS certificate; connect with it".into(),
             ),
             SendError::CampaignNotAllowed => (
                 S::FORBIDDEN,
@@ -164,6 +189,11 @@ impl SendError {
                 S::BAD_GATEWAY,
                 "Carrier rejected",
                 format!("the carrier refused the message: {status_name}"),
+            ),
+            SendError::ConsentMissing => (
+                S::UNPROCESSABLE_ENTITY,
+                "Consent missing",
+                "this campaign sends only to recipients whose consent is recorded (PUT /v1/campaigns/{id}/consents/{number}, or the campaign's opt-in keyword); it was not sent".into(),
             ),
             SendError::NoRoute => (
                 S::UNPROCESSABLE_ENTITY,
@@ -220,7 +250,9 @@ impl SendError {
             }
             SendError::StoreUnavailable => p.retry_after = Some(STORE_RETRY_AFTER),
             SendError::SharedStateUnavailable => p.retry_after = Some(SHARED_STATE_RETRY_AFTER),
-            SendError::Unauthorized => p.www_authenticate = true,
+            SendError::Unauthorized
+            | SendError::KeyExpired { .. }
+            | SendError::ClientCertRequired => p.www_authenticate = true,
             _ => {}
         }
         p

@@ -53,6 +53,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/campaigns/{campaign}/opt-outs/{number}",
             get(get_opt_out).put(put_opt_out).delete(delete_opt_out),
         )
+        .route(
+            "/v1/campaigns/{campaign}/consents/{number}",
+            get(get_consent).put(put_consent).delete(delete_consent),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -101,10 +105,11 @@ pub(crate) fn is_send<B>(req: &axum::http::Request<B>) -> bool {
 pub(crate) async fn send_direct(
     state: ApiState,
     peer: IpAddr,
+    cert: Option<[u8; 32]>,
     req: axum::http::Request<hyper::body::Incoming>,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let resp = match authenticate(&state, &parts.headers, peer) {
+    let resp = match authenticate(&state, &parts.headers, peer, cert.as_ref()) {
         Ok(client) => send(&state, client, &parts.headers, HttpBody::new(body)).await,
         Err(e) => {
             discard_body(HttpBody::new(body)).await;
@@ -178,6 +183,12 @@ async fn method_not_allowed() -> Problem {
     Problem::method_not_allowed()
 }
 
+/// SHA-256 of the client certificate the request's TLS connection
+/// presented (`None`: none, or plaintext), put in each request's extensions
+/// by the listener for keys that require one.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCert(pub Option<[u8; 32]>);
+
 /// An authenticated client, from `Authorization: Bearer …`.
 pub struct Authed(pub ClientId);
 
@@ -193,7 +204,8 @@ impl FromRequestParts<ApiState> for Authed {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        authenticate(state, &parts.headers, peer).map(Authed)
+        let cert = parts.extensions.get::<PeerCert>().and_then(|c| c.0);
+        authenticate(state, &parts.headers, peer, cert.as_ref()).map(Authed)
     }
 }
 
@@ -201,11 +213,12 @@ fn authenticate(
     state: &ApiState,
     headers: &HeaderMap,
     peer: IpAddr,
+    cert: Option<&[u8; 32]>,
 ) -> Result<ClientId, SendError> {
     let h = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    state.auth.authenticate(h, peer)
+    state.auth.authenticate_with_cert(h, peer, cert)
 }
 
 async fn send_message(
@@ -351,6 +364,170 @@ async fn change_opt_out(
         .opt_out_change(&client, &campaign, &number, change)
         .await;
     opt_out_response(r, change == OptOutChange::Remove)
+}
+
+/// Largest accepted consent body (evidence metadata only).
+const MAX_CONSENT_BODY: usize = 4 * 1024;
+/// Longest `client_ref` of a consent: a reference to the client's own
+/// record of the evidence, not the evidence.
+const MAX_CLIENT_REF: usize = 128;
+
+/// How consent was obtained (the evidence's kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentMethod {
+    WebForm,
+    Keyword,
+    Paper,
+    Verbal,
+}
+
+impl ConsentMethod {
+    /// The record form (`web_form`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentMethod::WebForm => "web_form",
+            ConsentMethod::Keyword => "keyword",
+            ConsentMethod::Paper => "paper",
+            ConsentMethod::Verbal => "verbal",
+        }
+    }
+}
+
+/// A consent's evidence metadata, as `PUT` takes it and the store keeps it:
+/// never PHI, never the number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentEvidence {
+    pub method: ConsentMethod,
+    /// When consent was given (RFC 3339).
+    pub at: String,
+    /// The client's reference to its record of the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ref: Option<String>,
+}
+
+/// A consent as `GET/PUT /v1/campaigns/{id}/consents/{e164}` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConsentView {
+    pub campaign_id: String,
+    pub number: String,
+    #[serde(flatten)]
+    pub evidence: ConsentEvidence,
+}
+
+/// Consent administration for clients, on their own campaigns only.
+pub trait ConsentService: Send + Sync + 'static {
+    /// The recorded consent of `number` to `campaign`, if any.
+    fn consent<'a>(
+        &'a self,
+        client: &'a ClientId,
+        campaign: &'a str,
+        number: &'a E164,
+    ) -> futures::future::BoxFuture<'a, Result<Option<ConsentEvidence>, SendError>>;
+    /// Records (`Some`) or withdraws a consent, audited with it.
+    fn change_consent<'a>(
+        &'a self,
+        client: &'a ClientId,
+        campaign: &'a str,
+        number: &'a E164,
+        evidence: Option<ConsentEvidence>,
+    ) -> futures::future::BoxFuture<'a, Result<(), SendError>>;
+}
+
+fn consents(state: &ApiState) -> Result<&std::sync::Arc<dyn ConsentService>, SendError> {
+    state.consents.as_ref().ok_or(SendError::NotFound)
+}
+
+async fn get_consent(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    path: OptOutPath,
+) -> Response {
+    let r = async {
+        let (campaign, number) = opt_out_target(path)?;
+        let evidence = consents(&state)?
+            .consent(&client, &campaign, &number)
+            .await?
+            .ok_or(SendError::NotFound)?;
+        Ok::<_, SendError>(ConsentView {
+            campaign_id: campaign,
+            number: number.as_str().to_owned(),
+            evidence,
+        })
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `PUT` body: the evidence's metadata. Errors name the field, never a value.
+async fn put_consent(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    path: OptOutPath,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let (campaign, number) = opt_out_target(path)?;
+        if body.len() > MAX_CONSENT_BODY {
+            return Err(SendError::InvalidRequest("body too large".into()));
+        }
+        let evidence: ConsentEvidence = serde_json::from_slice(&body).map_err(|_| {
+            SendError::InvalidRequest(
+                "body must be {\"method\": \"web_form|keyword|paper|verbal\", \"at\": RFC 3339, \"client_ref\"?: string}".into(),
+            )
+        })?;
+        let at = chrono::DateTime::parse_from_rfc3339(&evidence.at)
+            .map_err(|_| SendError::InvalidRequest("`at` is not an RFC 3339 time".into()))?;
+        if let Some(r) = &evidence.client_ref {
+            if r.is_empty() || r.len() > MAX_CLIENT_REF || !r.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(SendError::InvalidRequest(format!(
+                    "`client_ref` must be 1-{MAX_CLIENT_REF} visible ASCII characters"
+                )));
+            }
+        }
+        let evidence = ConsentEvidence {
+            at: at
+                .with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ..evidence
+        };
+        consents(&state)?
+            .change_consent(&client, &campaign, &number, Some(evidence.clone()))
+            .await?;
+        Ok(ConsentView {
+            campaign_id: campaign,
+            number: number.as_str().to_owned(),
+            evidence,
+        })
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE` withdraws the consent: 204.
+async fn delete_consent(
+    State(state): State<ApiState>,
+    Authed(client): Authed,
+    path: OptOutPath,
+) -> Response {
+    let r = async {
+        let (campaign, number) = opt_out_target(path)?;
+        consents(&state)?
+            .change_consent(&client, &campaign, &number, None)
+            .await
+    }
+    .await;
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `Content-Type` must be `application/json` (parameters allowed).

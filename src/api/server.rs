@@ -296,7 +296,7 @@ impl Conn {
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls else {
             mine.handshake_done();
-            return self.serve(tcp, None).await;
+            return self.serve(tcp, None, None).await;
         };
         // The acceptor current now: a reload affects only later connections.
         let acceptor = tls.acceptor();
@@ -317,12 +317,20 @@ impl Conn {
         };
         mine.handshake_done();
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        self.serve(stream, Some(h2)).await
+        // The client certificate's fingerprint, for keys that require one.
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .map(crate::tls::cert_sha256);
+        self.serve(stream, Some(h2), cert).await
     }
 
     /// Serves HTTP on an established stream. `alpn_h2`: `Some` on TLS (the
-    /// ALPN decision), `None` on plaintext (protocol sniffed).
-    async fn serve<S>(self, io: S, alpn_h2: Option<bool>)
+    /// ALPN decision), `None` on plaintext (protocol sniffed). `cert`: the
+    /// SHA-256 of the client's TLS certificate, if it presented one.
+    async fn serve<S>(self, io: S, alpn_h2: Option<bool>, cert: Option<[u8; 32]>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -338,11 +346,12 @@ impl Conn {
             let direct = send.as_ref().filter(|_| routes::is_send(&req)).cloned();
             if direct.is_none() {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(routes::PeerCert(cert));
             }
             let router = router.clone();
             async move {
                 let mut resp = match direct {
-                    Some(state) => Ok(routes::send_direct(state, peer.ip(), req).await),
+                    Some(state) => Ok(routes::send_direct(state, peer.ip(), cert, req).await),
                     None => router.oneshot(req).await,
                 };
                 if draining.is_cancelled() {

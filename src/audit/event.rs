@@ -208,6 +208,21 @@ pub enum AuditEvent {
         number: AuditNumber,
         via: &'static str,
     },
+    /// `consent.recorded`: `number` consented to `campaign`'s messages;
+    /// `method` is the evidence's kind (`web_form`, `keyword`, `paper`,
+    /// `verbal`), `via` how it was recorded (`api`, `mo`).
+    ConsentRecorded {
+        campaign: String,
+        number: AuditNumber,
+        method: &'static str,
+        via: &'static str,
+    },
+    /// `consent.withdrawn`: the consent of `number` was removed.
+    ConsentWithdrawn {
+        campaign: String,
+        number: AuditNumber,
+        via: &'static str,
+    },
     /// `optout.removed`: `number` opted back in.
     OptOutRemoved {
         campaign: String,
@@ -285,6 +300,8 @@ impl AuditEvent {
             AuditEvent::MoReceived { .. } => "mo.received",
             AuditEvent::OptOutAdded { .. } => "optout.added",
             AuditEvent::OptOutRemoved { .. } => "optout.removed",
+            AuditEvent::ConsentRecorded { .. } => "consent.recorded",
+            AuditEvent::ConsentWithdrawn { .. } => "consent.withdrawn",
             AuditEvent::BindUp { .. } => "smpp.bind_up",
             AuditEvent::BindDown { .. } => "smpp.bind_down",
             AuditEvent::BindFailed { .. } => "smpp.bind_failed",
@@ -359,12 +376,28 @@ impl AuditEvent {
                 opt(&mut f, "campaign", campaign.as_deref());
                 f.push(("keyword", s(keyword.as_str())));
             }
+            AuditEvent::ConsentRecorded {
+                campaign,
+                number,
+                method,
+                via,
+            } => {
+                f.push(("campaign", s(campaign)));
+                f.push(("number", number.field()));
+                f.push(("method", s(*method)));
+                f.push(("via", s(*via)));
+            }
             AuditEvent::OptOutAdded {
                 campaign,
                 number,
                 via,
             }
             | AuditEvent::OptOutRemoved {
+                campaign,
+                number,
+                via,
+            }
+            | AuditEvent::ConsentWithdrawn {
                 campaign,
                 number,
                 via,
@@ -587,6 +620,7 @@ mod tests {
             help_text: String::new(),
             stop_text: String::new(),
             start_text: String::new(),
+            ..Default::default()
         }]);
         let key = Secret::new(vec![1; 32]);
         assert_eq!(AuditNumber::of(&ours, &key, &own).to_field(), ours.as_str());

@@ -99,6 +99,8 @@ pub use chain::{
 pub use event::{AuditEvent, AuditNumber, KeywordClass, OwnNumbers, GENESIS, KEY_USED, PRUNED};
 pub use export::{export, export_file, parse_time, ExportError};
 pub use prune::PRUNE_CHUNK;
+/// The chain walk on a read transaction (for `crate::backup`'s check).
+pub(crate) use verify::walk as verify_txn;
 pub use verify::{verify, verify_file, BreakReason, CopyError, VerifyError, VerifyReport};
 
 use crate::metrics::Metrics;

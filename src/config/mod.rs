@@ -249,7 +249,8 @@ pub struct Fleet {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// `Default` is for tests that build a campaign by hand.
+#[derive(Debug, Clone, Default)]
 pub struct Campaign {
     pub id: String,
     pub brand: String,
@@ -261,13 +262,28 @@ pub struct Campaign {
     pub help_text: String,
     pub stop_text: String,
     pub start_text: String,
+    /// A send to a recipient without a recorded consent for this campaign
+    /// is refused (`consent_missing`).
+    pub require_opt_in: bool,
+    /// MO keywords (upper case) that record a consent; answered with
+    /// `opt_in_text`.
+    pub opt_in_keywords: Vec<String>,
+    pub opt_in_text: String,
 }
 
-#[derive(Debug, Clone)]
+/// `Default` is for tests that build a client by hand
+/// (`..Default::default()`), so new optional fields do not break them.
+#[derive(Debug, Clone, Default)]
 pub struct Client {
     pub id: String,
     /// SHA-256 digests of the client's API keys.
     pub key_sha256: Vec<[u8; 32]>,
+    /// Each key's `not_after`, in the order of `key_sha256` (same length):
+    /// from that instant on the key is refused. `None` = never expires.
+    pub key_not_after: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    /// SHA-256 of the DER certificates the client's TLS connection must
+    /// present beside its key (a second factor); empty = key alone.
+    pub client_cert_sha256: Vec<[u8; 32]>,
     pub campaigns: Vec<String>,
     pub webhook: Option<Webhook>,
 }

@@ -264,13 +264,26 @@ pub struct RawCampaign {
     pub help_text: Option<String>,
     pub stop_text: Option<String>,
     pub start_text: Option<String>,
+    /// Sends need a recorded consent (opt-in) of the recipient.
+    #[serde(default)]
+    pub require_opt_in: bool,
+    /// MO keywords that record a consent (e.g. `["YES", "JOIN"]`).
+    #[serde(default)]
+    pub opt_in_keywords: Vec<String>,
+    /// The answer to an opt-in keyword.
+    pub opt_in_text: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawClient {
     pub id: String,
     #[serde(default)]
-    pub key_sha256: Vec<String>,
+    pub key_sha256: Vec<RawKey>,
+    /// SHA-256 fingerprints of the client's TLS certificates (DER), hex,
+    /// colons allowed: when set, a key of this client is accepted only on a
+    /// connection that presented one of them.
+    #[serde(default)]
+    pub client_cert_sha256: Vec<String>,
     #[serde(default)]
     pub campaigns: Vec<String>,
     pub webhook_url: Option<String>,
@@ -278,6 +291,20 @@ pub struct RawClient {
     pub webhook_ca_file: Option<String>,
     #[serde(default = "default_webhook_concurrency")]
     pub webhook_concurrency: u32,
+}
+
+/// One entry of `[[clients]].key_sha256`: the bare hex digest (a key that
+/// never expires, the original form), or a table
+/// `{ sha256 = "…", not_after = "2027-06-30T00:00:00Z" }`. The table's keys
+/// are checked in `validate` (so an unknown one is named, not swallowed).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a SHA-256 hex string, or a table { sha256 = \"<hex>\", not_after = \"<RFC 3339 time>\" }"
+)]
+pub enum RawKey {
+    Hash(String),
+    Table(std::collections::BTreeMap<String, toml::Value>),
 }
 
 fn default_webhook_concurrency() -> u32 {

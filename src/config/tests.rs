@@ -410,5 +410,116 @@ fn fleet_keys_are_validated_and_named() {
         &with_fleet("redis_url = \"rediss://r.internal\""),
         "fleet",
         "missing field `key_prefix`",
+#[test]
+fn key_entries_may_carry_not_after_quoted_or_bare() {
+    let d = dir();
+    let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+    let text = valid().replace(
+        &format!("key_sha256 = [\"{HASH}\"]"),
+        &format!(
+            "key_sha256 = [\"{HASH}\", {{ sha256 = \"{other}\", not_after = \"2027-06-30T00:00:00Z\" }}, {{ sha256 = \"{}\", not_after = 2028-01-01T00:00:00+01:00 }}]",
+            "a".repeat(64)
+        ),
+    );
+    let cfg = load(&text, &d).unwrap();
+    let c = &cfg.clients[0];
+    assert_eq!(c.key_sha256.len(), 3);
+    assert_eq!(c.key_not_after.len(), 3);
+    assert_eq!(c.key_not_after[0], None);
+    assert_eq!(
+        c.key_not_after[1].map(|t| t.to_rfc3339()),
+        Some("2027-06-30T00:00:00+00:00".into())
+    );
+    assert_eq!(
+        c.key_not_after[2].map(|t| t.to_rfc3339()),
+        Some("2027-12-31T23:00:00+00:00".into())
+    );
+}
+
+#[test]
+fn key_tables_name_their_bad_fields() {
+    let with = |entry: &str| valid().replace(&format!("[\"{HASH}\"]"), &format!("[{entry}]"));
+    refused(
+        &with(&format!(
+            "{{ sha256 = \"{HASH}\", not_after = \"next year\" }}"
+        )),
+        "clients[0].key_sha256[0].not_after",
+        "RFC 3339",
+    );
+    refused(
+        &with(&format!(
+            "{{ sha256 = \"{HASH}\", expires = \"2027-01-01T00:00:00Z\" }}"
+        )),
+        "clients[0].key_sha256[0].expires",
+        "unknown key",
+    );
+    refused(
+        &with("{ not_after = \"2027-01-01T00:00:00Z\" }"),
+        "clients[0].key_sha256[0].sha256",
+        "is required",
+    );
+    refused(
+        &with("{ sha256 = \"abc\" }"),
+        "clients[0].key_sha256[0].sha256",
+        "64 hex",
+    );
+    refused(
+        &with("42"),
+        "clients[0].key_sha256[0]",
+        "SHA-256 hex string",
+    );
+}
+
+#[test]
+fn client_cert_fingerprints_take_hex_with_or_without_colons() {
+    let d = dir();
+    let colons = "AB:".repeat(31) + "AB";
+    let text = valid().replace(
+        "campaigns = [\"CX4K2M9\"]\nwebhook_url",
+        &format!("client_cert_sha256 = [\"{HASH}\", \"{colons}\"]\ncampaigns = [\"CX4K2M9\"]\nwebhook_url"),
+    );
+    let cfg = load(&text, &d).unwrap();
+    assert_eq!(cfg.clients[0].client_cert_sha256.len(), 2);
+    assert_eq!(cfg.clients[0].client_cert_sha256[1], [0xAB; 32]);
+    refused(
+        &valid().replace(
+            "campaigns = [\"CX4K2M9\"]\nwebhook_url",
+            "client_cert_sha256 = [\"nope\"]\ncampaigns = [\"CX4K2M9\"]\nwebhook_url",
+        ),
+        "clients[0].client_cert_sha256[0]",
+        "64 hex",
+    );
+}
+
+#[test]
+fn opt_in_keywords_need_a_confirmation_and_must_not_be_stop_words() {
+    let with = |extra: &str| {
+        valid().replace(
+            "start_text = \"start\"\n",
+            &format!("start_text = \"start\"\nrequire_opt_in = true\n{extra}\n"),
+        )
+    };
+    let d = dir();
+    let cfg = load(
+        &with("opt_in_keywords = [\"yes\", \"JOIN\"]\nopt_in_text = \"You are in.\""),
+        &d,
+    )
+    .unwrap();
+    assert!(cfg.campaigns[0].require_opt_in);
+    assert_eq!(cfg.campaigns[0].opt_in_keywords, ["YES", "JOIN"]);
+    refused(
+        &with("opt_in_keywords = [\"YES\"]"),
+        "campaigns[0].opt_in_text",
+        "is required",
+    );
+    refused(
+        &with("opt_in_keywords = [\"START\"]\nopt_in_text = \"x\""),
+        "campaigns[0].opt_in_keywords[0]",
+        "STOP/START/HELP",
+    );
+    refused(
+        &with("opt_in_keywords = [\"YES PLEASE\"]\nopt_in_text = \"x\""),
+        "campaigns[0].opt_in_keywords[0]",
+        "letters or digits",
     );
 }

@@ -804,6 +804,37 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
         let help_text = text("help_text", &r.help_text);
         let stop_text = text("stop_text", &r.stop_text);
         let start_text = text("start_text", &r.start_text);
+        let mut opt_in_keywords = Vec::new();
+        for (j, w) in r.opt_in_keywords.iter().enumerate() {
+            let key = format!("campaigns[{i}].opt_in_keywords[{j}]");
+            let upper = w.trim().to_ascii_uppercase();
+            if upper.is_empty()
+                || upper.len() > 20
+                || !upper.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                c.err(key, format!("{w:?} must be 1-20 letters or digits"));
+            } else if crate::relay::inbound::keyword(&upper) != crate::audit::KeywordClass::Other {
+                c.err(key, format!("{w:?} is already a STOP/START/HELP keyword"));
+            } else {
+                opt_in_keywords.push(upper);
+            }
+        }
+        let opt_in_text = match &r.opt_in_text {
+            Some(t) if !t.trim().is_empty() => {
+                if crate::smpp::encoding::analyze(t).segments > 1 {
+                    c.err(k("opt_in_text"), "must fit one SMS (at most 160 GSM-7 characters, or 70 when any character needs UCS-2)");
+                }
+                t.clone()
+            }
+            _ if !opt_in_keywords.is_empty() => {
+                c.err(
+                    k("opt_in_text"),
+                    "is required when opt_in_keywords is set (the confirmation the sender gets)",
+                );
+                String::new()
+            }
+            _ => String::new(),
+        };
         out.push(Campaign {
             id: r.id.clone(),
             brand: r.brand.clone(),
@@ -814,6 +845,9 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
             help_text,
             stop_text,
             start_text,
+            require_opt_in: r.require_opt_in,
+            opt_in_keywords,
+            opt_in_text,
         });
     }
     out
@@ -834,9 +868,11 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
             );
         }
         let mut keys = Vec::new();
-        for (j, h) in r.key_sha256.iter().enumerate() {
+        let mut not_after = Vec::new();
+        for (j, entry) in r.key_sha256.iter().enumerate() {
             let key = format!("clients[{i}].key_sha256[{j}]");
-            let d = c.sha256_hex(&key, h);
+            let (d, until) = client_key(c, &key, entry);
+            not_after.push(until);
             if !keys_seen.insert(d) {
                 c.err(
                     key,
@@ -844,6 +880,12 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
                 );
             }
             keys.push(d);
+        }
+        let mut certs = Vec::new();
+        for (j, h) in r.client_cert_sha256.iter().enumerate() {
+            // `openssl x509 -fingerprint -sha256` prints `AB:CD:…`.
+            let hex: String = h.chars().filter(|c| *c != ':').collect();
+            certs.push(c.sha256_hex(&format!("clients[{i}].client_cert_sha256[{j}]"), &hex));
         }
         for (j, id) in r.campaigns.iter().enumerate() {
             if !campaigns.iter().any(|cp| &cp.id == id) {
@@ -899,11 +941,62 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
         out.push(Client {
             id: r.id.clone(),
             key_sha256: keys,
+            key_not_after: not_after,
+            client_cert_sha256: certs,
             campaigns: r.campaigns.clone(),
             webhook,
         });
     }
     out
+}
+
+/// One `key_sha256` entry: its digest and `not_after`. `key` is the entry's
+/// path (`clients[0].key_sha256[1]`); a table's fields are named below it.
+fn client_key(
+    c: &mut Check<'_>,
+    key: &str,
+    entry: &RawKey,
+) -> ([u8; 32], Option<chrono::DateTime<chrono::Utc>>) {
+    let table = match entry {
+        RawKey::Hash(h) => return (c.sha256_hex(key, h), None),
+        RawKey::Table(t) => t,
+    };
+    let mut digest = None;
+    let mut not_after = None;
+    for (field, value) in table {
+        let fkey = format!("{key}.{field}");
+        match (field.as_str(), value) {
+            ("sha256", toml::Value::String(h)) => digest = Some(c.sha256_hex(&fkey, h)),
+            ("sha256", _) => c.err(fkey, "must be 64 hex characters (a SHA-256 digest)"),
+            ("not_after", v) => {
+                // Quoted or a bare TOML date-time: both are read as RFC 3339.
+                let text = match v {
+                    toml::Value::String(s) => Some(s.clone()),
+                    toml::Value::Datetime(d) => Some(d.to_string()),
+                    _ => None,
+                };
+                match text
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                {
+                    Some(t) => not_after = Some(t.with_timezone(&chrono::Utc)),
+                    None => c.err(
+                        fkey,
+                        "must be an RFC 3339 time with its offset, e.g. \"2027-06-30T00:00:00Z\"",
+                    ),
+                }
+            }
+            _ => c.err(fkey, "unknown key"),
+        }
+    }
+    let digest = digest.unwrap_or_else(|| {
+        c.err(
+            format!("{key}.sha256"),
+            "is required (the key's SHA-256 from `sms-conduit keys new`)",
+        );
+        [0u8; 32]
+    });
+    (digest, not_after)
 }
 
 /// Webhooks carry bodies (MO texts), so they must be HTTPS; plain `http://`

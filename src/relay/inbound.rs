@@ -414,6 +414,23 @@ impl Inbound {
             KeywordClass::Help => Some(campaign.help_text.clone()),
             KeywordClass::Other => None,
         };
+        if class == KeywordClass::Other && !campaign.opt_in_keywords.is_empty() {
+            let r = super::consent::on_mo(
+                &self.shared,
+                &self.audit,
+                &campaign,
+                pseudonym,
+                text.expose(),
+                link,
+            );
+            match r.await {
+                Ok(answer) => reply = answer,
+                Err(e) => {
+                    tracing::error!("recording a consent: {e}");
+                    return CommandStatus::EsmeRxTAppn;
+                }
+            }
+        }
         let ev = AuditEvent::MoReceived {
             link: link.to_owned(),
             from: AuditNumber::from(pseudonym),

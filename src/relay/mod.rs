@@ -5,6 +5,7 @@
 //! Must not know: HTTP or SMPP wire details (the API and the SMPP engine
 //! translate), and never keeps a body beyond the request.
 
+pub mod consent;
 pub mod inbound;
 pub mod inflight;
 pub mod limits;

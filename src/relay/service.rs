@@ -560,6 +560,11 @@ impl Relay {
                     return Err(fail(unavailable(&e)));
                 }
             }
+            if campaign.require_opt_in {
+                super::consent::require(&*self.inner.shared, &campaign.id, &to_p.0)
+                    .await
+                    .map_err(fail)?;
+            }
         }
         let candidates = Self::route(&view, &req.to).map_err(fail)?;
         let mut reservation = self
@@ -1263,8 +1268,19 @@ impl crate::api::OptOutService for Relay {
 }
 
 impl Relay {
-    /// The client may administer only its own campaigns' opt-outs.
-    fn own_campaign(&self, client: &ClientId, campaign: &str) -> Result<(), SendError> {
+    /// What [`super::consent`] needs: the shared state, the audit log and
+    /// the pseudonym key.
+    pub(crate) fn consent_parts(&self) -> (&Arc<dyn SharedState>, &Audit, &Secret) {
+        (
+            &self.inner.shared,
+            &self.inner.audit,
+            &self.inner.pseudonym_key,
+        )
+    }
+
+    /// The client may administer only its own campaigns' opt-outs (and
+    /// consents).
+    pub(crate) fn own_campaign(&self, client: &ClientId, campaign: &str) -> Result<(), SendError> {
         let view = read(&self.inner.view);
         if view
             .clients

@@ -294,6 +294,15 @@ impl RedisShared {
         Ok(format!("{}:o:{campaign}", self.tag(&brand)))
     }
 
+    /// The hash of a campaign's consents (pseudonym hex → evidence JSON),
+    /// under its brand's hash tag like the opt-outs.
+    fn consent_key(&self, campaign: &str) -> Result<String, StoreError> {
+        let brand = self.brands.read().get(campaign).cloned().ok_or_else(|| {
+            StoreError::Shared(format!("campaign {campaign:?} is not configured"))
+        })?;
+        Ok(format!("{}:k:{campaign}", self.tag(&brand)))
+    }
+
     fn keys(&self, a: &Admission) -> [String; 4] {
         let tag = self.tag(&a.brand);
         let number = a.from.as_str();
@@ -431,6 +440,45 @@ impl SharedState for RedisShared {
                 "opt_out",
                 |mut c| async move { c.sismember(k, member).await },
             )
+            .await
+        })
+    }
+
+    fn consent<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let k = self.consent_key(campaign)?;
+            let field = hex::encode(pseudonym);
+            self.call("consent", |mut c| async move {
+                c.hget::<_, _, Option<Vec<u8>>>(k, field).await
+            })
+            .await
+        })
+    }
+
+    fn set_consent<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+        evidence: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let k = self.consent_key(campaign)?;
+            let field = hex::encode(pseudonym);
+            self.call("consent", |mut c| async move {
+                match evidence {
+                    Some(e) => {
+                        let before: Option<Vec<u8>> = c.hget(&k, &field).await?;
+                        let changed = before.as_deref() != Some(e.as_slice());
+                        let _: i64 = c.hset(&k, &field, e).await?;
+                        Ok(changed)
+                    }
+                    None => c.hdel::<_, _, i64>(&k, &field).await.map(|n| n > 0),
+                }
+            })
             .await
         })
     }

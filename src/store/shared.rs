@@ -5,14 +5,16 @@
 //! (a) daily segment counters for brand/campaign caps,
 //! (b) the opt-out list, keyed by campaign and number pseudonym,
 //! (c) the (carrier, carrier message id) → message id index, because a
-//!     delivery receipt may arrive at another node than the sender.
+//!     delivery receipt may arrive at another node than the sender;
+//! (d) documented consents (opt-ins), keyed like opt-outs, with the
+//!     evidence's metadata (never PHI) as the value.
 //!
 //! Today [`LocalShared`] keeps them in the local redb file through the
 //! group-commit writer. A Redis backend (an existing engine, not a home-made
 //! one) will implement the same [`SharedState`] trait later — `INCRBY` under a
 //! Lua check for (a), a set per campaign for (b), plain keys with a TTL for
 //! (c) — and callers, which only ever hold an `Arc<dyn SharedState>`, will not
-//! change. Keep this trait narrow: anything that is not one of these three
+//! change. Keep this trait narrow: anything that is not one of these four
 //! stays in [`crate::store::Store`].
 //!
 //! Invariants: a number appears here only as its 32-byte keyed pseudonym
@@ -150,6 +152,31 @@ pub trait SharedState: Send + Sync {
         false
     }
 
+    /// The recorded consent of `pseudonym` to `campaign` (its evidence's
+    /// metadata, JSON), if any.
+    fn consent<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Records (`Some(evidence)`) or removes a consent in its own write.
+    /// Returns whether anything changed. A local store's caller writes it
+    /// with [`put_consent`] inside its own op instead, so the audit record
+    /// commits with it (see [`SharedState::consent_is_local`]).
+    fn set_consent<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+        evidence: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// True when consents live in the local store ([`put_consent`] may be
+    /// used in the caller's transaction).
+    fn consent_is_local(&self) -> bool {
+        false
+    }
+
     /// Our message id for the first of `keys` (a receipt's
     /// [`crate::smpp::dlr::lookup_keys`]) that is indexed.
     fn lookup_carrier_id<'a>(
@@ -245,6 +272,35 @@ pub fn put_carrier_ids(
         t.insert((carrier, key.as_str()), message_id)?;
     }
     Ok(())
+}
+
+/// `(campaign, pseudonym)` → the consent's evidence metadata (JSON: method,
+/// time, client reference; never PHI, never the number).
+pub const CONSENTS: redb::TableDefinition<(&str, &[u8; 32]), &[u8]> =
+    redb::TableDefinition::new("consents");
+
+/// Records (`Some`) or removes a consent in the caller's transaction;
+/// returns whether it changed (the same evidence again is no change).
+pub fn put_consent(
+    txn: &Tx<'_>,
+    campaign: &str,
+    pseudonym: &[u8; 32],
+    evidence: Option<&[u8]>,
+) -> Result<bool, StoreError> {
+    // Opened directly, not through the batch's table cache: consent
+    // changes are rare, and the cache holds only the send path's shapes.
+    let mut t = txn.txn().open_table(CONSENTS)?;
+    let key = (campaign, pseudonym);
+    match evidence {
+        Some(e) => {
+            if t.get(key)?.is_some_and(|v| v.value() == e) {
+                return Ok(false);
+            }
+            t.insert(key, e)?;
+            Ok(true)
+        }
+        None => Ok(t.remove(key)?.is_some()),
+    }
 }
 
 /// The opt-out table held in memory as well, so the check every send makes
@@ -477,6 +533,38 @@ impl SharedState for LocalShared {
             self.store
                 .write(move |txn| put_carrier_ids(txn, &carrier, &keys, &message_id)),
         )
+    }
+
+    fn consent<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            self.store.read(|rtxn| {
+                let Some(t) = tables::open_read(rtxn, CONSENTS)? else {
+                    return Ok(None);
+                };
+                Ok(t.get((campaign, pseudonym))?.map(|v| v.value().to_vec()))
+            })
+        })
+    }
+
+    fn set_consent<'a>(
+        &'a self,
+        campaign: &'a str,
+        pseudonym: &'a [u8; 32],
+        evidence: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (campaign, pseudonym) = (campaign.to_owned(), *pseudonym);
+        Box::pin(
+            self.store
+                .write(move |txn| put_consent(txn, &campaign, &pseudonym, evidence.as_deref())),
+        )
+    }
+
+    fn consent_is_local(&self) -> bool {
+        true
     }
 
     fn index_is_local(&self) -> bool {

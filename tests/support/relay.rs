@@ -344,6 +344,9 @@ pub struct Setup {
     pub node_extra: String,
     /// Appended to the config as is: e.g. a `[fleet]` table.
     pub fleet_extra: String,
+    /// Appended to the end of the config: whole tables (`[[campaigns]]`,
+    /// `[[clients]]`, …) a scenario adds.
+    pub extra_toml: String,
 }
 
 /// `webhook_url`, the secret (written to `clinic-app.whsec` as is) and the
@@ -368,6 +371,7 @@ impl Setup {
             webhook: None,
             node_extra: String::new(),
             fleet_extra: String::new(),
+            extra_toml: String::new(),
         }
     }
     /// One carrier, `carrier-a`, on `sim`.
@@ -510,9 +514,10 @@ key_sha256 = ["{other_hash}"]
 campaigns = ["{OTHER_CAMPAIGN}"]
 
 {fleet_extra}
-"#,
+{extra_toml}"#,
         fleet_extra = setup.fleet_extra,
         node_extra = setup.node_extra,
+        extra_toml = setup.extra_toml,
         cap = setup.daily_cap,
         tz = setup.tz,
         spm = setup.spm,
