@@ -410,6 +410,9 @@ fn fleet_keys_are_validated_and_named() {
         &with_fleet("redis_url = \"rediss://r.internal\""),
         "fleet",
         "missing field `key_prefix`",
+    );
+}
+
 #[test]
 fn key_entries_may_carry_not_after_quoted_or_bare() {
     let d = dir();
