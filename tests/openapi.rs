@@ -35,6 +35,7 @@ fn every_send_error() -> Vec<SendError> {
         SendError::IdempotencyConflict,
         SendError::RecipientOptedOut,
         SendError::RateLimited { retry_after: d },
+        SendError::AuthLockedOut { retry_after: d },
         SendError::DailyCapReached { retry_after: d },
         SendError::CarrierRejected {
             status_name: "ESME_RSUBMITFAIL".into(),
@@ -60,6 +61,7 @@ fn every_send_error() -> Vec<SendError> {
             | SendError::IdempotencyConflict
             | SendError::RecipientOptedOut
             | SendError::RateLimited { .. }
+            | SendError::AuthLockedOut { .. }
             | SendError::DailyCapReached { .. }
             | SendError::CarrierRejected { .. }
             | SendError::NoRoute

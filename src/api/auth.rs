@@ -234,10 +234,12 @@ impl Authenticator {
         cert: Option<&[u8; 32]>,
     ) -> Result<ClientId, SendError> {
         let key = limiter_key(peer);
-        if let Some(wait) = self.locked_out(key) {
-            self.metrics.auth_failures.inc();
-            return Err(SendError::RateLimited { retry_after: wait });
-        }
+        // A lock-out refuses what failed from this address, never a valid
+        // key: another party behind the same address (NAT, a proxy, a
+        // /64) must not lock out a client that holds its key (issue 20
+        // item 4). Keys are 256-bit random, so checking a presented key
+        // during a lock-out gives a guesser nothing.
+        let locked = self.locked_out(key);
         let outcome = match header {
             None => Err((AuthFailure::Missing, None)),
             Some(h) => match bearer_token(h) {
@@ -263,12 +265,19 @@ impl Authenticator {
                 self.audit.key_used(&client, index, peer);
                 Ok(client)
             }
+            Err(_) if locked.is_some() => {
+                // Already locked out: counted, not audited again.
+                self.metrics.auth_failures.inc();
+                Err(SendError::AuthLockedOut {
+                    retry_after: locked.unwrap_or_default(),
+                })
+            }
             Err((reason, expired_at)) => {
                 self.metrics.auth_failures.inc();
                 match self.record_failure(key) {
                     Some(wait) => {
                         self.audit.auth_failed(peer, AuthFailure::LockedOut);
-                        Err(SendError::RateLimited { retry_after: wait })
+                        Err(SendError::AuthLockedOut { retry_after: wait })
                     }
                     None => {
                         self.audit.auth_failed(peer, reason);
@@ -478,8 +487,10 @@ mod tests {
         assert_eq!(a.authenticate(None, PEER), Err(SendError::Unauthorized));
     }
 
+    /// Issue 20 item 4: a lock-out refuses the failing party, never a
+    /// valid key behind the same address (before: the valid key got 429).
     #[test]
-    fn locks_out_after_the_limit_even_for_a_good_key() {
+    fn a_lock_out_refuses_failures_but_never_a_valid_key() {
         let a = auth(3);
         for _ in 0..3 {
             assert_eq!(
@@ -489,12 +500,16 @@ mod tests {
         }
         assert!(matches!(
             a.authenticate(Some(b"Bearer x"), PEER),
-            Err(SendError::RateLimited { .. })
+            Err(SendError::AuthLockedOut { .. })
         ));
-        assert!(matches!(
-            a.authenticate(Some(b"Bearer ka1"), PEER),
-            Err(SendError::RateLimited { .. })
-        ));
+        // The victim behind the same address still gets in, every time.
+        for _ in 0..40 {
+            assert!(a.authenticate(Some(b"Bearer ka1"), PEER).is_ok());
+            assert!(matches!(
+                a.authenticate(Some(b"Bearer y"), PEER),
+                Err(SendError::AuthLockedOut { .. })
+            ));
+        }
         // Another address is unaffected.
         let other: IpAddr = "192.0.2.7".parse().unwrap();
         assert!(a.authenticate(Some(b"Bearer ka1"), other).is_ok());

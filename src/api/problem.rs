@@ -68,7 +68,11 @@ pub enum SendError {
     /// recorded: nothing was sent (422).
     #[error("recipient consent missing")]
     ConsentMissing,
-    /// A campaign (or authentication-failure) rate limit.
+    /// Too many failed authentications from this address: refused until
+    /// `retry_after` unless the request carries a valid key.
+    #[error("authentication locked out, retry after {retry_after:?}")]
+    AuthLockedOut { retry_after: Duration },
+    /// A campaign rate limit.
     #[error("rate limited, retry after {retry_after:?}")]
     RateLimited { retry_after: Duration },
     /// The brand's daily segment cap is used up.
@@ -122,6 +126,7 @@ impl SendError {
             SendError::RecipientOptedOut => "recipient_opted_out",
             SendError::ConsentMissing => "consent_missing",
             SendError::RateLimited { .. } => "rate_limited",
+            SendError::AuthLockedOut { .. } => "auth_locked_out",
             SendError::DailyCapReached { .. } => "daily_cap_reached",
             SendError::CarrierRejected { .. } => "carrier_rejected",
             SendError::NoRoute => "no_route",
@@ -179,6 +184,14 @@ impl SendError {
                 S::TOO_MANY_REQUESTS,
                 "Rate limited",
                 format!("rate limit reached; retry after {} s", retry_secs(*retry_after)),
+            ),
+            SendError::AuthLockedOut { retry_after } => (
+                S::TOO_MANY_REQUESTS,
+                "Authentication locked out",
+                format!(
+                    "too many failed authentications from this address; a valid key is still accepted; retry after {} s",
+                    retry_secs(*retry_after)
+                ),
             ),
             SendError::DailyCapReached { retry_after } => (
                 S::TOO_MANY_REQUESTS,
@@ -244,6 +257,7 @@ impl SendError {
         let mut p = Problem::new(status, self.code(), title, detail);
         match self {
             SendError::RateLimited { retry_after }
+            | SendError::AuthLockedOut { retry_after }
             | SendError::DailyCapReached { retry_after }
             | SendError::CarrierUnavailable { retry_after } => {
                 p.retry_after = Some(*retry_after);
