@@ -474,3 +474,49 @@ async fn a_self_signed_carrier_is_trusted_by_its_pinned_fingerprint() {
         .any(|l| l.contains("selfsigned-wrongpin") && l.contains("not the one pinned")));
     shutdown.cancel();
 }
+
+/// SPEC §5: SMPP 5.0 where a peer asks. A peer binding with interface
+/// version 0x50 is answered `sc_interface_version` 5.0; a 3.4 peer 3.4
+/// (before: always 3.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_asking_for_smpp_5_is_answered_5() {
+    use rusmpp::pdus::BindTransceiver;
+    use rusmpp::types::COctetString;
+    use rusmpp::values::InterfaceVersion;
+    use std::str::FromStr;
+    let h = Arc::new(Counting::default());
+    let (s, _m, shutdown) = server_with(
+        server_cfg(false, Duration::from_secs(30)),
+        None,
+        vec![peer("carrierb", "pw", "127.0.0.0/8")],
+        h,
+    )
+    .await;
+    let addr = s.plaintext_addr().unwrap();
+    for (asked, answered) in [
+        (InterfaceVersion::Smpp5_0, InterfaceVersion::Smpp5_0),
+        (InterfaceVersion::Smpp3_4, InterfaceVersion::Smpp3_4),
+    ] {
+        let sock = connect_from("127.0.0.1", addr).await.unwrap();
+        let mut f = Framed::new(sock, rusmpp::tokio_codec::CommandCodec::new());
+        let b = BindTransceiver::builder()
+            .system_id(COctetString::from_str("carrierb").unwrap())
+            .password(COctetString::from_str("pw").unwrap())
+            .interface_version(asked)
+            .build();
+        f.send(Command::new(
+            CommandStatus::EsmeRok,
+            1,
+            Pdu::BindTransceiver(b),
+        ))
+        .await
+        .unwrap();
+        let resp = next_cmd(&mut f, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(resp.status(), CommandStatus::EsmeRok);
+        let Some(Pdu::BindTransceiverResp(r)) = resp.pdu() else {
+            panic!("not a bind_transceiver_resp: {resp:?}");
+        };
+        assert_eq!(r.sc_interface_version(), Some(answered), "asked {asked:?}");
+    }
+    shutdown.cancel();
+}

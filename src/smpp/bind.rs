@@ -133,6 +133,9 @@ pub struct BindAttempt {
     pub system_id: String,
     pub password: Zeroizing<Vec<u8>>,
     pub sequence_number: u32,
+    /// What the peer asked for: a 5.0 peer is answered 5.0 (SPEC §5: "5.0
+    /// where a peer asks"), anything else 3.4.
+    pub interface_version: InterfaceVersion,
 }
 
 impl std::fmt::Debug for BindAttempt {
@@ -196,23 +199,42 @@ where
             }
             Some(Ok(Frame::Command(cmd))) => {
                 let seq = cmd.sequence_number();
-                let attempt = |kind, sid: &COctetString<1, 16>, pw: &COctetString<1, 9>| {
+                let attempt = |kind,
+                               sid: &COctetString<1, 16>,
+                               pw: &COctetString<1, 9>,
+                               version: InterfaceVersion| {
                     Ok(BindAttempt {
                         kind,
                         system_id: String::from_utf8_lossy(cstr(sid)).into_owned(),
                         password: Zeroizing::new(cstr(pw).to_vec()),
                         sequence_number: seq,
+                        interface_version: version,
                     })
                 };
                 match cmd.pdu() {
                     Some(Pdu::BindTransmitter(b)) => {
-                        return attempt(BindKind::Transmitter, &b.system_id, &b.password)
+                        return attempt(
+                            BindKind::Transmitter,
+                            &b.system_id,
+                            &b.password,
+                            b.interface_version,
+                        )
                     }
                     Some(Pdu::BindReceiver(b)) => {
-                        return attempt(BindKind::Receiver, &b.system_id, &b.password)
+                        return attempt(
+                            BindKind::Receiver,
+                            &b.system_id,
+                            &b.password,
+                            b.interface_version,
+                        )
                     }
                     Some(Pdu::BindTransceiver(b)) => {
-                        return attempt(BindKind::Transceiver, &b.system_id, &b.password)
+                        return attempt(
+                            BindKind::Transceiver,
+                            &b.system_id,
+                            &b.password,
+                            b.interface_version,
+                        )
                     }
                     _ => {}
                 }
@@ -265,7 +287,12 @@ where
         pdu::empty_resp(id, status, seq)
     } else {
         let sid = field::<1, 16>("system_id", our_system_id)?;
-        let v = Some(InterfaceVersion::Smpp3_4);
+        // sc_interface_version: 5.0 to a peer that asked for it (the
+        // session then serves the PDUs both versions share), else 3.4.
+        let v = Some(match attempt.interface_version {
+            InterfaceVersion::Smpp5_0 => InterfaceVersion::Smpp5_0,
+            _ => InterfaceVersion::Smpp3_4,
+        });
         let pdu = match attempt.kind {
             BindKind::Transmitter => Pdu::BindTransmitterResp(BindTransmitterResp::new(sid, v)),
             BindKind::Receiver => Pdu::BindReceiverResp(BindReceiverResp::new(sid, v)),
