@@ -520,3 +520,113 @@ async fn a_peer_asking_for_smpp_5_is_answered_5() {
     }
     shutdown.cancel();
 }
+
+/// Item 6: a peer that names its certificate (`peers[].cert_sha256`) binds
+/// only with that certificate; another certificate from the same CA is
+/// refused like any failed bind. Before: any certificate the CA signed
+/// was accepted for any `system_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_bound_to_its_certificate_is_refused_with_another() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use sha2::Digest;
+    let c = certs();
+    // A client CA and two leaves it signs.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "peers CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![cn.to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let der: CertificateDer<'static> = cert.der().clone();
+        let k: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+        (der, k)
+    };
+    let (a_der, a_key) = leaf("carrier-b");
+    let (b_der, b_key) = leaf("someone-else");
+    let ca_path = c.dir.path().join("peers-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let tls_cfg = sms_conduit::config::Tls {
+        cert_file: c.cert.clone(),
+        key_file: c.key.clone(),
+        client_ca_file: Some(ca_path),
+    };
+    let tls = ServerTls::load(&tls_cfg, &[], ClientAuth::RequireIfConfigured).unwrap();
+    let pin: [u8; 32] = sha2::Sha256::digest(a_der.as_ref()).into();
+    let (s, m, shutdown) = server_with(
+        server_cfg(true, Duration::from_secs(30)),
+        Some(tls),
+        vec![Peer {
+            cert_sha256: Some(pin),
+            ..peer("carrierb", "pw", "127.0.0.0/8")
+        }],
+        Arc::new(Counting::default()),
+    )
+    .await;
+    let addr = s.local_addr().unwrap();
+    let server_pem = std::fs::read_to_string(&c.cert).unwrap();
+    let bind_with = |der: CertificateDer<'static>, key: PrivateKeyDer<'static>| {
+        let server_pem = server_pem.clone();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut server_pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let cc = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![der], key)
+            .unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cc))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let mut f = Framed::new(tls, rusmpp::tokio_codec::CommandCodec::new());
+            f.send(bind_trx(1, "carrierb", "pw")).await.unwrap();
+            next_cmd_any(&mut f, Duration::from_secs(3)).await
+        }
+    };
+    assert_eq!(
+        bind_with(a_der, a_key).await,
+        Some(CommandStatus::EsmeRok),
+        "the named certificate binds"
+    );
+    assert_eq!(
+        bind_with(b_der, b_key).await,
+        Some(CommandStatus::EsmeRbindfail),
+        "another certificate from the same CA is refused"
+    );
+    assert!(
+        metric_sum(&m, "sms_conduit_smpp_bind_failures_total", &["carrier-b"]) >= 1.0,
+        "the refusal is counted"
+    );
+    shutdown.cancel();
+}
+
+/// The next command's status on any framed stream (TLS here).
+async fn next_cmd_any<S>(
+    f: &mut Framed<S, rusmpp::tokio_codec::CommandCodec>,
+    within: Duration,
+) -> Option<CommandStatus>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    match tokio::time::timeout(within, f.next()).await {
+        Ok(Some(Ok(c))) => Some(c.status()),
+        _ => None,
+    }
+}
