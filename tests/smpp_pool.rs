@@ -325,3 +325,101 @@ async fn reloaded_peers_unbind_changed_ones_and_keep_the_rest() {
     shutdown.cancel();
     server.wait().await;
 }
+
+/// Issue 20 item 9: the segments of one message go to the carrier in
+/// order on one session, even with two sessions bound and other traffic
+/// balancing across them. A raw SMSC records, per session, the order the
+/// submit_sm arrive in. Before: each segment took the least-loaded session
+/// on its own, so a message's segments were spread over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_messages_segments_go_in_order_on_one_session() {
+    use futures::SinkExt;
+    use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+    let (listener, addr) = raw_listener().await;
+    type Seen = Arc<parking_lot::Mutex<Vec<(usize, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let smsc = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            for session in 0..2usize {
+                let mut f = accept_bound(&listener).await;
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut id = 0u32;
+                    while let Some(Ok(cmd)) = f.next().await {
+                        let seq = cmd.sequence_number();
+                        let resp = match cmd.pdu() {
+                            Some(Pdu::SubmitSm(sm)) => {
+                                seen.lock()
+                                    .push((session, sm.short_message().as_ref().to_vec()));
+                                id += 1;
+                                // A little latency, so requests overlap.
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                sms_conduit::smpp::pdu::message_resp(
+                                    sms_conduit::smpp::InboundKind::SubmitSm,
+                                    CommandStatus::EsmeRok,
+                                    seq,
+                                    Some(&format!("{session}-{id}")),
+                                )
+                            }
+                            _ if cmd.id() == CommandId::EnquireLink => {
+                                Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp)
+                            }
+                            _ => continue,
+                        };
+                        if f.send(resp).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let shutdown = CancellationToken::new();
+    let mut cfg = carrier(addr, None, BindMode::Transceiver);
+    cfg.binds = 2;
+    let (handler, _rx) = RecordingHandler::new(64);
+    let pool = Pool::start(cfg, metrics(), Arc::new(handler), shutdown.clone());
+    assert!(wait_until(Duration::from_secs(5), || pool.bound_sessions() == 2).await);
+    let start_by = std::time::Instant::now() + Duration::from_secs(10);
+    let message = |m: u8| -> Vec<sms_conduit::smpp::SubmitRequest> {
+        (0..6u8)
+            .map(|i| {
+                let mut r = submit(u32::from(i), false);
+                r.short_message = Zeroizing::new(vec![b'M', m, b'S', i]);
+                r
+            })
+            .collect()
+    };
+    // Four 6-segment messages at once, with single submits in between.
+    let mut all = futures::stream::FuturesUnordered::new();
+    for m in 0..4u8 {
+        for f in pool.submit_in_order(message(m), start_by) {
+            all.push(f);
+        }
+        for i in 0..3 {
+            all.push(Box::pin(pool.submit_by(submit(100 + i, false), start_by)));
+        }
+    }
+    while let Some(r) = all.next().await {
+        r.unwrap();
+    }
+    let seen = seen.lock().clone();
+    for m in 0..4u8 {
+        let parts: Vec<&(usize, Vec<u8>)> = seen
+            .iter()
+            .filter(|(_, b)| b.len() == 4 && b[0] == b'M' && b[1] == m)
+            .collect();
+        assert_eq!(parts.len(), 6, "message {m}: {seen:?}");
+        let sessions: HashSet<usize> = parts.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            sessions.len(),
+            1,
+            "message {m} spread over sessions: {parts:?}"
+        );
+        let order: Vec<u8> = parts.iter().map(|(_, b)| b[3]).collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 4, 5], "message {m} out of order");
+    }
+    shutdown.cancel();
+    smsc.abort();
+}

@@ -20,10 +20,13 @@
 //! A receipt can overtake our own bookkeeping of the submit_sm_resp (the
 //! carrier answers the submit and sends the receipt before the metadata
 //! commit lands); such a receipt is looked up again for a short while before
-//! it counts as unknown. At most [`MAX_EARLY_WAITING`] receipts per link
-//! wait so at once; beyond that a receipt not found at once is unknown
-//! straight away, so a flood of receipts for unknown ids cannot fill the
-//! session's window and hold up its real receipts and MO. Unknown ids are
+//! it counts as unknown (a message being sent is found at once through
+//! `relay::inflight`, which waits for its record without polling). At most
+//! [`MAX_EARLY_WAITING`] receipts per link wait so at once; beyond that a
+//! receipt not found at once gets ESME_RX_T_APPN (the carrier redelivers
+//! it later; counted as `dlr`/`busy`), so a flood of receipts for unknown
+//! ids cannot fill the session's window and hold up its real receipts and
+//! MO, and no receipt that may yet match is acknowledged and dropped. Unknown ids are
 //! answered OK (the carrier would otherwise redeliver forever), counted in
 //! `messages_total{outcome="unknown_id"}`, and logged and audited in
 //! aggregate: the first of a link in each [`UNKNOWN_RECEIPT_REPORT`]
@@ -549,8 +552,15 @@ impl Inbound {
                 if slot.is_none() {
                     slot = EarlySlot::take(&self.early_waiting, link);
                     if slot.is_none() {
-                        // Enough of this link's receipts wait already.
-                        break;
+                        // Enough of this link's receipts wait already: a
+                        // temporary error, so the carrier redelivers it once
+                        // its message may be recorded (never acknowledged and
+                        // dropped: under load a real receipt can be early).
+                        self.metrics
+                            .messages
+                            .with_label_values(&["dlr", "busy", ""])
+                            .inc();
+                        return CommandStatus::EsmeRxTAppn;
                     }
                 }
                 tokio::time::sleep(wait).await;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
@@ -371,19 +371,39 @@ impl Relay {
                 Err(e) => Err((e, 0, Vec::new())),
             };
         };
-        // Segments go out in order; each is entered as soon as answered.
-        let mut pending: FuturesOrdered<_> = enc.parts().map(submit).collect();
-        let mut ids = Vec::with_capacity(enc.segments());
+        // Segments go out in order on one session (Pool::submit_in_order);
+        // each is entered as soon as it is answered, in whatever order the
+        // answers come.
+        let reqs: Vec<SubmitRequest> = enc
+            .parts()
+            .map(|part| SubmitRequest {
+                source: req.from.clone(),
+                dest: req.to.clone(),
+                short_message: Zeroizing::new(part.to_vec()),
+                data_coding: enc.data_coding(),
+                esm_class,
+                registered_delivery: 1,
+                validity: req.validity,
+            })
+            .collect();
+        let mut pending: FuturesUnordered<_> = pool
+            .submit_in_order(reqs, start_by)
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| async move { (i, f.await) })
+            .collect();
+        let mut ids = vec![String::new(); enc.segments()];
         let (mut accepted, mut first_err) = (0, None);
-        while let Some(r) = pending.next().await {
+        while let Some((i, r)) = pending.next().await {
             match r {
                 Ok(resp) => {
                     registration.add(pool.name(), &resp.message_id);
                     accepted += 1;
-                    ids.push(resp.message_id);
+                    if let Some(slot) = ids.get_mut(i) {
+                        *slot = resp.message_id;
+                    }
                 }
                 Err(e) => {
-                    ids.push(String::new());
                     first_err.get_or_insert(e);
                 }
             }

@@ -240,6 +240,50 @@ impl Pool {
         req: SubmitRequest,
         start_by: std::time::Instant,
     ) -> Result<SubmitResponse, SmppError> {
+        self.submit_on(req, start_by, None, None).await
+    }
+
+    /// The segments of one message, written in order on one session
+    /// (carriers that reassemble in arrival order need both): each
+    /// segment's submit_sm is queued only after the previous one's, on the
+    /// session the first one chose. The answers are awaited concurrently;
+    /// a segment the carrier throttles is retried on any session (the
+    /// order then cannot be kept, and the carrier has the others already).
+    /// Returns one future per segment, to be polled together.
+    pub fn submit_in_order(
+        &self,
+        reqs: Vec<SubmitRequest>,
+        start_by: std::time::Instant,
+    ) -> Vec<futures::future::BoxFuture<'_, Result<SubmitResponse, SmppError>>> {
+        let chosen: Arc<parking_lot::Mutex<Option<SessionHandle>>> = Arc::default();
+        let mut prev: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        reqs.into_iter()
+            .map(|req| {
+                let (queued, next) = tokio::sync::oneshot::channel::<()>();
+                let after = prev.replace(next);
+                let chosen = chosen.clone();
+                Box::pin(async move {
+                    if let Some(after) = after {
+                        // The previous segment is queued (or gave up).
+                        let _ = after.await;
+                    }
+                    self.submit_on(req, start_by, Some(&chosen), Some(queued))
+                        .await
+                }) as futures::future::BoxFuture<'_, _>
+            })
+            .collect()
+    }
+
+    /// One submit_sm, paced, retried while throttled; on `chosen`'s
+    /// session when given (the first caller chooses it); `queued` is told
+    /// once the PDU is queued on a session (or dropped when it never is).
+    async fn submit_on(
+        &self,
+        req: SubmitRequest,
+        start_by: std::time::Instant,
+        chosen: Option<&parking_lot::Mutex<Option<SessionHandle>>>,
+        mut queued: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<SubmitResponse, SmppError> {
         let pdu = pdu::submit_sm(req)?;
         let start_by = Instant::from_std(start_by);
         let deadline = start_by.min(Instant::now() + MAX_THROTTLE_WAIT);
@@ -254,8 +298,25 @@ impl Pool {
                 // "not started" (the caller retries later).
                 return Err(SmppError::NotStarted);
             };
-            let handle = self.pick().ok_or(SmppError::NotBound)?;
-            let resp = handle.request(pdu.clone()).await?;
+            let handle = match chosen {
+                Some(c) => {
+                    let mut c = c.lock();
+                    match c.as_ref().filter(|h| !h.is_closed()) {
+                        Some(h) => h.clone(),
+                        None => {
+                            let h = self.pick().ok_or(SmppError::NotBound)?;
+                            *c = Some(h.clone());
+                            h
+                        }
+                    }
+                }
+                None => self.pick().ok_or(SmppError::NotBound)?,
+            };
+            let waiting = handle.enqueue(pdu.clone()).await?;
+            if let Some(q) = queued.take() {
+                let _ = q.send(());
+            }
+            let resp = waiting.answer().await?;
             match resp.status() {
                 CommandStatus::EsmeRok => {
                     pacer.accepted();

@@ -127,10 +127,26 @@ pub struct SessionHandle {
     kind: BindKind,
 }
 
-struct LoadGuard<'a>(&'a AtomicUsize);
-impl Drop for LoadGuard<'_> {
+/// One request counted in its session's load until dropped.
+struct QueuedLoad(Arc<AtomicUsize>);
+impl Drop for QueuedLoad {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request queued on a session ([`SessionHandle::enqueue`]).
+pub struct Queued {
+    rx: oneshot::Receiver<Result<Command, SmppError>>,
+    _load: QueuedLoad,
+}
+
+impl Queued {
+    /// The response (any status). A session that ends answers every
+    /// request it took (`finish`); a reply dropped unanswered means the
+    /// task died with it, perhaps after writing it: unknown, not retryable.
+    pub async fn answer(self) -> Result<Command, SmppError> {
+        self.rx.await.unwrap_or(Err(SmppError::LostInFlight))
     }
 }
 
@@ -138,17 +154,20 @@ impl SessionHandle {
     /// Sends a request and waits for its response (any status). Fails with
     /// `Timeout` or `SessionLost`.
     pub async fn request(&self, pdu: Pdu) -> Result<Command, SmppError> {
+        self.enqueue(pdu).await?.answer().await
+    }
+
+    /// Queues a request on this session (requests are written in the order
+    /// they are queued) and returns a handle to its answer.
+    pub async fn enqueue(&self, pdu: Pdu) -> Result<Queued, SmppError> {
         self.load.fetch_add(1, Ordering::Relaxed);
-        let _guard = LoadGuard(&self.load);
+        let load = QueuedLoad(self.load.clone());
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Outgoing { pdu, reply })
             .await
             .map_err(|_| SmppError::SessionLost)?;
-        // A session that ends answers every request it took (`finish`); a
-        // reply dropped unanswered means the task died with it, perhaps
-        // after writing it: unknown, not retryable.
-        rx.await.unwrap_or(Err(SmppError::LostInFlight))
+        Ok(Queued { rx, _load: load })
     }
     /// Requests queued or outstanding through this handle's session.
     pub fn load(&self) -> usize {
