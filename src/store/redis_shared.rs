@@ -17,7 +17,12 @@
 //! - `P{b:BRAND}:d:DAY` — the brand's daily segments, expire after 2 days,
 //! - `P{b:BRAND}:o:CAMPAIGN` — set of hex pseudonyms that opted out (never
 //!   expires: Redis must run with `maxmemory-policy noeviction`),
-//! - `Px:CARRIER:KEY` — carrier-id index, `NODE MESSAGE_ID`, with a TTL.
+//! - `Px:CARRIER:KEY` — carrier-id index, `NODE MESSAGE_ID`, with a TTL,
+//! - `Prs:NODE` — stream of receipts other nodes took for NODE's messages
+//!   (carrier, carrier id, message id, status, error code; never text),
+//!   read by NODE in the consumer group [`RECEIPT_GROUP`]; an entry is
+//!   acknowledged and deleted only after NODE's store committed it, so it
+//!   has no TTL: it waits while NODE is down.
 //!
 //! Invariants: a call that fails or times out is an `Err`
 //! ([`StoreError::Shared`]), never a guess; the connection manager
@@ -26,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +39,9 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::shared::{Admission, BoxFuture, LocalCells, SharedState, Verdict};
+use super::shared::{
+    Admission, BoxFuture, ForwardedReceipt, LocalCells, Located, SharedState, Verdict,
+};
 use super::StoreError;
 use crate::config::{Config, Fleet};
 use crate::metrics::Metrics;
@@ -137,6 +145,28 @@ end
 return 0
 "#;
 
+/// The consumer group in which a node reads its receipt stream. One group
+/// per stream (one owner); the consumer name is the node id, so a restarted
+/// node re-reads the entries it had read but not acknowledged.
+pub const RECEIPT_GROUP: &str = "owner";
+
+/// How often the receipt consumer polls its stream while it is empty. A
+/// poll, not `XREADGROUP BLOCK`: a blocking read would hold up every other
+/// call on the shared multiplexed connection. 10 cheap calls a second per
+/// node; a forwarded receipt waits at most this long.
+const RECEIPT_POLL: Duration = Duration::from_millis(100);
+
+/// How long the consumer waits after a failed read or apply before it
+/// tries again (Redis or the store down).
+const RECEIPT_RETRY: Duration = Duration::from_secs(1);
+
+/// Entries read at once by the receipt consumer.
+const RECEIPT_BATCH: usize = 64;
+
+/// One read of the stream: entry ids with their fields (`None` for an
+/// entry deleted while pending).
+type StreamRead = Option<Vec<(String, Vec<(String, Option<HashMap<String, String>>)>)>>;
+
 struct Scripts {
     admit: Script,
     refund: Script,
@@ -158,6 +188,8 @@ pub struct RedisShared {
     down_since: Mutex<Option<Instant>>,
     scripts: Scripts,
     metrics: Arc<Metrics>,
+    /// Whether this node's receipt consumer group is known to exist.
+    receipt_group: AtomicBool,
 }
 
 fn gcra_us(per_minute: u32, burst: u32) -> (u64, u64) {
@@ -207,6 +239,7 @@ impl RedisShared {
                 release_daily: Script::new(RELEASE_DAILY_LUA),
             },
             metrics,
+            receipt_group: AtomicBool::new(false),
         };
         me.set_campaigns(cfg);
         Ok(me)
@@ -317,6 +350,167 @@ impl RedisShared {
 
     fn index_key(&self, carrier: &str, key: &str) -> String {
         format!("{}x:{carrier}:{key}", self.prefix)
+    }
+
+    /// The stream of receipts waiting for `node`.
+    fn receipt_stream(&self, node: &str) -> String {
+        format!("{}rs:{node}", self.prefix)
+    }
+
+    /// Reads up to [`RECEIPT_BATCH`] entries of this node's receipt stream:
+    /// those read before and not acknowledged (`pending`, e.g. by the run
+    /// before a restart), else new ones. Creates the group (from the
+    /// stream's start, so entries added while no group existed are read)
+    /// when missing.
+    async fn read_receipts(
+        &self,
+        pending: bool,
+    ) -> Result<Vec<(String, Option<ForwardedReceipt>)>, StoreError> {
+        let key = self.receipt_stream(&self.node);
+        let node = self.node.clone();
+        let from = if pending { "0" } else { ">" };
+        let read = |mut c: ConnectionManager| {
+            let (key, node) = (key.clone(), node.clone());
+            async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(RECEIPT_GROUP)
+                    .arg(node)
+                    .arg("COUNT")
+                    .arg(RECEIPT_BATCH)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(from)
+                    .query_async::<StreamRead>(&mut c)
+                    .await
+            }
+        };
+        if !self.receipt_group.load(Ordering::Relaxed) {
+            // First read, or after an error (a Redis that lost the group):
+            // create it; BUSYGROUP says it exists already.
+            let k = key.clone();
+            self.call("receipt_read", |mut c| async move {
+                let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(k)
+                    .arg(RECEIPT_GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut c)
+                    .await;
+                match r {
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                    r => r,
+                }
+            })
+            .await?;
+            self.receipt_group.store(true, Ordering::Relaxed);
+        }
+        let got = match self.call("receipt_read", read).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.receipt_group.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let mut out = Vec::new();
+        for (_, entries) in got.into_iter().flatten() {
+            for (id, fields) in entries {
+                let r = fields.and_then(|mut f| {
+                    Some(ForwardedReceipt {
+                        carrier: f.remove("carrier")?,
+                        carrier_id: f.remove("carrier_id")?,
+                        message_id: f.remove("message_id")?,
+                        state: f.remove("state")?,
+                        error: f.remove("error").filter(|e| !e.is_empty()),
+                    })
+                });
+                out.push((id, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges and deletes one applied entry of this node's stream.
+    async fn ack_receipt(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.receipt_stream(&self.node);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(&key)
+            .arg(RECEIPT_GROUP)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&key)
+            .arg(id)
+            .ignore();
+        self.call("receipt_ack", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Applies the receipts other nodes forwarded to this one, until `stop`:
+    /// first those read but not acknowledged before (a restart), then new
+    /// ones. An entry is acknowledged only after `apply` returned `Ok` (the
+    /// owner's store committed it); on an `Err` it stays pending and is
+    /// read again after [`RECEIPT_RETRY`]. An entry that cannot be read
+    /// (fields missing) is acknowledged: it would not get better.
+    pub async fn consume_receipts<F, Fut>(
+        self: Arc<Self>,
+        apply: F,
+        stop: tokio_util::sync::CancellationToken,
+    ) where
+        F: Fn(ForwardedReceipt) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let mut pending = true;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut wait = Duration::ZERO;
+            match self.read_receipts(pending).await {
+                Ok(entries) if entries.is_empty() => {
+                    if !pending {
+                        wait = RECEIPT_POLL;
+                    }
+                    pending = false;
+                }
+                Ok(entries) => {
+                    for (id, r) in entries {
+                        let applied = match r {
+                            Some(r) => apply(r).await,
+                            None => {
+                                tracing::warn!("unreadable forwarded receipt acknowledged");
+                                Ok(())
+                            }
+                        };
+                        let res = match applied {
+                            Ok(()) => self.ack_receipt(&id).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = res {
+                            tracing::error!("forwarded receipt not applied yet: {e}");
+                            pending = true;
+                            wait = RECEIPT_RETRY;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("reading forwarded receipts: {e}");
+                    pending = true;
+                    wait = RECEIPT_RETRY;
+                }
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
     }
 }
 
@@ -512,6 +706,20 @@ impl SharedState for RedisShared {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
+            Ok(match self.locate_carrier_id(carrier, keys).await? {
+                Some(Located::Here(id)) => Some(id),
+                // Its record lives at its owner: see `forward_receipt`.
+                Some(Located::Elsewhere { .. }) | None => None,
+            })
+        })
+    }
+
+    fn locate_carrier_id<'a>(
+        &'a self,
+        carrier: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Located>, StoreError>> {
+        Box::pin(async move {
             if keys.is_empty() {
                 return Ok(None);
             }
@@ -525,15 +733,43 @@ impl SharedState for RedisShared {
                 let Some((node, id)) = v.split_once(' ') else {
                     continue;
                 };
-                if node == self.node {
-                    return Ok(Some(id.to_owned()));
-                }
-                // Phase 1: a receipt for another node's message is not
-                // forwarded to its owner (its record lives there).
-                tracing::debug!(owner = node, "receipt for a message sent by another node");
-                return Ok(None);
+                return Ok(Some(if node == self.node {
+                    Located::Here(id.to_owned())
+                } else {
+                    Located::Elsewhere {
+                        node: node.to_owned(),
+                        message_id: id.to_owned(),
+                    }
+                }));
             }
             Ok(None)
+        })
+    }
+
+    fn forward_receipt<'a>(
+        &'a self,
+        node: &'a str,
+        r: &'a ForwardedReceipt,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = self.receipt_stream(node);
+            let fields = [
+                ("carrier", r.carrier.as_str()),
+                ("carrier_id", r.carrier_id.as_str()),
+                ("message_id", r.message_id.as_str()),
+                ("state", r.state.as_str()),
+                ("error", r.error.as_deref().unwrap_or("")),
+            ];
+            self.call("receipt_forward", |mut c| async move {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(key).arg("*");
+                for (f, v) in fields {
+                    cmd.arg(f).arg(v);
+                }
+                cmd.query_async::<String>(&mut c).await
+            })
+            .await
+            .map(|_| ())
         })
     }
 

@@ -7,7 +7,10 @@
 //! (c) the (carrier, carrier message id) → message id index, because a
 //!     delivery receipt may arrive at another node than the sender;
 //! (d) documented consents (opt-ins), keyed like opt-outs, with the
-//!     evidence's metadata (never PHI) as the value.
+//!     evidence's metadata (never PHI) as the value;
+//! (e) receipts taken by one node for a message another node sent,
+//!     forwarded to their owner ([`SharedState::forward_receipt`]), which
+//!     applies them in its own store and only then acknowledges them.
 //!
 //! Today [`LocalShared`] keeps them in the local redb file through the
 //! group-commit writer. A Redis backend (an existing engine, not a home-made
@@ -87,6 +90,32 @@ pub trait LocalCells: Send + Sync {
     ) -> Result<(), std::time::Duration>;
     /// Gives back cells taken by [`LocalCells::take_cells`].
     fn refund_cells(&self, campaign: &str, from: &E164, segments: u32);
+}
+
+/// Where the message of a receipt lives ([`SharedState::locate_carrier_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    /// Sent by this node: our message id.
+    Here(String),
+    /// Sent by another node of the fleet, which owns its record.
+    Elsewhere { node: String, message_id: String },
+}
+
+/// A receipt's metadata on its way to the node that sent its message:
+/// never its text (the `text:` snippet is cut by [`crate::smpp::dlr::parse`]),
+/// never a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedReceipt {
+    /// The carrier (link) it came from.
+    pub carrier: String,
+    /// The carrier's message id, as the receipt gave it.
+    pub carrier_id: String,
+    /// Our message id, from the index.
+    pub message_id: String,
+    /// The API status it puts the segment in (`delivered`, `expired`, …).
+    pub state: String,
+    /// The carrier's error code, if any.
+    pub error: Option<String>,
 }
 
 /// State shared by every node of a deployment. See the module docs.
@@ -184,6 +213,38 @@ pub trait SharedState: Send + Sync {
         carrier: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// Like [`SharedState::lookup_carrier_id`], but also tells a message
+    /// another node sent (whose record lives there). The default is one
+    /// appliance's: every indexed message is here.
+    fn locate_carrier_id<'a>(
+        &'a self,
+        carrier: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Located>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .lookup_carrier_id(carrier, keys)
+                .await?
+                .map(Located::Here))
+        })
+    }
+
+    /// Hands a receipt to `node`, the owner of its message, durably: `Ok`
+    /// only once the owner will apply it even if it is down now. Only a
+    /// shared backend can; the local one never locates a message elsewhere.
+    fn forward_receipt<'a>(
+        &'a self,
+        node: &'a str,
+        receipt: &'a ForwardedReceipt,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (node, receipt);
+        Box::pin(async {
+            Err(StoreError::Refused(
+                "receipts are forwarded only in fleet mode".into(),
+            ))
+        })
+    }
 
     /// True when [`SharedState::admit`] itself checks the recipient's
     /// opt-out (a shared backend, atomically with the limits), so the send
