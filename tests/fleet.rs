@@ -402,3 +402,47 @@ async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
     assert_eq!(smsc_b.receipt(&subs[2]).await, CommandStatus::EsmeRxTAppn);
     eprintln!("fleet: receipts on B's bind applied at A: {id} and (after A's restart) {id2}");
 }
+
+/// A client's retry with the same `Idempotency-Key` that the load balancer
+/// sends to the other node replays the first answer: one carrier submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_at_two_nodes_sends_once() {
+    let Some(redis) = Redis::start() else { return };
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let fleet = redis.fleet("idem");
+    let files_b = files.sibling();
+    let mut sa = Setup::one(&sim, PW).node_id("node-a");
+    sa.fleet_extra = fleet.clone();
+    let mut sb = Setup::one(&sim, PW).node_id("node-b");
+    sb.fleet_extra = fleet;
+    let a = Relay::start(files, sa).await;
+    let b = Relay::start(files_b, sb).await;
+
+    let body = message("Your results are ready.");
+    let r = a.send_idem("retry-1", &body).await;
+    assert_eq!(r.status(), 201);
+    let first: serde_json::Value = r.json().await.unwrap();
+    let r = b.send_idem("retry-1", &body).await;
+    assert_eq!(r.status(), 201, "the retry at B replays A's answer");
+    let again: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(again["id"], first["id"], "{again} vs {first}");
+    assert_eq!(again["segments"], first["segments"]);
+    assert_eq!(again["carrier"], first["carrier"]);
+    assert_eq!(again["created_at"], first["created_at"]);
+    // And back at A, from its own store as before.
+    let r = a.send_idem("retry-1", &body).await;
+    assert_eq!(r.status(), 201);
+    let at_a: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(at_a["id"], first["id"]);
+    // The same key with another request is a conflict at either node.
+    let r = b
+        .send_idem("retry-1", &message("Another text altogether."))
+        .await;
+    expect_problem(r, 409, "idempotency_conflict").await;
+    assert_eq!(sim.submits(), 1, "one carrier submit for one key");
+    // Another key sends.
+    let r = b.send_idem("retry-2", &body).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(sim.submits(), 2);
+}

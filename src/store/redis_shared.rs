@@ -18,6 +18,9 @@
 //! - `P{b:BRAND}:o:CAMPAIGN` — set of hex pseudonyms that opted out (never
 //!   expires: Redis must run with `maxmemory-policy noeviction`),
 //! - `Px:CARRIER:KEY` — carrier-id index, `NODE MESSAGE_ID`, with a TTL,
+//! - `Pi:CLIENT:KEYHASH` — an idempotency key's claim and outcome (JSON:
+//!   request hash, state, message id, node, boot id; the key itself only as
+//!   its keyed hash), expiring with the metadata retention,
 //! - `Prs:NODE` — stream of receipts other nodes took for NODE's messages
 //!   (carrier, carrier id, message id, status, error code; never text),
 //!   read by NODE in the consumer group [`RECEIPT_GROUP`]; an entry is
@@ -167,7 +170,22 @@ const RECEIPT_BATCH: usize = 64;
 /// entry deleted while pending).
 type StreamRead = Option<Vec<(String, Vec<(String, Option<HashMap<String, String>>)>)>>;
 
+/// Marks a claimed idempotency key done (its JSON decoded and written back
+/// with the message id and the outcome), keeping its TTL; 0 when the key
+/// is not claimed (expired, or forgotten).
+const FINISH_IDEM_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local r = cjson.decode(v)
+r.state = 'done'
+r.message_id = ARGV[1]
+r.outcome = cjson.decode(ARGV[2])
+redis.call('SET', KEYS[1], cjson.encode(r), 'KEEPTTL')
+return 1
+"#;
+
 struct Scripts {
+    finish_idem: Script,
     admit: Script,
     refund: Script,
     add_daily: Script,
@@ -190,6 +208,10 @@ pub struct RedisShared {
     metrics: Arc<Metrics>,
     /// Whether this node's receipt consumer group is known to exist.
     receipt_group: AtomicBool,
+    /// How long an idempotency key lives: the metadata retention.
+    idem_ttl_ms: u64,
+    /// Keys the idempotency keys' hash (the deployment's pseudonym key).
+    idem_key: crate::types::Secret,
 }
 
 fn gcra_us(per_minute: u32, burst: u32) -> (u64, u64) {
@@ -233,6 +255,7 @@ impl RedisShared {
             brands: RwLock::new(HashMap::new()),
             down_since: Mutex::new(None),
             scripts: Scripts {
+                finish_idem: Script::new(FINISH_IDEM_LUA),
                 admit: Script::new(ADMIT_LUA),
                 refund: Script::new(REFUND_LUA),
                 add_daily: Script::new(ADD_DAILY_LUA),
@@ -240,6 +263,8 @@ impl RedisShared {
             },
             metrics,
             receipt_group: AtomicBool::new(false),
+            idem_ttl_ms: u64::from(cfg.store.metadata_retention_days.max(1)) * 86_400_000,
+            idem_key: cfg.node.pseudonym_key.clone(),
         };
         me.set_campaigns(cfg);
         Ok(me)
@@ -350,6 +375,17 @@ impl RedisShared {
 
     fn index_key(&self, carrier: &str, key: &str) -> String {
         format!("{}x:{carrier}:{key}", self.prefix)
+    }
+
+    /// An idempotency key's Redis key: the client's key only as its keyed
+    /// hash (a client may choose anything as a key).
+    fn idem_redis_key(&self, client: &str, key: &str) -> String {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac = <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(self.idem_key.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(key.as_bytes());
+        let h = hex::encode(mac.finalize().into_bytes());
+        format!("{}i:{client}:{h}", self.prefix)
     }
 
     /// The stream of receipts waiting for `node`.
@@ -768,6 +804,76 @@ impl SharedState for RedisShared {
                 }
                 cmd.query_async::<String>(&mut c).await
             })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn idempotency_is_shared(&self) -> bool {
+        true
+    }
+
+    fn claim_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        claim: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let k = self.idem_redis_key(client, key);
+            let ttl = self.idem_ttl_ms;
+            self.call("idempotency", |mut c| async move {
+                // SET NX GET (Redis 7): claims, or returns the claim there.
+                let claimed: Option<Vec<u8>> = redis::cmd("SET")
+                    .arg(&k)
+                    .arg(claim)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(claimed)
+            })
+            .await
+        })
+    }
+
+    fn finish_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        message_id: &'a str,
+        outcome: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = self.idem_redis_key(client, key);
+            let outcome = outcome.to_string();
+            self.call("idempotency", |mut c| async move {
+                self.scripts
+                    .finish_idem
+                    .key(k)
+                    .arg(message_id)
+                    .arg(outcome)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn forget_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = self.idem_redis_key(client, key);
+            self.call(
+                "idempotency",
+                |mut c| async move { c.del::<_, i64>(k).await },
+            )
             .await
             .map(|_| ())
         })

@@ -10,7 +10,11 @@
 //!     evidence's metadata (never PHI) as the value;
 //! (e) receipts taken by one node for a message another node sent,
 //!     forwarded to their owner ([`SharedState::forward_receipt`]), which
-//!     applies them in its own store and only then acknowledges them.
+//!     applies them in its own store and only then acknowledges them;
+//! (f) in fleet mode, idempotency keys and their outcomes, so a retry that
+//!     lands on another node replays the first outcome instead of sending
+//!     again ([`SharedState::idempotency_is_shared`]; one appliance keeps
+//!     them in its store, `crate::relay::record`).
 //!
 //! Today [`LocalShared`] keeps them in the local redb file through the
 //! group-commit writer. A Redis backend (an existing engine, not a home-made
@@ -244,6 +248,50 @@ pub trait SharedState: Send + Sync {
                 "receipts are forwarded only in fleet mode".into(),
             ))
         })
+    }
+
+    /// True when idempotency keys live here (fleet mode) instead of in the
+    /// local store's `idempotency` table, which one appliance uses (the
+    /// default: then the three calls below are never made).
+    fn idempotency_is_shared(&self) -> bool {
+        false
+    }
+
+    /// Claims `(client, key)` with `claim` (the claim's record, JSON,
+    /// never PHI) unless it is claimed: `Ok(None)` when this call claimed
+    /// it, `Ok(Some(record))` with the existing record otherwise.
+    fn claim_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        claim: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let _ = (client, key, claim);
+        Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
+    }
+
+    /// Marks a claimed key done: its message id and the outcome a retry
+    /// replays. Nothing when the key is not claimed.
+    fn finish_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        message_id: &'a str,
+        outcome: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (client, key, message_id, outcome);
+        Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
+    }
+
+    /// Forgets a claimed key (its send reached no carrier: the client may
+    /// retry with it).
+    fn forget_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (client, key);
+        Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
     }
 
     /// True when [`SharedState::admit`] itself checks the recipient's
