@@ -323,8 +323,9 @@ async fn wait_status(node: &Relay, id: &str, want: &str) {
 /// The carrier has two SMSC endpoints (one [`ManualSmsc`] each), node A
 /// bound to the first and node B to the second; a receipt for A's message
 /// comes back on B's bind, as carriers do. B forwards it to A through
-/// Redis; A applies it: one status change, one webhook event. With A
-/// stopped, B still takes the receipt and A applies it after its restart.
+/// Redis; A applies it: one status change, one webhook event, and `GET`
+/// shows it on both nodes. With A stopped, B still takes the receipt and A
+/// applies it after its restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
     use sms_conduit::smpp::CommandStatus;
@@ -355,9 +356,12 @@ async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
     let id = sent["id"].as_str().unwrap().to_owned();
     let subs = smsc_a.submits();
     assert_eq!(subs.len(), 1);
+    // `GET` answers on the node that did not send it too.
+    assert_eq!(status_at(&b, &id).await, "accepted");
     // On B's bind: B has no record of it.
     assert_eq!(smsc_b.receipt(&subs[0]).await, CommandStatus::EsmeRok);
     wait_status(&a, &id, "delivered").await;
+    wait_status(&b, &id, "delivered").await;
     assert!(sink.wait_for(1, Duration::from_secs(10)).await);
     // A redelivered receipt changes nothing: still one event.
     assert_eq!(smsc_b.receipt(&subs[0]).await, CommandStatus::EsmeRok);
@@ -385,6 +389,7 @@ async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
     assert_eq!(smsc_b.receipt(&subs[1]).await, CommandStatus::EsmeRok);
     a.restart().await;
     wait_status(&a, &id2, "delivered").await;
+    wait_status(&b, &id2, "delivered").await;
     assert!(sink.wait_for(2, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = sink

@@ -695,6 +695,11 @@ impl Inbound {
         error: Option<String>,
         carrier_id: String,
     ) -> Result<(), StoreError> {
+        // Fleet mode: a status change is projected for the other nodes.
+        let project_id = self
+            .shared
+            .messages_are_shared()
+            .then(|| message_id.clone());
         let hooks = self.webhooks.clone();
         let link_owned = link.to_owned();
         // The usual outcome's audit record, serialised here rather than on
@@ -801,6 +806,9 @@ impl Inbound {
             if let (Some(h), Some(client)) = (&self.webhooks, wake) {
                 // The event is committed: wake the client's worker.
                 h.notify(&client);
+            }
+            if let (Some(relay), Some(id)) = (self.relay.get(), project_id) {
+                relay.project_stored(&id).await;
             }
         }
         Ok(())

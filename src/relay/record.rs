@@ -191,6 +191,17 @@ pub fn decode_message(id: &str, bytes: &[u8]) -> Result<MessageRecord, StoreErro
     }
 }
 
+/// A record as fleet mode projects it for other nodes' `GET` (JSON, which
+/// [`decode_message`] reads): without the recipient's pseudonym and the
+/// carrier ids, which only the owner needs.
+pub fn projection(rec: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    let mut p = rec.clone();
+    p.to_pseudonym = String::new();
+    p.carrier_ids = Vec::new();
+    p.part_states = Vec::new();
+    json(&p)
+}
+
 /// Inserts or replaces a message record (inside a store op).
 pub fn put_message(txn: &Tx<'_>, rec: &MessageRecord) -> Result<(), StoreError> {
     insert_message(&mut *tables::open(txn, MESSAGES)?, rec)

@@ -518,6 +518,18 @@ impl MessageService for Relay {
             tracing::error!("reading a message record: {e}");
             SendError::Internal
         })?;
+        let rec = match rec {
+            Some(rec) => Some(rec),
+            None if self.inner.shared.messages_are_shared() => {
+                // Fleet mode: another node sent it; its projection.
+                let p = self.inner.shared.projected_message(id).await.map_err(|e| {
+                    tracing::error!("reading a message projection: {e}");
+                    unavailable(&e)
+                })?;
+                p.and_then(|b| record::decode_message(id, &b).ok())
+            }
+            None => None,
+        };
         let rec = rec
             .filter(|r| r.client == client.as_str())
             .ok_or(SendError::NotFound)?;
@@ -752,6 +764,37 @@ impl Relay {
 }
 
 impl Relay {
+    /// Fleet mode: projects a record's status for the other nodes' `GET`.
+    /// Best effort: the owner's store stays the truth, and its own `GET`
+    /// answers from it.
+    async fn project(&self, rec: &MessageRecord) {
+        let shared = &self.inner.shared;
+        if !shared.messages_are_shared() {
+            return;
+        }
+        let p = match record::projection(rec) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(message = %rec.id, "message projection: {e}");
+                return;
+            }
+        };
+        if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
+            tracing::warn!(message = %rec.id, "message projection: {e}");
+        }
+    }
+
+    /// [`Self::project`] of a stored record after its status changed (a
+    /// receipt).
+    pub(crate) async fn project_stored(&self, id: &str) {
+        if !self.inner.shared.messages_are_shared() {
+            return;
+        }
+        if let Ok(Some(rec)) = record::get_message(&self.inner.store, id) {
+            self.project(&rec).await;
+        }
+    }
+
     /// The 201 of a first attempt made at another node of the fleet, from
     /// its recorded outcome (see `Outcome::new`).
     fn replay_outcome(id: &str, o: &serde_json::Value) -> Replay {
@@ -1215,6 +1258,7 @@ impl Relay {
         }
         // Only now, the index committed: a hit there is a hit in the store.
         self.inner.recent.insert(&carrier, &o.keys, &o.rec.id);
+        self.project(&o.rec).await;
         if let (true, Some((k, c, outcome))) = (self.inner.shared.idempotency_is_shared(), &o.idem)
         {
             // The message is recorded whatever happens here: a key left

@@ -21,6 +21,9 @@
 //! - `Pi:CLIENT:KEYHASH` — an idempotency key's claim and outcome (JSON:
 //!   request hash, state, message id, node, boot id; the key itself only as
 //!   its keyed hash), expiring with the metadata retention,
+//! - `Pm:MESSAGE_ID` — the message's status projection (its metadata
+//!   record as JSON without the recipient's pseudonym), written by the node
+//!   that owns it, expiring with the metadata retention,
 //! - `Prs:NODE` — stream of receipts other nodes took for NODE's messages
 //!   (carrier, carrier id, message id, status, error code; never text),
 //!   read by NODE in the consumer group [`RECEIPT_GROUP`]; an entry is
@@ -184,7 +187,22 @@ redis.call('SET', KEYS[1], cjson.encode(r), 'KEEPTTL')
 return 1
 "#;
 
+/// Writes a message's status projection unless the one there is newer
+/// (`updated_ms`): a send's projection and its first receipt's may race.
+const PROJECT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, old = pcall(cjson.decode, v)
+  if ok and tonumber(old.updated_ms) and tonumber(old.updated_ms) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+return 1
+"#;
+
 struct Scripts {
+    project: Script,
     finish_idem: Script,
     admit: Script,
     refund: Script,
@@ -208,7 +226,8 @@ pub struct RedisShared {
     metrics: Arc<Metrics>,
     /// Whether this node's receipt consumer group is known to exist.
     receipt_group: AtomicBool,
-    /// How long an idempotency key lives: the metadata retention.
+    /// How long an idempotency key or a status projection lives: the
+    /// metadata retention.
     idem_ttl_ms: u64,
     /// Keys the idempotency keys' hash (the deployment's pseudonym key).
     idem_key: crate::types::Secret,
@@ -255,6 +274,7 @@ impl RedisShared {
             brands: RwLock::new(HashMap::new()),
             down_since: Mutex::new(None),
             scripts: Scripts {
+                project: Script::new(PROJECT_LUA),
                 finish_idem: Script::new(FINISH_IDEM_LUA),
                 admit: Script::new(ADMIT_LUA),
                 refund: Script::new(REFUND_LUA),
@@ -876,6 +896,47 @@ impl SharedState for RedisShared {
             )
             .await
             .map(|_| ())
+        })
+    }
+
+    fn messages_are_shared(&self) -> bool {
+        true
+    }
+
+    fn project_message<'a>(
+        &'a self,
+        id: &'a str,
+        updated_ms: u64,
+        projection: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}m:{id}", self.prefix);
+            let ttl = self.idem_ttl_ms;
+            self.call("message", |mut c| async move {
+                self.scripts
+                    .project
+                    .key(k)
+                    .arg(projection)
+                    .arg(updated_ms)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn projected_message<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}m:{id}", self.prefix);
+            self.call("message", |mut c| async move {
+                c.get::<_, Option<Vec<u8>>>(k).await
+            })
+            .await
         })
     }
 

@@ -14,7 +14,10 @@
 //! (f) in fleet mode, idempotency keys and their outcomes, so a retry that
 //!     lands on another node replays the first outcome instead of sending
 //!     again ([`SharedState::idempotency_is_shared`]; one appliance keeps
-//!     them in its store, `crate::relay::record`).
+//!     them in its store, `crate::relay::record`);
+//! (g) in fleet mode, a projection of each message's status (its metadata
+//!     record without the recipient's pseudonym), written by its owner, so
+//!     `GET /v1/messages/{id}` answers on any node.
 //!
 //! Today [`LocalShared`] keeps them in the local redb file through the
 //! group-commit writer. A Redis backend (an existing engine, not a home-made
@@ -292,6 +295,33 @@ pub trait SharedState: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let _ = (client, key);
         Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
+    }
+
+    /// True when message statuses are projected here for every node
+    /// (fleet mode); one appliance answers from its store alone.
+    fn messages_are_shared(&self) -> bool {
+        false
+    }
+
+    /// Writes the projection of message `id` (its record as JSON, without
+    /// the recipient) unless a newer one (`updated_ms`) is there already.
+    fn project_message<'a>(
+        &'a self,
+        id: &'a str,
+        updated_ms: u64,
+        projection: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (id, updated_ms, projection);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The projection of message `id` another node wrote, if any.
+    fn projected_message<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
     }
 
     /// True when [`SharedState::admit`] itself checks the recipient's
