@@ -1,8 +1,11 @@
-//! Fleet mode (SPEC §8, issue 18 phase 1): two relays sharing one real
+//! Fleet mode (SPEC §8, issue 18): two relays sharing one real
 //! `redis-server` (started here on a unix socket in a temp dir, stopped by
-//! its PID) and one simulated carrier. Limits, daily caps and opt-outs hold
-//! across both nodes; with Redis gone, sends fail closed with 503
-//! `shared_state_unavailable` and recover without a restart.
+//! its PID) and one carrier. Limits, daily caps and opt-outs hold across
+//! both nodes; with Redis gone, sends fail closed with 503
+//! `shared_state_unavailable` and recover without a restart. A receipt taken
+//! by the node that did not send reaches the sender once (also after the
+//! sender was down), `GET` answers on both nodes, and one
+//! `Idempotency-Key` at both nodes sends once.
 //!
 //! Without `redis-server` installed the tests fail under `CI=true` and are
 //! skipped (with the reason printed) otherwise.
