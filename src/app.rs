@@ -320,6 +320,20 @@ impl App {
             background.clone(),
         );
         handler.set_relay(relay.clone());
+        if let Some(r) = &fleet {
+            // Receipts other nodes took for this node's messages.
+            let h = handler.clone();
+            shutdown.spawn(
+                "fleet-receipts",
+                r.clone().consume_receipts(
+                    move |rec| {
+                        let h = h.clone();
+                        async move { h.apply_forwarded(rec).await }
+                    },
+                    shutdown.token(),
+                ),
+            );
+        }
 
         let smpp_tls = match config.smpp_server.listen {
             Some(_) => Some(ServerTls::load(

@@ -1,8 +1,11 @@
-//! Fleet mode (SPEC §8, issue 18 phase 1): two relays sharing one real
+//! Fleet mode (SPEC §8, issue 18): two relays sharing one real
 //! `redis-server` (started here on a unix socket in a temp dir, stopped by
-//! its PID) and one simulated carrier. Limits, daily caps and opt-outs hold
-//! across both nodes; with Redis gone, sends fail closed with 503
-//! `shared_state_unavailable` and recover without a restart.
+//! its PID) and one carrier. Limits, daily caps and opt-outs hold across
+//! both nodes; with Redis gone, sends fail closed with 503
+//! `shared_state_unavailable` and recover without a restart. A receipt taken
+//! by the node that did not send reaches the sender once (also after the
+//! sender was down), `GET` answers on both nodes, and one
+//! `Idempotency-Key` at both nodes sends once.
 //!
 //! Without `redis-server` installed the tests fail under `CI=true` and are
 //! skipped (with the reason printed) otherwise.
@@ -292,4 +295,162 @@ async fn redis_down_fails_closed_and_recovers_without_a_restart() {
     );
     a.wait_ready().await;
     b.wait_ready().await;
+}
+
+const SECRET: &[u8] = b"whsec_fleet_receipts_0123456789";
+
+/// The `status` of message `id` as `node` answers `GET /v1/messages/{id}`.
+async fn status_at(node: &Relay, id: &str) -> String {
+    let r = node.get(&format!("/v1/messages/{id}"), &node.api_key).await;
+    assert_eq!(r.status(), 200, "GET /v1/messages/{id}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["status"].as_str().unwrap().to_owned()
+}
+
+/// Polls `GET` on `node` until message `id` is `want` (up to 10 s).
+async fn wait_status(node: &Relay, id: &str, want: &str) {
+    let t0 = Instant::now();
+    loop {
+        let s = status_at(node, id).await;
+        if s == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "message {id} is still {s:?} at its owner, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The carrier has two SMSC endpoints (one [`ManualSmsc`] each), node A
+/// bound to the first and node B to the second; a receipt for A's message
+/// comes back on B's bind, as carriers do. B forwards it to A through
+/// Redis; A applies it: one status change, one webhook event, and `GET`
+/// shows it on both nodes. With A stopped, B still takes the receipt and A
+/// applies it after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
+    use sms_conduit::smpp::CommandStatus;
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let files = Files::new();
+    let sink = sms_conduit::webhook::Sink::start_self_signed(
+        files.dir.path(),
+        sms_conduit::types::Secret::new(SECRET.to_vec()),
+    )
+    .await
+    .unwrap();
+    let smsc_a = files.manual_smsc(PW).await;
+    let smsc_b = files.manual_smsc(PW).await;
+    let setup = |port: u16, node: &str| {
+        let mut s = Setup::new(vec![CarrierCfg::new("carrier-a", port, PW)])
+            .webhook(&sink.url(), SECRET, sink.ca_file())
+            .node_id(node);
+        s.fleet_extra = redis.fleet("rcpt");
+        s
+    };
+    let files_b = files.sibling();
+    let mut a = Relay::start(files, setup(smsc_a.port(), "node-a")).await;
+    let b = Relay::start(files_b, setup(smsc_b.port(), "node-b")).await;
+
+    let sent = a.send_ok(&message("See you at nine.")).await;
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let subs = smsc_a.submits();
+    assert_eq!(subs.len(), 1);
+    // `GET` answers on the node that did not send it too.
+    assert_eq!(status_at(&b, &id).await, "accepted");
+    // On B's bind: B has no record of it.
+    assert_eq!(smsc_b.receipt(&subs[0]).await, CommandStatus::EsmeRok);
+    wait_status(&a, &id, "delivered").await;
+    wait_status(&b, &id, "delivered").await;
+    assert!(sink.wait_for(1, Duration::from_secs(10)).await);
+    // A redelivered receipt changes nothing: still one event.
+    assert_eq!(smsc_b.receipt(&subs[0]).await, CommandStatus::EsmeRok);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Vec<_> = sink
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "message.status")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["id"], id.as_str(), "{events:?}");
+    assert_eq!(events[0]["data"]["status"], "delivered", "{events:?}");
+    assert!(
+        !b.metrics_text().await.contains("unknown_id"),
+        "B counted the receipt as unknown"
+    );
+
+    // The owner is down: B still takes the receipt (it waits in A's
+    // stream), and A applies it once it is back.
+    let sent = a.send_ok(&message("See you at ten.")).await;
+    let id2 = sent["id"].as_str().unwrap().to_owned();
+    let subs = smsc_a.submits();
+    assert_eq!(subs.len(), 2);
+    assert!(a.stop().await, "node A did not drain cleanly");
+    assert_eq!(smsc_b.receipt(&subs[1]).await, CommandStatus::EsmeRok);
+    a.restart().await;
+    wait_status(&a, &id2, "delivered").await;
+    wait_status(&b, &id2, "delivered").await;
+    assert!(sink.wait_for(2, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = sink
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "message.status")
+        .count();
+    assert_eq!(n, 2, "one event per message");
+
+    // Redis gone: B can neither place nor forward a receipt; the carrier
+    // is told to redeliver, never OK-and-dropped.
+    a.send_ok(&message("See you at eleven.")).await;
+    let subs = smsc_a.submits();
+    redis.stop();
+    assert_eq!(smsc_b.receipt(&subs[2]).await, CommandStatus::EsmeRxTAppn);
+    eprintln!("fleet: receipts on B's bind applied at A: {id} and (after A's restart) {id2}");
+}
+
+/// A client's retry with the same `Idempotency-Key` that the load balancer
+/// sends to the other node replays the first answer: one carrier submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_at_two_nodes_sends_once() {
+    let Some(redis) = Redis::start() else { return };
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let fleet = redis.fleet("idem");
+    let files_b = files.sibling();
+    let mut sa = Setup::one(&sim, PW).node_id("node-a");
+    sa.fleet_extra = fleet.clone();
+    let mut sb = Setup::one(&sim, PW).node_id("node-b");
+    sb.fleet_extra = fleet;
+    let a = Relay::start(files, sa).await;
+    let b = Relay::start(files_b, sb).await;
+
+    let body = message("Your results are ready.");
+    let r = a.send_idem("retry-1", &body).await;
+    assert_eq!(r.status(), 201);
+    let first: serde_json::Value = r.json().await.unwrap();
+    let r = b.send_idem("retry-1", &body).await;
+    assert_eq!(r.status(), 201, "the retry at B replays A's answer");
+    let again: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(again["id"], first["id"], "{again} vs {first}");
+    assert_eq!(again["segments"], first["segments"]);
+    assert_eq!(again["carrier"], first["carrier"]);
+    assert_eq!(again["created_at"], first["created_at"]);
+    // And back at A, from its own store as before.
+    let r = a.send_idem("retry-1", &body).await;
+    assert_eq!(r.status(), 201);
+    let at_a: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(at_a["id"], first["id"]);
+    // The same key with another request is a conflict at either node.
+    let r = b
+        .send_idem("retry-1", &message("Another text altogether."))
+        .await;
+    expect_problem(r, 409, "idempotency_conflict").await;
+    assert_eq!(sim.submits(), 1, "one carrier submit for one key");
+    // Another key sends.
+    let r = b.send_idem("retry-2", &body).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(sim.submits(), 2);
 }

@@ -17,6 +17,11 @@
 //! its audit record and its webhook event commit in one transaction. The
 //! receipt's `text:` snippet is dropped by the parser and never seen here.
 //!
+//! Fleet mode: a final receipt for a message another node sent (the index
+//! names its owner) is forwarded to that node through the shared state
+//! before the carrier gets ESME_ROK (ESME_RX_T_APPN when it cannot be), and
+//! the owner applies it with the same code ([`Inbound::apply_forwarded`]).
+//!
 //! A receipt can overtake our own bookkeeping of the submit_sm_resp (the
 //! carrier answers the submit and sends the receipt before the metadata
 //! commit lands); such a receipt is looked up again for a short while before
@@ -46,7 +51,7 @@ use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
 use crate::smpp::{dlr, encoding, BindEvent, CommandStatus, InboundHandler, InboundMessage};
-use crate::store::shared::SharedState;
+use crate::store::shared::{ForwardedReceipt, Located, SharedState};
 use crate::store::StoreError;
 use crate::types::{Pseudonym, Secret, E164};
 use crate::webhook::{ReceivedEvent, StatusEvent, Webhooks};
@@ -497,19 +502,19 @@ impl Inbound {
         status
     }
 
-    async fn lookup(&self, link: &str, carrier_id: &str) -> Result<Option<String>, StoreError> {
+    async fn lookup(&self, link: &str, carrier_id: &str) -> Result<Option<Located>, StoreError> {
         let keys = dlr::lookup_keys(carrier_id);
         if keys.is_empty() {
             return Ok(None);
         }
         if let Some(relay) = self.relay.get() {
             if let Some(id) = relay.recent_carrier_id(link, &keys) {
-                return Ok(Some(id));
+                return Ok(Some(Located::Here(id)));
             }
             // A segment of a message whose other segments are still with
             // the carrier: wait for its record rather than drop the receipt.
             match relay.in_flight_message(link, &keys).await {
-                Some(Found::Recorded(id)) => return Ok(Some(id)),
+                Some(Found::Recorded(id)) => return Ok(Some(Located::Here(id))),
                 Some(Found::NotRecorded) => {
                     return Err(StoreError::Refused(
                         "the receipt's message is not recorded yet".into(),
@@ -518,7 +523,7 @@ impl Inbound {
                 None => {}
             }
         }
-        self.shared.lookup_carrier_id(link, &keys).await
+        self.shared.locate_carrier_id(link, &keys).await
     }
 
     async fn receipt(&self, link: &str, msg: &InboundMessage) -> CommandStatus {
@@ -578,7 +583,7 @@ impl Inbound {
             }
         }
         drop(slot);
-        let Some(message_id) = found else {
+        let Some(located) = found else {
             self.metrics
                 .messages
                 .with_label_values(&["dlr", "unknown_id", ""])
@@ -629,8 +634,82 @@ impl Inbound {
         };
         let state = receipt.state.as_status();
         let is_final = receipt.state.is_final();
-        let error = receipt.error_code.clone();
+        let message_id = match located {
+            Located::Here(id) => id,
+            // Fleet mode: another node sent it and owns its record; hand
+            // the receipt to it before the carrier hears OK. A non-final
+            // receipt changes nothing there.
+            Located::Elsewhere { .. } if !is_final => return CommandStatus::EsmeRok,
+            Located::Elsewhere { node, message_id } => {
+                let fwd = ForwardedReceipt {
+                    carrier: link.to_owned(),
+                    carrier_id: receipt.message_id.clone(),
+                    message_id,
+                    state: state.to_owned(),
+                    error: receipt.error_code.clone(),
+                };
+                return match self.shared.forward_receipt(&node, &fwd).await {
+                    Ok(()) => {
+                        self.metrics
+                            .messages
+                            .with_label_values(&["dlr", "forwarded", link])
+                            .inc();
+                        CommandStatus::EsmeRok
+                    }
+                    Err(e) => {
+                        tracing::error!(owner = %node, "forwarding a receipt: {e}");
+                        CommandStatus::EsmeRxTAppn
+                    }
+                };
+            }
+        };
         let carrier_id = receipt.message_id.clone();
+        match self
+            .apply_receipt(
+                link,
+                message_id,
+                state,
+                is_final,
+                receipt.error_code,
+                carrier_id,
+            )
+            .await
+        {
+            Ok(()) => CommandStatus::EsmeRok,
+            Err(e) => {
+                tracing::error!("recording a receipt: {e}");
+                CommandStatus::EsmeRxTAppn
+            }
+        }
+    }
+
+    /// Applies a receipt another node of the fleet took for a message this
+    /// node sent (see [`SharedState::forward_receipt`]). `Ok` once the
+    /// status change, its audit record and its webhook event committed (or
+    /// there was nothing to change).
+    pub async fn apply_forwarded(&self, r: ForwardedReceipt) -> Result<(), StoreError> {
+        let state = static_status(&r.state);
+        self.apply_receipt(&r.carrier, r.message_id, state, true, r.error, r.carrier_id)
+            .await
+    }
+
+    /// Records one segment's receipt for our message `message_id`: the
+    /// status change, its audit record and its webhook event in one
+    /// transaction. Both the carrier's own receipts and forwarded ones.
+    async fn apply_receipt(
+        &self,
+        link: &str,
+        message_id: String,
+        state: &'static str,
+        is_final: bool,
+        error: Option<String>,
+        carrier_id: String,
+    ) -> Result<(), StoreError> {
+        // Fleet mode: a status change is projected for the other nodes.
+        let project_id = self
+            .shared
+            .messages_are_shared()
+            .then(|| message_id.clone());
         let hooks = self.webhooks.clone();
         let link_owned = link.to_owned();
         // The usual outcome's audit record, serialised here rather than on
@@ -729,24 +808,20 @@ impl Inbound {
         if let (Ok((_, Some(id))), Some(settler)) = (&result, self.settler.get()) {
             settler.undecided(id);
         }
-        match result.map(|(changed, _)| changed) {
-            Ok(Some((status, wake))) => {
-                self.metrics
-                    .messages
-                    .with_label_values(&["dlr", status, link])
-                    .inc();
-                if let (Some(h), Some(client)) = (&self.webhooks, wake) {
-                    // The event is committed: wake the client's worker.
-                    h.notify(&client);
-                }
-                CommandStatus::EsmeRok
+        if let Some((status, wake)) = result?.0 {
+            self.metrics
+                .messages
+                .with_label_values(&["dlr", status, link])
+                .inc();
+            if let (Some(h), Some(client)) = (&self.webhooks, wake) {
+                // The event is committed: wake the client's worker.
+                h.notify(&client);
             }
-            Ok(None) => CommandStatus::EsmeRok,
-            Err(e) => {
-                tracing::error!("recording a receipt: {e}");
-                CommandStatus::EsmeRxTAppn
+            if let (Some(relay), Some(id)) = (self.relay.get(), project_id) {
+                relay.project_stored(&id).await;
             }
         }
+        Ok(())
     }
 }
 

@@ -81,6 +81,10 @@ pub struct IdempotencyRecord {
     /// been with a carrier. Absent in records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<String>,
+    /// Fleet mode: the node that claimed the key (`[node] id`); absent in
+    /// one appliance's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Where an idempotency key's first attempt is.
@@ -106,6 +110,46 @@ impl IdempotencyRecord {
         } else {
             IdemPhase::Interrupted
         }
+    }
+
+    /// [`Self::phase`] as node `node` sees a claim in the fleet's shared
+    /// state: another node's pending claim is in flight there (only its
+    /// own node can tell a crash from a send in progress).
+    pub fn phase_at(&self, node: &str, boot: &str) -> IdemPhase {
+        match self.node.as_deref() {
+            Some(n) if n != node && self.state != "done" => IdemPhase::InFlight,
+            _ => self.phase(boot),
+        }
+    }
+
+    /// A fresh claim: pending, with the message id about to be sent.
+    pub fn pending(
+        request_hash: &str,
+        message_id: &str,
+        boot: &str,
+        node: Option<&str>,
+        now_ms: u64,
+    ) -> Self {
+        IdempotencyRecord {
+            request_hash: request_hash.to_owned(),
+            state: "pending".into(),
+            message_id: Some(message_id.to_owned()),
+            outcome: None,
+            created_ms: now_ms,
+            boot: Some(boot.to_owned()),
+            node: node.map(str::to_owned),
+        }
+    }
+
+    /// Its JSON form (the store's value and the fleet's).
+    pub fn to_json(&self) -> Result<Vec<u8>, StoreError> {
+        json(self)
+    }
+
+    /// Reads a record written by [`Self::to_json`].
+    pub fn from_json(v: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(v)
+            .map_err(|e| StoreError::Refused(format!("idempotency record is malformed: {e}")))
     }
 }
 
@@ -145,6 +189,17 @@ pub fn decode_message(id: &str, bytes: &[u8]) -> Result<MessageRecord, StoreErro
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(&e)),
         _ => Err(malformed(&"unknown format")),
     }
+}
+
+/// A record as fleet mode projects it for other nodes' `GET` (JSON, which
+/// [`decode_message`] reads): without the recipient's pseudonym and the
+/// carrier ids, which only the owner needs.
+pub fn projection(rec: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    let mut p = rec.clone();
+    p.to_pseudonym = String::new();
+    p.carrier_ids = Vec::new();
+    p.part_states = Vec::new();
+    json(&p)
 }
 
 /// Inserts or replaces a message record (inside a store op).
@@ -219,14 +274,7 @@ pub fn begin_idempotent(
             .map_err(|e| StoreError::Refused(format!("idempotency record is malformed: {e}")))?;
         return Ok(Idem::Existing(rec));
     }
-    let rec = IdempotencyRecord {
-        request_hash: request_hash.to_owned(),
-        state: "pending".into(),
-        message_id: Some(message_id.to_owned()),
-        outcome: None,
-        created_ms: now_ms,
-        boot: Some(boot.to_owned()),
-    };
+    let rec = IdempotencyRecord::pending(request_hash, message_id, boot, None, now_ms);
     t.insert((client, key), json(&rec)?.as_slice())?;
     Ok(Idem::Fresh)
 }
@@ -338,6 +386,7 @@ mod tests {
             outcome: None,
             created_ms: 1,
             boot: Some("boot-a".into()),
+            node: None,
         };
         assert_eq!(r.phase("boot-a"), IdemPhase::InFlight);
         assert_eq!(r.phase("boot-b"), IdemPhase::Interrupted);
@@ -345,6 +394,18 @@ mod tests {
         assert_eq!(r.phase("boot-a"), IdemPhase::Interrupted, "older versions");
         r.state = "done".into();
         assert_eq!(r.phase("boot-b"), IdemPhase::Done);
+    }
+
+    #[test]
+    fn another_nodes_pending_claim_is_in_flight() {
+        let mut r = IdempotencyRecord::pending("h", "msg_1", "boot-a", Some("node-a"), 1);
+        assert_eq!(r.phase_at("node-b", "boot-b"), IdemPhase::InFlight);
+        assert_eq!(r.phase_at("node-a", "boot-a"), IdemPhase::InFlight);
+        assert_eq!(r.phase_at("node-a", "boot-c"), IdemPhase::Interrupted);
+        r.state = "done".into();
+        assert_eq!(r.phase_at("node-b", "boot-b"), IdemPhase::Done);
+        let back = IdempotencyRecord::from_json(&r.to_json().unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 
     fn rec(id: &str, created_ms: u64) -> MessageRecord {

@@ -121,6 +121,8 @@ struct Inner {
     start_budget: Duration,
     /// This start's id, written into idempotency claims.
     boot: String,
+    /// `[node] id`, written into the fleet's idempotency claims.
+    node: String,
     /// Sends in their own tasks (they run to their recorded end even when
     /// the client goes away); the drain waits for them before unbinding.
     sends: tokio_util::task::TaskTracker,
@@ -210,6 +212,7 @@ impl Relay {
                 start_budget: start_budget(cfg),
                 sends: tokio_util::task::TaskTracker::new(),
                 boot: record::new_boot_id(),
+                node: cfg.node.id.clone(),
             }),
         }
     }
@@ -535,6 +538,18 @@ impl MessageService for Relay {
             tracing::error!("reading a message record: {e}");
             SendError::Internal
         })?;
+        let rec = match rec {
+            Some(rec) => Some(rec),
+            None if self.inner.shared.messages_are_shared() => {
+                // Fleet mode: another node sent it; its projection.
+                let p = self.inner.shared.projected_message(id).await.map_err(|e| {
+                    tracing::error!("reading a message projection: {e}");
+                    unavailable(&e)
+                })?;
+                p.and_then(|b| record::decode_message(id, &b).ok())
+            }
+            None => None,
+        };
         let rec = rec
             .filter(|r| r.client == client.as_str())
             .ok_or(SendError::NotFound)?;
@@ -747,8 +762,11 @@ impl Relay {
         let Some(id) = r.message_id.as_deref() else {
             return Replay::Other;
         };
-        let Ok(Some(rec)) = record::get_message(&self.inner.store, id) else {
-            return Replay::Other;
+        let rec = match record::get_message(&self.inner.store, id) {
+            Ok(Some(rec)) => rec,
+            // Fleet mode: the first attempt was another node's.
+            Ok(None) => return Self::replay_outcome(id, outcome),
+            Err(_) => return Replay::Other,
         };
         if rec.client != client {
             return Replay::Other;
@@ -761,6 +779,65 @@ impl Relay {
             carrier: rec.carrier.unwrap_or_default(),
             campaign_id: rec.campaign,
             created_at: to_time(rec.created_ms),
+        })
+    }
+}
+
+impl Relay {
+    /// Fleet mode: projects a record's status for the other nodes' `GET`.
+    /// Best effort: the owner's store stays the truth, and its own `GET`
+    /// answers from it.
+    async fn project(&self, rec: &MessageRecord) {
+        let shared = &self.inner.shared;
+        if !shared.messages_are_shared() {
+            return;
+        }
+        let p = match record::projection(rec) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(message = %rec.id, "message projection: {e}");
+                return;
+            }
+        };
+        if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
+            tracing::warn!(message = %rec.id, "message projection: {e}");
+        }
+    }
+
+    /// [`Self::project`] of a stored record after its status changed (a
+    /// receipt).
+    pub(crate) async fn project_stored(&self, id: &str) {
+        if !self.inner.shared.messages_are_shared() {
+            return;
+        }
+        if let Ok(Some(rec)) = record::get_message(&self.inner.store, id) {
+            self.project(&rec).await;
+        }
+    }
+
+    /// The 201 of a first attempt made at another node of the fleet, from
+    /// its recorded outcome (see `Outcome::new`).
+    fn replay_outcome(id: &str, o: &serde_json::Value) -> Replay {
+        let (Some(segments), Some(encoding), Some(campaign), Some(created)) = (
+            o.get("segments").and_then(|v| v.as_u64()),
+            o.get("encoding").and_then(|v| v.as_str()),
+            o.get("campaign_id").and_then(|v| v.as_str()),
+            o.get("created_ms").and_then(|v| v.as_u64()),
+        ) else {
+            return Replay::Other;
+        };
+        Replay::Accepted(SendAccepted {
+            id: id.to_owned(),
+            status: MessageStatus::Accepted,
+            segments: u32::try_from(segments).unwrap_or(u32::MAX),
+            encoding: api_encoding(encoding),
+            carrier: o
+                .get("carrier")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            campaign_id: campaign.to_owned(),
+            created_at: to_time(created),
         })
     }
 }
@@ -858,7 +935,16 @@ impl Outcome {
             .collect();
         let idem = key.map(|k| {
             let outcome = match error {
-                None => serde_json::json!({ "message_id": rec.id }),
+                // What a retry at another node of a fleet replays (it
+                // has no record of the message).
+                None => serde_json::json!({
+                    "message_id": rec.id,
+                    "segments": rec.segments,
+                    "encoding": rec.encoding,
+                    "carrier": rec.carrier,
+                    "campaign_id": rec.campaign,
+                    "created_ms": rec.created_ms,
+                }),
                 Some(e) => serde_json::json!({ "message_id": rec.id, "error": e.code() }),
             };
             (k.0, rec.client.clone(), outcome)
@@ -1040,22 +1126,48 @@ impl Relay {
         reservation: &mut Reservation<'_>,
     ) -> Result<Claimed, SendError> {
         let hash = self.request_hash(req);
-        let (c, k, h, i, b) = (
-            cid.to_owned(),
-            key.as_str().to_owned(),
-            hash.clone(),
-            id.to_owned(),
-            self.inner.boot.clone(),
-        );
-        let found = self
-            .inner
-            .store
-            .write(move |t| record::begin_idempotent(t, &c, &k, &h, &i, &b, now_ms()))
-            .await
-            .map_err(|e| {
-                tracing::error!("idempotency record: {e}");
-                SendError::StoreUnavailable
-            })?;
+        let found = if self.inner.shared.idempotency_is_shared() {
+            // Fleet mode: one claim for every node (a retry may land on
+            // another one); an unverifiable key fails closed.
+            let claim = record::IdempotencyRecord::pending(
+                &hash,
+                id,
+                &self.inner.boot,
+                Some(&self.inner.node),
+                now_ms(),
+            );
+            let claim = claim.to_json().map_err(|_| SendError::Internal)?;
+            let shared = &self.inner.shared;
+            match shared.claim_idempotency(cid, key.as_str(), &claim).await {
+                Ok(None) => Idem::Fresh,
+                Ok(Some(v)) => {
+                    Idem::Existing(record::IdempotencyRecord::from_json(&v).map_err(|e| {
+                        tracing::error!("shared idempotency record: {e}");
+                        SendError::IdempotencyConflict
+                    })?)
+                }
+                Err(e) => {
+                    tracing::error!("idempotency claim: {e}");
+                    return Err(unavailable(&e));
+                }
+            }
+        } else {
+            let (c, k, h, i, b) = (
+                cid.to_owned(),
+                key.as_str().to_owned(),
+                hash.clone(),
+                id.to_owned(),
+                self.inner.boot.clone(),
+            );
+            self.inner
+                .store
+                .write(move |t| record::begin_idempotent(t, &c, &k, &h, &i, &b, now_ms()))
+                .await
+                .map_err(|e| {
+                    tracing::error!("idempotency record: {e}");
+                    SendError::StoreUnavailable
+                })?
+        };
         let r = match found {
             Idem::Fresh => {
                 reservation.key = Some(key.as_str().to_owned());
@@ -1066,7 +1178,7 @@ impl Relay {
         if r.request_hash != hash {
             return Err(SendError::IdempotencyConflict);
         }
-        match r.phase(&self.inner.boot) {
+        match r.phase_at(&self.inner.node, &self.inner.boot) {
             record::IdemPhase::InFlight => Err(SendError::IdempotencyConflict),
             record::IdemPhase::Interrupted => Err(SendError::IdempotencyOutcomeUnknown),
             record::IdemPhase::Done => match self.replay(cid, &r) {
@@ -1092,12 +1204,15 @@ impl Relay {
             }
         }
         if let Some(k) = key {
-            if let Err(e) = self
-                .inner
-                .store
-                .write(move |t| record::forget_idempotent(t, &client, &k))
-                .await
-            {
+            let forgot = if self.inner.shared.idempotency_is_shared() {
+                self.inner.shared.forget_idempotency(&client, &k).await
+            } else {
+                self.inner
+                    .store
+                    .write(move |t| record::forget_idempotent(t, &client, &k))
+                    .await
+            };
+            if let Err(e) = forgot {
                 tracing::error!("forgetting an idempotency key: {e}");
             }
         }
@@ -1108,12 +1223,16 @@ impl Relay {
         let Some(k) = key else { return };
         let (c, k, i) = (cid.to_owned(), k.as_str().to_owned(), id.to_owned());
         let outcome = serde_json::json!({ "message_id": i, "error": "carrier_timeout" });
-        if let Err(e) = self
-            .inner
-            .store
-            .write(move |t| record::finish_idempotent(t, &c, &k, &i, outcome.clone()))
-            .await
-        {
+        let finished = if self.inner.shared.idempotency_is_shared() {
+            let shared = &self.inner.shared;
+            shared.finish_idempotency(&c, &k, &i, &outcome).await
+        } else {
+            self.inner
+                .store
+                .write(move |t| record::finish_idempotent(t, &c, &k, &i, outcome.clone()))
+                .await
+        };
+        if let Err(e) = finished {
             // The claim stays in flight, which a retry also refuses.
             tracing::error!("recording an unknown outcome: {e}");
         }
@@ -1159,6 +1278,16 @@ impl Relay {
         }
         // Only now, the index committed: a hit there is a hit in the store.
         self.inner.recent.insert(&carrier, &o.keys, &o.rec.id);
+        self.project(&o.rec).await;
+        if let (true, Some((k, c, outcome))) = (self.inner.shared.idempotency_is_shared(), &o.idem)
+        {
+            // The message is recorded whatever happens here: a key left
+            // pending makes a retry answer 409, never send again.
+            let shared = &self.inner.shared;
+            if let Err(e) = shared.finish_idempotency(c, k, &o.rec.id, outcome).await {
+                tracing::error!(message = %o.rec.id, "idempotency outcome: {e}");
+            }
+        }
         Ok(())
     }
 

@@ -17,7 +17,18 @@
 //! - `P{b:BRAND}:d:DAY` — the brand's daily segments, expire after 2 days,
 //! - `P{b:BRAND}:o:CAMPAIGN` — set of hex pseudonyms that opted out (never
 //!   expires: Redis must run with `maxmemory-policy noeviction`),
-//! - `Px:CARRIER:KEY` — carrier-id index, `NODE MESSAGE_ID`, with a TTL.
+//! - `Px:CARRIER:KEY` — carrier-id index, `NODE MESSAGE_ID`, with a TTL,
+//! - `Pi:CLIENT:KEYHASH` — an idempotency key's claim and outcome (JSON:
+//!   request hash, state, message id, node, boot id; the key itself only as
+//!   its keyed hash), expiring with the metadata retention,
+//! - `Pm:MESSAGE_ID` — the message's status projection (its metadata
+//!   record as JSON without the recipient's pseudonym), written by the node
+//!   that owns it, expiring with the metadata retention,
+//! - `Prs:NODE` — stream of receipts other nodes took for NODE's messages
+//!   (carrier, carrier id, message id, status, error code; never text),
+//!   read by NODE in the consumer group [`RECEIPT_GROUP`]; an entry is
+//!   acknowledged and deleted only after NODE's store committed it, so it
+//!   has no TTL: it waits while NODE is down.
 //!
 //! Invariants: a call that fails or times out is an `Err`
 //! ([`StoreError::Shared`]), never a guess; the connection manager
@@ -26,6 +37,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +45,9 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::shared::{Admission, BoxFuture, LocalCells, SharedState, Verdict};
+use super::shared::{
+    Admission, BoxFuture, ForwardedReceipt, LocalCells, Located, SharedState, Verdict,
+};
 use super::StoreError;
 use crate::config::{Config, Fleet};
 use crate::metrics::Metrics;
@@ -137,7 +151,59 @@ end
 return 0
 "#;
 
+/// The consumer group in which a node reads its receipt stream. One group
+/// per stream (one owner); the consumer name is the node id, so a restarted
+/// node re-reads the entries it had read but not acknowledged.
+pub const RECEIPT_GROUP: &str = "owner";
+
+/// How often the receipt consumer polls its stream while it is empty. A
+/// poll, not `XREADGROUP BLOCK`: a blocking read would hold up every other
+/// call on the shared multiplexed connection. 10 cheap calls a second per
+/// node; a forwarded receipt waits at most this long.
+const RECEIPT_POLL: Duration = Duration::from_millis(100);
+
+/// How long the consumer waits after a failed read or apply before it
+/// tries again (Redis or the store down).
+const RECEIPT_RETRY: Duration = Duration::from_secs(1);
+
+/// Entries read at once by the receipt consumer.
+const RECEIPT_BATCH: usize = 64;
+
+/// One read of the stream: entry ids with their fields (`None` for an
+/// entry deleted while pending).
+type StreamRead = Option<Vec<(String, Vec<(String, Option<HashMap<String, String>>)>)>>;
+
+/// Marks a claimed idempotency key done (its JSON decoded and written back
+/// with the message id and the outcome), keeping its TTL; 0 when the key
+/// is not claimed (expired, or forgotten).
+const FINISH_IDEM_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local r = cjson.decode(v)
+r.state = 'done'
+r.message_id = ARGV[1]
+r.outcome = cjson.decode(ARGV[2])
+redis.call('SET', KEYS[1], cjson.encode(r), 'KEEPTTL')
+return 1
+"#;
+
+/// Writes a message's status projection unless the one there is newer
+/// (`updated_ms`): a send's projection and its first receipt's may race.
+const PROJECT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, old = pcall(cjson.decode, v)
+  if ok and tonumber(old.updated_ms) and tonumber(old.updated_ms) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+return 1
+"#;
+
 struct Scripts {
+    project: Script,
+    finish_idem: Script,
     admit: Script,
     refund: Script,
     add_daily: Script,
@@ -158,6 +224,13 @@ pub struct RedisShared {
     down_since: Mutex<Option<Instant>>,
     scripts: Scripts,
     metrics: Arc<Metrics>,
+    /// Whether this node's receipt consumer group is known to exist.
+    receipt_group: AtomicBool,
+    /// How long an idempotency key or a status projection lives: the
+    /// metadata retention.
+    idem_ttl_ms: u64,
+    /// Keys the idempotency keys' hash (the deployment's pseudonym key).
+    idem_key: crate::types::Secret,
 }
 
 fn gcra_us(per_minute: u32, burst: u32) -> (u64, u64) {
@@ -201,12 +274,17 @@ impl RedisShared {
             brands: RwLock::new(HashMap::new()),
             down_since: Mutex::new(None),
             scripts: Scripts {
+                project: Script::new(PROJECT_LUA),
+                finish_idem: Script::new(FINISH_IDEM_LUA),
                 admit: Script::new(ADMIT_LUA),
                 refund: Script::new(REFUND_LUA),
                 add_daily: Script::new(ADD_DAILY_LUA),
                 release_daily: Script::new(RELEASE_DAILY_LUA),
             },
             metrics,
+            receipt_group: AtomicBool::new(false),
+            idem_ttl_ms: u64::from(cfg.store.metadata_retention_days.max(1)) * 86_400_000,
+            idem_key: cfg.node.pseudonym_key.clone(),
         };
         me.set_campaigns(cfg);
         Ok(me)
@@ -317,6 +395,178 @@ impl RedisShared {
 
     fn index_key(&self, carrier: &str, key: &str) -> String {
         format!("{}x:{carrier}:{key}", self.prefix)
+    }
+
+    /// An idempotency key's Redis key: the client's key only as its keyed
+    /// hash (a client may choose anything as a key).
+    fn idem_redis_key(&self, client: &str, key: &str) -> String {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac = <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(self.idem_key.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(key.as_bytes());
+        let h = hex::encode(mac.finalize().into_bytes());
+        format!("{}i:{client}:{h}", self.prefix)
+    }
+
+    /// The stream of receipts waiting for `node`.
+    fn receipt_stream(&self, node: &str) -> String {
+        format!("{}rs:{node}", self.prefix)
+    }
+
+    /// Reads up to [`RECEIPT_BATCH`] entries of this node's receipt stream:
+    /// those read before and not acknowledged (`pending`, e.g. by the run
+    /// before a restart), else new ones. Creates the group (from the
+    /// stream's start, so entries added while no group existed are read)
+    /// when missing.
+    async fn read_receipts(
+        &self,
+        pending: bool,
+    ) -> Result<Vec<(String, Option<ForwardedReceipt>)>, StoreError> {
+        let key = self.receipt_stream(&self.node);
+        let node = self.node.clone();
+        let from = if pending { "0" } else { ">" };
+        let read = |mut c: ConnectionManager| {
+            let (key, node) = (key.clone(), node.clone());
+            async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(RECEIPT_GROUP)
+                    .arg(node)
+                    .arg("COUNT")
+                    .arg(RECEIPT_BATCH)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(from)
+                    .query_async::<StreamRead>(&mut c)
+                    .await
+            }
+        };
+        if !self.receipt_group.load(Ordering::Relaxed) {
+            // First read, or after an error (a Redis that lost the group):
+            // create it; BUSYGROUP says it exists already.
+            let k = key.clone();
+            self.call("receipt_read", |mut c| async move {
+                let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(k)
+                    .arg(RECEIPT_GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut c)
+                    .await;
+                match r {
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                    r => r,
+                }
+            })
+            .await?;
+            self.receipt_group.store(true, Ordering::Relaxed);
+        }
+        let got = match self.call("receipt_read", read).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.receipt_group.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let mut out = Vec::new();
+        for (_, entries) in got.into_iter().flatten() {
+            for (id, fields) in entries {
+                let r = fields.and_then(|mut f| {
+                    Some(ForwardedReceipt {
+                        carrier: f.remove("carrier")?,
+                        carrier_id: f.remove("carrier_id")?,
+                        message_id: f.remove("message_id")?,
+                        state: f.remove("state")?,
+                        error: f.remove("error").filter(|e| !e.is_empty()),
+                    })
+                });
+                out.push((id, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges and deletes one applied entry of this node's stream.
+    async fn ack_receipt(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.receipt_stream(&self.node);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(&key)
+            .arg(RECEIPT_GROUP)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&key)
+            .arg(id)
+            .ignore();
+        self.call("receipt_ack", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Applies the receipts other nodes forwarded to this one, until `stop`:
+    /// first those read but not acknowledged before (a restart), then new
+    /// ones. An entry is acknowledged only after `apply` returned `Ok` (the
+    /// owner's store committed it); on an `Err` it stays pending and is
+    /// read again after [`RECEIPT_RETRY`]. An entry that cannot be read
+    /// (fields missing) is acknowledged: it would not get better.
+    pub async fn consume_receipts<F, Fut>(
+        self: Arc<Self>,
+        apply: F,
+        stop: tokio_util::sync::CancellationToken,
+    ) where
+        F: Fn(ForwardedReceipt) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let mut pending = true;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut wait = Duration::ZERO;
+            match self.read_receipts(pending).await {
+                Ok(entries) if entries.is_empty() => {
+                    if !pending {
+                        wait = RECEIPT_POLL;
+                    }
+                    pending = false;
+                }
+                Ok(entries) => {
+                    for (id, r) in entries {
+                        let applied = match r {
+                            Some(r) => apply(r).await,
+                            None => {
+                                tracing::warn!("unreadable forwarded receipt acknowledged");
+                                Ok(())
+                            }
+                        };
+                        let res = match applied {
+                            Ok(()) => self.ack_receipt(&id).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = res {
+                            tracing::error!("forwarded receipt not applied yet: {e}");
+                            pending = true;
+                            wait = RECEIPT_RETRY;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("reading forwarded receipts: {e}");
+                    pending = true;
+                    wait = RECEIPT_RETRY;
+                }
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
     }
 }
 
@@ -512,6 +762,20 @@ impl SharedState for RedisShared {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
+            Ok(match self.locate_carrier_id(carrier, keys).await? {
+                Some(Located::Here(id)) => Some(id),
+                // Its record lives at its owner: see `forward_receipt`.
+                Some(Located::Elsewhere { .. }) | None => None,
+            })
+        })
+    }
+
+    fn locate_carrier_id<'a>(
+        &'a self,
+        carrier: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Located>, StoreError>> {
+        Box::pin(async move {
             if keys.is_empty() {
                 return Ok(None);
             }
@@ -525,15 +789,154 @@ impl SharedState for RedisShared {
                 let Some((node, id)) = v.split_once(' ') else {
                     continue;
                 };
-                if node == self.node {
-                    return Ok(Some(id.to_owned()));
-                }
-                // Phase 1: a receipt for another node's message is not
-                // forwarded to its owner (its record lives there).
-                tracing::debug!(owner = node, "receipt for a message sent by another node");
-                return Ok(None);
+                return Ok(Some(if node == self.node {
+                    Located::Here(id.to_owned())
+                } else {
+                    Located::Elsewhere {
+                        node: node.to_owned(),
+                        message_id: id.to_owned(),
+                    }
+                }));
             }
             Ok(None)
+        })
+    }
+
+    fn forward_receipt<'a>(
+        &'a self,
+        node: &'a str,
+        r: &'a ForwardedReceipt,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = self.receipt_stream(node);
+            let fields = [
+                ("carrier", r.carrier.as_str()),
+                ("carrier_id", r.carrier_id.as_str()),
+                ("message_id", r.message_id.as_str()),
+                ("state", r.state.as_str()),
+                ("error", r.error.as_deref().unwrap_or("")),
+            ];
+            self.call("receipt_forward", |mut c| async move {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(key).arg("*");
+                for (f, v) in fields {
+                    cmd.arg(f).arg(v);
+                }
+                cmd.query_async::<String>(&mut c).await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn idempotency_is_shared(&self) -> bool {
+        true
+    }
+
+    fn claim_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        claim: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let k = self.idem_redis_key(client, key);
+            let ttl = self.idem_ttl_ms;
+            self.call("idempotency", |mut c| async move {
+                // SET NX GET (Redis 7): claims, or returns the claim there.
+                let claimed: Option<Vec<u8>> = redis::cmd("SET")
+                    .arg(&k)
+                    .arg(claim)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(claimed)
+            })
+            .await
+        })
+    }
+
+    fn finish_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        message_id: &'a str,
+        outcome: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = self.idem_redis_key(client, key);
+            let outcome = outcome.to_string();
+            self.call("idempotency", |mut c| async move {
+                self.scripts
+                    .finish_idem
+                    .key(k)
+                    .arg(message_id)
+                    .arg(outcome)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn forget_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = self.idem_redis_key(client, key);
+            self.call(
+                "idempotency",
+                |mut c| async move { c.del::<_, i64>(k).await },
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn messages_are_shared(&self) -> bool {
+        true
+    }
+
+    fn project_message<'a>(
+        &'a self,
+        id: &'a str,
+        updated_ms: u64,
+        projection: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}m:{id}", self.prefix);
+            let ttl = self.idem_ttl_ms;
+            self.call("message", |mut c| async move {
+                self.scripts
+                    .project
+                    .key(k)
+                    .arg(projection)
+                    .arg(updated_ms)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn projected_message<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let k = format!("{}m:{id}", self.prefix);
+            self.call("message", |mut c| async move {
+                c.get::<_, Option<Vec<u8>>>(k).await
+            })
+            .await
         })
     }
 

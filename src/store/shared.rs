@@ -7,7 +7,17 @@
 //! (c) the (carrier, carrier message id) → message id index, because a
 //!     delivery receipt may arrive at another node than the sender;
 //! (d) documented consents (opt-ins), keyed like opt-outs, with the
-//!     evidence's metadata (never PHI) as the value.
+//!     evidence's metadata (never PHI) as the value;
+//! (e) receipts taken by one node for a message another node sent,
+//!     forwarded to their owner ([`SharedState::forward_receipt`]), which
+//!     applies them in its own store and only then acknowledges them;
+//! (f) in fleet mode, idempotency keys and their outcomes, so a retry that
+//!     lands on another node replays the first outcome instead of sending
+//!     again ([`SharedState::idempotency_is_shared`]; one appliance keeps
+//!     them in its store, `crate::relay::record`);
+//! (g) in fleet mode, a projection of each message's status (its metadata
+//!     record without the recipient's pseudonym), written by its owner, so
+//!     `GET /v1/messages/{id}` answers on any node.
 //!
 //! Today [`LocalShared`] keeps them in the local redb file through the
 //! group-commit writer. A Redis backend (an existing engine, not a home-made
@@ -87,6 +97,32 @@ pub trait LocalCells: Send + Sync {
     ) -> Result<(), std::time::Duration>;
     /// Gives back cells taken by [`LocalCells::take_cells`].
     fn refund_cells(&self, campaign: &str, from: &E164, segments: u32);
+}
+
+/// Where the message of a receipt lives ([`SharedState::locate_carrier_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    /// Sent by this node: our message id.
+    Here(String),
+    /// Sent by another node of the fleet, which owns its record.
+    Elsewhere { node: String, message_id: String },
+}
+
+/// A receipt's metadata on its way to the node that sent its message:
+/// never its text (the `text:` snippet is cut by [`crate::smpp::dlr::parse`]),
+/// never a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedReceipt {
+    /// The carrier (link) it came from.
+    pub carrier: String,
+    /// The carrier's message id, as the receipt gave it.
+    pub carrier_id: String,
+    /// Our message id, from the index.
+    pub message_id: String,
+    /// The API status it puts the segment in (`delivered`, `expired`, …).
+    pub state: String,
+    /// The carrier's error code, if any.
+    pub error: Option<String>,
 }
 
 /// State shared by every node of a deployment. See the module docs.
@@ -184,6 +220,109 @@ pub trait SharedState: Send + Sync {
         carrier: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// Like [`SharedState::lookup_carrier_id`], but also tells a message
+    /// another node sent (whose record lives there). The default is one
+    /// appliance's: every indexed message is here.
+    fn locate_carrier_id<'a>(
+        &'a self,
+        carrier: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Located>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .lookup_carrier_id(carrier, keys)
+                .await?
+                .map(Located::Here))
+        })
+    }
+
+    /// Hands a receipt to `node`, the owner of its message, durably: `Ok`
+    /// only once the owner will apply it even if it is down now. Only a
+    /// shared backend can; the local one never locates a message elsewhere.
+    fn forward_receipt<'a>(
+        &'a self,
+        node: &'a str,
+        receipt: &'a ForwardedReceipt,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (node, receipt);
+        Box::pin(async {
+            Err(StoreError::Refused(
+                "receipts are forwarded only in fleet mode".into(),
+            ))
+        })
+    }
+
+    /// True when idempotency keys live here (fleet mode) instead of in the
+    /// local store's `idempotency` table, which one appliance uses (the
+    /// default: then the three calls below are never made).
+    fn idempotency_is_shared(&self) -> bool {
+        false
+    }
+
+    /// Claims `(client, key)` with `claim` (the claim's record, JSON,
+    /// never PHI) unless it is claimed: `Ok(None)` when this call claimed
+    /// it, `Ok(Some(record))` with the existing record otherwise.
+    fn claim_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        claim: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let _ = (client, key, claim);
+        Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
+    }
+
+    /// Marks a claimed key done: its message id and the outcome a retry
+    /// replays. Nothing when the key is not claimed.
+    fn finish_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+        message_id: &'a str,
+        outcome: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (client, key, message_id, outcome);
+        Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
+    }
+
+    /// Forgets a claimed key (its send reached no carrier: the client may
+    /// retry with it).
+    fn forget_idempotency<'a>(
+        &'a self,
+        client: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (client, key);
+        Box::pin(async { Err(StoreError::Refused("idempotency keys are local".into())) })
+    }
+
+    /// True when message statuses are projected here for every node
+    /// (fleet mode); one appliance answers from its store alone.
+    fn messages_are_shared(&self) -> bool {
+        false
+    }
+
+    /// Writes the projection of message `id` (its record as JSON, without
+    /// the recipient) unless a newer one (`updated_ms`) is there already.
+    fn project_message<'a>(
+        &'a self,
+        id: &'a str,
+        updated_ms: u64,
+        projection: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (id, updated_ms, projection);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The projection of message `id` another node wrote, if any.
+    fn projected_message<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
+    }
 
     /// True when [`SharedState::admit`] itself checks the recipient's
     /// opt-out (a shared backend, atomically with the limits), so the send

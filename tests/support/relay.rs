@@ -344,6 +344,8 @@ pub struct Setup {
     pub node_extra: String,
     /// Appended to the config as is: e.g. a `[fleet]` table.
     pub fleet_extra: String,
+    /// `[node] id` (`send-test` unless a fleet test names its nodes).
+    pub node_id: String,
     /// Appended to the end of the config: whole tables (`[[campaigns]]`,
     /// `[[clients]]`, …) a scenario adds.
     pub extra_toml: String,
@@ -371,6 +373,7 @@ impl Setup {
             webhook: None,
             node_extra: String::new(),
             fleet_extra: String::new(),
+            node_id: "send-test".into(),
             extra_toml: String::new(),
         }
     }
@@ -386,6 +389,11 @@ impl Setup {
     pub fn daily_cap(mut self, cap: u64, tz: &str) -> Self {
         self.daily_cap = cap;
         self.tz = tz.into();
+        self
+    }
+    /// Names the node (`[node] id`): each node of a fleet has its own.
+    pub fn node_id(mut self, id: &str) -> Self {
+        self.node_id = id.into();
         self
     }
     pub fn no_wait(mut self) -> Self {
@@ -454,7 +462,7 @@ response_timeout_secs = {rt}
     format!(
         r#"
 [node]
-id = "send-test"
+id = "{node_id}"
 state_dir = "state"
 drain_secs = 15
 pseudonym_key_file = "pseudonym.key"
@@ -516,6 +524,7 @@ campaigns = ["{OTHER_CAMPAIGN}"]
 {fleet_extra}
 {extra_toml}"#,
         fleet_extra = setup.fleet_extra,
+        node_id = setup.node_id,
         node_extra = setup.node_extra,
         extra_toml = setup.extra_toml,
         cap = setup.daily_cap,
