@@ -291,7 +291,12 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub url: String,
+    /// From `webhook_secret_file`, trimmed (surrounding whitespace, a
+    /// trailing newline) when it is UTF-8.
     pub secret: Secret,
+    /// From `webhook_secret_next_file`, trimmed the same way: while set,
+    /// every webhook is signed with both secrets (a rotation).
+    pub secret_next: Option<Secret>,
     pub ca_file: Option<PathBuf>,
     pub concurrency: u32,
 }
