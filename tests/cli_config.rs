@@ -60,7 +60,10 @@ fn check_config_reports_every_error_with_its_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node.drain_sec: unknown key"), "{err}");
+    assert!(
+        err.contains("node.drain_sec: unknown key; did you mean `drain_secs`?"),
+        "{err}"
+    );
     assert!(
         err.contains("campaigns[0].numbers[1]: \"+1555\" is not an E.164 number"),
         "{err}"

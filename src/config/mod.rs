@@ -8,12 +8,14 @@
 //!
 //! Unknown keys are errors. They are found with `serde_ignored` rather than
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first one and
-//! an operator fixing a config wants all of them in one run.
+//! an operator fixing a config wants all of them in one run; each names the
+//! closest known key of its table when it looks like a typo ([`suggest`]).
 //!
 //! Must not know: sockets, TLS objects, the store. Later code never re-parses a
 //! string from here.
 
 mod raw;
+mod suggest;
 mod validate;
 
 use std::collections::HashMap;
@@ -343,7 +345,7 @@ impl Config {
             .iter()
             .map(|k| ConfigError {
                 key: k.clone(),
-                problem: "unknown key".into(),
+                problem: suggest::unknown_key(k),
             })
             .collect();
         let raw = match raw {
