@@ -1,5 +1,6 @@
 //! Checks that need more than the config text: certificates and keys parse,
-//! CA files hold certificates. Shared by `check-config` and `run`, so the
+//! CA files hold certificates, our own leaf is not a CA certificate (which
+//! every webpki client refuses). Shared by `check-config` and `run`, so the
 //! appliance refuses to start on exactly what `check-config` reports.
 
 use crate::config::{Config, ConfigError};
@@ -30,6 +31,8 @@ pub fn check_tls_material(cfg: &Config) -> Vec<ConfigError> {
             _ => "tls.cert_file",
         };
         push(key.to_owned(), e);
+    } else if let Err(e) = tls::check_leaf_not_ca(&cfg.tls.cert_file) {
+        push("tls.cert_file".to_owned(), e);
     }
     for (i, c) in cfg.carriers.iter().enumerate() {
         if let Some(ca) = &c.ca_file {

@@ -202,6 +202,67 @@ pub fn server_config(
     Ok(Arc::new(sc))
 }
 
+/// What to do when a certificate is a CA certificate used as a leaf. webpki
+/// (rustls, hence every Rust client, and this relay towards carriers and
+/// webhooks) refuses one with `CaUsedAsEndEntity`; `openssl req -x509` makes
+/// exactly that by default (basicConstraints CA:TRUE).
+pub const CA_AS_LEAF_HINT: &str = "it is a CA certificate (basicConstraints CA:TRUE), which TLS clients refuse as a server's own certificate (webpki: CaUsedAsEndEntity); keep it as the CA, make a leaf it signs with basicConstraints CA:FALSE and a subjectAltName of the names clients use, and put the leaf (then any intermediates) in the certificate file: README \"Install on an edge server\" shows the openssl commands";
+
+/// True when webpki refuses `e` because the peer's leaf is a CA
+/// certificate (`CaUsedAsEndEntity`, which rustls passes on as an opaque
+/// `CertificateError::Other`).
+pub fn is_ca_used_as_leaf(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))
+            if format!("{o:?}").contains("CaUsedAsEndEntity")
+    )
+}
+
+/// Checks the leaf of `cert_file` the way a webpki client will: a CA
+/// certificate as the leaf is an error naming [`CA_AS_LEAF_HINT`]. Other
+/// verification problems (issuer, name, expiry) are not this check's.
+pub fn check_leaf_not_ca(cert_file: &Path) -> Result<(), TlsError> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let certs = load_certs(cert_file)?;
+    let Some((leaf, intermediates)) = certs.split_first() else {
+        return Err(TlsError::NoCertificate {
+            path: cert_file.into(),
+        });
+    };
+    // The leaf as its own trust anchor: webpki checks basicConstraints of
+    // the end entity before it looks for an issuer, so a CA leaf fails with
+    // CaUsedAsEndEntity whatever signed it.
+    let mut roots = RootCertStore::empty();
+    if roots.add(leaf.clone()).is_err() {
+        return Ok(());
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Invalid {
+                path: cert_file.into(),
+                what: e.to_string(),
+            })?;
+    let name = rustls::pki_types::ServerName::try_from("leaf-check.invalid")
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    match verifier.verify_server_cert(
+        leaf,
+        intermediates,
+        &name,
+        &[],
+        rustls::pki_types::UnixTime::now(),
+    ) {
+        Err(e) if is_ca_used_as_leaf(&e) => Err(TlsError::Invalid {
+            path: cert_file.into(),
+            what: format!(
+                "the first certificate is not usable as a server certificate: {CA_AS_LEAF_HINT}"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A listener's TLS state that can be swapped on reload.
 pub struct ServerTls {
     alpn: Vec<Vec<u8>>,

@@ -47,6 +47,7 @@ fn every_send_error() -> Vec<SendError> {
         SendError::IdempotencyOutcomeUnknown,
         SendError::CarrierTimeout,
         SendError::NotFound,
+        SendError::Absent("this number is not opted out"),
         SendError::Internal,
     ];
     for e in &all {
@@ -71,6 +72,7 @@ fn every_send_error() -> Vec<SendError> {
             | SendError::IdempotencyOutcomeUnknown
             | SendError::CarrierTimeout
             | SendError::NotFound
+            | SendError::Absent(_)
             | SendError::Internal => {}
         }
     }

@@ -90,6 +90,21 @@ async fn clients_put_get_and_delete_opt_outs_on_their_own_campaigns() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    // A number that is not opted out is a 404 that says so, not "no such message".
+    let r = c
+        .get(relay.url(&path))
+        .bearer_auth(&relay.api_key)
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 404, "not_found").await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not opted out"),
+        "{p}"
+    );
     let r = relay
         .send(&message("Reminder: appointment tomorrow."))
         .await;

@@ -107,6 +107,11 @@ pub enum SendError {
     /// `GET /v1/messages/{id}`: no such message for this client.
     #[error("not found")]
     NotFound,
+    /// Another resource than a message is absent (code `not_found` too);
+    /// the detail says which, so a client does not read "no such message"
+    /// for, e.g., a number that is not opted out.
+    #[error("not found: {0}")]
+    Absent(&'static str),
     /// A bug or an unavailable dependency (the store); details go to the log.
     #[error("internal error")]
     Internal,
@@ -135,7 +140,7 @@ impl SendError {
             SendError::SharedStateUnavailable => "shared_state_unavailable",
             SendError::IdempotencyOutcomeUnknown => "idempotency_conflict",
             SendError::CarrierTimeout => "carrier_timeout",
-            SendError::NotFound => "not_found",
+            SendError::NotFound | SendError::Absent(_) => "not_found",
             SendError::Internal => "internal_error",
         }
     }
@@ -248,6 +253,7 @@ impl SendError {
                 "the carrier did not answer in time; the outcome is unknown".into(),
             ),
             SendError::NotFound => (S::NOT_FOUND, "Not found", "no such message".into()),
+            SendError::Absent(what) => (S::NOT_FOUND, "Not found", (*what).into()),
             SendError::Internal => (
                 S::INTERNAL_SERVER_ERROR,
                 "Internal error",
@@ -434,6 +440,7 @@ mod tests {
             (SendError::IdempotencyOutcomeUnknown, 409),
             (SendError::CarrierTimeout, 504),
             (SendError::NotFound, 404),
+            (SendError::Absent("this number is not opted out"), 404),
             (SendError::Internal, 500),
         ];
         for (e, status) in cases {

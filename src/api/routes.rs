@@ -321,6 +321,13 @@ fn opt_out_response(r: Result<OptOutView, SendError>, no_content: bool) -> Respo
     }
 }
 
+/// The 404 detail of an opt-out look-up for a number that is not opted out.
+const NOT_OPTED_OUT: &str =
+    "this number is not opted out of this campaign (no opt-out is recorded)";
+
+/// The 404 detail of a consent look-up for a number with no consent.
+const NO_CONSENT: &str = "no consent is recorded for this number on this campaign";
+
 async fn get_opt_out(
     State(state): State<ApiState>,
     Authed(client): Authed,
@@ -335,7 +342,7 @@ async fn get_opt_out(
         .opt_out_status(&client, &campaign, &number)
         .await;
     match r {
-        Ok(v) if !v.opted_out => SendError::NotFound.into_response(),
+        Ok(v) if !v.opted_out => SendError::Absent(NOT_OPTED_OUT).into_response(),
         r => opt_out_response(r, false),
     }
 }
@@ -449,7 +456,7 @@ async fn get_consent(
         let evidence = consents(&state)?
             .consent(&client, &campaign, &number)
             .await?
-            .ok_or(SendError::NotFound)?;
+            .ok_or(SendError::Absent(NO_CONSENT))?;
         Ok::<_, SendError>(ConsentView {
             campaign_id: campaign,
             number: number.as_str().to_owned(),

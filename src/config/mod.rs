@@ -8,12 +8,14 @@
 //!
 //! Unknown keys are errors. They are found with `serde_ignored` rather than
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first one and
-//! an operator fixing a config wants all of them in one run.
+//! an operator fixing a config wants all of them in one run; each names the
+//! closest known key of its table when it looks like a typo ([`suggest`]).
 //!
 //! Must not know: sockets, TLS objects, the store. Later code never re-parses a
 //! string from here.
 
 mod raw;
+mod suggest;
 mod validate;
 
 use std::collections::HashMap;
@@ -291,7 +293,12 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub url: String,
+    /// From `webhook_secret_file`, trimmed (surrounding whitespace, a
+    /// trailing newline) when it is UTF-8.
     pub secret: Secret,
+    /// From `webhook_secret_next_file`, trimmed the same way: while set,
+    /// every webhook is signed with both secrets (a rotation).
+    pub secret_next: Option<Secret>,
     pub ca_file: Option<PathBuf>,
     pub concurrency: u32,
 }
@@ -338,7 +345,7 @@ impl Config {
             .iter()
             .map(|k| ConfigError {
                 key: k.clone(),
-                problem: "unknown key".into(),
+                problem: suggest::unknown_key(k),
             })
             .collect();
         let raw = match raw {

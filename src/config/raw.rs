@@ -288,6 +288,9 @@ pub struct RawClient {
     pub campaigns: Vec<String>,
     pub webhook_url: Option<String>,
     pub webhook_secret_file: Option<String>,
+    /// During a secret rotation: the next secret; both sign every webhook
+    /// (two `v1=` entries in `Conduit-Signature`).
+    pub webhook_secret_next_file: Option<String>,
     pub webhook_ca_file: Option<String>,
     #[serde(default = "default_webhook_concurrency")]
     pub webhook_concurrency: u32,

@@ -526,3 +526,28 @@ fn opt_in_keywords_need_a_confirmation_and_must_not_be_stop_words() {
         "letters or digits",
     );
 }
+
+#[test]
+fn webhook_secrets_are_trimmed_and_the_next_one_is_read() {
+    let d = dir();
+    std::fs::write(d.path().join("clinic.whsec"), "  whsec_abc\n").unwrap();
+    std::fs::write(d.path().join("clinic-next.whsec"), "whsec_next\r\n").unwrap();
+    let text = valid().replace(
+        "webhook_secret_file = \"clinic.whsec\"",
+        "webhook_secret_file = \"clinic.whsec\"\nwebhook_secret_next_file = \"clinic-next.whsec\"",
+    );
+    let cfg = load(&text, &d).unwrap();
+    let hook = cfg.clients[0].webhook.as_ref().unwrap();
+    assert_eq!(hook.secret.expose(), b"whsec_abc");
+    assert_eq!(
+        hook.secret_next.as_ref().map(|s| s.expose().to_vec()),
+        Some(b"whsec_next".to_vec())
+    );
+    let errs = load(&text.replace("clinic-next.whsec\"", "missing.whsec\""), &d).unwrap_err();
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.key == "clients[0].webhook_secret_next_file"),
+        "{errs}"
+    );
+}

@@ -907,13 +907,12 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
                     url: url.clone(),
                     // Trimmed like passwords: `echo secret > file` must not
                     // sign with "secret\n" while the client checks "secret".
-                    secret: {
-                        let raw = c.secret(&k("webhook_secret_file"), secret);
-                        match raw.trimmed_str() {
-                            Some(t) => Secret::new(t.as_bytes().to_vec()),
-                            None => raw,
-                        }
-                    },
+                    secret: webhook_secret(c, &k("webhook_secret_file"), secret),
+                    secret_next: r
+                        .webhook_secret_next_file
+                        .as_deref()
+                        .filter(|s| !s.is_empty())
+                        .map(|f| webhook_secret(c, &k("webhook_secret_next_file"), f)),
                     ca_file: r
                         .webhook_ca_file
                         .as_deref()
@@ -938,6 +937,15 @@ fn clients(c: &mut Check<'_>, raw: &[RawClient], campaigns: &[RawCampaign]) -> V
             }
             (None, None) => None,
         };
+        if webhook.is_none()
+            && r.webhook_secret_next_file.is_some()
+            && r.webhook_secret_file.is_none()
+        {
+            c.err(
+                k("webhook_secret_next_file"),
+                "needs webhook_secret_file (the current secret) and webhook_url",
+            );
+        }
         out.push(Client {
             id: r.id.clone(),
             key_sha256: keys,
@@ -1016,5 +1024,16 @@ fn check_webhook_url(c: &mut Check<'_>, key: &str, url: &str) {
             "must be https:// (http:// only to a loopback host): webhooks carry message texts",
         ),
         s => c.err(key, format!("unsupported scheme {s:?}: use https://")),
+    }
+}
+
+/// A webhook secret file's bytes, trimmed like passwords when UTF-8: `echo
+/// secret > file` must not sign with "secret\n" while the client checks
+/// "secret" (README "Webhooks").
+fn webhook_secret(c: &mut Check<'_>, key: &str, value: &str) -> Secret {
+    let raw = c.secret(key, value);
+    match raw.trimmed_str() {
+        Some(t) => Secret::new(t.as_bytes().to_vec()),
+        None => raw,
     }
 }

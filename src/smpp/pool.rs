@@ -369,7 +369,16 @@ fn explain_tls(carrier: &str, e: &std::io::Error) -> String {
                     | rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
             )
         });
-    if unknown {
+    let ca_leaf = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(crate::tls::is_ca_used_as_leaf);
+    if ca_leaf {
+        format!(
+            "{e}: the carrier's certificate: {}; or, for a self-signed one, pin it with carriers[].cert_sha256 (name = {carrier:?})",
+            crate::tls::CA_AS_LEAF_HINT
+        )
+    } else if unknown {
         format!("{e}: the carrier's certificate is not signed by a trusted CA; for a self-signed certificate pin it with carriers[].cert_sha256 (name = {carrier:?}; openssl x509 -noout -fingerprint -sha256), or name its CA in carriers[].ca_file")
     } else {
         e.to_string()

@@ -2,9 +2,10 @@
 //! and recently (SPEC §4).
 //!
 //! The header is `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`,
-//! the scheme Stripe and others made familiar. [`verify`] accepts several
-//! `v1=` values (a client rotating its secret may be sent either) and
-//! ignores unknown keys, so the format can grow.
+//! the scheme Stripe and others made familiar. During a secret rotation
+//! ([`sign_all`], `webhook_secret_next_file`) the header carries one `v1=` per
+//! secret. [`verify`] accepts several `v1=` values and ignores unknown keys,
+//! so the format can grow.
 //!
 //! Invariants: the comparison is constant-time ([`Mac::verify_slice`]); a
 //! timestamp further than `tolerance` from `now`, past or future, is refused
@@ -47,8 +48,20 @@ fn mac(secret: &[u8], t: u64, body: &[u8]) -> SimpleHmac<Sha256> {
 
 /// The header value signing `body` at unix time `t`.
 pub fn sign(secret: &[u8], t: u64, body: &[u8]) -> String {
-    let tag = mac(secret, t, body).finalize().into_bytes();
-    format!("t={t},v1={}", hex::encode(tag))
+    sign_all(&[secret], t, body)
+}
+
+/// The header value signing `body` at unix time `t` with every secret, in
+/// order: `t=<t>,v1=<sig 1>,v1=<sig 2>` (a rotation: the current secret,
+/// then the next; a receiver holding either finds a match).
+pub fn sign_all(secrets: &[&[u8]], t: u64, body: &[u8]) -> String {
+    let mut out = format!("t={t}");
+    for secret in secrets {
+        let tag = mac(secret, t, body).finalize().into_bytes();
+        out.push_str(",v1=");
+        out.push_str(&hex::encode(tag));
+    }
+    out
 }
 
 /// Checks a `Conduit-Signature` header against `body`.
@@ -153,6 +166,23 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn sign_all_carries_one_v1_per_secret_each_verifying_alone() {
+        let body = br#"{"id":"evt_1"}"#;
+        let h = sign_all(&[b"old", b"new"], 1000, body);
+        assert_eq!(h.matches(",v1=").count(), 2, "{h}");
+        assert!(
+            h.starts_with(&sign(b"old", 1000, body)),
+            "current first: {h}"
+        );
+        assert_eq!(verify(b"old", &h, body, 1000, TOL), Ok(()));
+        assert_eq!(verify(b"new", &h, body, 1000, TOL), Ok(()));
+        assert_eq!(
+            verify(b"other", &h, body, 1000, TOL),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

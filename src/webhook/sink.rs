@@ -164,6 +164,7 @@ impl Sink {
         config::Webhook {
             url: self.url(),
             secret: self.state.secret.clone(),
+            secret_next: None,
             ca_file: self.ca_file.clone(),
             concurrency,
         }

@@ -32,7 +32,10 @@
 //! - no lock is held across an `.await` (the std locks below are held only
 //!   to clone an `Arc`);
 //! - logs carry the client id, event id, attempt and outcome — never the
-//!   payload, the URL or a number.
+//!   payload, the URL or a number;
+//! - a failing endpoint is logged once per failure series (when it starts,
+//!   with outcome, status and back-off) and once when it answers 2xx again;
+//!   single attempts are debug lines and the `webhook_attempts` counter.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -49,7 +52,7 @@ use tokio_util::task::TaskTracker;
 use super::event::{new_event_id, status_body, ReceivedEvent, StatusEvent};
 use super::outbox::{Outbox, OutboxRecord};
 use super::schedule::Schedule;
-use super::sign::{sign, HEADER};
+use super::sign::{sign_all, HEADER};
 use super::{Options, WebhookError};
 use crate::config;
 use crate::metrics::Metrics;
@@ -84,6 +87,8 @@ pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 struct Target {
     url: reqwest::Url,
     secret: Secret,
+    /// The next secret during a rotation: both sign every request.
+    secret_next: Option<Secret>,
     http: reqwest::Client,
     concurrency: usize,
 }
@@ -114,6 +119,7 @@ impl Target {
         Ok(Target {
             url,
             secret: hook.secret.clone(),
+            secret_next: hook.secret_next.clone(),
             http,
             concurrency: usize::try_from(hook.concurrency).unwrap_or(1).max(1),
         })
@@ -164,7 +170,10 @@ fn reason(e: reqwest::Error) -> String {
 /// One signed POST of `body`; Ok on 2xx within `timeout`.
 async fn post(target: &Target, body: Bytes, timeout: Duration) -> Result<(), Failure> {
     let t = now_ms() / 1000;
-    let signature = sign(target.secret.expose(), t, &body);
+    let signature = match &target.secret_next {
+        None => sign_all(&[target.secret.expose()], t, &body),
+        Some(next) => sign_all(&[target.secret.expose(), next.expose()], t, &body),
+    };
     let req = target
         .http
         .post(target.url.clone())
@@ -184,9 +193,87 @@ async fn post(target: &Target, body: Bytes, timeout: Duration) -> Result<(), Fai
     }
 }
 
+/// A run of failed requests to one client's endpoint, since its last 2xx.
+struct Series {
+    since_ms: u64,
+    failures: u64,
+}
+
+/// Whether a client's endpoint is failing: a failure series is logged once,
+/// when it starts (outcome, status, back-off), and once when it ends, not
+/// per attempt (a down endpoint would flood the journal at `concurrency`
+/// attempts per back-off).
+#[derive(Default)]
+struct EndpointHealth {
+    /// Held only to read or update the series; never across an await.
+    series: Mutex<Option<Series>>,
+}
+
+impl EndpointHealth {
+    /// Records a failed request; logs when it starts a series.
+    fn failed(&self, client: &str, failure: &Failure, retry_in: Option<Duration>) {
+        let mut series = self.series.lock();
+        if let Some(s) = series.as_mut() {
+            s.failures = s.failures.saturating_add(1);
+            return;
+        }
+        *series = Some(Series {
+            since_ms: now_ms(),
+            failures: 1,
+        });
+        drop(series);
+        let status = match failure {
+            Failure::Status(s) => Some(*s),
+            _ => None,
+        };
+        let reason = match failure {
+            Failure::Transport(r) => explain_transport(r),
+            Failure::Timeout => "no answer within the request timeout".to_owned(),
+            Failure::Status(s) => format!("answered HTTP {s}"),
+        };
+        tracing::warn!(
+            client,
+            outcome = failure.outcome(),
+            status,
+            retry_in_ms = retry_in.map(ms),
+            reason = %reason,
+            "webhook endpoint failing; status events wait in the outbox and are retried \
+             with back-off (doubling, at most the back-off cap); logged once until it answers 2xx again"
+        );
+    }
+
+    /// Records a 2xx; logs when it ends a series.
+    fn succeeded(&self, client: &str) {
+        let Some(s) = self.series.lock().take() else {
+            return;
+        };
+        tracing::info!(
+            client,
+            failed_requests = s.failures,
+            failing_for_secs = now_ms().saturating_sub(s.since_ms) / 1000,
+            "webhook endpoint answers 2xx again"
+        );
+    }
+}
+
+/// A transport error's reason, with what to do when the endpoint presents a
+/// CA certificate as its own (webpki: CaUsedAsEndEntity).
+fn explain_transport(reason: &str) -> String {
+    if reason.contains("CaUsedAsEndEntity") {
+        format!(
+            "{reason}: the endpoint's certificate: {}",
+            tls::CA_AS_LEAF_HINT
+        )
+    } else {
+        reason.to_owned()
+    }
+}
+
 /// A client's worker state shared with [`Webhooks`].
 struct Slot {
     id: String,
+    /// Kept across reloads: a failure series outlives a new URL or secret.
+    health: Arc<EndpointHealth>,
     target: RwLock<Arc<Target>>,
     notify: Notify,
     stop: CancellationToken,
@@ -309,6 +396,7 @@ impl Webhooks {
             }
             let slot = Arc::new(Slot {
                 id: id.clone(),
+                health: Arc::default(),
                 target: RwLock::new(target),
                 notify: Notify::new(),
                 stop: self.shared.shutdown.child_token(),
@@ -372,6 +460,11 @@ impl Webhooks {
         let timeout = deadline.min(self.shared.options.request_timeout);
         let result = post(&target, body, timeout).await;
         let outcome = result.as_ref().err().map_or("ok", Failure::outcome);
+        match &result {
+            Ok(()) => slot.health.succeeded(client),
+            // Not retried here: the carrier retries the MO.
+            Err(f) => slot.health.failed(client, f, None),
+        }
         self.shared
             .metrics
             .webhook_attempts
@@ -424,6 +517,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
                 let task = attempt(
                     shared.clone(),
                     slot.id.clone(),
+                    slot.health.clone(),
                     target.clone(),
                     seq,
                     delivered.contains(&seq),
@@ -579,6 +673,7 @@ impl Shared {
 async fn attempt(
     shared: Arc<Shared>,
     client: String,
+    health: Arc<EndpointHealth>,
     target: Arc<Target>,
     seq: u64,
     delivered: bool,
@@ -609,7 +704,10 @@ async fn attempt(
     let outcome = result.as_ref().err().map_or("ok", Failure::outcome);
     shared.count(&client, outcome);
     let failure = match result {
-        Ok(()) => return shared.remove_delivered(&client, seq, &rec).await,
+        Ok(()) => {
+            health.succeeded(&client);
+            return shared.remove_delivered(&client, seq, &rec).await;
+        }
         Err(f) => f,
     };
     let attempt = rec.attempt.saturating_add(1);
@@ -623,6 +721,7 @@ async fn attempt(
         shared.options.backoff_cap,
     );
     let next = now.saturating_add(ms(delay)).min(deadline);
+    health.failed(&client, &failure, Some(Duration::from_millis(next - now)));
     let status = match &failure {
         Failure::Status(s) => Some(*s),
         _ => None,
