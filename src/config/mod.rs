@@ -10,6 +10,8 @@
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first one and
 //! an operator fixing a config wants all of them in one run; each names the
 //! closest known key of its table when it looks like a typo ([`suggest`]).
+//! A type error stops serde; the file is parsed again without the offending
+//! key to find the others, so one run names them all.
 //!
 //! Must not know: sockets, TLS objects, the store. Later code never re-parses a
 //! string from here.
@@ -368,6 +370,7 @@ impl Config {
                     key,
                     problem: format!("{msg}{line}"),
                 });
+                more_type_errors(text, &mut errors);
                 return Err(ConfigErrors(errors));
             }
         };
@@ -411,6 +414,113 @@ impl Config {
             }
         }
         m
+    }
+}
+
+/// The most type errors [`more_type_errors`] looks for after the first: a
+/// bound on its re-parses (each is a whole-file deserialization).
+const MAX_TYPE_ERRORS: usize = 64;
+
+/// After a type error, the others: the file is parsed as a TOML table, the
+/// offending key removed and the rest deserialized again, until it parses or
+/// an error cannot be removed (a missing key), appending each error and
+/// every unknown key not named yet. The rules of `validate` need a file
+/// that parses, so they run once these are fixed.
+fn more_type_errors(text: &str, errors: &mut Vec<ConfigError>) {
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        return; // a syntax error: the first error says where
+    };
+    // The first error's key: removed before the first re-parse.
+    let Some(first) = errors.last().map(|e| e.key.clone()) else {
+        return;
+    };
+    let mut remove = first;
+    for _ in 0..MAX_TYPE_ERRORS {
+        if remove.is_empty() || !remove_key(&mut table, &remove) {
+            return;
+        }
+        let mut unknown = Vec::new();
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+        let value = toml::Value::Table(table.clone());
+        let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
+        let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(ignored);
+        for k in unknown {
+            if !errors.iter().any(|e| e.key == k) {
+                errors.push(ConfigError {
+                    problem: suggest::unknown_key(&k),
+                    key: k,
+                });
+            }
+        }
+        let Err(e) = raw else {
+            return;
+        };
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        if errors.iter().any(|x| x.key == key) {
+            return; // removing it did not help: stop rather than loop
+        }
+        errors.push(ConfigError {
+            key: key.clone(),
+            problem: e.into_inner().message().to_string(),
+        });
+        remove = key;
+    }
+}
+
+/// Removes the entry at `path` (`campaigns[1].burst`) from `table`; false
+/// when there is none.
+fn remove_key(table: &mut toml::Table, path: &str) -> bool {
+    let mut parts: Vec<(&str, Vec<usize>)> = Vec::new();
+    for seg in path.split('.') {
+        let (name, rest) = seg.split_once('[').unwrap_or((seg, ""));
+        let indices = rest
+            .split('[')
+            .filter_map(|i| i.trim_end_matches(']').parse().ok())
+            .collect();
+        parts.push((name, indices));
+    }
+    let Some(((last, last_idx), head)) = parts.split_last() else {
+        return false;
+    };
+    let mut cur = table;
+    for (name, indices) in head {
+        let mut v = match cur.get_mut(*name) {
+            Some(v) => v,
+            None => return false,
+        };
+        for i in indices {
+            v = match v.as_array_mut().and_then(|a| a.get_mut(*i)) {
+                Some(v) => v,
+                None => return false,
+            };
+        }
+        cur = match v.as_table_mut() {
+            Some(t) => t,
+            None => return false,
+        };
+    }
+    if last_idx.is_empty() {
+        return cur.remove(*last).is_some();
+    }
+    // `numbers[1]`: drop the element (the array's other errors surface next).
+    let mut v = match cur.get_mut(*last) {
+        Some(v) => v,
+        None => return false,
+    };
+    let (inner, tail) = last_idx.split_at(last_idx.len() - 1);
+    for i in inner {
+        v = match v.as_array_mut().and_then(|a| a.get_mut(*i)) {
+            Some(v) => v,
+            None => return false,
+        };
+    }
+    match v.as_array_mut() {
+        Some(a) if tail[0] < a.len() => {
+            a.remove(tail[0]);
+            true
+        }
+        _ => false,
     }
 }
 

@@ -551,3 +551,24 @@ fn webhook_secrets_are_trimmed_and_the_next_one_is_read() {
         "{errs}"
     );
 }
+
+#[test]
+fn every_type_error_and_typo_is_named_in_one_run() {
+    let text = valid()
+        .replace("id = \"edge-1\"", "id = \"edge-1\"\ndrain_secs = \"20\"")
+        .replace("burst = 20", "burst = \"twenty\"\nburts = 3")
+        .replace("[api]\n", "[api]\nlsiten = \"x\"\n");
+    let d = dir();
+    let errs = load(&text, &d).unwrap_err();
+    let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"node.drain_secs"), "{errs}");
+    assert!(keys.contains(&"campaigns[0].burst"), "{errs}");
+    assert!(keys.contains(&"campaigns[0].burts"), "{errs}");
+    assert!(keys.contains(&"api.lsiten"), "{errs}");
+    let burts = errs.0.iter().find(|e| e.key == "campaigns[0].burts");
+    assert!(
+        burts.is_some_and(|e| e.problem.contains("did you mean `burst`")),
+        "{errs}"
+    );
+    assert_eq!(keys.len(), 4, "each named once: {errs}");
+}
