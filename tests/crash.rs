@@ -5,53 +5,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::relay::{message, toml_for, wait_until, CarrierCfg, Files, Setup};
+use support::relay::{message, start_binary, toml_for, wait_until, CarrierCfg, Files, Setup};
 
 const PW: &str = "crsh-pw1";
-
-/// Starts `sms-conduit run` on the config in `dir`; returns the child and
-/// its API port once it listens.
-fn start(dir: &std::path::Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
-        .args(["run", "--config"])
-        .arg(dir.join("sms-conduit.toml"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut log = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            log.push(l.clone());
-            if let Some(rest) = l.split("api=").nth(1) {
-                let addr: std::net::SocketAddr =
-                    rest.split_whitespace().next().unwrap().parse().unwrap();
-                // Keep draining the log so the child never blocks on it.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return (child, addr.port());
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the relay did not start listening:\n{}", log.join("\n"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_sigkill_with_the_message_at_the_carrier_is_never_sent_twice() {
@@ -97,7 +55,7 @@ async fn a_retry_after_sigkill_with_the_message_at_the_carrier_is_never_sent_twi
         }
     };
 
-    let (mut child, port) = start(files.dir.path());
+    let (mut child, port) = start_binary(files.dir.path());
     wait_ready(port).await;
     let pending = tokio::spawn(post(port));
     wait_until(Duration::from_secs(10), "the submit at the carrier", || {
@@ -111,7 +69,7 @@ async fn a_retry_after_sigkill_with_the_message_at_the_carrier_is_never_sent_twi
         "no answer from a dead relay"
     );
 
-    let (mut child, port) = start(files.dir.path());
+    let (mut child, port) = start_binary(files.dir.path());
     wait_ready(port).await;
     let r = post(port).await.unwrap();
     assert_eq!(r.status(), 409);

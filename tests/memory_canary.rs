@@ -10,50 +10,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
-use support::relay::{message, toml_for, CarrierCfg, Files, Setup};
+use support::relay::{message, start_binary, toml_for, CarrierCfg, Files, Setup};
 
 const PW: &str = "mem-pw1";
 const CANARIES: usize = 32;
 const PREFIX: &str = "CANARY-MEM-";
-
-fn start(dir: &std::path::Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
-        .args(["run", "--config"])
-        .arg(dir.join("sms-conduit.toml"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            if let Some(rest) = l.split("api=").nth(1) {
-                let addr: std::net::SocketAddr =
-                    rest.split_whitespace().next().unwrap().parse().unwrap();
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return (child, addr.port());
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the relay did not start listening");
-}
 
 /// Every readable, writable mapping of `pid`, read whole; how many of the
 /// `needles` occur in it (each counted once per occurrence). The needles
@@ -112,7 +76,7 @@ async fn no_canary_text_stays_in_the_relays_memory() {
         toml_for(&files, &setup, &hash, &other_hash),
     )
     .unwrap();
-    let (mut child, port) = start(files.dir.path());
+    let (mut child, port) = start_binary(files.dir.path());
     let canaries: Vec<String> = (0..CANARIES)
         .map(|i| format!("{PREFIX}{i:02}-{:016x}", rand::random::<u64>()))
         .collect();

@@ -1004,3 +1004,42 @@ impl Drop for ManualSmsc {
         self.token.cancel();
     }
 }
+
+/// Starts the real binary, `sms-conduit run`, on the config in `dir`; returns the child and
+/// its API port once it listens.
+pub fn start_binary(dir: &std::path::Path) -> (std::process::Child, u16) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sms-conduit"))
+        .args(["run", "--config"])
+        .arg(dir.join("sms-conduit.toml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut log = Vec::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            log.push(l.clone());
+            if let Some(rest) = l.split("api=").nth(1) {
+                let addr: std::net::SocketAddr =
+                    rest.split_whitespace().next().unwrap().parse().unwrap();
+                // Keep draining the log so the child never blocks on it.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return (child, addr.port());
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the relay did not start listening:\n{}", log.join("\n"));
+}
