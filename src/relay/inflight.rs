@@ -1,4 +1,4 @@
-//! Carrier ids of multi-segment messages whose record is not committed yet.
+//! Carrier ids of messages being sent whose record is not committed yet.
 //!
 //! A message's metadata record (and with it the carrier-id index) commits
 //! once every segment has its submit_sm_resp. A carrier that throttles, or
@@ -17,9 +17,9 @@
 //! [`Registration`] removes its entries when dropped, however the send
 //! ends); a waiter is released when the send reports its outcome or when
 //! the send is gone without one (the watch sender dropped = not recorded).
-//! One-segment messages are not entered: their only answer and the commit
-//! are a few milliseconds apart, which the receipt path's short early-
-//! receipt retries cover without a map operation per message.
+//! Every message is entered, one-segment ones too: under load a receipt
+//! can overtake even a single segment's commit, and waiting here needs no
+//! polling and none of the receipt path's few early-wait slots.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -114,7 +114,7 @@ struct Inner {
     reference: AtomicU8,
     /// Carrier ids of recent sends, so most receipts skip a store read.
     recent: RecentIds,
-    /// Carrier ids of multi-segment messages not yet recorded.
+    /// Carrier ids of messages being sent whose record is not committed yet.
     inflight: Arc<InFlight>,
     /// How long after its arrival a request may still write a submit_sm
     /// (its deadline less the carriers' response timeout).
@@ -244,7 +244,7 @@ impl Relay {
         self.inner.sends.reopen();
     }
 
-    /// The multi-segment message being sent that a receipt's `keys` belong
+    /// The message being sent that a receipt's `keys` belong
     /// to, once its record's fate is known (see [`InFlight`]).
     pub async fn in_flight_message(
         &self,
@@ -257,17 +257,6 @@ impl Relay {
     /// The pools, in config order.
     pub fn pools(&self) -> Vec<Pool> {
         read(&self.inner.view).pools.clone()
-    }
-
-    /// The pools of the priority-1 carriers (for `/readyz`).
-    pub fn first_priority_pools(&self) -> Vec<Pool> {
-        let view = read(&self.inner.view);
-        view.pools
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| view.routes.get(*i).is_some_and(|r| r.priority == 1))
-            .map(|(_, p)| p.clone())
-            .collect()
     }
 
     /// Keyed hash of everything that makes a request what it is, text
@@ -338,9 +327,9 @@ impl Relay {
     /// Submits every segment on `pool`; the first error wins, with how
     /// many segments were accepted and their carrier ids (empty where not
     /// accepted; a carrier may also answer an empty id). No segment's
-    /// submit_sm is written after `start_by`. Accepted segments of a
-    /// multi-segment message are entered in `registration` as they are
-    /// answered, so their receipts find the message before it commits.
+    /// submit_sm is written after `start_by`. Accepted segments are entered
+    /// in `registration` as they are answered, so their receipts find the
+    /// message before it commits.
     async fn submit_all(
         pool: &Pool,
         req: &SendRequest,
