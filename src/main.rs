@@ -124,6 +124,17 @@ enum Command {
         /// PID of the relay, to report its CPU time per message.
         #[arg(long)]
         relay_pid: Option<u32>,
+        /// Receive the relay's webhooks on this address (HTTPS, with
+        /// --sink-cert/--sink-key, verified with --webhook-secret-file) and
+        /// wait for every accepted message's receipt before reporting.
+        #[arg(long, requires_all = ["sink_cert", "sink_key", "webhook_secret_file"])]
+        webhook_sink: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        sink_cert: Option<PathBuf>,
+        #[arg(long)]
+        sink_key: Option<PathBuf>,
+        #[arg(long)]
+        webhook_secret_file: Option<PathBuf>,
     },
     /// The tamper-evident audit log.
     Audit {
@@ -384,6 +395,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to_prefix,
             text,
             relay_pid,
+            webhook_sink,
+            sink_cert,
+            sink_key,
+            webhook_secret_file,
         } => {
             let opts = sms_conduit::bench::BenchOptions {
                 url,
@@ -399,6 +414,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 text,
                 relay_pid,
                 progress: true,
+                webhook_sink: match (webhook_sink, sink_cert, sink_key, webhook_secret_file) {
+                    (Some(listen), Some(cert_file), Some(key_file), Some(secret_file)) => {
+                        Some(sms_conduit::bench::BenchSink {
+                            listen,
+                            cert_file,
+                            key_file,
+                            secret_file,
+                        })
+                    }
+                    _ => None,
+                },
             };
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(sms_conduit::bench::run(opts))?;
