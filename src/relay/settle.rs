@@ -45,6 +45,10 @@ pub const WINDOW_QUEUE_MAX: usize = 100_000;
 pub const FIRST_SWEEP_BACK: Duration = Duration::from_secs(24 * 3600);
 /// Records settled per store op, so a sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
+
+/// A settlement's commit may wait this long for company: nobody waits on
+/// it, and a sweep can settle many messages at once.
+const SETTLE_COMMIT_WAIT: Duration = Duration::from_millis(50);
 /// The actor of settled status changes in the audit log.
 pub const SETTLE_ACTOR: &str = "sms-conduit:receipt-rules";
 
@@ -140,7 +144,7 @@ impl Settler {
             let hooks = self.webhooks.clone();
             let woken = self
                 .audit
-                .write(move |atx| {
+                .write_within(SETTLE_COMMIT_WAIT, move |atx| {
                     let mut woken = Vec::new();
                     for id in &ids {
                         if let Some(c) = settle_one(atx, id, hooks.as_ref(), now)? {
@@ -166,7 +170,7 @@ impl Settler {
             let hooks = self.webhooks.clone();
             let (next, woken) = self
                 .audit
-                .write(move |atx| {
+                .write_within(SETTLE_COMMIT_WAIT, move |atx| {
                     let recs = record::accepted_between(atx.txn(), from, until, SWEEP_BATCH)?;
                     let next = recs.next_ms;
                     let now = now_ms();
