@@ -5,7 +5,8 @@
 //! `shared_state_unavailable` and recover without a restart. A receipt taken
 //! by the node that did not send reaches the sender once (also after the
 //! sender was down, and when one carrier simulator delivers every receipt
-//! on the other node's bind), `GET` answers on both nodes, and one `Idempotency-Key` at both
+//! on the other node's bind), `GET` answers on both nodes (also for the
+//! statuses the receipt rules set), and one `Idempotency-Key` at both
 //! nodes sends once.
 //!
 //! Without `redis-server` installed the tests fail under `CI=true` and are
@@ -515,6 +516,48 @@ async fn receipts_on_the_other_nodes_bind_of_one_carrier_reach_the_sender_once()
         "fleet: {} receipts on the other node's bind, each applied once at its sender",
         ids.len()
     );
+}
+
+/// Statuses the receipt rules set at the owner (README "Receipts": rule 1,
+/// one receipt for a two-segment message, then `receipt_window_secs`;
+/// rule 2, no receipt at all, then `receipt_deadline_secs` → `unknown`)
+/// are projected too: `GET` at the other node agrees. Without the
+/// projection (checked once) the other node still answered `accepted`
+/// 10 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_the_receipt_rules_set_are_seen_at_every_node() {
+    use sms_conduit::smpp::CommandStatus;
+    let Some(redis) = Redis::start() else { return };
+    let files = Files::new();
+    let smsc_a = files.manual_smsc(PW).await;
+    let smsc_b = files.manual_smsc(PW).await;
+    let setup = |port: u16, node: &str| {
+        let mut s = Setup::new(vec![CarrierCfg::new("carrier-a", port, PW)]).node_id(node);
+        s.node_extra = "receipt_window_secs = 2\nreceipt_deadline_secs = 4\n".into();
+        s.fleet_extra = redis.fleet("settle");
+        s
+    };
+    let files_b = files.sibling();
+    let a = Relay::start(files, setup(smsc_a.port(), "node-a")).await;
+    let b = Relay::start(files_b, setup(smsc_b.port(), "node-b")).await;
+
+    let text = "appointment moved to thursday. ".repeat(8)[..220].to_owned();
+    let one = a.send_ok(&message(&text)).await;
+    let one = one["id"].as_str().unwrap().to_owned();
+    let none = a.send_ok(&message("no receipt ever")).await;
+    let none = none["id"].as_str().unwrap().to_owned();
+    let subs = smsc_a.submits();
+    assert_eq!(subs.len(), 3, "two segments and one");
+    // A receipt for the first segment only.
+    assert_eq!(smsc_a.receipt(&subs[0]).await, CommandStatus::EsmeRok);
+    assert_eq!(status_at(&b, &one).await, "accepted");
+    assert_eq!(status_at(&b, &none).await, "accepted");
+    // Rule 1 after the window, rule 2 after the deadline: at the owner,
+    // and through the projection at the other node.
+    wait_status(&b, &one, "delivered").await;
+    assert_eq!(status_at(&a, &one).await, "delivered");
+    wait_status(&b, &none, "unknown").await;
+    assert_eq!(status_at(&a, &none).await, "unknown");
 }
 
 /// A client's retry with the same `Idempotency-Key` that the load balancer
