@@ -77,6 +77,11 @@ enum Command {
         /// Above this many submits per second answer ESME_RTHROTTLED; 0 = never.
         #[arg(long, default_value_t = 0)]
         throttle_tps: u32,
+        /// Deliver each receipt on another bound session of the same
+        /// system_id than the one that took the submit (in turn), as a
+        /// carrier may; on the same one only when no other is bound.
+        #[arg(long)]
+        dlr_on_other_bind: bool,
     },
     /// API keys.
     Keys {
@@ -264,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dlr_delay_ms,
             fail_rate,
             throttle_tps,
+            dlr_on_other_bind,
         } => {
             init_logging();
             if !(0.0..=1.0).contains(&fail_rate) {
@@ -276,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.dlr_delay = std::time::Duration::from_millis(dlr_delay_ms);
             opts.fail_rate = fail_rate;
             opts.throttle_tps = throttle_tps;
+            opts.dlr_on_other_bind = dlr_on_other_bind;
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();
@@ -302,6 +309,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.receipts_sent,
                 report.mo_sent
             );
+            if dlr_on_other_bind {
+                println!("receipts on another bind {}", report.receipts_on_other_bind);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
