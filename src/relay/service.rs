@@ -44,8 +44,9 @@ fn unavailable(e: &crate::store::StoreError) -> SendError {
     }
 }
 
-/// An opt-out API failure: 503 when the shared state is down, else 500.
-fn internal_or_shared(e: &crate::store::StoreError) -> SendError {
+/// An opt-out or consent API failure: 503 when the shared state is down,
+/// else 500.
+pub(super) fn internal_or_shared(e: &crate::store::StoreError) -> SendError {
     match e {
         crate::store::StoreError::Shared(_) => SendError::SharedStateUnavailable,
         _ => SendError::Internal,
