@@ -437,3 +437,21 @@ fn every_operation_documents_the_refusals_it_can_get() {
         );
     }
 }
+
+/// Every problem `code` a client can get (the document's `ProblemCode`)
+/// is named in the README, where an integrator reads the outcomes first.
+#[test]
+fn every_problem_code_is_in_the_readme() {
+    let doc = doc();
+    let readme = include_str!("../README.md");
+    let codes = doc["components"]["schemas"]["ProblemCode"]["enum"]
+        .as_array()
+        .expect("ProblemCode enum");
+    assert!(codes.len() >= 20);
+    for c in codes.iter().filter_map(Value::as_str) {
+        assert!(
+            readme.contains(&format!("`{c}`")),
+            "README.md does not name the problem code `{c}`"
+        );
+    }
+}
