@@ -748,7 +748,6 @@ impl api::AuthAudit for AuthToAudit {
     }
 }
 
-/// Prunes message metadata and audit records past their retention, hourly.
 /// Refreshes the rate-limit and daily-cap gauges (at once, then every
 /// [`crate::metrics::CAP_USAGE_EVERY`]) until `stop`.
 async fn limit_usage(relay: Relay, stop: CancellationToken) {
@@ -778,6 +777,7 @@ fn set_server_cert_expiry(metrics: &Metrics, config: &Config) {
     }
 }
 
+/// Prunes message metadata and audit records past their retention, hourly.
 async fn retention(config: Config, audit: Audit, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
