@@ -35,12 +35,16 @@ use crate::tls::{ClientAuth, ServerTls, TlsError};
 use crate::webhook::Webhooks;
 
 /// Sets `smpp_configured_sessions` from `new`'s carriers, removing the
-/// series of carriers `old` had and `new` has not.
+/// series (and the certificate-expiry series) of carriers `old` had and
+/// `new` has not.
 fn set_configured_sessions(metrics: &Metrics, old: Option<&Config>, new: &Config) {
     let g = &metrics.smpp_configured_sessions;
     for c in old.map_or(&[][..], |o| &o.carriers[..]) {
         if !new.carriers.iter().any(|n| n.name == c.name) {
             let _ = g.remove_label_values(&[&c.name]);
+            let _ = metrics
+                .tls_cert_expiry
+                .remove_label_values(&["carrier", &c.name]);
         }
     }
     for c in &new.carriers {
@@ -321,6 +325,8 @@ impl App {
             background.clone(),
         );
         handler.set_relay(relay.clone());
+        shutdown.spawn("limit-usage", limit_usage(relay.clone(), shutdown.token()));
+        set_server_cert_expiry(&metrics, &config);
         if let Some(r) = &fleet {
             // Receipts other nodes took for this node's messages.
             let h = handler.clone();
@@ -549,13 +555,31 @@ impl App {
         if !errors.is_empty() {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
-        self.api_tls.reload_with(&new.tls, api_client_auth(&new))?;
-        if let Some(t) = &self.metrics_tls {
-            t.reload(&new.tls)?;
+        // Everything that can still fail is built before anything changes,
+        // so a refused reload changes nothing: the webhook clients (URL,
+        // CA, HTTP client) here, the listeners' TLS configs next.
+        let hooks = self
+            .webhooks
+            .prepare(&new.clients)
+            .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
+        let api_sc = self.api_tls.prepare(&new.tls, api_client_auth(&new))?;
+        let metrics_sc = match &self.metrics_tls {
+            Some(t) => Some(t.prepare(&new.tls, ClientAuth::None)?),
+            None => None,
+        };
+        let smpp_sc = match &self.smpp_tls {
+            Some(t) => Some(t.prepare(&new.tls, ClientAuth::RequireIfConfigured)?),
+            None => None,
+        };
+        self.api_tls
+            .install(api_sc, &new.tls, api_client_auth(&new));
+        if let (Some(t), Some(sc)) = (&self.metrics_tls, metrics_sc) {
+            t.install(sc, &new.tls, ClientAuth::None);
         }
-        if let Some(t) = &self.smpp_tls {
-            t.reload(&new.tls)?;
+        if let (Some(t), Some(sc)) = (&self.smpp_tls, smpp_sc) {
+            t.install(sc, &new.tls, ClientAuth::RequireIfConfigured);
         }
+        set_server_cert_expiry(&self.metrics, &new);
         self.auth.reload(&new.clients);
         self.audit_new_keys(&new).await;
         let pools = self.reload_pools(&new);
@@ -567,9 +591,7 @@ impl App {
             f.set_campaigns(&new);
         }
         self.inbound.reload(&new);
-        if let Err(e) = self.webhooks.reload(&new.clients) {
-            tracing::error!("webhook settings not reloaded, keeping the old ones: {e}");
-        }
+        self.webhooks.apply(hooks);
         if let Err(e) = self
             .audit
             .record(
@@ -724,6 +746,35 @@ impl api::AuthAudit for AuthToAudit {
                 tracing::error!("audit record of an authentication failure: {e}");
             }
         });
+    }
+}
+
+/// Refreshes the rate-limit and daily-cap gauges (at once, then every
+/// [`crate::metrics::CAP_USAGE_EVERY`]) until `stop`.
+async fn limit_usage(relay: Relay, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::metrics::CAP_USAGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => relay.publish_limit_usage().await,
+        }
+    }
+}
+
+/// `sms_conduit_tls_cert_expiry_timestamp_seconds{role="server",name="tls"}`
+/// from `[tls] cert_file` (the chain every TLS listener serves). A file
+/// that cannot be read leaves the gauge as it was: start and reload have
+/// refused such a file already.
+fn set_server_cert_expiry(metrics: &Metrics, config: &Config) {
+    let Ok(certs) = crate::tls::load_certs(&config.tls.cert_file) else {
+        return;
+    };
+    if let Some(t) = crate::tls::earliest_not_after(certs.iter().map(|c| c.as_ref())) {
+        metrics
+            .tls_cert_expiry
+            .with_label_values(&["server", "tls"])
+            .set(t);
     }
 }
 
