@@ -17,15 +17,16 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
+use super::domain::{
+    ClientId, Encoding as ApiEncoding, MessageService, MessageStatus, MessageView, OptOutChange,
+    OptOutService, OptOutView, SendAccepted, SendRequest,
+};
+use super::error::SendError;
 use super::inflight::{InFlight, Registration};
 use super::limits::{local_day, Limits};
 use super::recent::RecentIds;
 use super::record::{self, Idem, MessageRecord};
 use super::route::Routes;
-use crate::api::{
-    ClientId, Encoding as ApiEncoding, MessageService, MessageStatus, MessageView, SendAccepted,
-    SendError, SendRequest,
-};
 use crate::audit::{Audit, AuditEvent, AuditNumber, OwnNumbers};
 use crate::config::{Brand, Campaign, Config};
 use crate::metrics::Metrics;
@@ -1324,13 +1325,13 @@ fn view_of(rec: MessageRecord) -> Result<MessageView, SendError> {
     })
 }
 
-impl crate::api::OptOutService for Relay {
+impl OptOutService for Relay {
     fn opt_out_status<'a>(
         &'a self,
         client: &'a ClientId,
         campaign: &'a str,
         number: &'a E164,
-    ) -> futures::future::BoxFuture<'a, Result<crate::api::OptOutView, SendError>> {
+    ) -> futures::future::BoxFuture<'a, Result<OptOutView, SendError>> {
         Box::pin(async move {
             self.own_campaign(client, campaign)?;
             let p = Pseudonym::of(&self.inner.pseudonym_key, number);
@@ -1343,7 +1344,7 @@ impl crate::api::OptOutService for Relay {
                     tracing::error!("opt-out look-up: {e}");
                     internal_or_shared(&e)
                 })?;
-            Ok(crate::api::OptOutView {
+            Ok(OptOutView {
                 campaign_id: campaign.to_owned(),
                 number: number.clone(),
                 opted_out,
@@ -1356,12 +1357,12 @@ impl crate::api::OptOutService for Relay {
         client: &'a ClientId,
         campaign: &'a str,
         number: &'a E164,
-        change: crate::api::OptOutChange,
-    ) -> futures::future::BoxFuture<'a, Result<crate::api::OptOutView, SendError>> {
+        change: OptOutChange,
+    ) -> futures::future::BoxFuture<'a, Result<OptOutView, SendError>> {
         Box::pin(async move {
             self.own_campaign(client, campaign)?;
             let p = Pseudonym::of(&self.inner.pseudonym_key, number);
-            let add = change == crate::api::OptOutChange::Add;
+            let add = change == OptOutChange::Add;
             let shared = &self.inner.shared;
             let internal = |e: crate::store::StoreError| {
                 tracing::error!("opt-out change: {e}");
@@ -1396,7 +1397,7 @@ impl crate::api::OptOutService for Relay {
                     tracing::error!("audit record of an opt-out change: {e}");
                 }
             }
-            Ok(crate::api::OptOutView {
+            Ok(OptOutView {
                 campaign_id: campaign.to_owned(),
                 number: number.clone(),
                 opted_out: add,
