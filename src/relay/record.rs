@@ -13,6 +13,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{tables, Store, StoreError, Tx};
+use crate::webhook::StatusEvent;
 
 /// id → [`MessageRecord`] as [`encode_message`] writes it.
 pub const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
@@ -61,6 +62,25 @@ pub struct MessageRecord {
     pub client_ref: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+/// The relay builds a message's webhook event from its record (the
+/// webhook module knows events, not records).
+impl StatusEvent {
+    /// The status of a message record as it is now.
+    pub fn from_record(rec: &MessageRecord) -> Self {
+        StatusEvent {
+            message_id: rec.id.clone(),
+            status: rec.status.clone(),
+            error_code: rec.error_code.clone(),
+            carrier: rec.carrier.clone(),
+            campaign_id: Some(rec.campaign.clone()),
+            client_ref: rec.client_ref.clone(),
+            segments: rec.segments,
+            created_ms: rec.created_ms,
+            updated_ms: rec.updated_ms,
+        }
+    }
 }
 
 /// The state of an idempotency key.
