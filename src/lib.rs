@@ -3,7 +3,8 @@
 //! The module tree follows a message: [`api`] (clients in, HTTPS) →
 //! [`relay`] (decide, limit, route) → [`smpp`] (carriers out and in) →
 //! [`webhook`] (clients out), with [`store`], [`audit`], [`config`],
-//! [`metrics`], [`tls`] and [`service`] beside them. See `ARCHITECTURE.md`.
+//! [`metrics`], [`tls`], [`service`] and [`text`] (SMS encodings) beside
+//! them. See `ARCHITECTURE.md`.
 
 pub mod api;
 pub mod app;
@@ -19,6 +20,7 @@ pub mod relay;
 pub mod service;
 pub mod smpp;
 pub mod store;
+pub mod text;
 pub mod tls;
 pub mod types;
 pub mod webhook;

@@ -780,7 +780,7 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
                     // One segment as it will be encoded: 160 GSM-7 septets
                     // (extension characters count two), or 70 UCS-2 units
                     // once any character is outside GSM 03.38.
-                    let info = crate::smpp::encoding::analyze(t);
+                    let info = crate::text::analyze(t);
                     if info.segments > 1 {
                         c.err(
                             k(f),
@@ -813,7 +813,7 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
                 || !upper.bytes().all(|b| b.is_ascii_alphanumeric())
             {
                 c.err(key, format!("{w:?} must be 1-20 letters or digits"));
-            } else if crate::relay::inbound::keyword(&upper) != crate::audit::KeywordClass::Other {
+            } else if crate::text::keyword(&upper) != crate::text::KeywordClass::Other {
                 c.err(key, format!("{w:?} is already a STOP/START/HELP keyword"));
             } else {
                 opt_in_keywords.push(upper);
@@ -821,7 +821,7 @@ fn campaigns(c: &mut Check<'_>, raw: &[RawCampaign], brands: &[RawBrand]) -> Vec
         }
         let opt_in_text = match &r.opt_in_text {
             Some(t) if !t.trim().is_empty() => {
-                if crate::smpp::encoding::analyze(t).segments > 1 {
+                if crate::text::analyze(t).segments > 1 {
                     c.err(k("opt_in_text"), "must fit one SMS (at most 160 GSM-7 characters, or 70 when any character needs UCS-2)");
                 }
                 t.clone()

@@ -50,9 +50,10 @@ use super::{record, Relay};
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
-use crate::smpp::{dlr, encoding, BindEvent, CommandStatus, InboundHandler, InboundMessage};
+use crate::smpp::{dlr, BindEvent, CommandStatus, InboundHandler, InboundMessage};
 use crate::store::shared::{ForwardedReceipt, Located, SharedState};
 use crate::store::StoreError;
+use crate::text::{self as encoding, keyword};
 use crate::types::{Pseudonym, Secret, E164};
 use crate::webhook::{ReceivedEvent, StatusEvent, Webhooks};
 
@@ -166,21 +167,6 @@ pub struct Inbound {
     early_waiting: parking_lot::Mutex<HashMap<String, usize>>,
     /// Unknown receipts' last report, per link.
     unknown: parking_lot::Mutex<HashMap<String, UnknownReport>>,
-}
-
-/// The keyword class of an MO text: the whole text, any case, surrounding
-/// spaces and punctuation ignored.
-pub fn keyword(text: &str) -> KeywordClass {
-    let word = text.trim_matches(|c: char| c.is_whitespace() || c.is_ascii_punctuation());
-    let upper = word.to_ascii_uppercase();
-    match upper.as_str() {
-        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" | "REVOKE" | "OPTOUT" => {
-            KeywordClass::Stop
-        }
-        "START" | "UNSTOP" => KeywordClass::Start,
-        "HELP" => KeywordClass::Help,
-        _ => KeywordClass::Other,
-    }
 }
 
 fn now_ms() -> u64 {
@@ -872,30 +858,7 @@ impl InboundHandler for Inbound {
 
 #[cfg(test)]
 mod tests {
-    use super::{keyword, overall, KeywordClass};
-
-    #[test]
-    fn keywords_alone_any_case_punctuation_ignored() {
-        for w in [
-            "STOP",
-            "stop",
-            " Stop! ",
-            "stopall",
-            "UNSUBSCRIBE",
-            "cancel",
-            "End.",
-            "quit",
-            "revoke",
-            "OptOut",
-        ] {
-            assert_eq!(keyword(w), KeywordClass::Stop, "{w}");
-        }
-        assert_eq!(keyword("start"), KeywordClass::Start);
-        assert_eq!(keyword("UNSTOP"), KeywordClass::Start);
-        assert_eq!(keyword("help?"), KeywordClass::Help);
-        assert_eq!(keyword("please stop texting me"), KeywordClass::Other);
-        assert_eq!(keyword("STOP STOP"), KeywordClass::Other);
-    }
+    use super::overall;
 
     fn p(v: &[Option<&str>]) -> Vec<Option<String>> {
         v.iter().map(|s| s.map(str::to_owned)).collect()

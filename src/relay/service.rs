@@ -30,10 +30,10 @@ use super::route::Routes;
 use crate::audit::{Audit, AuditEvent, AuditNumber, OwnNumbers};
 use crate::config::{Brand, Campaign, Config};
 use crate::metrics::Metrics;
-use crate::smpp::encoding::{self, Encoding};
 use crate::smpp::{dlr, Pool, SmppError, SubmitRequest};
 use crate::store::shared::{put_carrier_ids, Admission, Rate, SharedState, Verdict};
 use crate::store::Store;
+use crate::text::{self as encoding, Encoding};
 use crate::types::{Pseudonym, Secret, E164};
 
 /// The answer to a store or shared-state failure before anything was sent:

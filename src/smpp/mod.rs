@@ -28,7 +28,6 @@ pub mod bench;
 pub mod bind;
 pub mod codec;
 pub mod dlr;
-pub mod encoding;
 pub mod handler;
 pub mod pacer;
 pub mod pdu;
