@@ -50,7 +50,9 @@ use super::{record, Relay};
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
-use crate::smpp::{dlr, BindEvent, CommandStatus, InboundHandler, InboundMessage};
+use crate::smpp::{
+    dlr, BindEvent, CommandStatus, InboundHandler, InboundMessage, InboundOutcome, Refusal,
+};
 use crate::store::shared::{ForwardedReceipt, Located, SharedState};
 use crate::store::StoreError;
 use crate::text::{self as encoding, keyword};
@@ -298,11 +300,11 @@ impl Inbound {
         }))
     }
 
-    async fn mo(&self, link: &str, msg: &InboundMessage) -> CommandStatus {
+    async fn mo(&self, link: &str, msg: &InboundMessage) -> InboundOutcome {
         let view = self.view();
         let Ok(from) = E164::from_smpp(&msg.source_addr) else {
             self.mo_outcome(link, "bad_source");
-            return CommandStatus::EsmeRinvsrcadr;
+            return InboundOutcome::Refused(Refusal::BadSource);
         };
         let found = E164::from_smpp(&msg.dest_addr).ok().and_then(|to| {
             view.numbers
@@ -313,11 +315,11 @@ impl Inbound {
         let Some((to, campaign)) = found else {
             tracing::warn!(link, to = %crate::types::masked(&msg.dest_addr), "MO to a number of no campaign");
             self.mo_outcome(link, "unknown_destination");
-            return CommandStatus::EsmeRinvdstadr;
+            return InboundOutcome::Refused(Refusal::UnknownDestination);
         };
         let Ok((concat, data)) = encoding::split_udh(msg.esm_class, msg.body_bytes()) else {
             self.mo_outcome(link, "undecodable");
-            return CommandStatus::EsmeRxPAppn;
+            return InboundOutcome::Refused(Refusal::Undecodable);
         };
         let Some(c) = concat else {
             return self
@@ -334,16 +336,16 @@ impl Inbound {
         let (ticket, data_coding, whole) = match self.parts.add(key, c.seq, msg.data_coding, data) {
             Assembly::Whole(ticket, dc, w) => (ticket, dc, w),
             // Earlier parts are acknowledged and held in memory.
-            Assembly::Held => return CommandStatus::EsmeRok,
+            Assembly::Held => return InboundOutcome::Held,
             // Its message was relayed already: the carrier re-sent it.
             Assembly::Duplicate => {
                 self.mo_outcome(link, "duplicate_part");
-                return CommandStatus::EsmeRok;
+                return InboundOutcome::Held;
             }
             // Not kept, so not acknowledged: the carrier retries it.
             Assembly::Busy => {
                 self.mo_outcome(link, "busy");
-                return CommandStatus::EsmeRxTAppn;
+                return InboundOutcome::RetryLater;
             }
             Assembly::NoRoom => {
                 tracing::warn!(
@@ -351,12 +353,12 @@ impl Inbound {
                     "MO part not held (held parts at their bound); the carrier will retry"
                 );
                 self.mo_outcome(link, "parts_full");
-                return CommandStatus::EsmeRxTAppn;
+                return InboundOutcome::RetryLater;
             }
             Assembly::TooLong => {
                 tracing::warn!(link, "MO part refused: longer than one SMS can carry");
                 self.mo_outcome(link, "part_too_long");
-                return CommandStatus::EsmeRinvmsglen;
+                return InboundOutcome::Refused(Refusal::TooLong);
             }
         };
         let status = self
@@ -366,9 +368,9 @@ impl Inbound {
         // error); a delivered whole is remembered so its redelivered parts
         // are not relayed again.
         ticket.close(match status {
-            CommandStatus::EsmeRok => reassembly::Outcome::Delivered,
-            CommandStatus::EsmeRxTAppn => reassembly::Outcome::Retry,
-            _ => reassembly::Outcome::Refused,
+            InboundOutcome::Taken | InboundOutcome::Held => reassembly::Outcome::Delivered,
+            InboundOutcome::RetryLater => reassembly::Outcome::Retry,
+            InboundOutcome::Refused(_) => reassembly::Outcome::Refused,
         });
         status
     }
@@ -384,10 +386,10 @@ impl Inbound {
         campaign: Campaign,
         data_coding: u8,
         bytes: &[u8],
-    ) -> CommandStatus {
+    ) -> InboundOutcome {
         let Ok(text) = encoding::decode_text(data_coding, bytes) else {
             self.mo_outcome(link, "undecodable");
-            return CommandStatus::EsmeRxPAppn;
+            return InboundOutcome::Refused(Refusal::Undecodable);
         };
         let class = keyword(text.expose());
         let pseudonym = Pseudonym::of(&self.pseudonym_key, &from);
@@ -401,7 +403,7 @@ impl Inbound {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!("recording an opt-out change: {e}");
-                        return CommandStatus::EsmeRxTAppn;
+                        return InboundOutcome::RetryLater;
                     }
                 }
             }
@@ -421,7 +423,7 @@ impl Inbound {
                 Ok(answer) => reply = answer,
                 Err(e) => {
                     tracing::error!("recording a consent: {e}");
-                    return CommandStatus::EsmeRxTAppn;
+                    return InboundOutcome::RetryLater;
                 }
             }
         }
@@ -447,7 +449,7 @@ impl Inbound {
                     received_ms: now_ms(),
                 };
                 match hooks.deliver_now(client, event, MO_WEBHOOK_DEADLINE).await {
-                    Ok(()) => CommandStatus::EsmeRok,
+                    Ok(()) => InboundOutcome::Taken,
                     Err(e) => {
                         tracing::warn!(link, client = %client, "MO webhook failed; the carrier will retry: {e}");
                         self.mo_outcome(link, "webhook_failed");
@@ -455,7 +457,7 @@ impl Inbound {
                         if class == KeywordClass::Help {
                             reply = None;
                         }
-                        CommandStatus::EsmeRxTAppn
+                        InboundOutcome::RetryLater
                     }
                 }
             }
@@ -465,14 +467,14 @@ impl Inbound {
             // MO only once a client has it: a temporary error, so the
             // carrier retries (and delivers once a client's webhook is
             // configured), not taken and dropped.
-            _ if class != KeywordClass::Other => CommandStatus::EsmeRok,
+            _ if class != KeywordClass::Other => InboundOutcome::Taken,
             _ => {
                 tracing::warn!(link, campaign = %campaign.id, "MO refused for now, the carrier will retry: no client with a webhook receives this campaign's messages");
                 self.mo_outcome(link, "no_client");
-                CommandStatus::EsmeRxTAppn
+                InboundOutcome::RetryLater
             }
         };
-        if status == CommandStatus::EsmeRok {
+        if status == InboundOutcome::Taken {
             self.mo_outcome(link, "delivered");
         }
         if let (Some(answer), Some(relay)) = (reply.filter(|t| !t.is_empty()), self.relay.get()) {
@@ -512,7 +514,7 @@ impl Inbound {
         self.shared.locate_carrier_id(link, &keys).await
     }
 
-    async fn receipt(&self, link: &str, msg: &InboundMessage) -> CommandStatus {
+    async fn receipt(&self, link: &str, msg: &InboundMessage) -> InboundOutcome {
         // The TLV's raw form (type, code big-endian), which `dlr::parse`
         // prefers to the text's `err:` field.
         let network_error = msg.receipt.network_error_code.map(|(net, code)| {
@@ -533,7 +535,7 @@ impl Inbound {
                     .with_label_values(&["dlr", "malformed", ""])
                     .inc();
                 // A receipt we cannot read will not get better on redelivery.
-                return CommandStatus::EsmeRok;
+                return InboundOutcome::Taken;
             }
         };
         let mut found = None;
@@ -551,7 +553,7 @@ impl Inbound {
                             .messages
                             .with_label_values(&["dlr", "busy", ""])
                             .inc();
-                        return CommandStatus::EsmeRxTAppn;
+                        return InboundOutcome::RetryLater;
                     }
                 }
                 tokio::time::sleep(wait).await;
@@ -564,7 +566,7 @@ impl Inbound {
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!("receipt look-up: {e}");
-                    return CommandStatus::EsmeRxTAppn;
+                    return InboundOutcome::RetryLater;
                 }
             }
         }
@@ -599,7 +601,7 @@ impl Inbound {
                 }
             };
             let Some(suppressed) = suppressed else {
-                return CommandStatus::EsmeRok;
+                return InboundOutcome::Taken;
             };
             tracing::warn!(
                 link,
@@ -616,7 +618,7 @@ impl Inbound {
             if let Err(e) = self.audit.record(ev, link).await {
                 tracing::error!("audit record of an unknown receipt: {e}");
             }
-            return CommandStatus::EsmeRok;
+            return InboundOutcome::Taken;
         };
         let state = receipt.state.as_status();
         let is_final = receipt.state.is_final();
@@ -625,7 +627,7 @@ impl Inbound {
             // Fleet mode: another node sent it and owns its record; hand
             // the receipt to it before the carrier hears OK. A non-final
             // receipt changes nothing there.
-            Located::Elsewhere { .. } if !is_final => return CommandStatus::EsmeRok,
+            Located::Elsewhere { .. } if !is_final => return InboundOutcome::Taken,
             Located::Elsewhere { node, message_id } => {
                 let fwd = ForwardedReceipt {
                     carrier: link.to_owned(),
@@ -640,11 +642,11 @@ impl Inbound {
                             .messages
                             .with_label_values(&["dlr", "forwarded", link])
                             .inc();
-                        CommandStatus::EsmeRok
+                        InboundOutcome::Taken
                     }
                     Err(e) => {
                         tracing::error!(owner = %node, "forwarding a receipt: {e}");
-                        CommandStatus::EsmeRxTAppn
+                        InboundOutcome::RetryLater
                     }
                 };
             }
@@ -661,10 +663,10 @@ impl Inbound {
             )
             .await
         {
-            Ok(()) => CommandStatus::EsmeRok,
+            Ok(()) => InboundOutcome::Taken,
             Err(e) => {
                 tracing::error!("recording a receipt: {e}");
-                CommandStatus::EsmeRxTAppn
+                InboundOutcome::RetryLater
             }
         }
     }
@@ -847,11 +849,12 @@ impl InboundHandler for Inbound {
 
     fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
         Box::pin(async move {
-            if msg.is_receipt() {
+            let outcome = if msg.is_receipt() {
                 self.receipt(link, &msg).await
             } else {
                 self.mo(link, &msg).await
-            }
+            };
+            outcome.command_status()
         })
     }
 }

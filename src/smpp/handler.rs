@@ -3,7 +3,8 @@
 //! our server).
 //!
 //! Owns: [`InboundMessage`] (the decoded, text-redacting form of those PDUs),
-//! the [`InboundHandler`] trait, [`TempErrorHandler`] (the default until the
+//! the [`InboundHandler`] trait, [`InboundOutcome`] (what a handler did, mapped
+//! to a command status in `status.rs`), [`TempErrorHandler`] (the default until the
 //! relay exists) and [`RecordingHandler`] (for tests).
 //!
 //! Must not know: receipt text formats, opt-out keywords, webhooks.
@@ -109,6 +110,36 @@ pub trait InboundHandler: Send + Sync + 'static {
     /// A bind came up, went down or failed (the relay audits these). Must
     /// not block: it is called from the session's own task.
     fn bind_event(&self, _event: BindEvent) {}
+}
+
+/// What a handler did with an inbound message, in its own terms;
+/// `smpp::status` alone turns it into the `_resp`'s command status
+/// ([`InboundOutcome::command_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundOutcome {
+    /// Taken: with a client, recorded, or needing nothing more (also a
+    /// receipt that will not get better on redelivery). `ESME_ROK`.
+    Taken,
+    /// A part of a concatenated message, held until the rest arrives (or a
+    /// part of a message already relayed). `ESME_ROK`.
+    Held,
+    /// Not taken now; the peer redelivers it later. `ESME_RX_T_APPN`.
+    RetryLater,
+    /// Refused for good, and why.
+    Refused(Refusal),
+}
+
+/// Why an inbound message was refused for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source address is not a number. `ESME_RINVSRCADR`.
+    BadSource,
+    /// The destination is none of our numbers. `ESME_RINVDSTADR`.
+    UnknownDestination,
+    /// The bytes do not decode as text. `ESME_RX_P_APPN`.
+    Undecodable,
+    /// A part longer than one SMS can carry. `ESME_RINVMSGLEN`.
+    TooLong,
 }
 
 /// A change of an SMPP bind, for the audit log. `peer` is the remote

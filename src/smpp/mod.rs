@@ -40,8 +40,8 @@ pub mod status;
 use std::time::Duration;
 
 pub use handler::{
-    BindEvent, InboundHandler, InboundKind, InboundMessage, ReceiptTlvs, RecordingHandler,
-    TempErrorHandler,
+    BindEvent, InboundHandler, InboundKind, InboundMessage, InboundOutcome, ReceiptTlvs,
+    RecordingHandler, Refusal, TempErrorHandler,
 };
 pub use pdu::{DeliverRequest, SubmitRequest, SubmitResponse};
 pub use pool::Pool;
