@@ -18,13 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, AuthFailure, Authenticator, ClientId, ConnLimits};
 use crate::audit::{Audit, AuditEvent};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
-use crate::relay::inbound::Inbound;
+use crate::relay::inbound::{Inbound, InboundLinks};
+use crate::relay::recent::SentIds;
 use crate::relay::Relay;
 use crate::service::{self, notify, Event, Shutdown, Signals};
 use crate::smpp::{self, Pool, ServerHandle};
@@ -116,6 +118,8 @@ pub struct App {
     /// only its path, so a CA rotated in place rebuilds the pool.
     pool_ca: Vec<Option<[u8; 32]>>,
     background: tokio_util::task::TaskTracker,
+    /// Ends the relay's keyword-answer task (see [`App::stop`]).
+    replies_stop: CancellationToken,
     inbound: Arc<Inbound>,
     webhooks: Webhooks,
     audit: Audit,
@@ -273,6 +277,17 @@ impl App {
             shutdown.tracker().clone(),
         )
         .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
+        let settler = Arc::new(crate::relay::settle::Settler::new(
+            audit.clone(),
+            Some(webhooks.clone()),
+            config.node.receipt_window,
+            config.node.receipt_deadline,
+        ));
+        // The handler and the relay share the send path's carrier ids, and
+        // the handler's keyword answers reach the relay through a queue:
+        // both are built before either, so nothing is set after the fact.
+        let sent = SentIds::default();
+        let (replies, reply_queue) = mpsc::channel(crate::relay::service::KEYWORD_REPLY_QUEUE);
         let handler = Arc::new(Inbound::new(
             &config,
             shared.clone(),
@@ -280,14 +295,12 @@ impl App {
             metrics.clone(),
             Some(webhooks.clone()),
             background.clone(),
+            InboundLinks {
+                settler: settler.clone(),
+                sent: sent.clone(),
+                replies,
+            },
         ));
-        let settler = Arc::new(crate::relay::settle::Settler::new(
-            audit.clone(),
-            Some(webhooks.clone()),
-            config.node.receipt_window,
-            config.node.receipt_deadline,
-        ));
-        handler.set_settler(settler.clone());
         {
             let token = shutdown.token();
             shutdown.spawn("receipt-rules", async move { settler.run(token).await });
@@ -318,8 +331,16 @@ impl App {
             audit.clone(),
             metrics.clone(),
             background.clone(),
+            sent,
         );
-        handler.set_relay(relay.clone());
+        // Keyword answers: until the carriers' sessions have ended (no MO
+        // after that), on the background tracker the drain waits for.
+        let replies_stop = CancellationToken::new();
+        background.spawn(
+            relay
+                .clone()
+                .answer_keywords(reply_queue, replies_stop.clone()),
+        );
         if let Some(r) = &fleet {
             // Receipts other nodes took for this node's messages.
             let h = handler.clone();
@@ -452,6 +473,7 @@ impl App {
             relay,
             inbound_handler: inbound,
             pool_tokens,
+            replies_stop,
             pool_ca,
             background,
             inbound: handler,
@@ -659,6 +681,9 @@ impl App {
             }
         };
         let sessions_done = tokio::time::timeout_at(end, sessions).await.is_ok();
+        // No MO after the sessions: the keyword answers queued so far are
+        // spawned, then the task ends.
+        self.replies_stop.cancel();
         // Audit records of the last refusals and of the binds going down.
         self.background.close();
         let background_done = tokio::time::timeout_at(end, self.background.wait())
@@ -680,6 +705,7 @@ impl Drop for App {
         for t in &self.pool_tokens {
             t.cancel();
         }
+        self.replies_stop.cancel();
     }
 }
 

@@ -38,15 +38,18 @@
 //! period, with the count of those not reported since.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
+use tokio::sync::mpsc;
 
 use super::inflight::Found;
 use super::reassembly::{self, Assembly, Reassembly};
-use super::{record, Relay};
+use super::recent::SentIds;
+use super::record;
+use super::service::KeywordReply;
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
@@ -148,16 +151,27 @@ impl MoView {
     }
 }
 
+/// What the handler shares with the rest of the relay, built before it:
+/// the settler, the send path's carrier ids, and the queue of keyword
+/// answers the relay sends ([`super::Relay::answer_keywords`]).
+pub struct InboundLinks {
+    pub settler: Arc<super::settle::Settler>,
+    pub sent: SentIds,
+    pub replies: mpsc::Sender<KeywordReply>,
+}
+
 /// The relay's [`InboundHandler`].
 pub struct Inbound {
     shared: Arc<dyn SharedState>,
     audit: Audit,
     metrics: Arc<Metrics>,
     webhooks: Option<Webhooks>,
-    /// Settles messages whose receipts stopped coming (set at start).
-    settler: OnceLock<Arc<super::settle::Settler>>,
-    /// Set once the relay exists (it needs the pools, which need us).
-    relay: OnceLock<Relay>,
+    /// Settles messages whose receipts stopped coming.
+    settler: Arc<super::settle::Settler>,
+    /// The carrier ids of this process's sends (shared with the relay).
+    sent: SentIds,
+    /// Keyword answers to send, to the relay ([`super::Relay::answer_keywords`]).
+    replies: mpsc::Sender<KeywordReply>,
     view: RwLock<Arc<MoView>>,
     pseudonym_key: Secret,
     /// Background work (audit records of bind changes, keyword answers),
@@ -214,14 +228,16 @@ impl Inbound {
         metrics: Arc<Metrics>,
         webhooks: Option<Webhooks>,
         background: tokio_util::task::TaskTracker,
+        links: InboundLinks,
     ) -> Self {
         Inbound {
             background,
             shared,
             audit,
             webhooks,
-            relay: OnceLock::new(),
-            settler: OnceLock::new(),
+            settler: links.settler,
+            sent: links.sent,
+            replies: links.replies,
             view: RwLock::new(Arc::new(MoView::new(cfg))),
             pseudonym_key: cfg.node.pseudonym_key.clone(),
             parts: Reassembly::new(metrics.clone()),
@@ -229,16 +245,6 @@ impl Inbound {
             early_waiting: parking_lot::Mutex::new(HashMap::new()),
             unknown: parking_lot::Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Gives the handler the relay, for keyword answers.
-    /// The receipt rules' settler (README "Receipts").
-    pub fn set_settler(&self, settler: Arc<super::settle::Settler>) {
-        let _ = self.settler.set(settler);
-    }
-
-    pub fn set_relay(&self, relay: Relay) {
-        let _ = self.relay.set(relay);
     }
 
     /// Applies a reloaded config (numbers, campaigns, webhook receivers).
@@ -477,15 +483,22 @@ impl Inbound {
         if status == InboundOutcome::Taken {
             self.mo_outcome(link, "delivered");
         }
-        if let (Some(answer), Some(relay)) = (reply.filter(|t| !t.is_empty()), self.relay.get()) {
+        if let Some(answer) = reply.filter(|t| !t.is_empty()) {
             // The answer goes out through the normal send path, off the
             // carrier's wait.
-            let (relay, campaign) = (relay.clone(), campaign.id.clone());
-            self.background.spawn(async move {
-                if let Err(e) = relay.auto_reply(&campaign, to, from, answer).await {
-                    tracing::warn!(campaign = %campaign, "keyword answer not sent: {}", e.code());
-                }
-            });
+            let r = KeywordReply {
+                campaign: campaign.id.clone(),
+                from: to,
+                to: from,
+                text: answer,
+            };
+            if let Err(e) = self.replies.try_send(r) {
+                let campaign = &campaign.id;
+                tracing::warn!(%campaign, "keyword answer not sent: the relay's queue is {}", match e {
+                    mpsc::error::TrySendError::Full(_) => "full",
+                    mpsc::error::TrySendError::Closed(_) => "closed",
+                });
+            }
         }
         status
     }
@@ -495,21 +508,19 @@ impl Inbound {
         if keys.is_empty() {
             return Ok(None);
         }
-        if let Some(relay) = self.relay.get() {
-            if let Some(id) = relay.recent_carrier_id(link, &keys) {
-                return Ok(Some(Located::Here(id)));
+        if let Some(id) = self.sent.recent_carrier_id(link, &keys) {
+            return Ok(Some(Located::Here(id)));
+        }
+        // A segment of a message whose other segments are still with
+        // the carrier: wait for its record rather than drop the receipt.
+        match self.sent.in_flight_message(link, &keys).await {
+            Some(Found::Recorded(id)) => return Ok(Some(Located::Here(id))),
+            Some(Found::NotRecorded) => {
+                return Err(StoreError::Refused(
+                    "the receipt's message is not recorded yet".into(),
+                ))
             }
-            // A segment of a message whose other segments are still with
-            // the carrier: wait for its record rather than drop the receipt.
-            match relay.in_flight_message(link, &keys).await {
-                Some(Found::Recorded(id)) => return Ok(Some(Located::Here(id))),
-                Some(Found::NotRecorded) => {
-                    return Err(StoreError::Refused(
-                        "the receipt's message is not recorded yet".into(),
-                    ))
-                }
-                None => {}
-            }
+            None => {}
         }
         self.shared.locate_carrier_id(link, &keys).await
     }
@@ -793,8 +804,8 @@ impl Inbound {
                 ))
             })
             .await;
-        if let (Ok((_, Some(id))), Some(settler)) = (&result, self.settler.get()) {
-            settler.undecided(id);
+        if let Ok((_, Some(id))) = &result {
+            self.settler.undecided(id);
         }
         if let Some((status, wake)) = result?.0 {
             self.metrics
@@ -805,8 +816,8 @@ impl Inbound {
                 // The event is committed: wake the client's worker.
                 h.notify(&client);
             }
-            if let (Some(relay), Some(id)) = (self.relay.get(), project_id) {
-                relay.project_stored(&id).await;
+            if let Some(id) = project_id {
+                record::project_stored(self.audit.store(), &*self.shared, &id).await;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::store::shared::SharedState;
 use crate::store::{tables, Store, StoreError, Tx};
 use crate::webhook::StatusEvent;
 
@@ -220,6 +221,35 @@ pub fn projection(rec: &MessageRecord) -> Result<Vec<u8>, StoreError> {
     p.carrier_ids = Vec::new();
     p.part_states = Vec::new();
     json(&p)
+}
+
+/// Fleet mode: projects a record's status for the other nodes' `GET`.
+/// Best effort: the owner's store stays the truth, and its own `GET`
+/// answers from it.
+pub async fn project(shared: &dyn SharedState, rec: &MessageRecord) {
+    if !shared.messages_are_shared() {
+        return;
+    }
+    let p = match projection(rec) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(message = %rec.id, "message projection: {e}");
+            return;
+        }
+    };
+    if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
+        tracing::warn!(message = %rec.id, "message projection: {e}");
+    }
+}
+
+/// [`project`] of a stored record after its status changed (a receipt).
+pub async fn project_stored(store: &Store, shared: &dyn SharedState, id: &str) {
+    if !shared.messages_are_shared() {
+        return;
+    }
+    if let Ok(Some(rec)) = get_message(store, id) {
+        project(shared, &rec).await;
+    }
 }
 
 /// Inserts or replaces a message record (inside a store op).

@@ -24,7 +24,7 @@ use super::domain::{
 use super::error::SendError;
 use super::inflight::{InFlight, Registration};
 use super::limits::{local_day, Limits};
-use super::recent::RecentIds;
+use super::recent::SentIds;
 use super::record::{self, Idem, MessageRecord};
 use super::route::Routes;
 use crate::audit::{Audit, AuditEvent, AuditNumber, OwnNumbers};
@@ -113,10 +113,10 @@ struct Inner {
     background: tokio_util::task::TaskTracker,
     /// Concatenation reference for the next multi-part message.
     reference: AtomicU8,
-    /// Carrier ids of recent sends, so most receipts skip a store read.
-    recent: RecentIds,
-    /// Carrier ids of messages being sent whose record is not committed yet.
-    inflight: Arc<InFlight>,
+    /// Carrier ids of recent sends, so most receipts skip a store read,
+    /// and of messages being sent whose record is not committed yet
+    /// (shared with the receipt path).
+    sent: SentIds,
     /// How long after its arrival a request may still write a submit_sm
     /// (its deadline less the carriers' response timeout).
     start_budget: Duration,
@@ -188,6 +188,10 @@ struct Sent {
 
 impl Relay {
     /// A relay over `pools` (one per `cfg.carriers` entry, same order).
+    /// `sent` is shared with the inbound handler, built before either.
+    // Each argument is a separately built part of the appliance (app.rs);
+    // a parts struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &Config,
         pools: Vec<Pool>,
@@ -196,6 +200,7 @@ impl Relay {
         audit: Audit,
         metrics: Arc<Metrics>,
         background: tokio_util::task::TaskTracker,
+        sent: SentIds,
     ) -> Self {
         Relay {
             inner: Arc::new(Inner {
@@ -208,8 +213,7 @@ impl Relay {
                 pseudonym_key: cfg.node.pseudonym_key.clone(),
                 background,
                 reference: AtomicU8::new(rand::random()),
-                recent: RecentIds::default(),
-                inflight: Arc::default(),
+                sent,
                 start_budget: start_budget(cfg),
                 sends: tokio_util::task::TaskTracker::new(),
                 boot: record::new_boot_id(),
@@ -230,29 +234,12 @@ impl Relay {
         *self.inner.limits.write() = Arc::new(l);
     }
 
-    /// The message a receipt's carrier id belongs to, if it was sent
-    /// recently by this process (see [`RecentIds`]); `keys` as
-    /// [`dlr::lookup_keys`] gives them. `None` means "ask the store".
-    pub fn recent_carrier_id(&self, carrier: &str, keys: &[String]) -> Option<String> {
-        self.inner.recent.get(carrier, keys)
-    }
-
     /// Waits until every send started so far has ended (the drain, before
     /// the carriers are unbound).
     pub async fn sends_done(&self) {
         self.inner.sends.close();
         self.inner.sends.wait().await;
         self.inner.sends.reopen();
-    }
-
-    /// The message being sent that a receipt's `keys` belong
-    /// to, once its record's fate is known (see [`InFlight`]).
-    pub async fn in_flight_message(
-        &self,
-        carrier: &str,
-        keys: &[String],
-    ) -> Option<super::inflight::Found> {
-        self.inner.inflight.wait(carrier, keys).await
     }
 
     /// The pools, in config order.
@@ -501,6 +488,59 @@ impl Relay {
     }
 }
 
+/// A keyword's answer (the campaign's STOP/START/HELP text) the MO path
+/// asks the relay to send; see [`Relay::answer_keywords`].
+#[derive(Debug)]
+pub struct KeywordReply {
+    pub campaign: String,
+    /// Our number the MO was sent to: the answer's sender.
+    pub from: E164,
+    /// Who sent the keyword.
+    pub to: E164,
+    /// The configured answer (not a patient's text).
+    pub text: String,
+}
+
+/// How many keyword answers may wait for the relay: far more than MO
+/// arrive in the time one send task takes to start.
+pub const KEYWORD_REPLY_QUEUE: usize = 1024;
+
+impl Relay {
+    /// Sends the keyword answers the MO path queues, each through the
+    /// normal send path in a background task (the drain waits for them),
+    /// until `stop`, and then the ones still queued. The channel breaks
+    /// what would otherwise be a cycle: the relay needs the carrier pools,
+    /// the pools need the inbound handler, and the handler answers
+    /// keywords through the relay.
+    pub async fn answer_keywords(
+        self,
+        mut queue: tokio::sync::mpsc::Receiver<KeywordReply>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let next = tokio::select! {
+                r = queue.recv() => r,
+                () = stop.cancelled() => None,
+            };
+            let Some(reply) = next else { break };
+            self.spawn_reply(reply);
+        }
+        queue.close();
+        while let Ok(reply) = queue.try_recv() {
+            self.spawn_reply(reply);
+        }
+    }
+
+    fn spawn_reply(&self, r: KeywordReply) {
+        let relay = self.clone();
+        self.inner.background.spawn(async move {
+            if let Err(e) = relay.auto_reply(&r.campaign, r.from, r.to, r.text).await {
+                tracing::warn!(campaign = %r.campaign, "keyword answer not sent: {}", e.code());
+            }
+        });
+    }
+}
+
 impl MessageService for Relay {
     /// The send runs in its own task: once a submit_sm is written it runs
     /// to its recorded end (record, audit, idempotency outcome) even if the
@@ -626,7 +666,7 @@ impl Relay {
             )));
         };
         let mut registration =
-            (segments > 1).then(|| InFlight::register(&self.inner.inflight, &id));
+            (segments > 1).then(|| InFlight::register(&self.inner.sent.inflight, &id));
         let start_by = t0 + self.inner.start_budget;
         let sent = Self::send_segments(
             &view.pools,
@@ -774,35 +814,10 @@ impl Relay {
 }
 
 impl Relay {
-    /// Fleet mode: projects a record's status for the other nodes' `GET`.
-    /// Best effort: the owner's store stays the truth, and its own `GET`
-    /// answers from it.
+    /// Fleet mode: projects a record's status for the other nodes' `GET`
+    /// ([`record::project`]).
     async fn project(&self, rec: &MessageRecord) {
-        let shared = &self.inner.shared;
-        if !shared.messages_are_shared() {
-            return;
-        }
-        let p = match record::projection(rec) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(message = %rec.id, "message projection: {e}");
-                return;
-            }
-        };
-        if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
-            tracing::warn!(message = %rec.id, "message projection: {e}");
-        }
-    }
-
-    /// [`Self::project`] of a stored record after its status changed (a
-    /// receipt).
-    pub(crate) async fn project_stored(&self, id: &str) {
-        if !self.inner.shared.messages_are_shared() {
-            return;
-        }
-        if let Ok(Some(rec)) = record::get_message(&self.inner.store, id) {
-            self.project(&rec).await;
-        }
+        record::project(&*self.inner.shared, rec).await;
     }
 
     /// The 201 of a first attempt made at another node of the fleet, from
@@ -1267,7 +1282,7 @@ impl Relay {
             w.and(x)?;
         }
         // Only now, the index committed: a hit there is a hit in the store.
-        self.inner.recent.insert(&carrier, &o.keys, &o.rec.id);
+        self.inner.sent.recent.insert(&carrier, &o.keys, &o.rec.id);
         self.project(&o.rec).await;
         if let (true, Some((k, c, outcome))) = (self.inner.shared.idempotency_is_shared(), &o.idem)
         {
