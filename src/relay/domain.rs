@@ -20,6 +20,8 @@ use futures::future::BoxFuture;
 use serde::{Serialize, Serializer};
 
 use super::error::SendError;
+pub use super::status::{IdempotencyState, MessageStatus};
+pub use crate::text::Encoding;
 use crate::types::{Body, E164};
 
 /// The id of an authenticated client (`[[clients]].id`).
@@ -70,29 +72,6 @@ pub struct SendRequest {
     pub validity: Option<Duration>,
     /// The client's own reference, stored as metadata.
     pub client_ref: Option<String>,
-}
-
-/// Text encoding chosen for an MT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// GSM 03.38 default alphabet (with the extension table).
-    Gsm7,
-    /// UCS-2.
-    Ucs2,
-}
-
-/// Lifecycle state of a message (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageStatus {
-    Accepted,
-    Delivered,
-    Undeliverable,
-    Expired,
-    Rejected,
-    Failed,
-    Unknown,
 }
 
 /// The 201 answer to `POST /v1/messages`.

@@ -50,6 +50,7 @@ use super::reassembly::{self, Assembly, Reassembly};
 use super::recent::SentIds;
 use super::record;
 use super::service::KeywordReply;
+use super::status::MessageStatus;
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
 use crate::metrics::Metrics;
@@ -190,34 +191,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The overall status of a message from its segments' receipts.
-/// A stored status as the `&'static str` audit records take.
-pub fn static_status(s: &str) -> &'static str {
-    const ALL: [&str; 7] = [
-        "accepted",
-        "delivered",
-        "undeliverable",
-        "expired",
-        "rejected",
-        "failed",
-        "unknown",
-    ];
-    ALL.iter().find(|a| **a == s).copied().unwrap_or("unknown")
-}
-
-pub fn overall(parts: &[Option<String>]) -> Option<&'static str> {
-    const FAIL: [&str; 4] = ["undeliverable", "expired", "rejected", "failed"];
-    for p in parts.iter().flatten() {
-        if let Some(f) = FAIL.iter().find(|f| **f == p.as_str()) {
-            return Some(f);
-        }
-    }
-    if !parts.is_empty() && parts.iter().all(|p| p.as_deref() == Some("delivered")) {
-        return Some("delivered");
-    }
-    None
 }
 
 impl Inbound {
@@ -631,7 +604,7 @@ impl Inbound {
             }
             return InboundOutcome::Taken;
         };
-        let state = receipt.state.as_status();
+        let state = MessageStatus::parse(receipt.state.as_status());
         let is_final = receipt.state.is_final();
         let message_id = match located {
             Located::Here(id) => id,
@@ -644,7 +617,7 @@ impl Inbound {
                     carrier: link.to_owned(),
                     carrier_id: receipt.message_id.clone(),
                     message_id,
-                    state: state.to_owned(),
+                    state: state.as_str().to_owned(),
                     error: receipt.error_code.clone(),
                 };
                 return match self.shared.forward_receipt(&node, &fwd).await {
@@ -687,7 +660,7 @@ impl Inbound {
     /// status change, its audit record and its webhook event committed (or
     /// there was nothing to change).
     pub async fn apply_forwarded(&self, r: ForwardedReceipt) -> Result<(), StoreError> {
-        let state = static_status(&r.state);
+        let state = MessageStatus::parse(&r.state);
         self.apply_receipt(&r.carrier, r.message_id, state, true, r.error, r.carrier_id)
             .await
     }
@@ -699,7 +672,7 @@ impl Inbound {
         &self,
         link: &str,
         message_id: String,
-        state: &'static str,
+        state: MessageStatus,
         is_final: bool,
         error: Option<String>,
         carrier_id: String,
@@ -714,11 +687,11 @@ impl Inbound {
         // The usual outcome's audit record, serialised here rather than on
         // the store's writer thread: the message's only receipt, with no
         // earlier error. The op checks it matches, else builds its own.
-        let likely = (is_final && state == "delivered")
+        let likely = (is_final && state == MessageStatus::Delivered)
             .then(|| {
                 let ev = AuditEvent::MessageStatus {
                     message_id: message_id.clone(),
-                    status: state,
+                    status: state.as_str(),
                     carrier: Some(link_owned.clone()),
                     error: None,
                 };
@@ -748,15 +721,15 @@ impl Inbound {
                         rec.part_states.resize(rec.carrier_ids.len(), None);
                     }
                     if let Some(slot) = rec.part_states.get_mut(idx) {
-                        *slot = Some(state.to_owned());
+                        *slot = Some(state);
                     }
-                    new = overall(&rec.part_states);
+                    new = MessageStatus::overall(&rec.part_states);
                     changed = new.is_some_and(|n| n != rec.status);
                     now = now_ms();
                     rec.updated_ms = now;
                     if let Some(n) = new.filter(|_| changed) {
-                        rec.status = n.to_owned();
-                        if n != "delivered" {
+                        rec.status = n;
+                        if n != MessageStatus::Delivered {
                             rec.error_code = error.clone().or(rec.error_code.take());
                         }
                     }
@@ -771,7 +744,7 @@ impl Inbound {
                     undecided = Some(rec.id.clone());
                 }
                 if changed {
-                    let status = new.unwrap_or("unknown");
+                    let status = new.unwrap_or(MessageStatus::Unknown);
                     match &likely {
                         Some(p) if status == state && rec.error_code.is_none() => {
                             atx.append_prepared(p)?;
@@ -779,7 +752,7 @@ impl Inbound {
                         _ => {
                             let ev = AuditEvent::MessageStatus {
                                 message_id: rec.id.clone(),
-                                status,
+                                status: status.as_str(),
                                 carrier: Some(link_owned.clone()),
                                 error: rec.error_code.clone(),
                             };
@@ -810,7 +783,7 @@ impl Inbound {
         if let Some((status, wake)) = result?.0 {
             self.metrics
                 .messages
-                .with_label_values(&["dlr", status, link])
+                .with_label_values(&["dlr", status.as_str(), link])
                 .inc();
             if let (Some(h), Some(client)) = (&self.webhooks, wake) {
                 // The event is committed: wake the client's worker.
@@ -867,28 +840,5 @@ impl InboundHandler for Inbound {
             };
             outcome.command_status()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::overall;
-
-    fn p(v: &[Option<&str>]) -> Vec<Option<String>> {
-        v.iter().map(|s| s.map(str::to_owned)).collect()
-    }
-
-    #[test]
-    fn delivered_only_when_every_part_is() {
-        assert_eq!(overall(&p(&[Some("delivered"), None])), None);
-        assert_eq!(
-            overall(&p(&[Some("delivered"), Some("delivered")])),
-            Some("delivered")
-        );
-        assert_eq!(
-            overall(&p(&[Some("delivered"), Some("undeliverable")])),
-            Some("undeliverable")
-        );
-        assert_eq!(overall(&p(&[None, Some("expired")])), Some("expired"));
     }
 }

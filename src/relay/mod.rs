@@ -16,6 +16,7 @@ pub mod recent;
 pub mod record;
 pub mod route;
 pub mod settle;
+pub mod status;
 
 pub mod service;
 

@@ -18,8 +18,8 @@ use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use super::domain::{
-    ClientId, Encoding as ApiEncoding, MessageService, MessageStatus, MessageView, OptOutChange,
-    OptOutService, OptOutView, SendAccepted, SendRequest,
+    ClientId, MessageService, MessageStatus, MessageView, OptOutChange, OptOutService, OptOutView,
+    SendAccepted, SendRequest,
 };
 use super::error::SendError;
 use super::inflight::{InFlight, Registration};
@@ -138,26 +138,6 @@ fn now_ms() -> u64 {
 
 fn read<T: ?Sized>(l: &RwLock<Arc<T>>) -> Arc<T> {
     l.read().clone()
-}
-
-fn api_encoding(e: &str) -> ApiEncoding {
-    if e == Encoding::Ucs2.as_str() {
-        ApiEncoding::Ucs2
-    } else {
-        ApiEncoding::Gsm7
-    }
-}
-
-fn api_status(s: &str) -> MessageStatus {
-    match s {
-        "accepted" => MessageStatus::Accepted,
-        "delivered" => MessageStatus::Delivered,
-        "undeliverable" => MessageStatus::Undeliverable,
-        "expired" => MessageStatus::Expired,
-        "rejected" => MessageStatus::Rejected,
-        "failed" => MessageStatus::Failed,
-        _ => MessageStatus::Unknown,
-    }
 }
 
 fn to_time(ms: u64) -> SystemTime {
@@ -705,12 +685,12 @@ impl Relay {
             to_pseudonym: to_p.to_hex(),
             carrier: Some(carrier.clone()),
             carrier_ids: sent.ids,
-            encoding: info.encoding.as_str().to_owned(),
+            encoding: info.encoding,
             segments,
             status: if error.is_some() {
-                "failed".into()
+                MessageStatus::Failed
             } else {
-                "accepted".into()
+                MessageStatus::Accepted
             },
             part_states: vec![None; segments as usize],
             error_code: error.as_ref().map(|e| e.code().to_owned()),
@@ -772,7 +752,7 @@ impl Relay {
             id,
             status: MessageStatus::Accepted,
             segments,
-            encoding: api_encoding(info.encoding.as_str()),
+            encoding: info.encoding,
             carrier,
             campaign_id: campaign.id.clone(),
             created_at: to_time(created),
@@ -805,7 +785,7 @@ impl Relay {
             id: rec.id,
             status: MessageStatus::Accepted,
             segments: rec.segments,
-            encoding: api_encoding(&rec.encoding),
+            encoding: rec.encoding,
             carrier: rec.carrier.unwrap_or_default(),
             campaign_id: rec.campaign,
             created_at: to_time(rec.created_ms),
@@ -835,7 +815,7 @@ impl Relay {
             id: id.to_owned(),
             status: MessageStatus::Accepted,
             segments: u32::try_from(segments).unwrap_or(u32::MAX),
-            encoding: api_encoding(encoding),
+            encoding: Encoding::parse(encoding),
             carrier: o
                 .get("carrier")
                 .and_then(|v| v.as_str())
@@ -1326,8 +1306,8 @@ impl Relay {
 fn view_of(rec: MessageRecord) -> Result<MessageView, SendError> {
     let from = E164::parse(&rec.from).map_err(|_| SendError::Internal)?;
     Ok(MessageView {
-        status: api_status(&rec.status),
-        encoding: api_encoding(&rec.encoding),
+        status: rec.status,
+        encoding: rec.encoding,
         id: rec.id,
         campaign_id: rec.campaign,
         from,

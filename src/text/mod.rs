@@ -54,8 +54,10 @@ pub const UDH_LEN: usize = 6;
 /// Most parts an 8-bit concatenation header can number.
 pub const MAX_PARTS: usize = 255;
 
-/// The alphabet a text is sent in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The alphabet a text is sent in; serialised (API answers, message
+/// records) by its [`Encoding::as_str`] name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// GSM 03.38 default alphabet + extension table, unpacked septets.
     Gsm7,
@@ -69,6 +71,15 @@ impl Encoding {
         match self {
             Encoding::Gsm7 => "gsm7",
             Encoding::Ucs2 => "ucs2",
+        }
+    }
+
+    /// A stored name: `ucs2`, else GSM 7-bit (what records have held).
+    pub fn parse(s: &str) -> Encoding {
+        if s == Encoding::Ucs2.as_str() {
+            Encoding::Ucs2
+        } else {
+            Encoding::Gsm7
         }
     }
 
