@@ -71,6 +71,26 @@ pub(super) const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
 pub(super) const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl Relay {
+    /// The audit record of a message every segment of which a carrier
+    /// accepted, committed with its record.
+    pub(super) fn accepted_event(
+        &self,
+        view: &View,
+        rec: &MessageRecord,
+        from: &E164,
+        to: Pseudonym,
+    ) -> AuditEvent {
+        AuditEvent::MessageAccepted {
+            message_id: rec.id.clone(),
+            client: rec.client.clone(),
+            campaign: rec.campaign.clone(),
+            from: AuditNumber::of(from, &self.inner.pseudonym_key, &view.own),
+            to: AuditNumber::from(to),
+            carrier: rec.carrier.clone().unwrap_or_default(),
+            segments: rec.segments,
+        }
+    }
+
     /// Phase 5: the metadata, the idempotency outcome and the audit record
     /// commit in one transaction (no state change without its record); a
     /// local carrier-id index rides in it too (one op, one wake-up).

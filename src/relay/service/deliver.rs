@@ -31,6 +31,46 @@ pub(super) fn send_error(e: &SmppError) -> SendError {
 pub(super) const CARRIER_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl Relay {
+    /// Deliver: encodes the text and submits every segment (see
+    /// [`Relay::send_segments`]); a multi-segment message's in-flight
+    /// registration comes back with the result. `Err`: the text cannot be
+    /// encoded, nothing was sent.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn deliver(
+        &self,
+        view: &View,
+        candidates: &[usize],
+        req: &SendRequest,
+        id: &str,
+        segments: u32,
+        t0: Instant,
+    ) -> Result<
+        (
+            Result<Sent, (SendError, Option<Sent>)>,
+            Option<Registration>,
+        ),
+        SendError,
+    > {
+        let reference = self.inner.reference.fetch_add(1, Ordering::Relaxed);
+        let Ok(enc) = encoding::encode(req.text.expose(), reference) else {
+            return Err(SendError::InvalidRequest("`text` cannot be encoded".into()));
+        };
+        let mut registration =
+            (segments > 1).then(|| InFlight::register(&self.inner.sent.inflight, id));
+        let start_by = t0 + self.inner.start_budget;
+        let sent = Self::send_segments(
+            &view.pools,
+            candidates,
+            req,
+            &enc,
+            start_by,
+            registration.as_mut(),
+        )
+        .await;
+        drop(enc);
+        Ok((sent, registration))
+    }
+
     /// The carriers that can take `to` now, best first: none configured is
     /// permanent (`no_route`), none bound is temporary
     /// (`carrier_unavailable`).

@@ -345,6 +345,82 @@ impl MessageService for Relay {
 }
 
 impl Relay {
+    /// The recipient's opt-out (and, with `require_opt_in`, consent) for
+    /// a client's send. A shared backend checks the opt-out atomically with
+    /// the limits instead (reserve).
+    async fn admit_recipient(
+        &self,
+        campaign: &Campaign,
+        to_p: &Pseudonym,
+    ) -> Result<(), SendError> {
+        if self.inner.shared.admission_checks_opt_out() {
+            return Ok(());
+        }
+        match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
+            Ok(false) => {}
+            Ok(true) => return Err(SendError::RecipientOptedOut),
+            Err(e) => {
+                tracing::error!("opt-out check: {e}");
+                return Err(unavailable(&e));
+            }
+        }
+        if campaign.require_opt_in {
+            super::consent::require(&*self.inner.shared, &campaign.id, &to_p.0).await?;
+        }
+        Ok(())
+    }
+
+    /// Nothing reached a carrier: a definite refusal, which consumes
+    /// nothing. A timeout's outcome is unknown: the carrier may have taken
+    /// it, so its cells and the key stay spent (the key's claim replays
+    /// "outcome unknown").
+    async fn undelivered(
+        &self,
+        e: &SendError,
+        mut reservation: Reservation<'_>,
+        cid: &str,
+        key: &Option<IdempotencyKey>,
+        id: &str,
+    ) {
+        if *e == SendError::CarrierTimeout {
+            reservation.keep();
+            self.finish_unknown(cid, key, id).await;
+        } else {
+            reservation.release().await;
+        }
+    }
+
+    /// Counts a recorded message: accepted, or the error a segment met
+    /// after others were accepted (then returned).
+    fn count_sent(
+        &self,
+        carrier: &str,
+        segments: u32,
+        error: Option<SendError>,
+        t0: Instant,
+    ) -> Result<(), SendError> {
+        let m = &self.inner.metrics;
+        if let Some(e) = error {
+            m.messages
+                .with_label_values(&["mt", e.code(), carrier])
+                .inc();
+            m.latency
+                .with_label_values(&["refused"])
+                .observe(t0.elapsed().as_secs_f64());
+            return Err(e);
+        }
+        m.messages
+            .with_label_values(&["mt", "accepted", carrier])
+            .inc();
+        m.segments
+            .with_label_values(&["mt", carrier])
+            .inc_by(u64::from(segments));
+        m.latency
+            .with_label_values(&["accepted"])
+            .observe(t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// The send path in phases: authorize → reserve → claim → deliver →
     /// commit. Each phase returns a typed value or the refusal; what the
     /// request holds of the limits and its idempotency key is a
@@ -363,41 +439,23 @@ impl Relay {
         let fail = |e: SendError| self.refuse(cid, campaign_id, Some(&req.to), e, t0);
         let (campaign, info) = self.authorize(origin, cid, &req, &view).map_err(fail)?;
         let segments = info.segments as u32;
-        let key = match idempotency_key {
-            Some(k) => Some(IdempotencyKey::parse(k).map_err(fail)?),
-            None => None,
-        };
+        let key = idempotency_key
+            .map(IdempotencyKey::parse)
+            .transpose()
+            .map_err(fail)?;
         // Nothing goes to a carrier from a node that cannot record it.
         if !self.inner.store.is_healthy() {
             return Err(fail(SendError::StoreUnavailable));
         }
         let to_p = Pseudonym::of(&self.inner.pseudonym_key, &req.to);
-        // A shared backend checks it atomically with the limits (reserve).
-        if origin == Origin::Client && !self.inner.shared.admission_checks_opt_out() {
-            match self.inner.shared.is_opted_out(&campaign.id, &to_p.0).await {
-                Ok(false) => {}
-                Ok(true) => return Err(fail(SendError::RecipientOptedOut)),
-                Err(e) => {
-                    tracing::error!("opt-out check: {e}");
-                    return Err(fail(unavailable(&e)));
-                }
-            }
-            if campaign.require_opt_in {
-                super::consent::require(&*self.inner.shared, &campaign.id, &to_p.0)
-                    .await
-                    .map_err(fail)?;
-            }
+        if origin == Origin::Client {
+            self.admit_recipient(campaign, &to_p).await.map_err(fail)?;
         }
         let candidates = Self::route(&view, &req.to).map_err(fail)?;
+        // Whose opt-out the admission may check: a client's sends only.
+        let recipient = (origin == Origin::Client).then_some(to_p.0);
         let mut reservation = self
-            .reserve(
-                cid,
-                campaign,
-                &view,
-                &req.from,
-                segments,
-                (origin == Origin::Client).then_some(to_p.0),
-            )
+            .reserve(cid, campaign, &view, &req.from, segments, recipient)
             .await
             .map_err(fail)?;
         let created = now_ms();
@@ -415,39 +473,20 @@ impl Relay {
                 }
             }
         }
-        let reference = self.inner.reference.fetch_add(1, Ordering::Relaxed);
-        let Ok(enc) = encoding::encode(req.text.expose(), reference) else {
-            reservation.release().await;
-            return Err(fail(SendError::InvalidRequest(
-                "`text` cannot be encoded".into(),
-            )));
+        let (sent, registration) = match self
+            .deliver(&view, &candidates, &req, &id, segments, t0)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                reservation.release().await;
+                return Err(fail(e));
+            }
         };
-        let mut registration =
-            (segments > 1).then(|| InFlight::register(&self.inner.sent.inflight, &id));
-        let start_by = t0 + self.inner.start_budget;
-        let sent = Self::send_segments(
-            &view.pools,
-            &candidates,
-            &req,
-            &enc,
-            start_by,
-            registration.as_mut(),
-        )
-        .await;
-        drop(enc);
         let (sent, error) = match sent {
             Ok(s) => (s, None),
             Err((e, None)) => {
-                // Nothing reached a carrier: a definite refusal, which
-                // consumes nothing. A timeout's outcome is unknown: the
-                // carrier may have taken it, so its cells and the key stay
-                // spent (the key's claim replays "outcome unknown").
-                if e == SendError::CarrierTimeout {
-                    reservation.keep();
-                    self.finish_unknown(cid, &key, &id).await;
-                } else {
-                    reservation.release().await;
-                }
+                self.undelivered(&e, reservation, cid, &key, &id).await;
                 return Err(fail(e));
             }
             Err((e, Some(partial))) => (partial, Some(e)),
@@ -464,26 +503,19 @@ impl Relay {
             carrier_ids: sent.ids,
             encoding: info.encoding,
             segments,
-            status: if error.is_some() {
-                MessageStatus::Failed
-            } else {
-                MessageStatus::Accepted
-            },
+            // A segment refused after others were accepted: `failed`.
+            status: error
+                .as_ref()
+                .map_or(MessageStatus::Accepted, |_| MessageStatus::Failed),
             part_states: vec![None; segments as usize],
             error_code: error.as_ref().map(|e| e.code().to_owned()),
             client_ref: req.client_ref.clone(),
             created_ms: created,
             updated_ms: created,
         };
-        let accepted = error.is_none().then(|| AuditEvent::MessageAccepted {
-            message_id: id.clone(),
-            client: cid.to_owned(),
-            campaign: campaign.id.clone(),
-            from: AuditNumber::of(&req.from, &self.inner.pseudonym_key, &view.own),
-            to: AuditNumber::from(to_p),
-            carrier: carrier.clone(),
-            segments,
-        });
+        let accepted = error
+            .is_none()
+            .then(|| self.accepted_event(&view, &rec, &req.from, to_p));
         let outcome = Arc::new(Outcome::new(rec, key, error.as_ref(), accepted, cid));
         let recorded = self.commit(&outcome).await;
         if let (Some(r), true) = (&registration, recorded.is_ok()) {
@@ -497,34 +529,10 @@ impl Relay {
             // it, see `InFlight`).
             tracing::error!(message = %id, "recording a sent message: {e}; retrying in the background");
             self.record_later(outcome, registration);
-            return Err(self.refuse(
-                cid,
-                campaign_id,
-                Some(&req.to),
-                SendError::CarrierTimeout,
-                t0,
-            ));
+            return Err(fail(SendError::CarrierTimeout));
         }
         drop(registration);
-        let m = &self.inner.metrics;
-        if let Some(e) = error {
-            m.messages
-                .with_label_values(&["mt", e.code(), &carrier])
-                .inc();
-            m.latency
-                .with_label_values(&["refused"])
-                .observe(t0.elapsed().as_secs_f64());
-            return Err(e);
-        }
-        m.messages
-            .with_label_values(&["mt", "accepted", &carrier])
-            .inc();
-        m.segments
-            .with_label_values(&["mt", &carrier])
-            .inc_by(u64::from(segments));
-        m.latency
-            .with_label_values(&["accepted"])
-            .observe(t0.elapsed().as_secs_f64());
+        self.count_sent(&carrier, segments, error, t0)?;
         Ok(SendAccepted {
             id,
             status: MessageStatus::Accepted,
