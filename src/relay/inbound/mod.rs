@@ -27,14 +27,14 @@
 //! commit lands); such a receipt is looked up again for a short while before
 //! it counts as unknown (a message being sent is found at once through
 //! `relay::inflight`, which waits for its record without polling). At most
-//! [`MAX_EARLY_WAITING`] receipts per link wait so at once; beyond that a
+//! [`receipt::MAX_EARLY_WAITING`] receipts per link wait so at once; beyond that a
 //! receipt not found at once gets ESME_RX_T_APPN (the carrier redelivers
 //! it later; counted as `dlr`/`busy`), so a flood of receipts for unknown
 //! ids cannot fill the session's window and hold up its real receipts and
 //! MO, and no receipt that may yet match is acknowledged and dropped. Unknown ids are
 //! answered OK (the carrier would otherwise redeliver forever), counted in
 //! `messages_total{outcome="unknown_id"}`, and logged and audited in
-//! aggregate: the first of a link in each [`UNKNOWN_RECEIPT_REPORT`]
+//! aggregate: the first of a link in each [`receipt::UNKNOWN_RECEIPT_REPORT`]
 //! period, with the count of those not reported since.
 //!
 //! Code map: this file holds the [`Inbound`] handler, its config view and

@@ -5,6 +5,7 @@
 //! record and its webhook event in one transaction.
 
 use super::*;
+use crate::relay::record::MessageRecord;
 
 /// How long a receipt for an id not (yet) in the index is retried.
 pub(super) const EARLY_RECEIPT_WAIT: [Duration; 4] = [
@@ -86,111 +87,17 @@ impl Inbound {
         self.shared.locate_carrier_id(link, &keys).await
     }
 
+    /// A receipt from `link`: parsed, located, and applied here or
+    /// forwarded to the node that owns its message.
     pub(super) async fn receipt(&self, link: &str, msg: &InboundMessage) -> InboundOutcome {
-        // The TLV's raw form (type, code big-endian), which `dlr::parse`
-        // prefers to the text's `err:` field.
-        let network_error = msg.receipt.network_error_code.map(|(net, code)| {
-            let [hi, lo] = code.to_be_bytes();
-            [net, hi, lo]
-        });
-        let tlvs = dlr::ReceiptTlvs {
-            receipted_message_id: msg.receipt.receipted_message_id.as_deref(),
-            message_state: msg.receipt.message_state,
-            network_error_code: network_error.as_ref().map(|b| &b[..]),
-        };
-        let receipt = match dlr::parse(msg.body_bytes(), &tlvs) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(link, "undecodable delivery receipt: {e}");
-                self.metrics
-                    .messages
-                    .with_label_values(&["dlr", "malformed", ""])
-                    .inc();
-                // A receipt we cannot read will not get better on redelivery.
-                return InboundOutcome::Taken;
-            }
-        };
-        let mut found = None;
-        let mut slot = None;
-        for wait in std::iter::once(Duration::ZERO).chain(EARLY_RECEIPT_WAIT) {
-            if !wait.is_zero() {
-                if slot.is_none() {
-                    slot = EarlySlot::take(&self.early_waiting, link);
-                    if slot.is_none() {
-                        // Enough of this link's receipts wait already: a
-                        // temporary error, so the carrier redelivers it once
-                        // its message may be recorded (never acknowledged and
-                        // dropped: under load a real receipt can be early).
-                        self.metrics
-                            .messages
-                            .with_label_values(&["dlr", "busy", ""])
-                            .inc();
-                        return InboundOutcome::RetryLater;
-                    }
-                }
-                tokio::time::sleep(wait).await;
-            }
-            match self.lookup(link, &receipt.message_id).await {
-                Ok(Some(id)) => {
-                    found = Some(id);
-                    break;
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!("receipt look-up: {e}");
-                    return InboundOutcome::RetryLater;
-                }
-            }
-        }
-        drop(slot);
-        let Some(located) = found else {
-            self.metrics
-                .messages
-                .with_label_values(&["dlr", "unknown_id", ""])
-                .inc();
-            let suppressed = {
-                let now = std::time::Instant::now();
-                let mut u = self.unknown.lock();
-                match u.get_mut(link) {
-                    Some(r) if now.duration_since(r.reported_at) < UNKNOWN_RECEIPT_REPORT => {
-                        r.since += 1;
-                        None
-                    }
-                    Some(r) => {
-                        r.reported_at = now;
-                        Some(std::mem::take(&mut r.since))
-                    }
-                    None => {
-                        u.insert(
-                            link.to_owned(),
-                            UnknownReport {
-                                reported_at: now,
-                                since: 0,
-                            },
-                        );
-                        Some(0)
-                    }
-                }
-            };
-            let Some(suppressed) = suppressed else {
-                return InboundOutcome::Taken;
-            };
-            tracing::warn!(
-                link,
-                carrier_id = %receipt.message_id,
-                unreported_before = suppressed,
-                "delivery receipt for an unknown message id (reported once a minute per link; every one is counted in sms_conduit_messages_total{{outcome=\"unknown_id\"}})"
-            );
-            let ev = AuditEvent::MessageStatus {
-                message_id: String::new(),
-                status: "unknown_receipt",
-                carrier: Some(link.to_owned()),
-                error: Some(receipt.message_id.clone()),
-            };
-            if let Err(e) = self.audit.record(ev, link).await {
-                tracing::error!("audit record of an unknown receipt: {e}");
-            }
+        let Some(receipt) = self.parse_receipt(link, msg) else {
+            // A receipt we cannot read will not get better on redelivery.
             return InboundOutcome::Taken;
+        };
+        let located = match self.locate(link, &receipt.message_id).await {
+            Ok(Some(located)) => located,
+            Ok(None) => return self.unknown_receipt(link, &receipt.message_id).await,
+            Err(outcome) => return outcome,
         };
         let state = MessageStatus::parse(receipt.state.as_status());
         let is_final = receipt.state.is_final();
@@ -208,19 +115,7 @@ impl Inbound {
                     state: state.as_str().to_owned(),
                     error: receipt.error_code.clone(),
                 };
-                return match self.shared.forward_receipt(&node, &fwd).await {
-                    Ok(()) => {
-                        self.metrics
-                            .messages
-                            .with_label_values(&["dlr", "forwarded", link])
-                            .inc();
-                        InboundOutcome::Taken
-                    }
-                    Err(e) => {
-                        tracing::error!(owner = %node, "forwarding a receipt: {e}");
-                        InboundOutcome::RetryLater
-                    }
-                };
+                return self.forward(link, &node, &fwd).await;
             }
         };
         let carrier_id = receipt.message_id.clone();
@@ -238,6 +133,143 @@ impl Inbound {
             Ok(()) => InboundOutcome::Taken,
             Err(e) => {
                 tracing::error!("recording a receipt: {e}");
+                InboundOutcome::RetryLater
+            }
+        }
+    }
+
+    /// The receipt in `msg`, or `None` (counted) when it cannot be read.
+    fn parse_receipt(&self, link: &str, msg: &InboundMessage) -> Option<dlr::Receipt> {
+        // The TLV's raw form (type, code big-endian), which `dlr::parse`
+        // prefers to the text's `err:` field.
+        let network_error = msg.receipt.network_error_code.map(|(net, code)| {
+            let [hi, lo] = code.to_be_bytes();
+            [net, hi, lo]
+        });
+        let tlvs = dlr::ReceiptTlvs {
+            receipted_message_id: msg.receipt.receipted_message_id.as_deref(),
+            message_state: msg.receipt.message_state,
+            network_error_code: network_error.as_ref().map(|b| &b[..]),
+        };
+        match dlr::parse(msg.body_bytes(), &tlvs) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(link, "undecodable delivery receipt: {e}");
+                self.metrics
+                    .messages
+                    .with_label_values(&["dlr", "malformed", ""])
+                    .inc();
+                None
+            }
+        }
+    }
+
+    /// Where a receipt's message is: looked up at once, then again after
+    /// each of [`EARLY_RECEIPT_WAIT`] while it may not be recorded yet
+    /// (holding one of the link's early-wait slots). `Ok(None)`: unknown;
+    /// `Err`: the outcome to answer now.
+    async fn locate(
+        &self,
+        link: &str,
+        carrier_id: &str,
+    ) -> Result<Option<Located>, InboundOutcome> {
+        let mut slot = None;
+        for wait in std::iter::once(Duration::ZERO).chain(EARLY_RECEIPT_WAIT) {
+            if !wait.is_zero() {
+                if slot.is_none() {
+                    slot = EarlySlot::take(&self.early_waiting, link);
+                    if slot.is_none() {
+                        // Enough of this link's receipts wait already: a
+                        // temporary error, so the carrier redelivers it once
+                        // its message may be recorded (never acknowledged and
+                        // dropped: under load a real receipt can be early).
+                        self.metrics
+                            .messages
+                            .with_label_values(&["dlr", "busy", ""])
+                            .inc();
+                        return Err(InboundOutcome::RetryLater);
+                    }
+                }
+                tokio::time::sleep(wait).await;
+            }
+            match self.lookup(link, carrier_id).await {
+                Ok(Some(id)) => return Ok(Some(id)),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("receipt look-up: {e}");
+                    return Err(InboundOutcome::RetryLater);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A receipt for an id no message has: counted, and reported (a WARN
+    /// line, an audit record) once per link per
+    /// [`UNKNOWN_RECEIPT_REPORT`]; acknowledged (the carrier would
+    /// otherwise redeliver it forever).
+    async fn unknown_receipt(&self, link: &str, carrier_id: &str) -> InboundOutcome {
+        self.metrics
+            .messages
+            .with_label_values(&["dlr", "unknown_id", ""])
+            .inc();
+        let suppressed = {
+            let now = std::time::Instant::now();
+            let mut u = self.unknown.lock();
+            match u.get_mut(link) {
+                Some(r) if now.duration_since(r.reported_at) < UNKNOWN_RECEIPT_REPORT => {
+                    r.since += 1;
+                    None
+                }
+                Some(r) => {
+                    r.reported_at = now;
+                    Some(std::mem::take(&mut r.since))
+                }
+                None => {
+                    u.insert(
+                        link.to_owned(),
+                        UnknownReport {
+                            reported_at: now,
+                            since: 0,
+                        },
+                    );
+                    Some(0)
+                }
+            }
+        };
+        let Some(suppressed) = suppressed else {
+            return InboundOutcome::Taken;
+        };
+        tracing::warn!(
+            link,
+            carrier_id = %carrier_id,
+            unreported_before = suppressed,
+            "delivery receipt for an unknown message id (reported once a minute per link; every one is counted in sms_conduit_messages_total{{outcome=\"unknown_id\"}})"
+        );
+        let ev = AuditEvent::MessageStatus {
+            message_id: String::new(),
+            status: "unknown_receipt",
+            carrier: Some(link.to_owned()),
+            error: Some(carrier_id.to_owned()),
+        };
+        if let Err(e) = self.audit.record(ev, link).await {
+            tracing::error!("audit record of an unknown receipt: {e}");
+        }
+        InboundOutcome::Taken
+    }
+
+    /// Fleet mode: hands a final receipt to the node that owns its message.
+    async fn forward(&self, link: &str, node: &str, fwd: &ForwardedReceipt) -> InboundOutcome {
+        match self.shared.forward_receipt(node, fwd).await {
+            Ok(()) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&["dlr", "forwarded", link])
+                    .inc();
+                InboundOutcome::Taken
+            }
+            Err(e) => {
+                tracing::error!(owner = %node, "forwarding a receipt: {e}");
                 InboundOutcome::RetryLater
             }
         }
@@ -289,41 +321,17 @@ impl Inbound {
         let result = self
             .audit
             .write(move |atx| {
-                let (mut new, mut changed, mut now) = (None, false, 0);
+                let mut applied = None;
                 let mut undecided = None;
                 let updated = record::update_message(atx.txn(), &message_id, |rec| {
                     if !is_final {
                         return false;
                     }
-                    // Which segment: only a multi-part message needs the
-                    // (allocating) id match.
-                    let idx = if rec.carrier_ids.len() > 1 {
-                        rec.carrier_ids
-                            .iter()
-                            .position(|c| dlr::ids_match(c, &carrier_id))
-                            .unwrap_or(0)
-                    } else {
-                        0
-                    };
-                    if rec.part_states.len() < rec.carrier_ids.len() {
-                        rec.part_states.resize(rec.carrier_ids.len(), None);
-                    }
-                    if let Some(slot) = rec.part_states.get_mut(idx) {
-                        *slot = Some(state);
-                    }
-                    new = MessageStatus::overall(&rec.part_states);
-                    changed = new.is_some_and(|n| n != rec.status);
-                    now = now_ms();
-                    rec.updated_ms = now;
-                    if let Some(n) = new.filter(|_| changed) {
-                        rec.status = n;
-                        if n != MessageStatus::Delivered {
-                            rec.error_code = error.clone().or(rec.error_code.take());
-                        }
-                    }
+                    applied = Some(record_segment(rec, &carrier_id, state, &error));
                     true
                 })?;
-                let Some((rec, true)) = updated else {
+                let (Some((rec, true)), Some(Applied { new, changed, now })) = (updated, applied)
+                else {
                     return Ok((None, None));
                 };
                 if new.is_none() && rec.segments > 1 {
@@ -383,4 +391,52 @@ impl Inbound {
         }
         Ok(())
     }
+}
+
+/// What a final receipt did to its message's record.
+struct Applied {
+    /// The status the segments now decide, if they decide one.
+    new: Option<MessageStatus>,
+    /// Whether that is a change.
+    changed: bool,
+    /// The record's new `updated_ms`.
+    now: u64,
+}
+
+/// Records a final receipt's state for its segment of `rec` and
+/// recomputes the message's status ([`MessageStatus::overall`]); a failure
+/// keeps the receipt's error code.
+fn record_segment(
+    rec: &mut MessageRecord,
+    carrier_id: &str,
+    state: MessageStatus,
+    error: &Option<String>,
+) -> Applied {
+    // Which segment: only a multi-part message needs the (allocating) id
+    // match.
+    let idx = if rec.carrier_ids.len() > 1 {
+        rec.carrier_ids
+            .iter()
+            .position(|c| dlr::ids_match(c, carrier_id))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    if rec.part_states.len() < rec.carrier_ids.len() {
+        rec.part_states.resize(rec.carrier_ids.len(), None);
+    }
+    if let Some(slot) = rec.part_states.get_mut(idx) {
+        *slot = Some(state);
+    }
+    let new = MessageStatus::overall(&rec.part_states);
+    let changed = new.is_some_and(|n| n != rec.status);
+    let now = now_ms();
+    rec.updated_ms = now;
+    if let Some(n) = new.filter(|_| changed) {
+        rec.status = n;
+        if n != MessageStatus::Delivered {
+            rec.error_code = error.clone().or(rec.error_code.take());
+        }
+    }
+    Applied { new, changed, now }
 }
