@@ -6,12 +6,15 @@
 #
 #   benches/ab.sh PAIRS BIN_A BIN_B [BIN_C ...]
 #
-# Each round runs `FLAT_ONLY=1 benches/relay.sh $MESSAGES $CONNECTIONS` once
-# per binary, in the order given; at the end it prints, per binary, the
-# median and range of the relay's CPU per message, the mean throughput, and
-# the ratio of each median to the first binary's.
+# Each round runs `benches/relay.sh $MESSAGES $CONNECTIONS` once per binary,
+# flat out (or at RATE msg/s when RATE is set), in the order given; at the
+# end it prints, per binary, the median and range of the relay's CPU per
+# message, the mean throughput, the median p99 latency, and the ratio of
+# each median to the first binary's. Receipts go to the client as signed
+# webhooks unless NO_WEBHOOK=1 (see relay.sh).
 #
-# Env: MESSAGES (default 60000), CONNECTIONS (default 64).
+# Env: MESSAGES (default 60000, or 10 s worth at RATE), CONNECTIONS (default
+# 64), RATE, NO_WEBHOOK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
@@ -23,13 +26,19 @@ shift
 for b in "$@"; do
   [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }
 done
-N=${MESSAGES:-60000}
+if [ -n "${RATE:-}" ]; then
+  N=${MESSAGES:-$((RATE * 10))}
+  mode=(RATE_ONLY=1 "RATE=$RATE")
+else
+  N=${MESSAGES:-60000}
+  mode=(FLAT_ONLY=1)
+fi
 C=${CONNECTIONS:-64}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for round in $(seq "$pairs"); do
   for b in "$@"; do
-    line=$(BIN="$b" FLAT_ONLY=1 benches/relay.sh "$N" "$C" 2>&1 |
+    line=$(env BIN="$b" "${mode[@]}" benches/relay.sh "$N" "$C" 2>&1 |
       awk '/^throughput/ {t=$2} /^relay CPU/ {c=$3} /^latency/ {p99=$9} END {print t, c, p99}')
     echo "$b $line" >> "$out"
     echo "round $round: $b  msg/s cpu_us p99_ms = $line"
@@ -40,7 +49,7 @@ import statistics, sys
 path, bins = sys.argv[1], sys.argv[2:]
 rows = [l.split() for l in open(path) if len(l.split()) == 4]
 base = None
-print(f"{'binary':40} {'runs':>4} {'median µs/msg':>14} {'range':>13} {'mean msg/s':>10} {'ratio':>6}")
+print(f"{'binary':40} {'runs':>4} {'median µs/msg':>14} {'range':>13} {'mean msg/s':>10} {'p99 ms':>7} {'ratio':>6}")
 for b in bins:
     r = [x for x in rows if x[0] == b]
     if not r:
@@ -48,7 +57,8 @@ for b in bins:
         continue
     cpu = [float(x[2]) for x in r]
     tput = [float(x[1]) for x in r]
+    p99 = statistics.median(float(x[3]) for x in r)
     med = statistics.median(cpu)
     base = base or med
-    print(f"{b:40} {len(r):>4} {med:>14.1f} {min(cpu):>6.1f}–{max(cpu):<6.1f} {statistics.mean(tput):>10.0f} {med / base:>6.2f}")
+    print(f"{b:40} {len(r):>4} {med:>14.1f} {min(cpu):>6.1f}–{max(cpu):<6.1f} {statistics.mean(tput):>10.0f} {p99:>7.1f} {med / base:>6.2f}")
 PY

@@ -4,17 +4,28 @@
 # flat out, then at a fixed rate (half of the flat-out figure unless RATE is
 # set). The relay's CPU time per message comes from /proc (user+sys).
 #
+# As a client runs it: every receipt goes to the client as a signed webhook,
+# received and verified by the load generator (`bench --webhook-sink`), and
+# each run ends when the last accepted message's webhook arrived, so the
+# relay's CPU per message includes its receipt, its webhook and the
+# webhook's removal from the outbox.
+#
 #   benches/relay.sh [MESSAGES] [CONNECTIONS]
 #
-# Env: BIN (default target/release/sms-conduit), RATE, HTTP2=1, FLAT_ONLY=1
-# (skip the fixed-rate run).
+# Env: BIN (default target/release/sms-conduit), TOOLS_BIN, RATE, HTTP2=1, FLAT_ONLY=1
+# (skip the fixed-rate run), RATE_ONLY=1 (only the fixed-rate run: RATE
+# messages/s for MESSAGES messages), NO_WEBHOOK=1 (receipts are not
+# delivered to the client: the figures of sessions before 9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-50000}
 C=${2:-64}
 BIN=${BIN:-target/release/sms-conduit}
-BINABS=$(realpath "$BIN")
 [ -x "$BIN" ] || cargo build --release
+BINABS=$(realpath "$BIN")
+# The simulator and the load generator: by default the same binary; set
+# TOOLS_BIN to compare an older relay with today's tools (webhook sink).
+TOOLS=$(realpath "${TOOLS_BIN:-$BIN}")
 work=$(mktemp -d)
 stop() {
   if [ -n "${RELAY_WRAP:-}" ] && [ -n "${RELAY:-}" ]; then
@@ -30,9 +41,18 @@ stop() {
 }
 trap stop EXIT
 cp -r config/example "$work/example"
-KEY=$("$BINABS" keys new --client bench | sed -n 2p | tr -d ' ')
+KEY=$("$TOOLS" keys new --client bench | sed -n 2p | tr -d ' ')
 HASH=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-SIM_PORT=$((20000 + RANDOM % 10000)); API_PORT=$((SIM_PORT + 1)); MET_PORT=$((SIM_PORT + 2))
+SIM_PORT=$((20000 + RANDOM % 10000)); API_PORT=$((SIM_PORT + 1)); MET_PORT=$((SIM_PORT + 2)); SINK_PORT=$((SIM_PORT + 3))
+webhook_toml=""
+sink=()
+if [ "${NO_WEBHOOK:-}" != 1 ]; then
+  webhook_toml="webhook_url = \"https://127.0.0.1:$SINK_PORT/events\"
+webhook_secret_file = \"example/clinic-app.whsec\"
+webhook_ca_file = \"example/server.crt\""
+  sink=(--webhook-sink "127.0.0.1:$SINK_PORT" --sink-cert example/server.crt --sink-key example/server.key
+    --webhook-secret-file example/clinic-app.whsec)
+fi
 cat > "$work/c.toml" <<TOML
 [node]
 id = "bench"
@@ -72,9 +92,10 @@ start_text = "start"
 id = "bench"
 key_sha256 = ["$HASH"]
 campaigns = ["CBENCH1"]
+$webhook_toml
 TOML
 cd "$work"
-"$BINABS" sim-carrier --listen 127.0.0.1:$SIM_PORT --tls-cert example/server.crt --tls-key example/server.key \
+"$TOOLS" sim-carrier --listen 127.0.0.1:$SIM_PORT --tls-cert example/server.crt --tls-key example/server.key \
   --system-id bench --password "$(cat example/carrier-a.pass)" --dlr-delay-ms 200 > sim.out 2> sim.err &
 SIM=$!
 sleep 0.3
@@ -85,14 +106,20 @@ RELAY=$!
 for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
 run() {
-  "$BINABS" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
-    --campaign CBENCH1 --from +15551230001 --relay-pid $RELAY --connections "$C" "${extra[@]}" "$@"
+  "$TOOLS" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
+    --campaign CBENCH1 --from +15551230001 --relay-pid $RELAY --connections "$C" "${extra[@]}" "${sink[@]}" "$@"
 }
-echo "== flat out: $N messages, $C connections"
-run --messages "$N" | tee flat.txt
-if [ "${FLAT_ONLY:-}" = 1 ]; then exit 0; fi
-rate=${RATE:-$(awk '/^throughput/ {printf "%d", $2/2}' flat.txt)}
-echo "== fixed rate: $rate msg/s, $((rate * 10)) messages"
-run --messages $((rate * 10)) --rate "$rate"
+if [ "${RATE_ONLY:-}" = 1 ]; then
+  rate=${RATE:?RATE_ONLY=1 needs RATE}
+  echo "== fixed rate: $rate msg/s, $N messages, $C connections"
+  run --messages "$N" --rate "$rate"
+else
+  echo "== flat out: $N messages, $C connections"
+  run --messages "$N" | tee flat.txt
+  if [ "${FLAT_ONLY:-}" = 1 ]; then exit 0; fi
+  rate=${RATE:-$(awk '/^throughput/ {printf "%d", $2/2}' flat.txt)}
+  echo "== fixed rate: $rate msg/s, $((rate * 10)) messages"
+  run --messages $((rate * 10)) --rate "$rate"
+fi
 echo "== relay metrics"
 curl -s "http://127.0.0.1:$MET_PORT/metrics" | grep -E '^sms_conduit_(messages_total|store_commit_batch_size_(sum|count))' || true

@@ -280,6 +280,7 @@ impl App {
         let settler = Arc::new(crate::relay::settle::Settler::new(
             audit.clone(),
             Some(webhooks.clone()),
+            shared.clone(),
             config.node.receipt_window,
             config.node.receipt_deadline,
         ));

@@ -44,7 +44,26 @@ pub struct BenchOptions {
     /// PID of the relay, to report its CPU time per message.
     pub relay_pid: Option<u32>,
     pub progress: bool,
+    /// Receive the relay's webhooks here, as a client would: the run ends
+    /// when every accepted message's receipt was delivered (or after
+    /// [`WEBHOOK_WAIT`]), and the relay's CPU is counted until then.
+    pub webhook_sink: Option<BenchSink>,
 }
+
+/// Where and how `bench` receives webhooks (`--webhook-sink`).
+#[derive(Debug, Clone)]
+pub struct BenchSink {
+    /// The address the relay's `webhook_url` points at.
+    pub listen: std::net::SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The client's `webhook_secret_file`, to verify `Conduit-Signature`.
+    pub secret_file: PathBuf,
+}
+
+/// How long `bench` waits, after its last answer, for the remaining
+/// webhooks.
+pub const WEBHOOK_WAIT: Duration = Duration::from_secs(60);
 
 /// The measured outcome.
 #[derive(Debug, Clone)]
@@ -58,8 +77,12 @@ pub struct BenchReport {
     pub p90: Duration,
     pub p99: Duration,
     pub max: Duration,
-    /// Relay user+system CPU per message, when its PID was given.
+    /// Relay user+system CPU per message, when its PID was given (until
+    /// the last webhook, with a sink).
     pub relay_cpu_per_msg: Option<Duration>,
+    /// With a sink: verified webhook events received, and how long after
+    /// the last answer the last of them came.
+    pub webhooks: Option<(u64, Duration)>,
 }
 
 impl BenchReport {
@@ -88,6 +111,12 @@ impl BenchReport {
             us(self.p99),
             us(self.max)
         ));
+        if let Some((n, after)) = self.webhooks {
+            s.push_str(&format!(
+                "webhooks      {n} verified, the last {:.3} s after the last answer\n",
+                after.as_secs_f64()
+            ));
+        }
         if let Some(c) = self.relay_cpu_per_msg {
             s.push_str(&format!(
                 "relay CPU     {:.1} µs/msg (user+sys)\n",
@@ -112,6 +141,33 @@ pub enum BenchError {
     },
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    #[error("webhook sink: {0}")]
+    Sink(String),
+}
+
+async fn start_sink(s: &BenchSink) -> Result<crate::webhook::sink::Sink, BenchError> {
+    let raw = std::fs::read(&s.secret_file)
+        .map_err(|e| BenchError::Sink(format!("{}: {e}", s.secret_file.display())))?;
+    let secret = crate::types::Secret::new(raw);
+    let trimmed = secret
+        .trimmed_str()
+        .ok_or_else(|| BenchError::Sink("the secret file is not UTF-8".into()))?;
+    let secret = crate::types::Secret::new(trimmed.as_bytes().to_vec());
+    let tls_cfg = crate::config::Tls {
+        cert_file: s.cert_file.clone(),
+        key_file: s.key_file.clone(),
+        client_ca_file: None,
+    };
+    let tls = crate::tls::ServerTls::load(
+        &tls_cfg,
+        &[b"h2", b"http/1.1"],
+        crate::tls::ClientAuth::None,
+    )?;
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .map_err(|e| BenchError::Sink(format!("listening on {}: {e}", s.listen)))?;
+    crate::webhook::sink::Sink::start_on(listener, tls, secret, false)
+        .map_err(|e| BenchError::Sink(e.to_string()))
 }
 
 enum Sender {
@@ -218,6 +274,10 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         b
     } else {
         indicatif::ProgressBar::hidden()
+    };
+    let sink = match &opts.webhook_sink {
+        Some(s) => Some(start_sink(s).await?),
+        None => None,
     };
     let conns = opts.connections.max(1);
     let mut senders = Vec::with_capacity(conns);
@@ -326,6 +386,18 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    let accepted = shared.accepted.load(Ordering::Relaxed);
+    let webhooks = match &sink {
+        Some(sink) => {
+            let wanted = usize::try_from(accepted).unwrap_or(usize::MAX);
+            sink.wait_for(wanted, WEBHOOK_WAIT).await;
+            let after = started.elapsed().saturating_sub(elapsed);
+            let n = sink.count() as u64;
+            sink.stop().await;
+            Some((n, after))
+        }
+        None => None,
+    };
     let relay_cpu_per_msg = match (cpu_before, opts.relay_pid.and_then(process_cpu)) {
         (Some(a), Some(b)) => {
             let n = shared
@@ -340,7 +412,6 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     let h = shared.hist.lock().clone();
     let q = |p: f64| Duration::from_micros(h.value_at_quantile(p));
     let errors = shared.errors.lock().clone();
-    let accepted = shared.accepted.load(Ordering::Relaxed);
     Ok(BenchReport {
         sent: accepted + errors.values().sum::<u64>(),
         accepted,
@@ -351,6 +422,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         p99: q(0.99),
         max: Duration::from_micros(h.max()),
         relay_cpu_per_msg,
+        webhooks,
     })
 }
 

@@ -77,6 +77,11 @@ enum Command {
         /// Above this many submits per second answer ESME_RTHROTTLED; 0 = never.
         #[arg(long, default_value_t = 0)]
         throttle_tps: u32,
+        /// Deliver each receipt on another bound session of the same
+        /// system_id than the one that took the submit (in turn), as a
+        /// carrier may; on the same one only when no other is bound.
+        #[arg(long)]
+        dlr_on_other_bind: bool,
     },
     /// API keys.
     Keys {
@@ -124,6 +129,17 @@ enum Command {
         /// PID of the relay, to report its CPU time per message.
         #[arg(long)]
         relay_pid: Option<u32>,
+        /// Receive the relay's webhooks on this address (HTTPS, with
+        /// --sink-cert/--sink-key, verified with --webhook-secret-file) and
+        /// wait for every accepted message's receipt before reporting.
+        #[arg(long, requires_all = ["sink_cert", "sink_key", "webhook_secret_file"])]
+        webhook_sink: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        sink_cert: Option<PathBuf>,
+        #[arg(long)]
+        sink_key: Option<PathBuf>,
+        #[arg(long)]
+        webhook_secret_file: Option<PathBuf>,
     },
     /// The tamper-evident audit log.
     Audit {
@@ -253,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dlr_delay_ms,
             fail_rate,
             throttle_tps,
+            dlr_on_other_bind,
         } => {
             init_logging();
             if !(0.0..=1.0).contains(&fail_rate) {
@@ -265,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.dlr_delay = std::time::Duration::from_millis(dlr_delay_ms);
             opts.fail_rate = fail_rate;
             opts.throttle_tps = throttle_tps;
+            opts.dlr_on_other_bind = dlr_on_other_bind;
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();
@@ -291,6 +309,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.receipts_sent,
                 report.mo_sent
             );
+            if dlr_on_other_bind {
+                println!("receipts on another bind {}", report.receipts_on_other_bind);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
@@ -384,6 +405,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to_prefix,
             text,
             relay_pid,
+            webhook_sink,
+            sink_cert,
+            sink_key,
+            webhook_secret_file,
         } => {
             let opts = sms_conduit::bench::BenchOptions {
                 url,
@@ -399,6 +424,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 text,
                 relay_pid,
                 progress: true,
+                webhook_sink: match (webhook_sink, sink_cert, sink_key, webhook_secret_file) {
+                    (Some(listen), Some(cert_file), Some(key_file), Some(secret_file)) => {
+                        Some(sms_conduit::bench::BenchSink {
+                            listen,
+                            cert_file,
+                            key_file,
+                            secret_file,
+                        })
+                    }
+                    _ => None,
+                },
             };
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(sms_conduit::bench::run(opts))?;

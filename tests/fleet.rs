@@ -4,8 +4,10 @@
 //! both nodes; with Redis gone, sends fail closed with 503
 //! `shared_state_unavailable` and recover without a restart. A receipt taken
 //! by the node that did not send reaches the sender once (also after the
-//! sender was down), `GET` answers on both nodes, and one
-//! `Idempotency-Key` at both nodes sends once.
+//! sender was down, and when one carrier simulator delivers every receipt
+//! on the other node's bind), `GET` answers on both nodes (also for the
+//! statuses the receipt rules set), and one `Idempotency-Key` at both
+//! nodes sends once.
 //!
 //! Without `redis-server` installed the tests fail under `CI=true` and are
 //! skipped (with the reason printed) otherwise.
@@ -317,7 +319,7 @@ async fn wait_status(node: &Relay, id: &str, want: &str) {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(10),
-            "message {id} is still {s:?} at its owner, not {want:?}"
+            "message {id} is still {s:?} after 10 s, not {want:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -409,6 +411,153 @@ async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
     redis.stop();
     assert_eq!(smsc_b.receipt(&subs[2]).await, CommandStatus::EsmeRxTAppn);
     eprintln!("fleet: receipts on B's bind applied at A: {id} and (after A's restart) {id2}");
+}
+
+/// The counter `sms_conduit_messages_total` of `carrier-a` for a
+/// direction and outcome, 0 when absent.
+async fn messages_total(node: &Relay, direction: &str, outcome: &str) -> u64 {
+    let want = format!(
+        "sms_conduit_messages_total{{carrier=\"carrier-a\",direction=\"{direction}\",outcome=\"{outcome}\"}} "
+    );
+    node.metrics_text()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Both nodes bound to ONE carrier simulator (one bind each, the same
+/// system_id), which delivers every receipt on another bind than the one
+/// that took the submit (`sim-carrier --dlr-on-other-bind`): here always
+/// the other node's. Each receipt is forwarded through Redis to the node
+/// that sent the message and applied there once: one webhook event per
+/// message, and `GET` on both nodes shows `delivered`.
+///
+/// Without the forwarding this fails: run once with the node that took a
+/// receipt for another node's message acknowledging and dropping it (as
+/// before fleet mode), the first message stayed `accepted` at its owner
+/// (`message … is still "accepted" after 10 s, not "delivered"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_on_the_other_nodes_bind_of_one_carrier_reach_the_sender_once() {
+    let Some(redis) = Redis::start() else { return };
+    let files = Files::new();
+    let sink = sms_conduit::webhook::Sink::start_self_signed(
+        files.dir.path(),
+        sms_conduit::types::Secret::new(SECRET.to_vec()),
+    )
+    .await
+    .unwrap();
+    let sim = files
+        .sim(PW, |o| {
+            o.dlr_delay = Duration::from_millis(50);
+            o.dlr_on_other_bind = true;
+        })
+        .await;
+    let setup = |node: &str| {
+        let mut s = Setup::one(&sim, PW)
+            .webhook(&sink.url(), SECRET, sink.ca_file())
+            .node_id(node);
+        s.fleet_extra = redis.fleet("other-bind");
+        s
+    };
+    let files_b = files.sibling();
+    let a = Relay::start(files, setup("node-a")).await;
+    let b = Relay::start(files_b, setup("node-b")).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both nodes bound to the carrier",
+        || sim.handle.bound_sessions() == 2,
+    )
+    .await;
+
+    const EACH: usize = 3;
+    let mut ids = Vec::new();
+    for i in 0..2 * EACH {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let sent = node.send_ok(&message("See you at nine.")).await;
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        wait_status(&a, id, "delivered").await;
+        wait_status(&b, id, "delivered").await;
+    }
+    assert!(sink.wait_for(ids.len(), Duration::from_secs(10)).await);
+    // Late duplicates would show up by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Vec<_> = sink
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "message.status")
+        .collect();
+    assert_eq!(events.len(), ids.len(), "one event per message: {events:?}");
+    for id in &ids {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e["data"]["id"] == id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "message {id}: {events:?}");
+        assert_eq!(mine[0]["data"]["status"], "delivered", "{events:?}");
+    }
+    let report = sim.handle.report();
+    assert_eq!(report.receipts_sent, ids.len() as u64, "{report:?}");
+    assert_eq!(
+        report.receipts_on_other_bind,
+        ids.len() as u64,
+        "every receipt came on the other node's bind: {report:?}"
+    );
+    // Each node took the other's receipts and forwarded them; none was an
+    // unknown id.
+    for node in [&a, &b] {
+        assert_eq!(messages_total(node, "dlr", "forwarded").await, EACH as u64);
+        assert_eq!(messages_total(node, "dlr", "unknown_id").await, 0);
+    }
+    eprintln!(
+        "fleet: {} receipts on the other node's bind, each applied once at its sender",
+        ids.len()
+    );
+}
+
+/// Statuses the receipt rules set at the owner (README "Receipts": rule 1,
+/// one receipt for a two-segment message, then `receipt_window_secs`;
+/// rule 2, no receipt at all, then `receipt_deadline_secs` → `unknown`)
+/// are projected too: `GET` at the other node agrees. Without the
+/// projection (checked once) the other node still answered `accepted`
+/// 10 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_the_receipt_rules_set_are_seen_at_every_node() {
+    use sms_conduit::smpp::CommandStatus;
+    let Some(redis) = Redis::start() else { return };
+    let files = Files::new();
+    let smsc_a = files.manual_smsc(PW).await;
+    let smsc_b = files.manual_smsc(PW).await;
+    let setup = |port: u16, node: &str| {
+        let mut s = Setup::new(vec![CarrierCfg::new("carrier-a", port, PW)]).node_id(node);
+        s.node_extra = "receipt_window_secs = 2\nreceipt_deadline_secs = 4\n".into();
+        s.fleet_extra = redis.fleet("settle");
+        s
+    };
+    let files_b = files.sibling();
+    let a = Relay::start(files, setup(smsc_a.port(), "node-a")).await;
+    let b = Relay::start(files_b, setup(smsc_b.port(), "node-b")).await;
+
+    let text = "appointment moved to thursday. ".repeat(8)[..220].to_owned();
+    let one = a.send_ok(&message(&text)).await;
+    let one = one["id"].as_str().unwrap().to_owned();
+    let none = a.send_ok(&message("no receipt ever")).await;
+    let none = none["id"].as_str().unwrap().to_owned();
+    let subs = smsc_a.submits();
+    assert_eq!(subs.len(), 3, "two segments and one");
+    // A receipt for the first segment only.
+    assert_eq!(smsc_a.receipt(&subs[0]).await, CommandStatus::EsmeRok);
+    assert_eq!(status_at(&b, &one).await, "accepted");
+    assert_eq!(status_at(&b, &none).await, "accepted");
+    // Rule 1 after the window, rule 2 after the deadline: at the owner,
+    // and through the projection at the other node.
+    wait_status(&b, &one, "delivered").await;
+    assert_eq!(status_at(&a, &one).await, "delivered");
+    wait_status(&b, &none, "unknown").await;
+    assert_eq!(status_at(&a, &none).await, "unknown");
 }
 
 /// A client's retry with the same `Idempotency-Key` that the load balancer

@@ -35,6 +35,7 @@ fn start(
         response_timeout: Duration::from_millis(200),
         enquire_link: enquire,
         idle_timeout: None,
+        id: 0,
     };
     let deps = SessionDeps {
         handler: Arc::new(TempErrorHandler),

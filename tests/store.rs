@@ -75,6 +75,94 @@ async fn concurrent_writes_are_group_committed_and_survive_reopen() {
 }
 
 /// Reopens, retrying while the previous writer thread releases the file.
+async fn put_within(store: &Store, wait: Duration, k: String, v: u64) -> Result<(), StoreError> {
+    store
+        .write_within(wait, move |txn| {
+            tables::open(txn, tables::KV)?.insert(k.as_str(), v.to_be_bytes().as_slice())?;
+            Ok(())
+        })
+        .await
+}
+
+/// A write that may wait (a receipt, an outbox removal) rides along with the
+/// next write that may not (a send): one commit for both, and the waiting
+/// one is answered with it, long before its own due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_may_wait_shares_the_next_urgent_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    put(&store, key(0), 0).await.unwrap();
+    let before = store.stats().commits;
+    let relaxed = {
+        let store = store.clone();
+        tokio::spawn(async move { put_within(&store, Duration::from_secs(30), key(1), 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!relaxed.is_finished(), "a write that may wait 30 s was committed alone");
+    assert_eq!(store.stats().commits, before, "nothing was due yet");
+    put(&store, key(2), 2).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relaxed)
+        .await
+        .expect("the waiting write was answered with the urgent one")
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.stats().commits, before + 1, "one commit carried both");
+    assert_eq!(get(&store, &key(1)), Some(1));
+    assert_eq!(get(&store, &key(2)), Some(2));
+}
+
+/// Alone, a write that may wait is committed when its wait is up (not
+/// before it, not never), and so is every other waiting write queued with
+/// it: one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_may_wait_commits_alone_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    put(&store, key(0), 0).await.unwrap();
+    let before = store.stats().commits;
+    let started = std::time::Instant::now();
+    let a = put_within(&store, Duration::from_millis(300), key(1), 1);
+    let b = put_within(&store, Duration::from_secs(30), key(2), 2);
+    let (a, b) = tokio::join!(a, b);
+    a.unwrap();
+    b.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(290), "committed before it was due: {took:?}");
+    assert!(took < Duration::from_secs(10), "the due write waited for the other: {took:?}");
+    assert_eq!(store.stats().commits, before + 1);
+}
+
+/// `flush` and `close` do not wait for writes that may wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_and_close_cut_the_wait_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), None).unwrap();
+    let relaxed = {
+        let store = store.clone();
+        tokio::spawn(async move { put_within(&store, Duration::from_secs(60), key(1), 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), store.flush())
+        .await
+        .expect("flush is not held by a waiting write")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relaxed)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { put_within(&store, Duration::from_secs(60), key(2), 2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), store.close())
+        .await
+        .expect("close is not held by a waiting write")
+        .unwrap();
+    waiting.await.unwrap().unwrap();
+}
+
 async fn reopen(dir: &std::path::Path) -> Store {
     for _ in 0..100 {
         match Store::open(dir, None) {

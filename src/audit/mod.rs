@@ -254,7 +254,17 @@ impl Audit {
     /// Runs `op` as a store op with the log at hand: the state change and
     /// its records commit together or not at all, and committed records are
     /// counted in metrics. Finished key-use minutes ride along.
-    pub async fn write<T, F>(&self, mut op: F) -> Result<T, StoreError>
+    pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut AuditTxn<'_, '_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_within(Duration::ZERO, op).await
+    }
+
+    /// As [`Audit::write`], for a caller that can spare `wait` for the
+    /// commit to be shared (see [`Store::write_within`]).
+    pub async fn write_within<T, F>(&self, wait: Duration, mut op: F) -> Result<T, StoreError>
     where
         F: FnMut(&mut AuditTxn<'_, '_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
@@ -270,7 +280,7 @@ impl Audit {
         let result = self
             .inner
             .store
-            .write(move |txn| {
+            .write_within(wait, move |txn| {
                 let op = &mut op;
                 let mut log = AuditTxn {
                     txn,

@@ -14,7 +14,9 @@
 //!    `unknown`, or is decided by rule 1 if some segment has a state.
 //!
 //! Either change is a status change like a receipt's: audited and sent as
-//! a `message.status` webhook in the same transaction.
+//! a `message.status` webhook in the same transaction, and in fleet mode
+//! projected to the shared state after the commit (like a receipt's), so
+//! `GET` on every node agrees.
 //!
 //! Owns: the queue of messages waiting for rule 1, and the sweep that
 //! applies both rules.
@@ -31,11 +33,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use parking_lot::Mutex;
+
+use std::sync::Arc;
 
 use super::record::{self, MessageRecord};
 use super::status::MessageStatus;
 use crate::audit::{Audit, AuditEvent};
+use crate::store::shared::SharedState;
 use crate::store::StoreError;
 use crate::webhook::{StatusEvent, Webhooks};
 
@@ -46,6 +52,12 @@ pub const WINDOW_QUEUE_MAX: usize = 100_000;
 pub const FIRST_SWEEP_BACK: Duration = Duration::from_secs(24 * 3600);
 /// Records settled per store op, so a sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
+/// Projections of settled statuses in flight at once (fleet mode).
+const PROJECT_CONCURRENCY: usize = 16;
+
+/// A settlement's commit may wait this long for company: nobody waits on
+/// it, and a sweep can settle many messages at once.
+const SETTLE_COMMIT_WAIT: Duration = Duration::from_millis(50);
 /// The actor of settled status changes in the audit log.
 pub const SETTLE_ACTOR: &str = "sms-conduit:receipt-rules";
 
@@ -60,6 +72,8 @@ fn now_ms() -> u64 {
 pub struct Settler {
     audit: Audit,
     webhooks: Option<Webhooks>,
+    /// Fleet mode: where settled statuses are projected for other nodes.
+    shared: Option<Arc<dyn SharedState>>,
     window: Duration,
     deadline: Duration,
     /// (due unix ms, message id), in due order (one window for all).
@@ -69,9 +83,13 @@ pub struct Settler {
 }
 
 impl Settler {
+    /// `shared` is the node's shared state: in fleet mode
+    /// ([`SharedState::messages_are_shared`]) every settled status is
+    /// projected there.
     pub fn new(
         audit: Audit,
         webhooks: Option<Webhooks>,
+        shared: Arc<dyn SharedState>,
         window: Duration,
         deadline: Duration,
     ) -> Self {
@@ -79,6 +97,7 @@ impl Settler {
         Settler {
             audit,
             webhooks,
+            shared: shared.messages_are_shared().then_some(shared),
             window,
             deadline,
             queue: Mutex::new(VecDeque::new()),
@@ -126,22 +145,21 @@ impl Settler {
             let n = q.iter().take_while(|(at, _)| *at <= now).count();
             q.drain(..n).map(|(_, id)| id).collect()
         };
+        let project = self.shared.is_some();
         for chunk in due.chunks(SWEEP_BATCH) {
             let ids = chunk.to_vec();
             let hooks = self.webhooks.clone();
-            let woken = self
+            let settled = self
                 .audit
-                .write(move |atx| {
-                    let mut woken = Vec::new();
+                .write_within(SETTLE_COMMIT_WAIT, move |atx| {
+                    let mut settled = Settled::default();
                     for id in &ids {
-                        if let Some(c) = settle_one(atx, id, hooks.as_ref(), now)? {
-                            woken.push(c);
-                        }
+                        settle_one(atx, id, hooks.as_ref(), now, project, &mut settled)?;
                     }
-                    Ok(woken)
+                    Ok(settled)
                 })
                 .await?;
-            self.wake(woken);
+            self.after_commit(settled).await;
         }
         Ok(())
     }
@@ -149,50 +167,85 @@ impl Settler {
     /// Rule 2: the messages sent before `now - deadline`, from the cursor.
     async fn sweep(&self) -> Result<(), StoreError> {
         let until = now_ms().saturating_sub(self.deadline.as_millis() as u64);
+        let project = self.shared.is_some();
         loop {
             let from = *self.cursor.lock();
             if from >= until {
                 return Ok(());
             }
             let hooks = self.webhooks.clone();
-            let (next, woken) = self
+            let (next, settled) = self
                 .audit
-                .write(move |atx| {
+                .write_within(SETTLE_COMMIT_WAIT, move |atx| {
                     let recs = record::accepted_between(atx.txn(), from, until, SWEEP_BATCH)?;
                     let next = recs.next_ms;
                     let now = now_ms();
-                    let mut woken = Vec::new();
+                    let mut settled = Settled::default();
                     for id in &recs.ids {
-                        if let Some(c) = settle_one(atx, id, hooks.as_ref(), now)? {
-                            woken.push(c);
-                        }
+                        settle_one(atx, id, hooks.as_ref(), now, project, &mut settled)?;
                     }
-                    Ok((next, woken))
+                    Ok((next, settled))
                 })
                 .await?;
             *self.cursor.lock() = next;
-            self.wake(woken);
+            self.after_commit(settled).await;
         }
     }
 
-    fn wake(&self, clients: Vec<String>) {
+    /// Once a batch committed: wakes the webhook workers of its clients
+    /// and, in fleet mode, projects its new statuses (best effort, as the
+    /// send path and the receipts do: the owner's store stays the truth; a
+    /// projection that fails is logged and counted in the shared state's
+    /// error metric, and the next status change writes it again).
+    async fn after_commit(&self, settled: Settled) {
         if let Some(h) = &self.webhooks {
-            for c in clients {
+            for c in settled.woken {
                 h.notify(&c);
             }
         }
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        // A sweep after a long receipt outage settles up to a batch at
+        // once: a few projections in flight on the multiplexed connection.
+        futures::stream::iter(&settled.records)
+            .for_each_concurrent(PROJECT_CONCURRENCY, |rec| async move {
+                let p = match record::projection(rec) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(message = %rec.id, "message projection: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
+                    tracing::warn!(message = %rec.id, "message projection: {e}");
+                }
+            })
+            .await;
     }
 }
 
+/// What one store op settled.
+#[derive(Default)]
+struct Settled {
+    /// Clients whose webhook worker is to be woken.
+    woken: Vec<String>,
+    /// The settled records, to project (fleet mode only).
+    records: Vec<MessageRecord>,
+}
+
 /// Settles message `id` if it is still `accepted`: its new status, its
-/// audit record and its webhook event in this transaction. Returns the
-/// client whose webhook worker is to be woken.
+/// audit record and its webhook event in this transaction. Adds to `out`
+/// the client whose webhook worker is to be woken and, when `project`, the
+/// settled record.
 fn settle_one(
     atx: &mut crate::audit::AuditTxn<'_, '_>,
     id: &str,
     hooks: Option<&Webhooks>,
     now: u64,
-) -> Result<Option<String>, StoreError> {
+    project: bool,
+    out: &mut Settled,
+) -> Result<(), StoreError> {
     let updated = record::update_message(atx.txn(), id, |rec: &mut MessageRecord| {
         if rec.status.is_final() {
             return false;
@@ -202,7 +255,7 @@ fn settle_one(
         true
     })?;
     let Some((rec, true)) = updated else {
-        return Ok(None);
+        return Ok(());
     };
     let ev = AuditEvent::MessageStatus {
         message_id: rec.id.clone(),
@@ -213,7 +266,10 @@ fn settle_one(
     atx.append(ev, SETTLE_ACTOR)?;
     if hooks.is_some_and(|h| h.has_webhook(&rec.client)) {
         crate::webhook::enqueue(atx.txn(), &rec.client, StatusEvent::from_record(&rec), now)?;
-        return Ok(Some(rec.client));
+        out.woken.push(rec.client.clone());
     }
-    Ok(None)
+    if project {
+        out.records.push(rec);
+    }
+    Ok(())
 }

@@ -60,6 +60,10 @@ pub struct InboundMessage {
     /// For submit_sm/data_sm: the message id the session will answer with
     /// when the handler returns `ESME_ROK`.
     pub message_id: Option<String>,
+    /// The id of the server session it came in on
+    /// ([`crate::smpp::ServerHandle::deliver_elsewhere`]); 0 on a session
+    /// we opened to a carrier.
+    pub session: u64,
 }
 
 impl InboundMessage {
@@ -233,6 +237,7 @@ mod tests {
             message_payload: None,
             receipt: ReceiptTlvs::default(),
             message_id: None,
+            session: 0,
         }
     }
 

@@ -249,6 +249,7 @@ pub fn inbound_message(pdu: &Pdu) -> Option<InboundMessage> {
                 message_payload,
                 receipt,
                 message_id: None,
+                session: 0,
             }
         }};
     }

@@ -474,6 +474,7 @@ async fn run_slot(
                     response_timeout: carrier.response_timeout,
                     enquire_link: Some(carrier.enquire_link),
                     idle_timeout: None,
+                    id: 0,
                 };
                 let handle = session::spawn(framed, BIND_SEQ + 1, cfg, deps.clone());
                 slot.set(Some(handle.clone()));

@@ -331,12 +331,44 @@ impl ServerHandle {
                     .map(|(_, h)| h.clone())
             })
         };
-        let handle = handle.ok_or(SmppError::NotBound)?;
-        let resp = handle.request(pdu::deliver_sm(req)?).await?;
-        match resp.status() {
-            CommandStatus::EsmeRok => Ok(()),
-            s => Err(SmppError::Status(s)),
-        }
+        deliver_on(handle.ok_or(SmppError::NotBound)?, req).await
+    }
+
+    /// Sends a deliver_sm to `peer` on one of its receiving sessions other
+    /// than session `not` ([`super::InboundMessage::session`]), taking them
+    /// in turn by `turn`; on `not` itself only when it is the peer's one
+    /// receiving session. What a carrier does that hands a receipt to any
+    /// bind of the system_id (`sim-carrier --dlr-on-other-bind`). `Ok(true)`
+    /// when the peer answered `ESME_ROK` on another session.
+    pub async fn deliver_elsewhere(
+        &self,
+        peer: &str,
+        not: u64,
+        turn: usize,
+        req: DeliverRequest,
+    ) -> Result<bool, SmppError> {
+        let (handle, other) = {
+            let t = self.inner.table();
+            let open: Vec<&(u64, SessionHandle)> = t
+                .sessions
+                .get(peer)
+                .into_iter()
+                .flatten()
+                .filter(|(_, h)| h.kind().can_receive() && !h.is_closed())
+                .collect();
+            let others: Vec<&(u64, SessionHandle)> =
+                open.iter().copied().filter(|(id, _)| *id != not).collect();
+            match (others.is_empty(), open.first()) {
+                (false, _) => (
+                    others.get(turn % others.len()).map(|(_, h)| h.clone()),
+                    true,
+                ),
+                (true, Some((_, h))) => (Some(h.clone()), false),
+                (true, None) => (None, false),
+            }
+        };
+        deliver_on(handle.ok_or(SmppError::NotBound)?, req).await?;
+        Ok(other)
     }
 
     /// Waits until the listeners and every session have ended (after the
@@ -344,6 +376,15 @@ impl ServerHandle {
     pub async fn wait(&self) {
         self.tasks.close();
         self.tasks.wait().await
+    }
+}
+
+/// One deliver_sm on `handle`; `Ok` when answered `ESME_ROK`.
+async fn deliver_on(handle: SessionHandle, req: DeliverRequest) -> Result<(), SmppError> {
+    let resp = handle.request(pdu::deliver_sm(req)?).await?;
+    match resp.status() {
+        CommandStatus::EsmeRok => Ok(()),
+        s => Err(SmppError::Status(s)),
     }
 }
 
@@ -638,7 +679,13 @@ async fn serve(
         response_timeout: inner.opts.response_timeout,
         enquire_link: inner.opts.enquire_link,
         idle_timeout: Some(inner.opts.idle_timeout),
+        id: {
+            let mut t = inner.table();
+            t.next_id += 1;
+            t.next_id
+        },
     };
+    let id = cfg.id;
     let gauge = inner
         .deps
         .metrics
@@ -646,16 +693,12 @@ async fn serve(
         .with_label_values(&[&link]);
     gauge.inc();
     let handle = session::spawn(framed, 1, cfg, inner.deps.clone());
-    let id = {
-        let mut t = inner.table();
-        t.next_id += 1;
-        let id = t.next_id;
-        t.sessions
-            .entry(link.clone())
-            .or_default()
-            .push((id, handle.clone()));
-        id
-    };
+    inner
+        .table()
+        .sessions
+        .entry(link.clone())
+        .or_default()
+        .push((id, handle.clone()));
     handle.closed().await;
     gauge.dec();
     inner.deps.handler.bind_event(BindEvent::Down {

@@ -100,6 +100,9 @@ pub struct SessionConfig {
     pub enquire_link: Option<Duration>,
     /// Close when nothing arrives from the peer for this long.
     pub idle_timeout: Option<Duration>,
+    /// The server's id of this session, handed to the handler with each
+    /// message ([`super::InboundMessage::session`]); 0 for a session we opened.
+    pub id: u64,
 }
 
 /// What a session needs besides its socket.
@@ -589,6 +592,7 @@ where
         if self.cfg.role == Role::Smsc && kind != InboundKind::DeliverSm {
             msg.message_id = Some(self.deps.ids.next_id());
         }
+        msg.session = self.cfg.id;
         let mid = msg.message_id.clone();
         let handler = self.deps.handler.clone();
         let link = match &self.cfg.receipt_link {

@@ -8,7 +8,9 @@
 //! `ESME_RTHROTTLED` (counting every submit_sm, the throttled ones and the
 //! busiest calendar second), and after `dlr_delay` sends a delivery receipt
 //! (Appendix B text plus `receipted_message_id` and `message_state` TLVs)
-//! when registered_delivery asks. [`SimHandle::send_mo`] pushes an MO.
+//! when registered_delivery asks — on the bind that took the submit, or
+//! with [`SimOptions::dlr_on_other_bind`] on another bind of the same
+//! system_id, as carriers do. [`SimHandle::send_mo`] pushes an MO.
 //!
 //! Must not know: the relay, the config file (the CLI maps flags to
 //! [`SimOptions`]).
@@ -58,6 +60,13 @@ pub struct SimOptions {
     pub throttle_tps: u32,
     pub window: usize,
     pub idle_timeout: Duration,
+    /// Deliver each receipt on another bound session of the submitter's
+    /// system_id than the one that took the submit, taking them in turn
+    /// (round-robin); on the same one only when it is the only one bound.
+    /// A carrier does that: receipts may come on any bind, e.g. the
+    /// other node's in a fleet. Off: the least-loaded receiving session,
+    /// which with one bind per client is the submitting one.
+    pub dlr_on_other_bind: bool,
 }
 
 impl SimOptions {
@@ -73,6 +82,7 @@ impl SimOptions {
             throttle_tps: 0,
             window: 1024,
             idle_timeout: Duration::from_secs(300),
+            dlr_on_other_bind: false,
         }
     }
 }
@@ -88,6 +98,9 @@ pub struct SimReport {
     pub throttled: u64,
     pub receipts_sent: u64,
     pub receipts_failed: u64,
+    /// Receipts delivered on another session than the one that took the
+    /// submit ([`SimOptions::dlr_on_other_bind`]).
+    pub receipts_on_other_bind: u64,
     pub mo_sent: u64,
     /// The most submit_sm (accepted, refused or throttled) received within
     /// one second of the simulator's clock (seconds counted from its start).
@@ -102,6 +115,7 @@ struct Counters {
     throttled: AtomicU64,
     receipts_sent: AtomicU64,
     receipts_failed: AtomicU64,
+    receipts_on_other_bind: AtomicU64,
     mo_sent: AtomicU64,
     per_second: PerSecond,
 }
@@ -134,6 +148,9 @@ impl PerSecond {
 struct DlrJob {
     due: Instant,
     link: String,
+    /// The session that took the submit, when the receipt is to go on
+    /// another one ([`SimOptions::dlr_on_other_bind`]).
+    not_on: Option<u64>,
     req: DeliverRequest,
 }
 
@@ -144,6 +161,7 @@ struct SimHandler {
     throttle: Option<DefaultDirectRateLimiter>,
     fail_rate: f64,
     dlr_delay: Duration,
+    dlr_on_other_bind: bool,
     dlr: mpsc::Sender<DlrJob>,
 }
 
@@ -228,6 +246,7 @@ impl InboundHandler for SimHandler {
                     let job = DlrJob {
                         due: Instant::now() + self.dlr_delay,
                         link: link.to_owned(),
+                        not_on: self.dlr_on_other_bind.then_some(msg.session),
                         req: receipt_for(&msg, id),
                     };
                     if self.dlr.send(job).await.is_err() {
@@ -270,6 +289,7 @@ pub async fn start_sim(
         throttle,
         fail_rate: opts.fail_rate.clamp(0.0, 1.0),
         dlr_delay: opts.dlr_delay,
+        dlr_on_other_bind: opts.dlr_on_other_bind,
         dlr: dlr_tx,
     });
     let tls = match &opts.tls {
@@ -370,6 +390,8 @@ async fn send_receipts(
 ) {
     let limit = Arc::new(Semaphore::new(256));
     let inflight = TaskTracker::new();
+    // Whose turn it is among the other sessions (`dlr_on_other_bind`).
+    let mut turn = 0usize;
     loop {
         let job = tokio::select! {
             j = rx.recv() => match j { Some(j) => j, None => break },
@@ -383,6 +405,8 @@ async fn send_receipts(
             break;
         };
         let (server, counters) = (server.clone(), counters.clone());
+        let my_turn = turn;
+        turn = turn.wrapping_add(1);
         inflight.spawn(async move {
             let _permit = permit;
             let mut job = job;
@@ -397,9 +421,27 @@ async fn send_receipts(
                     short_message: job.req.short_message.clone(),
                     receipt: job.req.receipt.clone(),
                 };
-                match server.deliver(&job.link, req).await {
-                    Ok(()) => {
+                let sent = match job.not_on {
+                    Some(not) => {
+                        server
+                            .deliver_elsewhere(
+                                &job.link,
+                                not,
+                                my_turn.wrapping_add(attempt as usize),
+                                req,
+                            )
+                            .await
+                    }
+                    None => server.deliver(&job.link, req).await.map(|()| false),
+                };
+                match sent {
+                    Ok(other) => {
                         counters.receipts_sent.fetch_add(1, Ordering::Relaxed);
+                        if other {
+                            counters
+                                .receipts_on_other_bind
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         return;
                     }
                     Err(_) if attempt < 4 => {
@@ -435,6 +477,7 @@ impl SimHandle {
             throttled: c.throttled.load(Ordering::Relaxed),
             receipts_sent: c.receipts_sent.load(Ordering::Relaxed),
             receipts_failed: c.receipts_failed.load(Ordering::Relaxed),
+            receipts_on_other_bind: c.receipts_on_other_bind.load(Ordering::Relaxed),
             mo_sent: c.mo_sent.load(Ordering::Relaxed),
             peak_submits_per_sec: c.per_second.peak(),
         }

@@ -70,6 +70,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadTransaction, ReadableTable};
@@ -83,7 +84,7 @@ pub use tables::Tx;
 pub(crate) use writer::{before_commit, current_txn};
 
 use crate::metrics::Metrics;
-use writer::{Counters, Msg, OpJob};
+use writer::{Counters, Msg, OpJob, Wake};
 
 /// File name of the database inside `state_dir`.
 pub const DB_FILE: &str = "sms-conduit.redb";
@@ -136,6 +137,7 @@ struct Inner {
     live: Arc<Live>,
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
+    wake: Arc<Wake>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// In-memory copy of the opt-out table, loaded on first use (see
     /// [`shared::OptOutMirror`]). Here, not in [`LocalShared`], so every
@@ -192,11 +194,12 @@ impl Store {
         });
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
+        let wake = Arc::new(Wake::default());
         let thread = {
-            let (live, counters) = (live.clone(), counters.clone());
+            let (live, counters, wake) = (live.clone(), counters.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer::run(live, db, rx, metrics, counters))
+                .spawn(move || writer::run(live, db, rx, metrics, counters, wake))
                 .map_err(|e| StoreError::Thread(Arc::new(e)))?
         };
         Ok(Store {
@@ -204,6 +207,7 @@ impl Store {
                 live,
                 tx,
                 counters,
+                wake,
                 thread: Mutex::new(Some(thread)),
                 opt_outs: std::sync::OnceLock::new(),
             }),
@@ -236,7 +240,25 @@ impl Store {
     ///
     /// While the store is not healthy ([`Store::is_healthy`]) the op is not
     /// run and the answer is [`StoreError::Unavailable`], at once.
+    ///
+    /// The commit starts as soon as the writer is free: for ops somebody is
+    /// waiting on (a client's send). See [`Store::write_within`] for the
+    /// others.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_within(Duration::ZERO, op).await
+    }
+
+    /// As [`Store::write`], but the op's commit may wait up to `wait` for
+    /// other ops to share it (one fsync for all): for writes whose caller
+    /// can spare a few milliseconds, such as a receipt (the carrier waits
+    /// for its deliver_sm_resp) or an outbox removal. It rides along with
+    /// the next commit that happens anyway, or commits when `wait` is up.
+    /// Still durable before it is answered.
+    pub async fn write_within<T, F>(&self, wait: Duration, op: F) -> Result<T, StoreError>
     where
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
@@ -245,15 +267,20 @@ impl Store {
             return Err(self.inner.live.refusal());
         }
         let (tx, rx) = oneshot::channel();
+        let due = Instant::now() + wait;
         self.inner
             .tx
-            .send(Msg::Op(Box::new(OpJob {
-                op,
-                tx,
-                result: None,
-            })))
+            .send(Msg::Op(
+                Box::new(OpJob {
+                    op,
+                    tx,
+                    result: None,
+                }),
+                due,
+            ))
             .await
             .map_err(|_| StoreError::Closed)?;
+        self.inner.wake.queued(due);
         // The sender is dropped unanswered only if the op (or the writer)
         // panicked; every queued op is otherwise answered, even on close.
         rx.await.unwrap_or(Err(StoreError::OpPanicked))
@@ -278,6 +305,7 @@ impl Store {
             .send(Msg::Flush(tx))
             .await
             .map_err(|_| StoreError::Closed)?;
+        self.inner.wake.queued(Instant::now());
         rx.await.map_err(|_| StoreError::Closed)
     }
 
@@ -287,6 +315,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         if self.inner.tx.send(Msg::Close(tx)).await.is_ok() {
+            self.inner.wake.queued(Instant::now());
             // An error means the writer already ended: nothing left to wait for.
             let _ = rx.await;
         }

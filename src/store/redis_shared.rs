@@ -487,18 +487,19 @@ impl RedisShared {
         Ok(out)
     }
 
-    /// Acknowledges and deletes one applied entry of this node's stream.
-    async fn ack_receipt(&self, id: &str) -> Result<(), StoreError> {
+    /// Acknowledges and deletes applied entries of this node's stream, in
+    /// one round trip.
+    async fn ack_receipts(&self, ids: &[String]) -> Result<(), StoreError> {
         let key = self.receipt_stream(&self.node);
         let mut pipe = redis::pipe();
         pipe.cmd("XACK")
             .arg(&key)
             .arg(RECEIPT_GROUP)
-            .arg(id)
+            .arg(ids)
             .ignore()
             .cmd("XDEL")
             .arg(&key)
-            .arg(id)
+            .arg(ids)
             .ignore();
         self.call("receipt_ack", |mut c| async move {
             pipe.query_async::<()>(&mut c).await
@@ -508,9 +509,9 @@ impl RedisShared {
 
     /// Applies the receipts other nodes forwarded to this one, until `stop`:
     /// first those read but not acknowledged before (a restart), then new
-    /// ones. An entry is acknowledged only after `apply` returned `Ok` (the
-    /// owner's store committed it); on an `Err` it stays pending and is
-    /// read again after [`RECEIPT_RETRY`]. An entry that cannot be read
+    /// ones, up to [`RECEIPT_BATCH`] at once. An entry is acknowledged only
+    /// after `apply` returned `Ok` (the owner's store committed it); on an
+    /// `Err` it stays pending and is read again after [`RECEIPT_RETRY`]. An entry that cannot be read
     /// (fields missing) is acknowledged: it would not get better.
     pub async fn consume_receipts<F, Fut>(
         self: Arc<Self>,
@@ -534,24 +535,47 @@ impl RedisShared {
                     pending = false;
                 }
                 Ok(entries) => {
-                    for (id, r) in entries {
-                        let applied = match r {
-                            Some(r) => apply(r).await,
-                            None => {
-                                tracing::warn!("unreadable forwarded receipt acknowledged");
-                                Ok(())
-                            }
-                        };
-                        let res = match applied {
-                            Ok(()) => self.ack_receipt(&id).await,
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = res {
-                            tracing::error!("forwarded receipt not applied yet: {e}");
-                            pending = true;
-                            wait = RECEIPT_RETRY;
-                            break;
+                    // The batch is applied at once, so the store's group
+                    // commit takes it in one commit (one fsync for the batch,
+                    // not one per receipt: a sequential apply cost about
+                    // 0.5 commits per message in a two-node run), and
+                    // acknowledged in one call. Each op is queued in stream
+                    // order; each re-reads its record, so a duplicate changes
+                    // nothing. Only the applied entries are acknowledged.
+                    let apply = &apply;
+                    let (ids, applies): (Vec<String>, Vec<_>) = entries
+                        .into_iter()
+                        .map(|(id, r)| {
+                            let applied = async move {
+                                match r {
+                                    Some(r) => apply(r).await,
+                                    None => {
+                                        tracing::warn!("unreadable forwarded receipt acknowledged");
+                                        Ok(())
+                                    }
+                                }
+                            };
+                            (id, applied)
+                        })
+                        .unzip();
+                    let results = futures::future::join_all(applies).await;
+                    let mut failed = None;
+                    let mut done = Vec::with_capacity(ids.len());
+                    for (id, res) in ids.into_iter().zip(results) {
+                        match res {
+                            Ok(()) => done.push(id),
+                            Err(e) => failed = Some(e),
                         }
+                    }
+                    let acked = if done.is_empty() {
+                        Ok(())
+                    } else {
+                        self.ack_receipts(&done).await
+                    };
+                    if let Some(e) = failed.or(acked.err()) {
+                        tracing::error!("forwarded receipt not applied yet: {e}");
+                        pending = true;
+                        wait = RECEIPT_RETRY;
                     }
                 }
                 Err(e) => {

@@ -217,7 +217,10 @@ where
 
 /// Messages to the writer thread.
 pub(crate) enum Msg {
-    Op(Box<dyn Job>),
+    /// An op, and the latest moment its commit may start: the writer may
+    /// hold a batch until its earliest op is due, for company (see
+    /// [`Wake`]).
+    Op(Box<dyn Job>, Instant),
     /// Answered after everything queued before it is durable.
     Flush(oneshot::Sender<()>),
     /// Stop taking new messages, drain the queue, commit, exit.
@@ -238,28 +241,33 @@ pub(crate) fn run(
     mut rx: mpsc::Receiver<Msg>,
     metrics: Option<Arc<Metrics>>,
     counters: Arc<Counters>,
+    wake: Arc<Wake>,
 ) {
+    wake.set_thread(std::thread::current());
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut close_acks: Vec<oneshot::Sender<()>> = Vec::new();
     let mut previous = 0usize;
     while let Some(first) = rx.blocking_recv() {
         let first_at = Instant::now();
         batch.push(first);
-        let mut ops = usize::from(matches!(batch[0], Msg::Op(_)));
+        let mut ops = usize::from(matches!(batch[0], Msg::Op(..)));
         drain(&mut rx, &mut batch, &mut ops);
-        // Linger: under load (the previous batch was not tiny) a short wait
-        // for more ops makes the batch, and so the commit, bigger. A commit
+        // Wait for company, bounded by the batch's earliest due op. A commit
         // costs far more CPU than an op (every touched table's root-to-leaf
         // path copied, the allocator state, one fsync's writeback), so fewer,
-        // larger commits are what keeps the writer cheap per message. An
-        // idle appliance never lingers.
-        if previous >= LINGER_AFTER && ops < LINGER_UNTIL && !closing(&batch) {
-            let left = LINGER.saturating_sub(first_at.elapsed());
-            if !left.is_zero() {
-                std::thread::sleep(left);
-            }
-            drain(&mut rx, &mut batch, &mut ops);
-        }
+        // larger commits are what keeps the writer cheap per message, at a
+        // steady moderate rate as much as flat out. Two reasons to wait:
+        // - an op that nobody is waiting on at once (a receipt whose
+        //   deliver_sm_resp may wait a few ms, an outbox removal) is queued
+        //   with a due time in the future; it rides along with the next
+        //   commit that must happen anyway (a send's), or commits alone
+        //   when it falls due;
+        // - under load (the previous batch was not tiny) every batch waits
+        //   until [`LINGER`] after its first op.
+        // An idle appliance never makes an op wait past its due time: a
+        // send's op is due at once.
+        let floor = (previous >= LINGER_AFTER).then(|| first_at + LINGER);
+        linger(&mut rx, &mut batch, &mut ops, floor, &wake);
         previous = ops;
         let end = run_batch(
             &db,
@@ -381,7 +389,7 @@ fn refuse_queued(rx: &mut mpsc::Receiver<Msg>, close_acks: &mut Vec<oneshot::Sen
 /// Answers one message while the store cannot commit; true for a `Close`.
 fn refuse(m: Msg, close_acks: &mut Vec<oneshot::Sender<()>>) -> bool {
     match m {
-        Msg::Op(job) => {
+        Msg::Op(job, _) => {
             job.answer(Some(&StoreError::Unavailable));
             false
         }
@@ -402,7 +410,7 @@ fn drain(rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Msg>, ops: &mut usize) {
     while *ops < MAX_BATCH {
         match rx.try_recv() {
             Ok(m) => {
-                *ops += usize::from(matches!(m, Msg::Op(_)));
+                *ops += usize::from(matches!(m, Msg::Op(..)));
                 batch.push(m);
             }
             Err(_) => break,
@@ -410,9 +418,114 @@ fn drain(rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Msg>, ops: &mut usize) {
     }
 }
 
+/// Lets a queued op cut the writer's wait for company short.
+///
+/// The writer, while it holds a batch waiting for company, publishes the
+/// moment it will commit unless woken (`lingering_until`, nanoseconds past
+/// [`epoch`]; 0 when it is not waiting — blocked on the queue, which wakes
+/// it by itself, or busy, when it drains the queue next anyway). A sender
+/// whose op is due before that moment unparks the writer after queueing the
+/// op. The writer publishes before its last look at the queue and the
+/// sender reads after queueing (both `SeqCst`), so one of them always sees
+/// the other: an op is never left waiting past its due time for a wake-up
+/// that nobody sends, and an op that can wait costs no wake-up at all.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    thread: std::sync::OnceLock<std::thread::Thread>,
+    lingering_until: AtomicU64,
+}
+
+impl Wake {
+    fn set_thread(&self, t: std::thread::Thread) {
+        let _ = self.thread.set(t);
+    }
+
+    /// Called by a sender after queueing an op due at `due`.
+    pub(crate) fn queued(&self, due: Instant) {
+        let until = self.lingering_until.load(Ordering::SeqCst);
+        if until != 0 && nanos(due) < until {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    fn publish(&self, until: u64) {
+        self.lingering_until.store(until, Ordering::SeqCst);
+    }
+}
+
+/// The process's reference instant for [`Wake`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from [`epoch`] to `t` (at least 1: 0 means "not waiting").
+fn nanos(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The earliest due time of the batch's messages; `Flush` and `Close` are
+/// due at once.
+fn earliest_due(batch: &[Msg], now: Instant) -> Instant {
+    batch
+        .iter()
+        .map(|m| match m {
+            Msg::Op(_, due) => *due,
+            _ => now,
+        })
+        .min()
+        .unwrap_or(now)
+}
+
+/// Holds the batch until its commit is due: the earliest op's due time, but
+/// not before `floor` (under load), taking what is queued meanwhile; ends
+/// early when the batch is full ([`LINGER_UNTIL`]) or holds a `Flush` or
+/// `Close`. See [`Wake`] for how a newly queued op that is due sooner ends
+/// the wait.
+fn linger(
+    rx: &mut mpsc::Receiver<Msg>,
+    batch: &mut Vec<Msg>,
+    ops: &mut usize,
+    floor: Option<Instant>,
+    wake: &Wake,
+) {
+    loop {
+        if *ops >= LINGER_UNTIL || closing(batch) {
+            break;
+        }
+        let now = Instant::now();
+        let due = earliest_due(batch, now);
+        let commit_at = floor.map_or(due, |f| f.max(due));
+        if commit_at <= now {
+            break;
+        }
+        // A newly queued op can move the commit earlier only if it is due
+        // before `due` and `due` is past the floor.
+        let wake_before = if floor.is_some_and(|f| f >= due) {
+            0
+        } else {
+            nanos(due)
+        };
+        wake.publish(wake_before);
+        let before = batch.len();
+        drain(rx, batch, ops);
+        if batch.len() != before {
+            continue;
+        }
+        std::thread::park_timeout(commit_at - now);
+        drain(rx, batch, ops);
+    }
+    wake.publish(0);
+    drain(rx, batch, ops);
+}
+
 /// Whether the batch holds a `Flush` or `Close`, which should not wait.
 fn closing(batch: &[Msg]) -> bool {
-    batch.iter().any(|m| !matches!(m, Msg::Op(_)))
+    batch.iter().any(|m| !matches!(m, Msg::Op(..)))
 }
 
 /// How a batch ended.
@@ -440,7 +553,7 @@ fn run_batch(
     let mut closing = false;
     for msg in batch.drain(..) {
         match msg {
-            Msg::Op(job) => jobs.push(job),
+            Msg::Op(job, _) => jobs.push(job),
             Msg::Flush(ack) => flushes.push(ack),
             Msg::Close(ack) => {
                 closing = true;

@@ -214,6 +214,36 @@ impl Outbox {
             .await
     }
 
+    /// Removes each `(seq, event_id)` of `client` that still holds its
+    /// event, in one store op whose commit may wait up to `wait` for company
+    /// (nobody waits on a removal but the worker's bookkeeping). Durable on
+    /// Ok; returns how many records were removed.
+    pub(crate) async fn remove_many(
+        &self,
+        client: &str,
+        items: Vec<(u64, String)>,
+        wait: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let client = client.to_owned();
+        self.store
+            .write_within(wait, move |txn| {
+                let mut t = tables::open(txn, OUTBOX)?;
+                let mut removed = 0;
+                for (seq, event_id) in &items {
+                    let matches = match t.get((client.as_str(), *seq))? {
+                        Some(v) => from_json(v.value()).is_none_or(|r| &r.event_id == event_id),
+                        None => false,
+                    };
+                    if matches {
+                        t.remove((client.as_str(), *seq))?;
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            })
+            .await
+    }
+
     /// Records a failed attempt: `attempt` and `next_attempt_ms` of
     /// `(client, seq)`, if it still holds `event_id` (durable on Ok).
     pub(crate) async fn reschedule(

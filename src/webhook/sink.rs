@@ -62,6 +62,7 @@ struct SinkState {
     received: watch::Sender<usize>,
     attempts: AtomicU64,
     bad_signatures: AtomicU64,
+    keep_events: bool,
     shutdown: CancellationToken,
 }
 
@@ -112,6 +113,18 @@ impl Sink {
     /// Starts a sink serving with `tls`, verifying with `secret`.
     pub async fn start(tls: Arc<ServerTls>, secret: Secret) -> Result<Sink, SinkError> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::start_on(listener, tls, secret, true)
+    }
+
+    /// Starts a sink on `listener`. With `keep_events` false it only counts
+    /// what it accepted ([`Sink::events`] stays empty): a load generator
+    /// receiving tens of thousands of events keeps no copies.
+    pub fn start_on(
+        listener: TcpListener,
+        tls: Arc<ServerTls>,
+        secret: Secret,
+        keep_events: bool,
+    ) -> Result<Sink, SinkError> {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -123,6 +136,7 @@ impl Sink {
             received,
             attempts: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
+            keep_events,
             shutdown: shutdown.clone(),
         });
         let router = Router::new().fallback(receive).with_state(state.clone());
@@ -249,10 +263,12 @@ async fn receive(
         }
         Mode::Ok => {}
     }
-    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    st.events.lock().push(event);
+    if st.keep_events {
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return StatusCode::BAD_REQUEST;
+        };
+        st.events.lock().push(event);
+    }
     st.received.send_modify(|c| *c += 1);
     StatusCode::OK
 }

@@ -9,9 +9,15 @@
 //! A worker loop: read new outbox rows (past the last seq it saw, up to its
 //! window), start every due event while fewer than `concurrency` are in
 //! flight, then sleep until something finishes, a wake-up, the next due time
-//! or the poll interval. Each attempt is a task that reads its record, POSTs
-//! it, and records the outcome in its own store op — delete on 2xx, new
-//! `attempt`/`next_attempt_ms` otherwise — so many attempts share one fsync.
+//! or the poll interval. Each attempt is a task that reads its record and
+//! POSTs it. A failure is recorded in the attempt's own store op (new
+//! `attempt`/`next_attempt_ms`). A 2xx frees the attempt's slot at once; the
+//! worker removes the events answered 2xx in batches, one store op per
+//! batch with one batch in flight, and that op's commit may wait a few ms
+//! to share the next send's or receipt's fsync ([`REMOVAL_COMMIT_WAIT`]):
+//! at a steady rate, webhooks add no commits of their own. An event stays
+//! taken in the [`Schedule`] (its message's next event waits) until its
+//! removal committed.
 //!
 //! When the store cannot record an outcome (a full disk: [`Store::is_healthy`]
 //! is false) the worker starts no attempt until it can: an attempt it cannot
@@ -317,10 +323,18 @@ enum Attempted {
     Done,
     /// Still pending; due again at this unix ms.
     Retry(u64),
-    /// The client took it (2xx) but the delete failed: at this unix ms, only
-    /// delete it again; never POST it again.
-    Delivered(u64),
+    /// The client took it (2xx): remove it from the outbox (in the
+    /// worker's next removal batch); never POST it again.
+    Delivered(String),
 }
+
+/// How long an outbox removal's commit may wait for company. Removals are
+/// batched per worker (one store op for every event answered 2xx since the
+/// last one), and the batch's commit rides along with the next send or
+/// receipt commit, so a steady stream of webhooks adds no commits of its
+/// own. A crash before the commit sends those events again (at least once;
+/// clients de-duplicate by event id).
+const REMOVAL_COMMIT_WAIT: Duration = Duration::from_millis(20);
 
 impl Webhooks {
     /// Starts a worker for every client with a webhook, with the SPEC
@@ -491,6 +505,10 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     // Seqs the client took (2xx) whose delete failed; held in `sched` too,
     // so bounded by the window.
     let mut delivered: HashSet<u64> = HashSet::new();
+    // Events answered 2xx, waiting for the next removal batch; and the one
+    // batch in flight (its seqs come back with whether it committed).
+    let mut removals: Vec<(u64, String)> = Vec::new();
+    let mut removing: JoinSet<(Vec<u64>, bool)> = JoinSet::new();
     let mut paused = false;
     loop {
         // A store that cannot commit cannot record an attempt's outcome:
@@ -525,6 +543,13 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
                 let handle = inflight.spawn(task);
                 seq_of.insert(handle.id(), seq);
             }
+            if removing.is_empty() && !removals.is_empty() {
+                removing.spawn(
+                    shared
+                        .clone()
+                        .remove_batch(slot.id.clone(), std::mem::take(&mut removals)),
+                );
+            }
         }
         let wait = match sched.next_due() {
             Some(at) if healthy && inflight.len() < target.concurrency => {
@@ -535,7 +560,10 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
         tokio::select! {
             _ = slot.stop.cancelled() => break,
             Some(joined) = inflight.join_next_with_id() => {
-                apply(&mut sched, &mut seq_of, &mut delivered, joined, poll);
+                apply(&mut sched, &mut seq_of, &mut delivered, &mut removals, joined, poll);
+            }
+            Some(joined) = removing.join_next() => {
+                removed(&mut sched, &mut delivered, joined, poll);
             }
             _ = slot.notify.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -544,7 +572,20 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     // Let attempts in flight record their outcome, so a restart does not
     // resend what was just delivered.
     while let Some(joined) = inflight.join_next_with_id().await {
-        apply(&mut sched, &mut seq_of, &mut delivered, joined, poll);
+        apply(
+            &mut sched,
+            &mut seq_of,
+            &mut delivered,
+            &mut removals,
+            joined,
+            poll,
+        );
+    }
+    while let Some(joined) = removing.join_next().await {
+        removed(&mut sched, &mut delivered, joined, poll);
+    }
+    if !removals.is_empty() {
+        let _ = shared.clone().remove_batch(slot.id.clone(), removals).await;
     }
     tracing::info!(client = %slot.id, "webhook worker stopped");
 }
@@ -553,6 +594,7 @@ fn apply(
     sched: &mut Schedule,
     seq_of: &mut HashMap<tokio::task::Id, u64>,
     delivered: &mut HashSet<u64>,
+    removals: &mut Vec<(u64, String)>,
     joined: Result<(tokio::task::Id, Attempted), tokio::task::JoinError>,
     poll: Duration,
 ) {
@@ -569,9 +611,11 @@ fn apply(
             sched.done(seq);
         }
         Some(Attempted::Retry(at)) => sched.retry(seq, at),
-        Some(Attempted::Delivered(at)) => {
+        Some(Attempted::Delivered(event_id)) => {
+            // Stays taken in the schedule (the message's next event waits)
+            // until its removal committed.
             delivered.insert(seq);
-            sched.retry(seq, at);
+            removals.push((seq, event_id));
         }
         None => {
             tracing::error!(seq, "webhook attempt task failed; retrying later");
@@ -580,7 +624,59 @@ fn apply(
     }
 }
 
+/// Books a removal batch's outcome: committed events leave the schedule;
+/// if the commit failed they are due again for their removal only (never
+/// POSTed again by this worker).
+fn removed(
+    sched: &mut Schedule,
+    delivered: &mut HashSet<u64>,
+    joined: Result<(Vec<u64>, bool), tokio::task::JoinError>,
+    poll: Duration,
+) {
+    let Ok((seqs, ok)) = joined else {
+        // The task panicked: its seqs are lost to us, but they are still in
+        // `delivered`; a restart sends them again (at least once).
+        tracing::error!("webhook removal task failed");
+        return;
+    };
+    let retry_at = now_ms().saturating_add(ms(poll));
+    for seq in seqs {
+        if ok {
+            delivered.remove(&seq);
+            sched.done(seq);
+        } else {
+            sched.retry(seq, retry_at);
+        }
+    }
+}
+
 impl Shared {
+    /// Removes a batch of delivered events in one store op; returns their
+    /// seqs and whether the removal committed.
+    async fn remove_batch(
+        self: Arc<Self>,
+        client: String,
+        batch: Vec<(u64, String)>,
+    ) -> (Vec<u64>, bool) {
+        let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
+        match self
+            .outbox
+            .remove_many(&client, batch, REMOVAL_COMMIT_WAIT)
+            .await
+        {
+            Ok(_) => (seqs, true),
+            Err(e) => {
+                tracing::warn!(
+                    client,
+                    events = seqs.len(),
+                    error = %e,
+                    "delivered, but removing the events failed; retrying the removal"
+                );
+                (seqs, false)
+            }
+        }
+    }
+
     /// Reads outbox rows past the last seen seq into the schedule, up to the
     /// window, and refreshes the depth gauge.
     fn ingest(&self, client: &str, sched: &mut Schedule) {
@@ -630,24 +726,6 @@ impl Shared {
         Attempted::Retry(now_ms().saturating_add(ms(self.options.poll_interval)))
     }
 
-    /// Removes an event the client took (2xx). If that fails the event is
-    /// not sent again by this worker: only its removal is retried (a restart
-    /// before it succeeds sends it again: at least once).
-    async fn remove_delivered(&self, client: &str, seq: u64, rec: &OutboxRecord) -> Attempted {
-        match self.outbox.remove(client, seq, &rec.event_id).await {
-            Ok(_) => Attempted::Done,
-            Err(e) => {
-                tracing::warn!(
-                    client,
-                    event_id = %rec.event_id,
-                    error = %e,
-                    "delivered, but removing the event failed; retrying the removal"
-                );
-                Attempted::Delivered(now_ms().saturating_add(ms(self.options.poll_interval)))
-            }
-        }
-    }
-
     /// Drops an event past its maximum age.
     async fn expire(&self, client: &str, seq: u64, rec: &OutboxRecord) -> Attempted {
         self.count(client, "expired");
@@ -687,7 +765,7 @@ async fn attempt(
         }
     };
     if delivered {
-        return shared.remove_delivered(&client, seq, &rec).await;
+        return Attempted::Delivered(rec.event_id);
     }
     let deadline = rec.created_ms.saturating_add(ms(shared.options.max_age));
     if now_ms() >= deadline {
@@ -706,7 +784,7 @@ async fn attempt(
     let failure = match result {
         Ok(()) => {
             health.succeeded(&client);
-            return shared.remove_delivered(&client, seq, &rec).await;
+            return Attempted::Delivered(rec.event_id);
         }
         Err(f) => f,
     };

@@ -7,6 +7,14 @@
 use super::*;
 use crate::relay::record::MessageRecord;
 
+/// How long a receipt's commit may wait to share its fsync with other
+/// writes (see `Store::write_within`): the carrier waits this much longer
+/// for the deliver_sm_resp at most, and at a steady moderate rate the
+/// receipt rides along with the next send's commit instead of costing a
+/// commit of its own. Small against a carrier's window: at 3,000 receipts/s
+/// it keeps ~15 more deliver_sm outstanding over all binds.
+pub(crate) const RECEIPT_COMMIT_WAIT: Duration = Duration::from_millis(5);
+
 /// How long a receipt for an id not (yet) in the index is retried.
 pub(super) const EARLY_RECEIPT_WAIT: [Duration; 4] = [
     Duration::from_millis(20),
@@ -320,7 +328,7 @@ impl Inbound {
             .flatten();
         let result = self
             .audit
-            .write(move |atx| {
+            .write_within(RECEIPT_COMMIT_WAIT, move |atx| {
                 let mut applied = None;
                 let mut undecided = None;
                 let updated = record::update_message(atx.txn(), &message_id, |rec| {
