@@ -5,7 +5,7 @@
 //! Owns: [`InboundMessage`] (the decoded, text-redacting form of those PDUs),
 //! the [`InboundHandler`] trait, [`InboundOutcome`] (what a handler did, mapped
 //! to a command status in `status.rs`), [`TempErrorHandler`] (the default until the
-//! relay exists) and [`RecordingHandler`] (for tests).
+//! relay exists).
 //!
 //! Must not know: receipt text formats, opt-out keywords, webhooks.
 //!
@@ -15,9 +15,7 @@
 use std::fmt;
 
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
 use rusmpp::CommandStatus;
-use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::types::masked;
@@ -178,44 +176,6 @@ impl InboundHandler for TempErrorHandler {
     fn deliver<'a>(&'a self, _link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
         drop(msg);
         Box::pin(async { CommandStatus::EsmeRxTAppn })
-    }
-}
-
-/// A handler for tests: forwards every message to a channel and answers a
-/// fixed status.
-pub struct RecordingHandler {
-    tx: mpsc::Sender<(String, InboundMessage)>,
-    status: Mutex<CommandStatus>,
-}
-
-impl RecordingHandler {
-    /// A handler answering `ESME_ROK`, and the receiving end of its channel.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<(String, InboundMessage)>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (
-            RecordingHandler {
-                tx,
-                status: Mutex::new(CommandStatus::EsmeRok),
-            },
-            rx,
-        )
-    }
-
-    /// Changes the status answered from now on.
-    pub fn set_status(&self, status: CommandStatus) {
-        *self.status.lock() = status;
-    }
-}
-
-impl InboundHandler for RecordingHandler {
-    fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
-        let status = *self.status.lock();
-        Box::pin(async move {
-            if self.tx.send((link.to_owned(), msg)).await.is_err() {
-                return CommandStatus::EsmeRxTAppn;
-            }
-            status
-        })
     }
 }
 
