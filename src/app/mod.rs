@@ -145,6 +145,11 @@ impl App {
         Self::start_with(config, Some(faults)).await
     }
 
+    // Over 120 lines on purpose (issue 17): this is the appliance's
+    // assembly order (store → audit → shared state → webhooks → inbound
+    // handler → carrier pools → relay → SMPP server → listeners), read top
+    // to bottom in one place. It splits along the parts of the one runtime
+    // snapshot (issue 17 item 4), not before.
     async fn start_with(
         config: Config,
         faults: Option<crate::store::FaultSwitch>,
