@@ -43,9 +43,11 @@ use crate::webhook::Webhooks;
 
 mod parts;
 mod process;
+mod start;
 
 use parts::*;
 pub use process::{request_reload, run, ReloadStatus, RELOAD_STATUS_FILE, RELOAD_WAIT};
+use start::*;
 
 /// Why the appliance could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -145,11 +147,9 @@ impl App {
         Self::start_with(config, Some(faults)).await
     }
 
-    // Over 120 lines on purpose (issue 17): this is the appliance's
-    // assembly order (store → audit → shared state → webhooks → inbound
-    // handler → carrier pools → relay → SMPP server → listeners), read top
-    // to bottom in one place. It splits along the parts of the one runtime
-    // snapshot (issue 17 item 4), not before.
+    /// The appliance's assembly order, read top to bottom: store and
+    /// audit → shared state → webhooks → inbound handler → carrier pools
+    /// → relay → SMPP server → listeners; the phases are in `start.rs`.
     async fn start_with(
         config: Config,
         faults: Option<crate::store::FaultSwitch>,
@@ -159,33 +159,10 @@ impl App {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
         let metrics = Arc::new(Metrics::new());
-        let store = match faults {
-            None => Store::open(&config.node.state_dir, Some(metrics.clone()))?,
-            Some(f) => Store::open_with_faults(&config.node.state_dir, Some(metrics.clone()), f)?,
-        };
         let shutdown = Shutdown::new();
-        let audit = Audit::open(store.clone(), &config.node.id, Some(metrics.clone())).await?;
-        log_head("audit log head at start", &audit);
-        shutdown.spawn(
-            "audit-key-use",
-            audit.clone().run_key_use_flusher(shutdown.token()),
-        );
-        shutdown.spawn(
-            "retention",
-            retention(config.clone(), audit.clone(), shutdown.token()),
-        );
+        let (store, audit) = open_store(&config, faults, &metrics, &shutdown).await?;
 
-        // Fleet mode: limits, caps, opt-outs and the index in Redis.
-        let fleet = match &config.fleet {
-            Some(f) => {
-                let r = RedisShared::new(&config, f, metrics.clone())
-                    .map_err(|e| AppError::Other(format!("fleet: {e}")))?;
-                let r = Arc::new(r);
-                shutdown.spawn("fleet-health", fleet_health(r.clone(), shutdown.token()));
-                Some(r)
-            }
-            None => None,
-        };
+        let fleet = start_fleet(&config, &metrics, &shutdown)?;
         // Carriers first: binds proceed while the listeners come up.
         let shared: Arc<dyn crate::store::shared::SharedState> = match &fleet {
             Some(r) => r.clone(),
@@ -202,58 +179,23 @@ impl App {
             shutdown.tracker().clone(),
         )
         .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
-        let settler = Arc::new(crate::relay::settle::Settler::new(
-            audit.clone(),
-            Some(webhooks.clone()),
-            shared.clone(),
-            config.node.receipt_window,
-            config.node.receipt_deadline,
-        ));
-        // The handler and the relay share the send path's carrier ids, and
-        // the handler's keyword answers reach the relay through a queue:
-        // both are built before either, so nothing is set after the fact.
-        let sent = SentIds::default();
-        let (replies, reply_queue) = mpsc::channel(crate::relay::service::KEYWORD_REPLY_QUEUE);
-        let handler = Arc::new(Inbound::new(
-            &config,
-            shared.clone(),
-            audit.clone(),
-            metrics.clone(),
-            Some(webhooks.clone()),
-            background.clone(),
-            InboundLinks {
-                settler: settler.clone(),
-                sent: sent.clone(),
-                replies,
-            },
-        ));
-        {
-            let token = shutdown.token();
-            shutdown.spawn("receipt-rules", async move { settler.run(token).await });
-        }
+        let core = Core {
+            config: &config,
+            store: &store,
+            shared: &shared,
+            audit: &audit,
+            metrics: &metrics,
+            background: &background,
+            shutdown: &shutdown,
+        };
+        let (handler, sent, reply_queue) = start_inbound(&core, &webhooks);
         let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
-        // Each pool has its own token, so a reload can unbind one carrier
-        // without touching the others. Not a child of the shutdown token:
-        // a drain unbinds the carriers only after the in-flight requests
-        // that need them have finished ([`App::stop`]).
-        let pool_tokens: Vec<CancellationToken> = config
-            .carriers
-            .iter()
-            .map(|_| CancellationToken::new())
-            .collect();
-        set_configured_sessions(&metrics, None, &config);
-        let pool_ca: Vec<Option<[u8; 32]>> = config.carriers.iter().map(ca_digest).collect();
-        let pools: Vec<Pool> = config
-            .carriers
-            .iter()
-            .zip(&pool_tokens)
-            .map(|(c, t)| Pool::start(c.clone(), metrics.clone(), inbound.clone(), t.clone()))
-            .collect();
+        let (pools, pool_tokens, pool_ca) = start_pools(&config, &metrics, &inbound);
         let relay = Relay::new(
             &config,
             pools.clone(),
             store.clone(),
-            shared,
+            shared.clone(),
             audit.clone(),
             metrics.clone(),
             background.clone(),
@@ -268,45 +210,10 @@ impl App {
                 .answer_keywords(reply_queue, replies_stop.clone()),
         );
         if let Some(r) = &fleet {
-            // Receipts other nodes took for this node's messages.
-            let h = handler.clone();
-            shutdown.spawn(
-                "fleet-receipts",
-                r.clone().consume_receipts(
-                    move |rec| {
-                        let h = h.clone();
-                        async move { h.apply_forwarded(rec).await }
-                    },
-                    shutdown.token(),
-                ),
-            );
+            spawn_fleet_receipts(r, &handler, &shutdown);
         }
 
-        let smpp_tls = match config.smpp_server.listen {
-            Some(_) => Some(ServerTls::load(
-                &config.tls,
-                &[],
-                ClientAuth::RequireIfConfigured,
-            )?),
-            None => None,
-        };
-        let smpp_server = if config.smpp_server.listen.is_some()
-            || config.smpp_server.plaintext_listen.is_some()
-        {
-            let server = smpp::start_server(
-                &config.smpp_server,
-                smpp_tls.clone(),
-                config.peers.clone(),
-                inbound.clone(),
-                metrics.clone(),
-                shutdown.token(),
-            )
-            .await
-            .map_err(|e| AppError::Other(format!("smpp_server: {e}")))?;
-            Some(server)
-        } else {
-            None
-        };
+        let (smpp_tls, smpp_server) = start_smpp_server(&core, &inbound).await?;
 
         let api_tls =
             ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], api_client_auth(&config))?;
@@ -315,39 +222,15 @@ impl App {
             Arc::new(AuthToAudit(audit.clone())),
             metrics.clone(),
         ));
-        let state = ApiState::new(
-            relay.clone(),
-            Arc::new(Ready {
-                store: store.clone(),
-                relay: relay.clone(),
-                fleet: fleet.clone(),
-            }),
-            auth.clone(),
-            metrics.clone(),
-        )
-        .with_opt_outs(Arc::new(relay.clone()))
-        .with_consents(Arc::new(relay.clone()));
+        let state = api_state(&core, &relay, fleet.clone(), auth.clone());
         let api_listener = listen("api.listen", config.api.listen).await?;
         let metrics_listener = listen("metrics.listen", config.metrics.listen).await?;
-        let bound = Bound {
-            api: api_listener
-                .local_addr()
-                .map_err(|e| AppError::Other(e.to_string()))?,
-            metrics: metrics_listener
-                .local_addr()
-                .map_err(|e| AppError::Other(e.to_string()))?,
-            smpp: smpp_server.as_ref().and_then(|s| s.local_addr()),
-            smpp_plaintext: smpp_server.as_ref().and_then(|s| s.plaintext_addr()),
-        };
-        let metrics_tls = if config.metrics.tls {
-            Some(ServerTls::load(
-                &config.tls,
-                &[b"http/1.1"],
-                ClientAuth::None,
-            )?)
-        } else {
-            None
-        };
+        let bound = Bound::of(&api_listener, &metrics_listener, smpp_server.as_ref())?;
+        let metrics_tls = config
+            .metrics
+            .tls
+            .then(|| ServerTls::load(&config.tls, &[b"http/1.1"], ClientAuth::None))
+            .transpose()?;
 
         let limits = ConnLimits::from_api(&config.api);
         let (token, tracker) = (shutdown.token(), shutdown.tracker().clone());
@@ -355,38 +238,9 @@ impl App {
         shutdown.spawn("api", async move {
             api::serve_api(api_listener, tls, state, limits, token, tracker).await
         });
-        let (token, tracker, tls) = (
-            shutdown.token(),
-            shutdown.tracker().clone(),
-            metrics_tls.clone(),
-        );
-        // `/metrics`, and `GET /admin/backup` for `sms-conduit backup`.
-        let router = api::metrics_router(metrics.clone()).merge(crate::backup::admin_router(
-            store.clone(),
-            crate::backup::admin_token(&config.node.pseudonym_key),
-            config.node.state_dir.clone(),
-        ));
-        shutdown.spawn("metrics", async move {
-            if let Err(e) =
-                api::serve_metrics_router(metrics_listener, tls, router, token, tracker).await
-            {
-                tracing::error!("metrics listener stopped: {e}");
-            }
-        });
+        spawn_metrics(&core, metrics_listener, metrics_tls.clone());
         tracing::info!(api = %bound.api, metrics = %bound.metrics, node = %config.node.id, "listening");
-        // Every carrier bind tried once (bound or failed) before the caller
-        // may say READY=1 (SPEC §2), bounded so an unreachable carrier whose
-        // connect hangs cannot hold up the start.
-        let attempts = futures::future::join_all(pools.iter().map(Pool::first_bind_attempts));
-        if tokio::time::timeout(FIRST_BINDS_WAIT, attempts)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                wait_secs = FIRST_BINDS_WAIT.as_secs(),
-                "not every carrier bind finished its first attempt in time; starting anyway"
-            );
-        }
+        wait_first_binds(&pools).await;
         Ok(App {
             bound,
             metrics,
