@@ -84,7 +84,28 @@ pub struct Metrics {
     /// client id and key index (its position in `key_sha256`), never the
     /// key; only keys with a `not_after` have a series.
     pub api_key_expiry: IntGaugeVec,
+    /// Unix time of the `notAfter` of a TLS certificate chain (its earliest
+    /// one), by `role` and `name`: `server`/`tls` (ours, `[tls] cert_file`,
+    /// served by every TLS listener), `carrier`/carrier name (the chain the
+    /// carrier's SMSC presented at its last handshake), `webhook`/client id
+    /// (the leaf the client's webhook endpoint presented at its last
+    /// answered request). A series appears once the certificate was read.
+    pub tls_cert_expiry: IntGaugeVec,
+    /// Each brand's `daily_cap` (brands with a cap only).
+    pub brand_daily_cap: IntGaugeVec,
+    /// Segments counted against each capped brand's daily cap on its
+    /// current local day (the shared counter in fleet mode), refreshed
+    /// every [`CAP_USAGE_EVERY`].
+    pub brand_daily_segments: IntGaugeVec,
+    /// Each campaign's `segments_per_minute` (its rate limit).
+    pub campaign_rate_limit: IntGaugeVec,
+    /// Segments of MTs the carrier accepted, by campaign: with
+    /// `campaign_rate_limit`, the share of the limit in use.
+    pub campaign_segments: IntCounterVec,
 }
+
+/// How often the cap-usage gauges are refreshed from the daily counters.
+pub const CAP_USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
@@ -325,6 +346,36 @@ impl Metrics {
                 "sms_conduit_api_key_expiry_seconds",
                 "Seconds until an API key's not_after (negative once expired), by client and key index.",
                 &["client", "key"],
+            ),
+            tls_cert_expiry: gauge_vec(
+                &r,
+                "sms_conduit_tls_cert_expiry_timestamp_seconds",
+                "Unix time of the earliest notAfter of a TLS certificate chain, by role (server, carrier, webhook) and name.",
+                &["role", "name"],
+            ),
+            brand_daily_cap: gauge_vec(
+                &r,
+                "sms_conduit_brand_daily_cap_segments",
+                "A brand's daily segment cap (brands with a cap only).",
+                &["brand"],
+            ),
+            brand_daily_segments: gauge_vec(
+                &r,
+                "sms_conduit_brand_daily_segments",
+                "Segments counted against a capped brand's daily cap on its current local day.",
+                &["brand"],
+            ),
+            campaign_rate_limit: gauge_vec(
+                &r,
+                "sms_conduit_campaign_rate_limit_segments_per_minute",
+                "A campaign's segments_per_minute rate limit.",
+                &["campaign"],
+            ),
+            campaign_segments: counter_vec(
+                &r,
+                "sms_conduit_campaign_segments_total",
+                "Segments of MTs accepted by a carrier, by campaign.",
+                &["campaign"],
             ),
             registry: r,
         }

@@ -317,6 +317,28 @@ impl ServerTls {
         Ok(())
     }
 
+    /// The config a reload to `cfg` would install, built and checked
+    /// without changing anything (see [`ServerTls::install`]): a reload
+    /// prepares every part first, so a refused one changes nothing.
+    pub fn prepare(
+        &self,
+        cfg: &config::Tls,
+        client_auth: ClientAuth,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        server_config(cfg, &alpn, client_auth)
+    }
+
+    /// Installs what [`ServerTls::prepare`] built; cannot fail.
+    pub fn install(&self, sc: Arc<ServerConfig>, cfg: &config::Tls, client_auth: ClientAuth) {
+        *self.client_auth.write() = client_auth;
+        *self.current.write() = sc;
+        self.has_client_ca.store(
+            cfg.client_ca_file.is_some(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// As [`ServerTls::reload`], changing whether client certificates are
     /// asked for (the API: when a reload adds or removes the last pin).
     pub fn reload_with(&self, cfg: &config::Tls, client_auth: ClientAuth) -> Result<(), TlsError> {
@@ -450,4 +472,136 @@ pub fn self_signed(names: &[&str]) -> Result<SelfSigned, TlsError> {
         cert_pem: ck.cert.pem(),
         key_pem: ck.key_pair.serialize_pem(),
     })
+}
+
+/// The `notAfter` of a DER X.509 certificate, as unix seconds; `None` when
+/// the bytes are not a certificate this bounded reader understands (it
+/// walks only the outer structure: Certificate → tbsCertificate → validity,
+/// never panics, never allocates).
+pub fn not_after_unix(der: &[u8]) -> Option<i64> {
+    /// One DER TLV: its tag, its content and what follows it.
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        Some((tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] EXPLICIT version
+    }
+    // serialNumber, signature AlgorithmIdentifier, issuer: skipped.
+    for _ in 0..3 {
+        rest = tlv(rest)?.2;
+    }
+    let (SEQUENCE, validity, _) = tlv(rest)? else {
+        return None;
+    };
+    let (_, _, after_not_before) = tlv(validity)?;
+    let (tag, time, _) = tlv(after_not_before)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let full = match (tag, digits.len()) {
+        // UTCTime YYMMDDHHMMSS: 50-99 are 19xx, 00-49 20xx (RFC 5280).
+        (0x17, 12) => {
+            let yy: u32 = digits[..2].parse().ok()?;
+            format!("{}{digits}", if yy >= 50 { "19" } else { "20" })
+        }
+        // GeneralizedTime YYYYMMDDHHMMSS.
+        (0x18, 14) => digits.to_owned(),
+        _ => return None,
+    };
+    let n = |r: std::ops::Range<usize>| full.get(r)?.parse::<u32>().ok();
+    let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(n(0..4)?).ok()?, n(4..6)?, n(6..8)?)?;
+    let at = date.and_hms_opt(n(8..10)?, n(10..12)?, n(12..14)?)?;
+    Some(at.and_utc().timestamp())
+}
+
+/// The earliest `notAfter` of `certs` (a presented chain: the leaf and its
+/// intermediates; whichever expires first breaks the chain), as unix
+/// seconds; `None` when none can be read.
+pub fn earliest_not_after<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> Option<i64> {
+    certs.into_iter().filter_map(not_after_unix).min()
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    fn cert_expiring(y: i32, m: u8, d: u8) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn unix(y: i32, m: u32, d: u32) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp()
+    }
+
+    #[test]
+    fn reads_not_after_in_utc_time_and_generalized_time() {
+        // rcgen writes UTCTime before 2050 and GeneralizedTime from 2050.
+        assert_eq!(
+            not_after_unix(&cert_expiring(2031, 3, 4)),
+            Some(unix(2031, 3, 4))
+        );
+        assert_eq!(
+            not_after_unix(&cert_expiring(2061, 12, 31)),
+            Some(unix(2061, 12, 31))
+        );
+        let a = cert_expiring(2030, 1, 1);
+        let b = cert_expiring(2029, 6, 1);
+        assert_eq!(
+            earliest_not_after([a.as_slice(), b.as_slice()]),
+            Some(unix(2029, 6, 1))
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncations_are_none_not_panics() {
+        let good = cert_expiring(2031, 3, 4);
+        for n in 0..good.len() {
+            assert_eq!(not_after_unix(&good[..n]), None, "prefix of {n} bytes");
+        }
+        assert_eq!(not_after_unix(b""), None);
+        assert_eq!(not_after_unix(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(not_after_unix(&[0x30, 0x80]), None);
+        for seed in 0..200u32 {
+            let mut bad = good.clone();
+            let i = (seed as usize * 7919) % bad.len();
+            bad[i] ^= 0x5a;
+            let _ = not_after_unix(&bad);
+        }
+    }
 }

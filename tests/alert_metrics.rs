@@ -1,12 +1,15 @@
 //! The families contrib/prometheus/alerts.yml needs beside the existing
 //! ones (issue 19 item 5): configured sessions per carrier next to the
-//! bound ones, and the age of the oldest status event a client's webhook
-//! has not taken.
+//! bound ones, the age of the oldest status event a client's webhook has
+//! not taken, TLS certificate expiry (ours, the carrier's, the webhook
+//! endpoint's) and rate-limit and daily-cap usage.
 
 mod support;
 
 use std::time::Duration;
 
+use sms_conduit::tools::Sink;
+use sms_conduit::types::Secret;
 use support::relay::*;
 
 const PW: &str = "am-pw1";
@@ -97,4 +100,99 @@ async fn oldest_outbox_age_grows_while_the_webhook_is_down() {
     assert!(relay.outbox_depth() > 0);
     // Draining may leave the undeliverable event behind: that is the point.
     let _ = relay.stop().await;
+}
+
+/// The earliest notAfter of a PEM file's chain, as the relay reads it.
+fn not_after(pem: &std::path::Path) -> i64 {
+    let certs = sms_conduit::tls::load_certs(pem).unwrap();
+    sms_conduit::tls::earliest_not_after(certs.iter().map(|c| c.as_ref())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_of_ours_the_carriers_and_the_webhook_endpoints() {
+    let files = Files::new();
+    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(b"whsec_am".to_vec()))
+        .await
+        .unwrap();
+    let sim = files
+        .sim(PW, |o| o.dlr_delay = Duration::from_millis(20))
+        .await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)]).webhook(
+        &sink.url(),
+        b"whsec_am",
+        sink.ca_file(),
+    );
+    let mut relay = Relay::start(files, setup).await;
+    // The simulated carrier presents the relay's own certificate here.
+    let ours = not_after(&relay.files.cert);
+    let hook = not_after(sink.ca_file().unwrap());
+    let now = chrono::Utc::now().timestamp();
+    assert!(ours > now && hook > now);
+    let series = |role: &str, name: &str| {
+        format!(r#"sms_conduit_tls_cert_expiry_timestamp_seconds{{name="{name}",role="{role}"}}"#)
+    };
+    let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+    assert_eq!(gauge(&text, &series("server", "tls")), Some(ours), "{text}");
+    assert_eq!(gauge(&text, &series("carrier", "carrier-a")), Some(ours));
+    // No series before the endpoint answered: 0 would read as expired.
+    assert_eq!(gauge(&text, &series("webhook", "clinic-app")), None);
+
+    relay.send_ok(&message("Expiry check.")).await;
+    assert!(
+        sink.wait_for(1, Duration::from_secs(10)).await,
+        "no webhook"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the webhook certificate's series",
+        || {
+            let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+            gauge(&text, &series("webhook", "clinic-app")) == Some(hook)
+        },
+    )
+    .await;
+    let _ = relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_daily_cap_usage_per_campaign_and_brand() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)])
+        .limits(600, 100)
+        .daily_cap(50, "America/Los_Angeles");
+    let mut relay = Relay::start(files, setup).await;
+    let one = message("Usage one.");
+    let two = message(&"Two segments of usage. ".repeat(10)[..200]);
+    relay.send_ok(&one).await;
+    relay.send_ok(&two).await;
+    let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+    let c = format!(r#"{{campaign="{CAMPAIGN}"}}"#);
+    assert_eq!(
+        gauge(&text, &format!("sms_conduit_campaign_segments_total{c}")),
+        Some(3),
+        "{text}"
+    );
+    assert_eq!(
+        gauge(
+            &text,
+            &format!("sms_conduit_campaign_rate_limit_segments_per_minute{c}")
+        ),
+        Some(600)
+    );
+    let b = format!(r#"{{brand="{BRAND}"}}"#);
+    assert_eq!(
+        gauge(&text, &format!("sms_conduit_brand_daily_cap_segments{b}")),
+        Some(50)
+    );
+    // The uncapped brand has no cap series.
+    assert!(!text.contains(r#"sms_conduit_brand_daily_cap_segments{brand="BOTHER1"}"#));
+    // Refreshed from the daily counter every CAP_USAGE_EVERY.
+    let within = sms_conduit::metrics::CAP_USAGE_EVERY * 2 + Duration::from_secs(2);
+    wait_until(within, "the brand's 3 segments in the usage gauge", || {
+        let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+        gauge(&text, &format!("sms_conduit_brand_daily_segments{b}")) == Some(3)
+    })
+    .await;
+    assert!(relay.stop().await);
 }

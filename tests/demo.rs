@@ -130,6 +130,20 @@ fn demo_200_messages_accounts_for_every_one() {
     assert_eq!(get("delivered"), get("accepted"), "{}", o.stdout);
     assert_eq!(get("unaccounted"), 0, "{}", o.stdout);
     assert!(get("accepted") > 0, "{}", o.stdout);
+    // The refusals say why: code, campaign and the relay's detail.
+    if get("refused by code") > 0 {
+        let why = o
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("why"))
+            .unwrap_or_else(|| panic!("no `why` line for the refusals:\n{}", o.stdout));
+        assert!(
+            why.contains("429 rate_limited on CDEMOSLOW")
+                && why.contains("segments_per_minute")
+                && why.contains("retry after"),
+            "{why}"
+        );
+    }
     assert!(
         o.stdout.contains("result: ok, every message accounted for"),
         "{}",

@@ -158,3 +158,123 @@ async fn a_refused_reload_fails_the_reload_command_with_the_reason() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
 }
+
+/// A reload whose webhook part fails is refused as a whole: the caller
+/// gets the error and nothing of the new config is applied (here, a new
+/// API key that came with it). The webhook URL is spoiled after parsing,
+/// the one failure left once the config and its files validated; before,
+/// the webhook error was only logged, after the keys, limits and carriers
+/// had already been switched, and the reload reported success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_webhook_part_fails_changes_nothing_and_says_so() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let dead = closed_port().await;
+    let url = format!("http://127.0.0.1:{dead}/events");
+    let setup = || {
+        Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)]).webhook(
+            &url,
+            b"whsec_rt",
+            None,
+        )
+    };
+    let mut relay = Relay::start(files, setup()).await;
+    relay.send_ok(&message("Before the reload.")).await;
+
+    // The new config: a new key for clinic-app, and a webhook that cannot
+    // be built.
+    let (new_key, new_hash) = sms_conduit::api::new_key();
+    let (_, other_hash) = sms_conduit::api::new_key();
+    let toml = toml_for(&relay.files, &setup(), &new_hash, &other_hash);
+    let mut config =
+        sms_conduit::config::Config::from_toml(&toml, relay.files.dir.path(), None).unwrap();
+    let hook = config.clients[0]
+        .webhook
+        .as_mut()
+        .expect("clinic-app's webhook");
+    hook.url = "https://[not a host/events".into();
+    let err = relay
+        .try_reload(config)
+        .await
+        .expect_err("a reload with a broken webhook was applied");
+    let err = err.to_string();
+    assert!(
+        err.contains("webhook"),
+        "the error names the webhook: {err}"
+    );
+    assert!(err.contains("clinic-app"), "and its client: {err}");
+
+    // Nothing changed: the old key still sends, the new one is unknown.
+    relay.send_ok(&message("After the refused reload.")).await;
+    let r = relay
+        .post_raw(Some(&new_key), None, message("new key").to_string())
+        .await;
+    assert_eq!(r.status().as_u16(), 401, "the new key was applied");
+    assert!(relay.stop().await);
+}
+
+/// The same through the real binary: a webhook secret file that cannot be
+/// read (a directory in its place) refuses the reload. `sms-conduit
+/// reload` refuses it before signalling (the config does not load), and a
+/// SIGHUP sent directly (`kill -HUP`) is refused by the process, which
+/// writes the reason to its status file and keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_webhook_secret_refuses_the_reload_with_the_reason() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let dead = closed_port().await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)]).webhook(
+        &format!("http://127.0.0.1:{dead}/events"),
+        b"whsec_rt",
+        None,
+    );
+    let (_key, hash) = sms_conduit::api::new_key();
+    let (_, other_hash) = sms_conduit::api::new_key();
+    let toml = toml_for(&files, &setup, &hash, &other_hash);
+    let dir = files.dir.path();
+    std::fs::write(dir.join("sms-conduit.toml"), &toml).unwrap();
+    let mut child = start(dir);
+    let status = dir.join("state").join(sms_conduit::app::RELOAD_STATUS_FILE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sms_conduit::app::ReloadStatus::read(&status).is_none() {
+        assert!(Instant::now() < deadline, "no {}", status.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let secret = dir.join("clinic-app.whsec");
+    std::fs::remove_file(&secret).unwrap();
+    std::fs::create_dir(&secret).unwrap();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let dir = dir.to_owned();
+        move || reload(&dir)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !ok,
+        "a reload with an unreadable webhook secret succeeded: {out}"
+    );
+    assert!(
+        err.contains("clinic-app.whsec"),
+        "the reason names the file: {err}"
+    );
+
+    // Past the command: the process itself refuses it.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        match sms_conduit::app::ReloadStatus::read(&status) {
+            Some(s) if s.generation >= 1 => break s,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no reload outcome");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = s.outcome.expect_err("the process applied the reload");
+    assert!(reason.contains("clinic-app.whsec"), "{reason}");
+    assert!(child.try_wait().unwrap().is_none(), "the relay exited");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}

@@ -1,37 +1,61 @@
 #!/usr/bin/env bash
 # sms-conduit against Kannel 1.4.5 (Debian's build) on the same machine, same
 # simulated carrier (`sms-conduit sim-carrier --dlr-delay-ms 200`), same
-# messages, delivery receipts requested by both. All on loopback.
+# messages, all on loopback, at the same fixed rates and flat out in one
+# sitting, with a receipt for every message and that receipt delivered to
+# the client by both systems:
 #
-#   benches/compare/kannel.sh [MESSAGES]          (default 20000)
+#   benches/compare/kannel.sh [MESSAGES]   (default 20000, the flat-out run)
 #
-# Kannel: its own HTTP interface (GET /cgi-bin/sendsms, plain HTTP) driven by
-# wrk with a Lua script (exactly MESSAGES requests, CONNECTIONS keep-alive
-# connections); bearerbox → sim over SMPP, once over TLS and once plaintext
-# (KANNEL_SMPP="tls plain"). sms-conduit: HTTPS API driven by
-# `sms-conduit bench`, relay → sim over SMPP/TLS.
+# For each load (RATES, default "1000 3000" msg/s for RATE_SECONDS s each,
+# then flat out with MESSAGES messages), Kannel then sms-conduit, each on a
+# fresh instance and a fresh simulator:
 #
-# Measured per system: wall time from the first request to the moment the
-# system's own counter shows MESSAGES submits answered OK by the sim (Kannel's
-# status page `sent`, the relay's `sms_conduit_messages_total{outcome=
-# "accepted"}`, which moves only after submit_sm_resp), polled every 50 ms;
-# CPU seconds (user+sys from /proc/PID/stat) of bearerbox+smsbox or of the
-# relay, from before the first request until every delivery receipt has been
-# received, per 1,000 messages; peak RSS (VmHWM, summed over the processes).
-# Then one canary message goes through each system and the script counts
-# the lines holding its text in that system's logs and state.
+# Kannel: bearerbox + smsbox, its own HTTP interface (GET /cgi-bin/sendsms,
+# plain HTTP) with `dlr-mask=3` and a `dlr-url` that points at
+# benches/compare/callback-sink.js (node, 127.0.0.1): smsbox calls it for
+# every receipt, and the sink counts the calls. Fixed rates: driven by
+# benches/compare/paced.js (node, keep-alive agent, CONNECTIONS sockets,
+# the same pacing design as `sms-conduit bench --rate`); flat out: wrk with
+# a Lua script (exactly MESSAGES requests over CONNECTIONS connections).
+# bearerbox → sim over SMPP/TLS (KANNEL_SMPP="tls plain" adds plaintext).
+# No message store unless KANNEL_STORE=spool.
 #
-# Env: BIN (default target/release/sms-conduit), CONNECTIONS (64),
-# KANNEL_SMPP ("tls plain"), KEEP=1 keeps the work directory.
+# sms-conduit: HTTPS API driven by `sms-conduit bench` (`--rate R` at a
+# fixed rate), relay → sim over SMPP/TLS; the client has a `webhook_url`,
+# so every receipt goes out as a signed HTTPS webhook, received and
+# verified by the bench itself (`--webhook-sink`), which waits for all of
+# them before it exits.
+#
+# Measured per system and load: answered msg/s (the load generator's);
+# end to end: wall time from launching the load generator until the last
+# receipt's callback/webhook is in (Kannel: the sink's count, polled every
+# 50 ms; sms-conduit: the bench's exit); CPU seconds (user+sys from
+# /proc/PID/stat) of bearerbox+smsbox or of the relay over that same window,
+# and µs of CPU per message; p50/p99 request latency from the load
+# generator; the callback sink's own CPU. Then, after the flat-out run, one
+# canary message goes through each system and the script counts the lines
+# holding its text in that system's logs and state.
+#
+# Env: BIN (default target/release/sms-conduit), RATES ("1000 3000"),
+# RATE_SECONDS (10), CONNECTIONS (64), KANNEL_SMPP ("tls"), KANNEL_STORE
+# ("" or spool), FLAT=0 skips the flat-out run, KEEP=1 keeps the work
+# directory, STALL (5): how long Kannel's callback count may stand still
+# before the run stops waiting for the missing ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
 C=${CONNECTIONS:-64}
-KANNEL_SMPP=${KANNEL_SMPP:-tls plain}
+RATES=${RATES:-1000 3000}
+RATE_SECONDS=${RATE_SECONDS:-10}
+KANNEL_SMPP=${KANNEL_SMPP:-tls}
+KANNEL_STORE=${KANNEL_STORE:-}
+HERE=$(realpath benches/compare)
 BIN=${BIN:-target/release/sms-conduit}
 [ -x "$BIN" ] || cargo build --release
 BINABS=$(realpath "$BIN")
 
+command -v node >/dev/null || { echo "node is needed (paced client, callback sink)" >&2; exit 1; }
 if ! command -v bearerbox >/dev/null || ! command -v smsbox >/dev/null || ! command -v wrk >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kannel wrk >/dev/null
 fi
@@ -51,7 +75,12 @@ TICK=$(getconf CLK_TCK)
 TEXT="Reminder: your appointment is tomorrow at 10:00. Reply STOP to opt out."
 TEXT_Q=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote_plus(sys.argv[1]))' "$TEXT")
 PORT=$((30000 + RANDOM % 20000))
-next_port() { PORT=$((PORT + 1)); } # sets PORT (no subshell: it must persist)
+# Sets PORT (no subshell: it must persist) to the next port nothing listens on
+# (other benchmarks may share the machine).
+next_port() {
+  PORT=$((PORT + 1))
+  while (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
+}
 
 now() { date +%s.%N; }
 # user+sys clock ticks of the given PIDs, summed.
@@ -69,11 +98,28 @@ wait_count() {
     sleep 0.05
   done
 }
+# Poll a command printing a number until it reaches $2, or until it has not
+# moved for $3 s (some receipts never come); sets LAST_MOVE to the time
+# (now) of the last poll at which the number had moved.
+wait_progress() {
+  local cmd=$1 want=$2 stall=$3 v last=-1 since
+  since=$(date +%s); LAST_MOVE=$(now)
+  while :; do
+    v=$($cmd 2>/dev/null || true); v=${v:-0}
+    [ "$v" -ge "$want" ] && { LAST_MOVE=$(now); return 0; }
+    if [ "$v" != "$last" ]; then last=$v; since=$(date +%s); LAST_MOVE=$(now); fi
+    [ $(($(date +%s) - since)) -ge "$stall" ] && { echo "$cmd: stuck at $v of $want for ${stall} s" >&2; return 1; }
+    sleep 0.05
+  done
+}
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# Forget a PID once its process is reaped, so that the exit trap never
+# signals a reused one.
+forget() { local p keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
+stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; forget "$1"; }
 # Lines holding the canary, summed over every file under the given paths.
 # (The simulated carrier's and the load generators' files are not the system's.)
-SKIP=(--exclude='sim.*' --exclude=wrk.out --exclude=bench.out)
+SKIP=(--exclude='sim.*' --exclude=wrk.out --exclude=bench.out --exclude=paced.out --exclude='sink.*')
 canary_lines() { grep -rac "${SKIP[@]}" -- "$1" "$2" 2>/dev/null | awk -F: '{s += $NF} END {print s + 0}'; }
 canary_files() { grep -ral "${SKIP[@]}" -- "$1" "$2" 2>/dev/null | sed "s|$2/||" | paste -sd' ' || true; }
 
@@ -133,17 +179,36 @@ end
 LUA
 
 RESULTS=()
-row() { # name wall_s cpu_ticks hwm_kb
-  RESULTS+=("$(awk -v n="$1" -v m="$N" -v w="$2" -v t="$3" -v k="$4" -v hz="$TICK" \
-    'BEGIN {printf "%s|%d|%.2f|%.0f|%.3f|%.1f", n, m, w, m / w, t / hz / m * 1000, k / 1024}')")
+# system load messages answered_msg_s e2e_s cpu_ticks p50_ms p99_ms callbacks sink_ticks hwm_kb
+row() {
+  RESULTS+=("$(awk -v n="$1" -v l="$2" -v m="$3" -v a="$4" -v w="$5" -v t="$6" -v p50="$7" -v p99="$8" \
+    -v cb="$9" -v st="${10}" -v k="${11}" -v hz="$TICK" \
+    'BEGIN {printf "%s|%s|%d|%.0f|%.2f|%.0f|%.2f|%.0f|%s|%s|%d|%s|%.1f", n, l, m, a, w, m / w, t / hz, t / hz / m * 1e6,
+      p50, p99, cb, (st == "-" ? "-" : sprintf("%.0f", st / hz / m * 1e6)), k / 1024}')")
+}
+# A callback sink (node) on a fresh port → CB_PID, CB_PORT.
+start_callback_sink() { # dir
+  next_port; CB_PORT=$PORT
+  node "$HERE/callback-sink.js" $CB_PORT > "$1/sink.out" 2> "$1/sink.err" &
+  CB_PID=$!; PIDS+=($CB_PID)
+  wait_port $CB_PORT
 }
 
-run_kannel() { # tls|plain
-  local mode=$1 dir="$work/kannel-$1" ssl="" admin box http bb sb t0 t1 c0 c1 canary wrk_pid
+run_kannel() { # tls|plain rate(0 = flat out) messages canary(0|1)
+  local mode=$1 rate=$2 n=$3 want_canary=$4 ssl="" store="" admin box http bb sb t0 t1 c0 c1 s0 s1 canary gen_pid
+  local load dir
+  if [ "$rate" = 0 ]; then load="flat out"; else load="$rate/s"; fi
+  dir="$work/kannel-$mode-$rate"
   mkdir -p "$dir"
   start_sim "$dir" "$mode"
+  start_callback_sink "$dir"
   next_port; admin=$PORT; next_port; box=$PORT; next_port; http=$PORT
   [ "$mode" = tls ] && ssl="use-ssl = true"
+  if [ "$KANNEL_STORE" = spool ]; then
+    mkdir -p "$dir/spool"
+    store="store-type = spool
+store-location = \"$dir/spool\""
+  fi
   {
     cat <<CONF
 group = core
@@ -158,6 +223,7 @@ log-level = 2
 access-log = "$dir/access.log"
 dlr-storage = internal
 ssl-trusted-ca-file = "$work/example/server.crt"
+$store
 
 CONF
     # Two binds with a window of 256 each, as the relay is configured below.
@@ -208,42 +274,71 @@ CONF
   kannel_online() { curl -sf "$status" | grep -c '(online '; }
   kannel_sent() { curl -sf "$status" | sed -n 's/^SMS: received [0-9]* ([0-9]* queued), sent \([0-9]*\) .*/\1/p'; }
   kannel_dlrs() { curl -sf "$status" | sed -n 's/^DLR: received \([0-9]*\),.*/\1/p'; }
+  callbacks() { curl -sf "http://127.0.0.1:$CB_PORT/count"; }
   wait_count kannel_online 2 30
-  local base="/cgi-bin/sendsms?username=bench&password=bench-pw&from=%2B15551230001&dlr-mask=3&text=$TEXT_Q"
+  # dlr-mask=3: final receipts (delivered or not); smsbox calls the dlr-url
+  # (%d: the report's type) for each one.
+  local dlr_url="http%3A%2F%2F127.0.0.1%3A$CB_PORT%2Fdlr%3Fs%3D%25d"
+  local base="/cgi-bin/sendsms?username=bench&password=bench-pw&from=%2B15551230001&dlr-mask=3&dlr-url=$dlr_url&text=$TEXT_Q"
 
-  echo "== Kannel $KANNEL_VERSION, SMPP $mode: $N messages, $C connections (wrk)"
-  c0=$(ticks $bb $sb); t0=$(now)
-  WRK_MESSAGES=$N WRK_THREADS=2 WRK_PATH=$base \
-    wrk -t2 -c"$C" -d600s --timeout 60s -s "$work/sendsms.lua" "http://127.0.0.1:$http" > "$dir/wrk.out" 2>&1 &
-  wrk_pid=$!; PIDS+=($wrk_pid)
-  wait_count kannel_sent "$N" 600
-  t1=$(now)
-  # wrk's threads are done; its main thread sleeps out -d unless interrupted.
-  for _ in $(seq 100); do grep -q '^wrk:' "$dir/wrk.out" && break; kill -INT $wrk_pid 2>/dev/null || true; sleep 0.1; done
-  wait $wrk_pid 2>/dev/null || true
-  grep -E '^wrk:|Socket errors' "$dir/wrk.out" || true
-  wait_count kannel_dlrs "$N" 60
-  sleep 0.3
-  c1=$(ticks $bb $sb)
-  row "Kannel $KANNEL_VERSION (SMPP $mode)" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" $((c1 - c0)) "$(hwm $bb $sb)"
+  local p50 p99 answered out
+  c0=$(ticks $bb $sb); s0=$(ticks $CB_PID); t0=$(now)
+  if [ "$rate" = 0 ]; then
+    echo "== Kannel $KANNEL_VERSION, SMPP $mode, store ${KANNEL_STORE:-none}: flat out, $n messages, $C connections (wrk)"
+    WRK_MESSAGES=$n WRK_THREADS=2 WRK_PATH=$base \
+      wrk -t2 -c"$C" -d600s --timeout 60s -s "$work/sendsms.lua" "http://127.0.0.1:$http" > "$dir/wrk.out" 2>&1 &
+    gen_pid=$!; PIDS+=($gen_pid)
+    wait_count kannel_sent "$n" 600
+    local ts=$(now)
+    # wrk's threads are done; its main thread sleeps out -d unless interrupted.
+    for _ in $(seq 100); do grep -q '^wrk:' "$dir/wrk.out" && break; kill -INT $gen_pid 2>/dev/null || true; sleep 0.1; done
+    wait $gen_pid 2>/dev/null || true; forget $gen_pid
+    out=$(grep -E '^wrk:|Socket errors' "$dir/wrk.out" || true)
+    # wrk's own timing ends at the interrupt: the submits' wall time stands in.
+    answered=$(awk -v m="$n" -v a="$t0" -v b="$ts" 'BEGIN {print m / (b - a)}')
+    p50=$(sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p' <<< "$out"); p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p' <<< "$out")
+  else
+    echo "== Kannel $KANNEL_VERSION, SMPP $mode, store ${KANNEL_STORE:-none}: $rate msg/s, $n messages, $C connections (paced.js)"
+    node "$HERE/paced.js" "http://127.0.0.1:$http$base" "$n" "$rate" "$C" > "$dir/paced.out" 2>&1 &
+    gen_pid=$!; PIDS+=($gen_pid)
+    wait $gen_pid || true; forget $gen_pid
+    out=$(cat "$dir/paced.out")
+    answered=$(sed -n 's/.* \([0-9]*\) msg\/s.*/\1/p' <<< "$out")
+    p50=$(sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p' <<< "$out"); p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p' <<< "$out")
+  fi
+  echo "$out"
+  # Until the last callback; if some never come, until the last one that
+  # did (the CPU then includes the STALL s of waiting, mostly idle).
+  wait_progress callbacks "$n" "${STALL:-5}" || true
+  t1=$LAST_MOVE; c1=$(ticks $bb $sb); s1=$(ticks $CB_PID)
+  local cb; cb=$(callbacks)
+  echo "callbacks received: $cb"
   curl -sf "$status" | grep -E '^(SMS|DLR): received' | sed 's/^/kannel status: /'
+  row "Kannel $KANNEL_VERSION (SMPP $mode)" "$load" "$n" "${answered:-0}" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
+    $((c1 - c0)) "${p50:--}" "${p99:--}" "$cb" $((s1 - s0)) "$(hwm $bb $sb)"
 
-  canary="CANARY-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
-  curl -sf "http://127.0.0.1:$http/cgi-bin/sendsms?username=bench&password=bench-pw&from=%2B15551230001&to=%2B15559990000&dlr-mask=3&text=$canary" >/dev/null
-  wait_count kannel_sent $((N + 1)) 30
-  wait_count kannel_dlrs $((N + 1)) 30
-  stop $sb; stop $bb; stop $SIM_PID
+  if [ "$want_canary" = 1 ]; then
+    canary="CANARY-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+    curl -sf "http://127.0.0.1:$http/cgi-bin/sendsms?username=bench&password=bench-pw&from=%2B15551230001&to=%2B15559990000&dlr-mask=3&dlr-url=$dlr_url&text=$canary" >/dev/null
+    wait_count kannel_sent $((n + 1)) 30
+    wait_progress callbacks $((n + 1)) "${STALL:-5}" || true
+    CANARY+=("Kannel (SMPP $mode)|$canary|$(canary_lines "$canary" "$dir")|$(canary_files "$canary" "$dir")")
+  fi
+  stop $sb; stop $bb; stop $SIM_PID; stop $CB_PID
   echo "sim: $(cat "$dir/sim.out")"
-  CANARY+=("Kannel (SMPP $mode)|$canary|$(canary_lines "$canary" "$dir")|$(canary_files "$canary" "$dir")")
+  cat "$dir/sink.out"
+  [ "${KEEP:-}" = 1 ] || rm -rf "$dir"
   echo
 }
 
-run_conduit() {
-  local dir="$work/conduit" key hash api met relay t0 t1 c0 c1 canary bench_pid
+run_conduit() { # rate(0 = flat out) messages canary(0|1)
+  local rate=$1 n=$2 want_canary=$3 key hash api met sinkp relay t0 t1 c0 c1 canary load dir
+  if [ "$rate" = 0 ]; then load="flat out"; else load="$rate/s"; fi
+  dir="$work/conduit-$rate"
   mkdir -p "$dir"
   cp -r "$work/example" "$dir/example"
   start_sim "$dir" tls
-  next_port; api=$PORT; next_port; met=$PORT
+  next_port; api=$PORT; next_port; met=$PORT; next_port; sinkp=$PORT
   key=$("$BINABS" keys new --client bench | sed -n 2p | tr -d ' ')
   hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
   cat > "$dir/c.toml" <<TOML
@@ -285,64 +380,94 @@ start_text = "start"
 id = "bench"
 key_sha256 = ["$hash"]
 campaigns = ["CBENCH1"]
+webhook_url = "https://127.0.0.1:$sinkp/events"
+webhook_secret_file = "example/clinic-app.whsec"
+webhook_ca_file = "example/server.crt"
 TOML
   (cd "$dir" && RUST_LOG=warn exec "$BINABS" run --config c.toml > relay.out 2> relay.err) &
   relay=$!; PIDS+=($relay)
   for _ in $(seq 200); do curl -sf --cacert "$work/example/server.crt" "https://127.0.0.1:$api/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+  kill -0 $relay 2>/dev/null || { echo "the relay exited:" >&2; cat "$dir/relay.err" >&2; exit 1; }
   local metrics="http://127.0.0.1:$met/metrics"
   conduit_sent() { curl -sf "$metrics" | awk '/^sms_conduit_messages_total\{/ && /direction="mt"/ && /outcome="accepted"/ {s += $NF} END {print s + 0}'; }
   conduit_dlrs() { curl -sf "$metrics" | awk '/^sms_conduit_smpp_pdus_total\{/ && /deliver_sm"/ && /in"/ {s += $NF} END {print s + 0}'; }
 
-  echo "== sms-conduit, SMPP tls: $N messages, $C connections (sms-conduit bench, HTTPS)"
+  local ratearg=() out answered p50 p99 wh
+  if [ "$rate" = 0 ]; then
+    echo "== sms-conduit, SMPP tls, webhooks: flat out, $n messages, $C connections (sms-conduit bench, HTTPS)"
+  else
+    echo "== sms-conduit, SMPP tls, webhooks: $rate msg/s, $n messages, $C connections (sms-conduit bench --rate, HTTPS)"
+    ratearg=(--rate "$rate")
+  fi
   c0=$(ticks $relay); t0=$(now)
-  "$BINABS" bench --url "https://127.0.0.1:$api" --api-key "$key" --ca-file "$work/example/server.crt" \
-    --campaign CBENCH1 --from +15551230001 --text "$TEXT" --messages "$N" --connections "$C" \
-    --relay-pid $relay > "$dir/bench.out" 2>&1 &
-  bench_pid=$!; PIDS+=($bench_pid)
-  wait_count conduit_sent "$N" 600
-  t1=$(now)
-  wait $bench_pid
-  grep -vE '^\s*$' "$dir/bench.out" | sed 's/^/bench: /' | tr -d '\r' | grep -v 'bench: .*\[' || true
-  wait_count conduit_dlrs "$N" 60 || true
-  sleep 0.3
-  c1=$(ticks $relay)
-  row "sms-conduit (SMPP tls)" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" $((c1 - c0)) "$(hwm $relay)"
-  curl -sf "$metrics" | grep -E '^sms_conduit_(messages_total|smpp_pdus_total)' | sed 's/^/relay metrics: /'
+  # The bench receives and verifies every webhook and exits once all are in.
+  (cd "$dir" && exec "$BINABS" bench --url "https://127.0.0.1:$api" --api-key "$key" --ca-file example/server.crt \
+    --campaign CBENCH1 --from +15551230001 --text "$TEXT" --messages "$n" --connections "$C" "${ratearg[@]}" \
+    --relay-pid $relay --webhook-sink "127.0.0.1:$sinkp" --sink-cert example/server.crt --sink-key example/server.key \
+    --webhook-secret-file example/clinic-app.whsec > bench.out 2>&1) || true
+  t1=$(now); c1=$(ticks $relay)
+  out=$(grep -vE '^\s*$' "$dir/bench.out" | tr -d '\r' | grep -v '\[' || true)
+  sed 's/^/bench: /' <<< "$out"
+  answered=$(awk '/^throughput/ {print $2}' <<< "$out")
+  p50=$(sed -n 's/^latency *p50 \([0-9.]*\) ms.*/\1/p' <<< "$out"); p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p' <<< "$out")
+  wh=$(awk '/^webhooks/ {print $2}' <<< "$out")
+  curl -sf "$metrics" | grep -E '^sms_conduit_(messages_total|store_commit_batch_size_(sum|count))' | sed 's/^/relay metrics: /'
+  row "sms-conduit (SMPP tls)" "$load" "$n" "${answered:-0}" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
+    $((c1 - c0)) "${p50:--}" "${p99:--}" "${wh:-0}" - "$(hwm $relay)"
 
-  canary="CANARY-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
-  curl -sf --cacert "$work/example/server.crt" "https://127.0.0.1:$api/v1/messages" \
-    -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-    -d "{\"from\":\"+15551230001\",\"to\":\"+15559990000\",\"text\":\"$canary\",\"campaign_id\":\"CBENCH1\"}" >/dev/null
-  wait_count conduit_sent $((N + 1)) 30
-  wait_count conduit_dlrs $((N + 1)) 30 || true
-  sleep 0.3
+  if [ "$want_canary" = 1 ]; then
+    canary="CANARY-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+    curl -sf --cacert "$work/example/server.crt" "https://127.0.0.1:$api/v1/messages" \
+      -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+      -d "{\"from\":\"+15551230001\",\"to\":\"+15559990000\",\"text\":\"$canary\",\"campaign_id\":\"CBENCH1\"}" >/dev/null
+    wait_count conduit_sent $((n + 1)) 30
+    wait_count conduit_dlrs $((n + 1)) 30 || true
+    sleep 0.3
+  fi
   stop $relay; stop $SIM_PID
+  [ "$want_canary" = 1 ] && CANARY+=("sms-conduit|$canary|$(canary_lines "$canary" "$dir")|$(canary_files "$canary" "$dir")")
   echo "sim: $(cat "$dir/sim.out")"
-  CANARY+=("sms-conduit|$canary|$(canary_lines "$canary" "$dir")|$(canary_files "$canary" "$dir")")
+  [ "${KEEP:-}" = 1 ] || rm -rf "$dir"
   echo
 }
 
 echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 CANARY=()
-for m in $KANNEL_SMPP; do run_kannel "$m"; done
-run_conduit
+LOADS=()
+for r in $RATES; do LOADS+=("$r $((r * RATE_SECONDS))"); done
+[ "${FLAT:-1}" = 0 ] || LOADS+=("0 $N")
+for l in "${LOADS[@]}"; do
+  read -r rate n <<< "$l"
+  canary=0; [ "$rate" = 0 ] && canary=1
+  for m in $KANNEL_SMPP; do run_kannel "$m" "$rate" "$n" $canary; done
+  run_conduit "$rate" "$n" $canary
+done
 
-echo "== $N messages each; $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); load generator on the same cores"
+echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); load generators and sinks on the same cores; Kannel store: ${KANNEL_STORE:-none}"
+echo "   e2e: from launching the load generator until the last receipt's callback (Kannel) or verified webhook (sms-conduit)"
+echo "   CPU: bearerbox+smsbox or the relay, user+sys over e2e; sink µs/msg: Kannel's callback sink (node), the bench's sink is in the bench"
 {
-  echo "system|messages|wall s|msg/s|CPU s per 1000 msgs|peak RSS MB"
+  echo "system|load|messages|answered msg/s|e2e s|e2e msg/s|CPU s|µs CPU/msg|p50 ms|p99 ms|callbacks|sink µs/msg|peak RSS MB"
   printf '%s\n' "${RESULTS[@]}"
 } | column -t -s'|'
 echo
-conduit=${RESULTS[-1]}
-for r in "${RESULTS[@]:0:${#RESULTS[@]}-1}"; do
-  awk -F'|' -v k="$r" -v s="$conduit" 'BEGIN {
-    split(k, a, "|"); split(s, b, "|")
-    printf "vs %s: throughput sms-conduit/Kannel %.2fx, CPU per msg Kannel/sms-conduit %.2fx, peak RSS Kannel/sms-conduit %.2fx\n",
-      a[1], b[4] / a[4], a[5] / b[5], a[6] / b[6] }'
+# Per load: sms-conduit against each Kannel row of the same load.
+for r in "${RESULTS[@]}"; do
+  case $r in sms-conduit*) ;; *) continue ;; esac
+  IFS='|' read -r _ sload _ _ _ se2e _ sus _ <<< "$r"
+  for k in "${RESULTS[@]}"; do
+    case $k in sms-conduit*) continue ;; esac
+    IFS='|' read -r kname kload _ _ _ ke2e _ kus _ <<< "$k"
+    [ "$kload" = "$sload" ] || continue
+    awk -v l="$sload" -v n="$kname" -v su="$sus" -v ku="$kus" -v se="$se2e" -v ke="$ke2e" 'BEGIN {
+      printf "%-9s vs %s: CPU per msg sms-conduit/Kannel %.2f (Kannel/sms-conduit %.2fx); e2e msg/s sms-conduit/Kannel %.2fx\n",
+        l, n, su / ku, ku / su, se / ke }'
+  done
 done
 echo
-echo "== canary: one extra message per system; lines holding its text in that system's logs and state"
+echo "== canary: one extra message per system after the flat-out run; lines holding its text in that system's logs and state"
 for c in "${CANARY[@]}"; do
   IFS='|' read -r name text lines files <<< "$c"
   printf '%-22s %s  %s lines  %s\n' "$name" "$text" "$lines" "${files:+($files)}"

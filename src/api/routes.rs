@@ -422,8 +422,15 @@ async fn put_consent(
     State(state): State<ApiState>,
     Authed(client): Authed,
     path: OptOutPath,
-    body: axum::body::Bytes,
+    req: Request,
 ) -> Response {
+    // Read like a send's body (64 KiB at most, 30 s), so an oversized or
+    // slow body gets its problem document (413, 408) and not axum's text.
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body).await {
+        Ok(b) => b,
+        Err(p) => return p.into_response(),
+    };
     let r = async {
         let (campaign, number) = opt_out_target(path)?;
         if body.len() > MAX_CONSENT_BODY {

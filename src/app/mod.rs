@@ -201,6 +201,8 @@ impl App {
             background.clone(),
             sent,
         );
+        shutdown.spawn("limit-usage", limit_usage(relay.clone(), shutdown.token()));
+        set_server_cert_expiry(&metrics, &config);
         // Keyword answers: until the carriers' sessions have ended (no MO
         // after that), on the background tracker the drain waits for.
         let replies_stop = CancellationToken::new();
@@ -350,13 +352,31 @@ impl App {
         if !errors.is_empty() {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
-        self.api_tls.reload_with(&new.tls, api_client_auth(&new))?;
-        if let Some(t) = &self.metrics_tls {
-            t.reload(&new.tls)?;
+        // Everything that can still fail is built before anything changes,
+        // so a refused reload changes nothing: the webhook clients (URL,
+        // CA, HTTP client) here, the listeners' TLS configs next.
+        let hooks = self
+            .webhooks
+            .prepare(&new.clients)
+            .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
+        let api_sc = self.api_tls.prepare(&new.tls, api_client_auth(&new))?;
+        let metrics_sc = match &self.metrics_tls {
+            Some(t) => Some(t.prepare(&new.tls, ClientAuth::None)?),
+            None => None,
+        };
+        let smpp_sc = match &self.smpp_tls {
+            Some(t) => Some(t.prepare(&new.tls, ClientAuth::RequireIfConfigured)?),
+            None => None,
+        };
+        self.api_tls
+            .install(api_sc, &new.tls, api_client_auth(&new));
+        if let (Some(t), Some(sc)) = (&self.metrics_tls, metrics_sc) {
+            t.install(sc, &new.tls, ClientAuth::None);
         }
-        if let Some(t) = &self.smpp_tls {
-            t.reload(&new.tls)?;
+        if let (Some(t), Some(sc)) = (&self.smpp_tls, smpp_sc) {
+            t.install(sc, &new.tls, ClientAuth::RequireIfConfigured);
         }
+        set_server_cert_expiry(&self.metrics, &new);
         self.auth.reload(&new.clients);
         self.audit_new_keys(&new).await;
         let pools = self.reload_pools(&new);
@@ -368,9 +388,7 @@ impl App {
             f.set_campaigns(&new);
         }
         self.inbound.reload(&new);
-        if let Err(e) = self.webhooks.reload(&new.clients) {
-            tracing::error!("webhook settings not reloaded, keeping the old ones: {e}");
-        }
+        self.webhooks.apply(hooks);
         if let Err(e) = self
             .audit
             .record(

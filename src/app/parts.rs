@@ -5,12 +5,16 @@
 use super::*;
 
 /// Sets `smpp_configured_sessions` from `new`'s carriers, removing the
-/// series of carriers `old` had and `new` has not.
+/// series (and the certificate-expiry series) of carriers `old` had and
+/// `new` has not.
 pub(super) fn set_configured_sessions(metrics: &Metrics, old: Option<&Config>, new: &Config) {
     let g = &metrics.smpp_configured_sessions;
     for c in old.map_or(&[][..], |o| &o.carriers[..]) {
         if !new.carriers.iter().any(|n| n.name == c.name) {
             let _ = g.remove_label_values(&[&c.name]);
+            let _ = metrics
+                .tls_cert_expiry
+                .remove_label_values(&["carrier", &c.name]);
         }
     }
     for c in &new.carriers {
@@ -135,6 +139,35 @@ impl api::AuthAudit for AuthToAudit {
                 tracing::error!("audit record of an authentication failure: {e}");
             }
         });
+    }
+}
+
+/// Refreshes the rate-limit and daily-cap gauges (at once, then every
+/// [`crate::metrics::CAP_USAGE_EVERY`]) until `stop`.
+pub(super) async fn limit_usage(relay: Relay, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::metrics::CAP_USAGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => relay.publish_limit_usage().await,
+        }
+    }
+}
+
+/// `sms_conduit_tls_cert_expiry_timestamp_seconds{role="server",name="tls"}`
+/// from `[tls] cert_file` (the chain every TLS listener serves). A file
+/// that cannot be read leaves the gauge as it was: start and reload have
+/// refused such a file already.
+pub(super) fn set_server_cert_expiry(metrics: &Metrics, config: &Config) {
+    let Ok(certs) = crate::tls::load_certs(&config.tls.cert_file) else {
+        return;
+    };
+    if let Some(t) = crate::tls::earliest_not_after(certs.iter().map(|c| c.as_ref())) {
+        metrics
+            .tls_cert_expiry
+            .with_label_values(&["server", "tls"])
+            .set(t);
     }
 }
 

@@ -147,7 +147,7 @@ impl ConsentService for Relay {
                 Ok(None) => Ok(None),
                 Err(e) => {
                     tracing::error!("consent look-up: {e}");
-                    Err(SendError::Internal)
+                    Err(super::service::internal_or_shared(&e))
                 }
             }
         })
@@ -177,7 +177,7 @@ impl ConsentService for Relay {
             .map(drop)
             .map_err(|e| {
                 tracing::error!("consent change: {e}");
-                SendError::Internal
+                super::service::internal_or_shared(&e)
             })
         })
     }

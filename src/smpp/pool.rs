@@ -389,6 +389,7 @@ async fn establish(
     carrier: &Carrier,
     kind: BindKind,
     tls: &Option<Result<TlsConnector, String>>,
+    metrics: &Metrics,
 ) -> Result<Framed<Box<dyn Io>, SmppCodec>, SmppError> {
     let within = carrier.response_timeout.max(Duration::from_secs(2));
     let addr = (carrier.host.as_str(), carrier.port);
@@ -411,6 +412,18 @@ async fn establish(
                 .await
                 .map_err(|_| SmppError::PhaseTimeout("TLS handshake"))?
                 .map_err(|e| SmppError::Tls(explain_tls(&carrier.name, &e)))?;
+            // The chain the carrier presented (verified just now): its
+            // earliest notAfter, for the certificate-expiry alert.
+            let expiry =
+                s.get_ref().1.peer_certificates().and_then(|chain| {
+                    crate::tls::earliest_not_after(chain.iter().map(|c| c.as_ref()))
+                });
+            if let Some(t) = expiry {
+                metrics
+                    .tls_cert_expiry
+                    .with_label_values(&["carrier", &carrier.name])
+                    .set(t);
+            }
             Box::new(s)
         }
     };
@@ -473,7 +486,7 @@ async fn run_slot(
     let mut last_logged: Option<&'static str> = None;
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
-            r = establish(&carrier, slot.kind, &tls) => r,
+            r = establish(&carrier, slot.kind, &tls, &deps.metrics) => r,
             _ = shutdown.cancelled() => break,
         };
         let wait = match result {

@@ -4,11 +4,16 @@
 //! Owns: the only redb write transactions of the process.
 //!
 //! How a batch runs: the thread blocks for the first queued message, then
-//! takes whatever else is queued (up to [`MAX_BATCH`] ops) without waiting.
-//! Under load (the previous batch had [`LINGER_AFTER`] ops or more) it waits
-//! until [`LINGER`] after the first op for more, then takes those too: fewer,
+//! takes whatever else is queued (up to [`MAX_BATCH`] ops). It then waits
+//! for company until the batch's earliest op is due (an op that may wait —
+//! a receipt, an outbox removal — is due a few ms after it was queued; see
+//! [`Wake`]), and, while ops keep coming (the previous batch had
+//! [`LINGER_AFTER`] ops or more, or at least [`BUSY_OPS`] ops arrived in
+//! the last [`BUSY_WINDOW`]), until [`LINGER`] after the first op: fewer,
 //! larger commits (measured: ~36 ops per commit without the linger at
-//! 11,000 msg/s, each commit writing ~36 pages).
+//! 11,000 msg/s, each commit writing ~36 pages; and at a steady 1,000
+//! msg/s about one commit per op without it, see BENCHMARKS.md). An idle
+//! appliance never makes an op wait past its due time.
 //!
 //! - Fast path: every op of the batch runs in ONE write transaction, which is
 //!   committed durably (one fsync), and only then is each caller answered.
@@ -132,6 +137,15 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// writer is under load. Bounded well under the API's latency budget.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
+/// The writer counts as busy, and lingers, when at least this many ops
+/// arrived within the last [`BUSY_WINDOW`] (500 ops/s): then a batch that
+/// waits [`LINGER`] can expect company. Below it ops arrive too seldom for a
+/// wait to pay, and an op is committed as soon as it is due.
+pub(crate) const BUSY_OPS: usize = 25;
+
+/// See [`BUSY_OPS`].
+pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(50);
+
 /// The previous batch size from which the writer lingers (below it, ops
 /// arrive one by one and waiting would only add latency).
 pub(crate) const LINGER_AFTER: usize = 8;
@@ -247,6 +261,8 @@ pub(crate) fn run(
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut close_acks: Vec<oneshot::Sender<()>> = Vec::new();
     let mut previous = 0usize;
+    // Ops that arrived in the current and the previous BUSY_WINDOW.
+    let (mut window_start, mut window_ops, mut last_window_ops) = (Instant::now(), 0usize, 0usize);
     while let Some(first) = rx.blocking_recv() {
         let first_at = Instant::now();
         batch.push(first);
@@ -262,13 +278,22 @@ pub(crate) fn run(
         //   with a due time in the future; it rides along with the next
         //   commit that must happen anyway (a send's), or commits alone
         //   when it falls due;
-        // - under load (the previous batch was not tiny) every batch waits
+        // - while ops keep coming (the previous batch was not tiny, or
+        //   [`BUSY_OPS`] arrived within [`BUSY_WINDOW`]) every batch waits
         //   until [`LINGER`] after its first op.
         // An idle appliance never makes an op wait past its due time: a
         // send's op is due at once.
-        let floor = (previous >= LINGER_AFTER).then(|| first_at + LINGER);
+        if first_at.duration_since(window_start) >= BUSY_WINDOW {
+            let stale = first_at.duration_since(window_start) >= 2 * BUSY_WINDOW;
+            last_window_ops = if stale { 0 } else { window_ops };
+            window_start = first_at;
+            window_ops = 0;
+        }
+        let busy = previous >= LINGER_AFTER || last_window_ops.max(window_ops + ops) >= BUSY_OPS;
+        let floor = busy.then(|| first_at + LINGER);
         linger(&mut rx, &mut batch, &mut ops, floor, &wake);
         previous = ops;
+        window_ops += ops;
         let end = run_batch(
             &db,
             &live,

@@ -46,6 +46,8 @@ pub const FAST_CAMPAIGN: &str = "CDEMOFAST";
 /// The slow campaign: its limit refuses part of its share with `rate_limited`.
 pub const SLOW_CAMPAIGN: &str = "CDEMOSLOW";
 const FAST_NUMBERS: [&str; 2] = ["+15550100001", "+15550100002"];
+/// The slow campaign's `segments_per_minute`.
+const SLOW_SEGMENTS_PER_MINUTE: u64 = 1200;
 const SLOW_NUMBER: &str = "+15550100011";
 const SYSTEM_ID: &str = "conduit-demo";
 /// Receipts from the simulated carrier arrive this long after the submit.
@@ -185,8 +187,9 @@ enum Outcome {
         encoding: String,
         segments: u64,
     },
-    /// A problem document with a definite refusal `code`.
-    Refused { key: String },
+    /// A problem document with a definite refusal `code`; `detail` is the
+    /// relay's own sentence (a fixed phrase, never a text or a number).
+    Refused { key: String, detail: String },
     /// No definite outcome: transport error, no code, or `carrier_timeout`.
     Lost { why: String },
 }
@@ -196,6 +199,11 @@ struct SendStats {
     encodings: BTreeMap<String, u64>,
     segments: u64,
     refused: BTreeMap<String, u64>,
+    /// Per `(status code, campaign)`: how many, and the first refusal's
+    /// `detail`, so the summary can say why.
+    reasons: BTreeMap<(String, &'static str), (u64, String)>,
+    /// The slow campaign's burst in this run (see [`slow_burst`]).
+    slow_burst: u64,
     lost: BTreeMap<String, u64>,
     kinds: BTreeMap<Kind, u64>,
     hist: hdrhistogram::Histogram<u64>,
@@ -304,7 +312,7 @@ start_text = "Acme Clinic: you are subscribed again. Reply STOP to opt out."
 id = "{SLOW_CAMPAIGN}"
 brand = "BDEMO01"
 numbers = ["{SLOW_NUMBER}"]
-segments_per_minute = 1200
+segments_per_minute = {SLOW_SEGMENTS_PER_MINUTE}
 burst = {slow_burst}
 help_text = "Acme Reminders: reply STOP to opt out."
 stop_text = "Acme Reminders: you are unsubscribed."
@@ -433,6 +441,7 @@ impl Api {
             },
             Some(code) => Outcome::Refused {
                 key: format!("{status} {code}"),
+                detail: field("detail").unwrap_or_default(),
             },
             None => Outcome::Lost {
                 why: format!("{status} without a problem code"),
@@ -491,6 +500,7 @@ struct Worker {
     encodings: BTreeMap<String, u64>,
     segments: u64,
     refused: BTreeMap<String, u64>,
+    reasons: BTreeMap<(String, &'static str), (u64, String)>,
     lost: BTreeMap<String, u64>,
     kinds: BTreeMap<Kind, u64>,
     hist: hdrhistogram::Histogram<u64>,
@@ -508,6 +518,7 @@ async fn send_all(api: Arc<Api>, opts: &DemoOptions) -> Result<SendStats, DemoEr
             encodings: BTreeMap::new(),
             segments: 0,
             refused: BTreeMap::new(),
+            reasons: BTreeMap::new(),
             lost: BTreeMap::new(),
             kinds: BTreeMap::new(),
             hist: new_hist()?,
@@ -541,7 +552,14 @@ async fn send_all(api: Arc<Api>, opts: &DemoOptions) -> Result<SendStats, DemoEr
                         *w.encodings.entry(encoding).or_default() += 1;
                         w.segments += segments;
                     }
-                    Outcome::Refused { key } => *w.refused.entry(key).or_default() += 1,
+                    Outcome::Refused { key, detail } => {
+                        let r = w
+                            .reasons
+                            .entry((key.clone(), campaign))
+                            .or_insert((0, detail));
+                        r.0 += 1;
+                        *w.refused.entry(key).or_default() += 1;
+                    }
                     Outcome::Lost { why } => *w.lost.entry(why).or_default() += 1,
                 }
                 bar.inc(1);
@@ -554,6 +572,8 @@ async fn send_all(api: Arc<Api>, opts: &DemoOptions) -> Result<SendStats, DemoEr
         encodings: BTreeMap::new(),
         segments: 0,
         refused: BTreeMap::new(),
+        reasons: BTreeMap::new(),
+        slow_burst: slow_burst(opts.messages),
         lost: BTreeMap::new(),
         kinds: BTreeMap::new(),
         hist: new_hist()?,
@@ -567,6 +587,9 @@ async fn send_all(api: Arc<Api>, opts: &DemoOptions) -> Result<SendStats, DemoEr
         merge(&mut stats.encodings, w.encodings);
         stats.segments += w.segments;
         merge(&mut stats.refused, w.refused);
+        for (k, (n, detail)) in w.reasons {
+            stats.reasons.entry(k).or_insert((0, detail)).0 += n;
+        }
         merge(&mut stats.lost, w.lost);
         merge(&mut stats.kinds, w.kinds);
         stats
@@ -708,8 +731,8 @@ async fn opt_out_step(api: &Api, sim: &SimHandle, stats: &SendStats) -> OptOut {
         .send(from, &to, &Kind::Gsm7.text(i), FAST_CAMPAIGN)
         .await
     {
-        Outcome::Refused { key } if key == "422 recipient_opted_out" => OptOut::Passed,
-        Outcome::Refused { key } => OptOut::Failed(format!(
+        Outcome::Refused { key, .. } if key == "422 recipient_opted_out" => OptOut::Passed,
+        Outcome::Refused { key, .. } => OptOut::Failed(format!(
             "after STOP the next send was refused {key}, not 422 recipient_opted_out"
         )),
         Outcome::Accepted { .. } => {
@@ -962,6 +985,18 @@ fn summarize(
     println!("  delivered        {}  ({source})", deliveries.delivered);
     if refused > 0 {
         println!("  refused by code  {refused}  ({})", join(&stats.refused));
+        // Why: the code, the campaign and the relay's own detail.
+        for ((key, campaign), (n, detail)) in &stats.reasons {
+            let limit = if *campaign == SLOW_CAMPAIGN {
+                format!(
+                    " (the demo's deliberately slow campaign: segments_per_minute {SLOW_SEGMENTS_PER_MINUTE}, burst {})",
+                    stats.slow_burst
+                )
+            } else {
+                String::new()
+            };
+            println!("    why            {n} x {key} on {campaign}{limit}: \"{detail}\"");
+        }
     } else {
         println!("  refused by code  0");
     }

@@ -89,6 +89,12 @@ pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     Duration::from_millis(jittered.min(ms(cap)))
 }
 
+/// Every client's webhook target, built by [`Webhooks::prepare`] and not
+/// yet installed.
+pub struct PreparedWebhooks {
+    built: HashMap<String, Arc<Target>>,
+}
+
 /// Where and how to send one client's events.
 struct Target {
     url: reqwest::Url,
@@ -97,10 +103,22 @@ struct Target {
     secret_next: Option<Secret>,
     http: reqwest::Client,
     concurrency: usize,
+    /// For `tls_cert_expiry{role="webhook",name=<client>}`, set from the
+    /// certificate the endpoint presents (read from each answered request:
+    /// reqwest hands it over with the response, no extra connection). The
+    /// series appears only once a certificate was seen: a series created
+    /// at 0 would read as long expired.
+    client: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Target {
-    fn build(client: &str, hook: &config::Webhook, opts: &Options) -> Result<Self, WebhookError> {
+    fn build(
+        client: &str,
+        hook: &config::Webhook,
+        opts: &Options,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, WebhookError> {
         let url = reqwest::Url::parse(&hook.url).map_err(|_| WebhookError::Url {
             client: client.to_owned(),
         })?;
@@ -117,6 +135,7 @@ impl Target {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")))
+            .tls_info(true)
             .build()
             .map_err(|e| WebhookError::Client {
                 client: client.to_owned(),
@@ -128,6 +147,8 @@ impl Target {
             secret_next: hook.secret_next.clone(),
             http,
             concurrency: usize::try_from(hook.concurrency).unwrap_or(1).max(1),
+            client: client.to_owned(),
+            metrics: metrics.clone(),
         })
     }
 }
@@ -194,8 +215,25 @@ async fn post(target: &Target, body: Bytes, timeout: Duration) -> Result<(), Fai
         Err(_) => Err(Failure::Timeout),
         Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
         Ok(Err(e)) => Err(Failure::Transport(reason(e))),
-        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-        Ok(Ok(resp)) => Err(Failure::Status(resp.status().as_u16())),
+        Ok(Ok(resp)) => {
+            if let Some(t) = resp
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(reqwest::tls::TlsInfo::peer_certificate)
+                .and_then(tls::not_after_unix)
+            {
+                target
+                    .metrics
+                    .tls_cert_expiry
+                    .with_label_values(&["webhook", &target.client])
+                    .set(t);
+            }
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(Failure::Status(resp.status().as_u16()))
+            }
+        }
     }
 }
 
@@ -386,19 +424,40 @@ impl Webhooks {
     /// events stay in the outbox). All or nothing: if any webhook cannot be
     /// set up, nothing changes.
     pub fn reload(&self, clients: &[config::Client]) -> Result<(), WebhookError> {
+        let prepared = self.prepare(clients)?;
+        self.apply(prepared);
+        Ok(())
+    }
+
+    /// The first half of [`Webhooks::reload`]: builds every client's
+    /// webhook target (URL, TLS, HTTP client) and changes nothing, so the
+    /// app can refuse a whole reload before any part of it is applied.
+    pub fn prepare(&self, clients: &[config::Client]) -> Result<PreparedWebhooks, WebhookError> {
         let mut built = HashMap::new();
         for c in clients {
             if let Some(hook) = &c.webhook {
-                let t = Target::build(&c.id, hook, &self.shared.options)?;
+                let t = Target::build(&c.id, hook, &self.shared.options, &self.shared.metrics)?;
                 built.insert(c.id.clone(), Arc::new(t));
             }
         }
+        Ok(PreparedWebhooks { built })
+    }
+
+    /// The second half of [`Webhooks::reload`]: installs what
+    /// [`Webhooks::prepare`] built; cannot fail.
+    pub fn apply(&self, prepared: PreparedWebhooks) {
+        let built = prepared.built;
         let mut slots = self.shared.slots.lock();
         slots.retain(|id, slot| {
             let keep = built.contains_key(id);
             if !keep {
                 tracing::info!(client = %id, "webhook removed; its worker stops");
                 slot.stop.cancel();
+                let _ = self
+                    .shared
+                    .metrics
+                    .tls_cert_expiry
+                    .remove_label_values(&["webhook", id]);
             }
             keep
         });
@@ -419,7 +478,6 @@ impl Webhooks {
             let shared = self.shared.clone();
             self.shared.tracker.spawn(run_worker(shared, slot));
         }
-        Ok(())
     }
 
     /// Wakes `client`'s worker: call after the store op that enqueued an

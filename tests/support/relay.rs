@@ -770,6 +770,19 @@ impl Relay {
         self.config = config;
     }
 
+    /// Hands `config` to the running App's reload as is (a test may have
+    /// changed it after parsing) and returns the App's verdict; the
+    /// relay's `config` changes only when the reload was applied.
+    pub async fn try_reload(&mut self, config: Config) -> Result<(), sms_conduit::app::AppError> {
+        self.app
+            .as_mut()
+            .expect("the App is stopped")
+            .reload(config.clone())
+            .await?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Stops the App and starts a new one on the same config and state dir.
     pub async fn restart(&mut self) {
         assert!(self.stop().await, "the App did not drain cleanly");

@@ -65,8 +65,9 @@ fn unavailable(e: &crate::store::StoreError) -> SendError {
     }
 }
 
-/// An opt-out API failure: 503 when the shared state is down, else 500.
-fn internal_or_shared(e: &crate::store::StoreError) -> SendError {
+/// An opt-out or consent API failure: 503 when the shared state is down,
+/// else 500.
+pub(super) fn internal_or_shared(e: &crate::store::StoreError) -> SendError {
     match e {
         crate::store::StoreError::Shared(_) => SendError::SharedStateUnavailable,
         _ => SendError::Internal,
@@ -234,6 +235,49 @@ impl Relay {
         *self.inner.limits.write() = Arc::new(l);
     }
 
+    /// Sets the limit and cap-usage gauges from the running config and the
+    /// brands' daily counters (shared ones in fleet mode): each campaign's
+    /// `segments_per_minute`, each capped brand's cap and the segments it
+    /// counted on its current local day. A counter that cannot be read
+    /// keeps its last value (the shared-state metrics show why).
+    pub async fn publish_limit_usage(&self) {
+        let view = read(&self.inner.view);
+        let m = &self.inner.metrics;
+        m.campaign_rate_limit.reset();
+        for c in view.campaigns.values() {
+            m.campaign_rate_limit
+                .with_label_values(&[&c.id])
+                .set(i64::from(c.segments_per_minute));
+        }
+        let capped: Vec<&Brand> = view.brands.values().filter(|b| b.daily_cap > 0).collect();
+        m.brand_daily_cap.reset();
+        for b in &capped {
+            m.brand_daily_cap
+                .with_label_values(&[&b.id])
+                .set(i64::try_from(b.daily_cap).unwrap_or(i64::MAX));
+        }
+        let mut counted = Vec::with_capacity(capped.len());
+        for b in &capped {
+            let (day, _) = local_day(b.daily_reset_tz, chrono::Utc::now());
+            match self.inner.shared.daily(&b.id, &day).await {
+                Ok(n) => counted.push((b.id.as_str(), n)),
+                Err(e) => tracing::debug!(brand = %b.id, "daily counter for the cap gauge: {e}"),
+            }
+        }
+        // Series of brands no longer capped go; the others are set.
+        let keep: HashSet<&str> = capped.iter().map(|b| b.id.as_str()).collect();
+        for b in view.brands.values() {
+            if !keep.contains(b.id.as_str()) {
+                let _ = m.brand_daily_segments.remove_label_values(&[&b.id]);
+            }
+        }
+        for (id, n) in counted {
+            m.brand_daily_segments
+                .with_label_values(&[id])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Waits until every send started so far has ended (the drain, before
     /// the carriers are unbound).
     pub async fn sends_done(&self) {
@@ -395,6 +439,7 @@ impl Relay {
     fn count_sent(
         &self,
         carrier: &str,
+        campaign_id: &str,
         segments: u32,
         error: Option<SendError>,
         t0: Instant,
@@ -414,6 +459,9 @@ impl Relay {
             .inc();
         m.segments
             .with_label_values(&["mt", carrier])
+            .inc_by(u64::from(segments));
+        m.campaign_segments
+            .with_label_values(&[campaign_id])
             .inc_by(u64::from(segments));
         m.latency
             .with_label_values(&["accepted"])
@@ -532,7 +580,7 @@ impl Relay {
             return Err(fail(SendError::CarrierTimeout));
         }
         drop(registration);
-        self.count_sent(&carrier, segments, error, t0)?;
+        self.count_sent(&carrier, campaign_id, segments, error, t0)?;
         Ok(SendAccepted {
             id,
             status: MessageStatus::Accepted,
