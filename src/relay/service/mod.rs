@@ -88,12 +88,17 @@ struct View {
     /// swapped together with the routes so indices always agree.
     pools: Vec<Pool>,
     own: OwnNumbers,
+    /// The campaigns' and numbers' rate cells for these campaigns: in the
+    /// same snapshot, so a request never sees new campaigns with old
+    /// limits (a reload carries the spent cells over).
+    limits: Arc<Limits>,
 }
 
 impl View {
-    fn new(cfg: &Config, pools: Vec<Pool>) -> Self {
+    fn new(cfg: &Config, pools: Vec<Pool>, limits: Limits) -> Self {
         View {
             pools,
+            limits: Arc::new(limits),
             clients: cfg
                 .clients
                 .iter()
@@ -124,7 +129,6 @@ pub struct Relay {
 struct Inner {
     // std lock: read-and-clone only, never held across an await.
     view: RwLock<Arc<View>>,
-    limits: RwLock<Arc<Limits>>,
     store: Store,
     shared: Arc<dyn SharedState>,
     audit: Audit,
@@ -205,8 +209,7 @@ impl Relay {
     ) -> Self {
         Relay {
             inner: Arc::new(Inner {
-                view: RwLock::new(Arc::new(View::new(cfg, pools))),
-                limits: RwLock::new(Arc::new(Limits::new(cfg))),
+                view: RwLock::new(Arc::new(View::new(cfg, pools, Limits::new(cfg)))),
                 store,
                 shared,
                 audit,
@@ -228,11 +231,10 @@ impl Relay {
     /// `pools` are the carrier pools of `cfg`, in its order (the app keeps
     /// the pools of carriers whose settings did not change).
     pub fn reload(&self, cfg: &Config, pools: Vec<Pool>) {
-        let v = Arc::new(View::new(cfg, pools));
-        *self.inner.view.write() = v;
         let l = Limits::new(cfg);
-        l.carry_over_from(&read(&self.inner.limits));
-        *self.inner.limits.write() = Arc::new(l);
+        l.carry_over_from(&read(&self.inner.view).limits);
+        let v = Arc::new(View::new(cfg, pools, l));
+        *self.inner.view.write() = v;
     }
 
     /// Sets the limit and cap-usage gauges from the running config and the

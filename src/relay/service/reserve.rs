@@ -65,7 +65,7 @@ impl Relay {
         segments: u32,
         recipient: Option<[u8; 32]>,
     ) -> Result<Reservation<'a>, SendError> {
-        let limits = read(&self.inner.limits);
+        let limits = view.limits.clone();
         let shared = &self.inner.shared;
         let (daily, left) = match view.brands.get(&campaign.brand).filter(|b| b.daily_cap > 0) {
             Some(b) => {
