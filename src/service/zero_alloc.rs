@@ -19,14 +19,34 @@
 //! before a free) before the inner allocator gets it back, on `dealloc`
 //! and on a `realloc` that moves the block; a `realloc` never hands the
 //! inner allocator a block to move, so no copy is left behind unwiped.
+//! The one exception is a thread that declared it never holds a body
+//! ([`no_bodies_on_this_thread`]): the store's writer, whose ops carry
+//! metadata only (SPEC §1: a body is never stored) and which frees a
+//! commit's worth of page buffers per batch — wiping them was ~3% of the
+//! relay's CPU at a steady 1,000 msg/s (BENCHMARKS.md, issue 21). A body
+//! freed on such a thread anyway would be left unwiped, and
+//! tests/memory_canary.rs would find it.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 
 /// See the module docs.
 pub struct ZeroOnFree<A>(pub A);
 
+thread_local! {
+    /// Set on threads that never hold a message body.
+    static NO_BODIES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Declares that the current thread never holds a message body, so the
+/// blocks it frees need no wipe. For the store's writer thread only.
+pub fn no_bodies_on_this_thread() {
+    NO_BODIES.with(|b| b.set(true));
+}
+
 fn wipe(ptr: *mut u8, len: usize) {
-    if len > 0 {
+    // A thread being torn down (its thread-locals gone) wipes.
+    if len > 0 && !NO_BODIES.try_with(Cell::get).unwrap_or(false) {
         // SAFETY: `ptr` is a live block of at least `len` bytes owned by the
         // caller (the allocator, just before freeing it).
         unsafe { libc::explicit_bzero(ptr.cast(), len) }

@@ -258,6 +258,9 @@ pub(crate) fn run(
     wake: Arc<Wake>,
 ) {
     wake.set_thread(std::thread::current());
+    // The writer's ops carry metadata only (SPEC §1): the page buffers it
+    // frees by the thousand need no wipe (see service::zero_alloc).
+    crate::service::zero_alloc::no_bodies_on_this_thread();
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut close_acks: Vec<oneshot::Sender<()>> = Vec::new();
     let mut previous = 0usize;
