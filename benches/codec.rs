@@ -13,10 +13,8 @@ use rusmpp::{
     values::DataCoding,
     Command, CommandStatus,
 };
-use sms_conduit::smpp::{
-    dlr::{self, ReceiptTlvs},
-    encoding,
-};
+use sms_conduit::smpp::dlr::{self, ReceiptTlvs};
+use sms_conduit::text as encoding;
 use tokio_util::codec::{Decoder, Encoder};
 
 fn texts() -> [(&'static str, String); 3] {

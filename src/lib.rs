@@ -3,22 +3,24 @@
 //! The module tree follows a message: [`api`] (clients in, HTTPS) →
 //! [`relay`] (decide, limit, route) → [`smpp`] (carriers out and in) →
 //! [`webhook`] (clients out), with [`store`], [`audit`], [`config`],
-//! [`metrics`], [`tls`] and [`service`] beside them. See `ARCHITECTURE.md`.
+//! [`metrics`], [`tls`], [`service`] and [`text`] (SMS encodings) beside
+//! them. [`tools`] (demo, bench, simulated carrier, webhook sink, test
+//! doubles) use the appliance and are not part of it. See `ARCHITECTURE.md`.
 
 pub mod api;
 pub mod app;
 pub mod audit;
 pub mod backup;
-pub mod bench;
 pub mod config;
 pub mod deadline;
-pub mod demo;
 pub mod metrics;
 pub mod preflight;
 pub mod relay;
 pub mod service;
 pub mod smpp;
 pub mod store;
+pub mod text;
 pub mod tls;
+pub mod tools;
 pub mod types;
 pub mod webhook;

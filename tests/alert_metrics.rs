@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
+use sms_conduit::tools::Sink;
 use sms_conduit::types::Secret;
-use sms_conduit::webhook::Sink;
 use support::relay::*;
 
 const PW: &str = "am-pw1";

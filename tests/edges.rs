@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sms_conduit::smpp::CommandStatus;
+use sms_conduit::tools::Sink;
 use sms_conduit::types::Secret;
-use sms_conduit::webhook::Sink;
 use support::expect_problem;
 use support::relay::{message, retry_after, wait_until, CarrierCfg, Files, Relay, Setup};
 

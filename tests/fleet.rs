@@ -338,7 +338,7 @@ async fn a_receipt_taken_by_the_other_node_reaches_the_sender_once() {
         return;
     };
     let files = Files::new();
-    let sink = sms_conduit::webhook::Sink::start_self_signed(
+    let sink = sms_conduit::tools::Sink::start_self_signed(
         files.dir.path(),
         sms_conduit::types::Secret::new(SECRET.to_vec()),
     )
@@ -442,7 +442,7 @@ async fn messages_total(node: &Relay, direction: &str, outcome: &str) -> u64 {
 async fn receipts_on_the_other_nodes_bind_of_one_carrier_reach_the_sender_once() {
     let Some(redis) = Redis::start() else { return };
     let files = Files::new();
-    let sink = sms_conduit::webhook::Sink::start_self_signed(
+    let sink = sms_conduit::tools::Sink::start_self_signed(
         files.dir.path(),
         sms_conduit::types::Secret::new(SECRET.to_vec()),
     )

@@ -1,5 +1,5 @@
 //! Bounded property tests for everything that parses bytes from a carrier:
-//! rusmpp's `CommandCodec` framing and PDU decoding, `smpp::encoding::decode`
+//! rusmpp's `CommandCodec` framing and PDU decoding, `text::decode`
 //! and `smpp::dlr::parse` must never panic on any input, and
 //! `encoding::encode` → `decode` must round-trip through reassembly.
 //!
@@ -17,10 +17,8 @@ use rusmpp::{
     values::{DataCoding, EsmClass, MessageState},
     Command, CommandStatus,
 };
-use sms_conduit::smpp::{
-    dlr::{self, ReceiptTlvs},
-    encoding::{self, Encoded, Encoding, UDH_LEN},
-};
+use sms_conduit::smpp::dlr::{self, ReceiptTlvs};
+use sms_conduit::text::{self as encoding, Encoded, Encoding, UDH_LEN};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Counts heap allocations per thread, so the `analyze` property can check

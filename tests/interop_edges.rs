@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use sms_conduit::tools::Sink;
 use sms_conduit::types::Secret;
-use sms_conduit::webhook::Sink;
 use support::node::NodeProc;
 use support::relay::{message, wait_until, CarrierCfg, Files, Relay, Setup, SYSTEM_ID};
 

@@ -19,8 +19,10 @@ mod support;
 
 use sms_conduit::config::{self, BindMode, Carrier, Peer, SmppServer};
 use sms_conduit::metrics::Metrics;
-use sms_conduit::smpp::{encoding, CommandStatus, Pool, RecordingHandler, SubmitRequest};
+use sms_conduit::smpp::{CommandStatus, Pool, SubmitRequest};
+use sms_conduit::text as encoding;
 use sms_conduit::tls::{self, ClientAuth, ServerTls};
+use sms_conduit::tools::RecordingHandler;
 use sms_conduit::types::{Secret, E164};
 use support::node::NodeProc;
 use tokio_util::sync::CancellationToken;

@@ -14,8 +14,8 @@ use sms_conduit::relay::reassembly::{
     MO_HELD_BYTES_PER_LINK, MO_PART_MAX_OCTETS, MO_PART_MAX_SEPTETS,
 };
 use sms_conduit::smpp::{CommandStatus, DeliverRequest};
+use sms_conduit::tools::{Mode, Sink};
 use sms_conduit::types::Secret;
-use sms_conduit::webhook::{Mode, Sink};
 use support::capture::{capture, leaked, line_at};
 use support::relay::{CarrierCfg, Files, ManualSmsc, Relay, Setup, FROM, TO};
 

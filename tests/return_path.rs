@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sms_conduit::smpp::CommandStatus;
+use sms_conduit::tools::{Mode, Sink};
 use sms_conduit::types::Secret;
-use sms_conduit::webhook::{Mode, Sink};
 use support::capture::{capture, files_under, find, leaked, line_at};
 use support::expect_problem;
 use support::relay::{

@@ -12,9 +12,8 @@ use rusmpp::pdus::SubmitSmResp;
 use rusmpp::types::COctetString;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use sms_conduit::config::BindMode;
-use sms_conduit::smpp::{
-    start_server, Pool, RecordingHandler, ServerHandle, SmppError, TempErrorHandler,
-};
+use sms_conduit::smpp::{start_server, Pool, ServerHandle, SmppError, TempErrorHandler};
+use sms_conduit::tools::RecordingHandler;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;

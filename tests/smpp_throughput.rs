@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use sms_conduit::config::BindMode;
-use sms_conduit::smpp::bench::bench_session;
-use sms_conduit::smpp::sim::{start_sim, SimOptions};
+use sms_conduit::tools::sim::{start_sim, SimOptions};
+use sms_conduit::tools::smpp_bench::bench_session;
 use support::*;
 use tokio_util::sync::CancellationToken;
 

@@ -98,7 +98,10 @@ async fn a_write_that_may_wait_shares_the_next_urgent_commit() {
         tokio::spawn(async move { put_within(&store, Duration::from_secs(30), key(1), 1).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!relaxed.is_finished(), "a write that may wait 30 s was committed alone");
+    assert!(
+        !relaxed.is_finished(),
+        "a write that may wait 30 s was committed alone"
+    );
     assert_eq!(store.stats().commits, before, "nothing was due yet");
     put(&store, key(2), 2).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), relaxed)
@@ -127,8 +130,14 @@ async fn a_write_that_may_wait_commits_alone_when_due() {
     a.unwrap();
     b.unwrap();
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(290), "committed before it was due: {took:?}");
-    assert!(took < Duration::from_secs(10), "the due write waited for the other: {took:?}");
+    assert!(
+        took >= Duration::from_millis(290),
+        "committed before it was due: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the due write waited for the other: {took:?}"
+    );
     assert_eq!(store.stats().commits, before + 1);
 }
 

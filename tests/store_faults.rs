@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sms_conduit::config;
 use sms_conduit::metrics::Metrics;
 use sms_conduit::store::{tables, FaultSwitch, Store, StoreError};
+use sms_conduit::tools::Sink;
 use sms_conduit::types::Secret;
-use sms_conduit::webhook::{enqueue, Options, Outbox, Sink, StatusEvent, Webhooks};
+use sms_conduit::webhook::{enqueue, Options, Outbox, StatusEvent, Webhooks};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

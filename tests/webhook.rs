@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sms_conduit::config;
 use sms_conduit::metrics::Metrics;
 use sms_conduit::store::Store;
+use sms_conduit::tools::{Mode, Sink};
 use sms_conduit::types::{Body, Secret, E164};
 use sms_conduit::webhook::sign::{self, SignatureError};
 use sms_conduit::webhook::{
-    enqueue, Mode, Options, Outbox, ReceivedEvent, Sink, StatusEvent, WebhookError, Webhooks,
+    enqueue, Options, Outbox, ReceivedEvent, StatusEvent, WebhookError, Webhooks,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

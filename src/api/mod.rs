@@ -7,9 +7,12 @@
 //!   connection limit, graceful shutdown. Shared by both listeners.
 //! * [`routes`] — the axum router: endpoints, body reading, request counting.
 //! * [`auth`] — API keys: constant-time look-up, failure throttling, audit hook.
-//! * [`problem`] — [`SendError`] and its one mapping to problem documents.
-//! * [`service`] — the seam to the relay: [`MessageService`], [`Readiness`]
-//!   and the request/answer types.
+//! * [`problem`] — the one mapping of the relay's [`SendError`] to problem
+//!   documents.
+//! * [`service`] — request parsing into the relay's [`SendRequest`], and the
+//!   placeholders until the relay exists; the seam traits
+//!   ([`MessageService`], [`Readiness`]) and the request/answer types are
+//!   the relay's (`relay::domain`), re-exported here.
 //! * [`metrics`] — `GET /metrics`, plain on loopback or TLS.
 //!
 //! Must not know: how messages are routed, limited or sent; the relay does.

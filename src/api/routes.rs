@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::service::{OptOutChange, OptOutView};
+pub use crate::relay::domain::{ConsentEvidence, ConsentMethod, ConsentService};
 use crate::types::E164;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
@@ -379,41 +380,6 @@ const MAX_CONSENT_BODY: usize = 4 * 1024;
 /// record of the evidence, not the evidence.
 const MAX_CLIENT_REF: usize = 128;
 
-/// How consent was obtained (the evidence's kind).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsentMethod {
-    WebForm,
-    Keyword,
-    Paper,
-    Verbal,
-}
-
-impl ConsentMethod {
-    /// The record form (`web_form`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsentMethod::WebForm => "web_form",
-            ConsentMethod::Keyword => "keyword",
-            ConsentMethod::Paper => "paper",
-            ConsentMethod::Verbal => "verbal",
-        }
-    }
-}
-
-/// A consent's evidence metadata, as `PUT` takes it and the store keeps it:
-/// never PHI, never the number.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentEvidence {
-    pub method: ConsentMethod,
-    /// When consent was given (RFC 3339).
-    pub at: String,
-    /// The client's reference to its record of the evidence.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ref: Option<String>,
-}
-
 /// A consent as `GET/PUT /v1/campaigns/{id}/consents/{e164}` show it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConsentView {
@@ -421,25 +387,6 @@ pub struct ConsentView {
     pub number: String,
     #[serde(flatten)]
     pub evidence: ConsentEvidence,
-}
-
-/// Consent administration for clients, on their own campaigns only.
-pub trait ConsentService: Send + Sync + 'static {
-    /// The recorded consent of `number` to `campaign`, if any.
-    fn consent<'a>(
-        &'a self,
-        client: &'a ClientId,
-        campaign: &'a str,
-        number: &'a E164,
-    ) -> futures::future::BoxFuture<'a, Result<Option<ConsentEvidence>, SendError>>;
-    /// Records (`Some`) or withdraws a consent, audited with it.
-    fn change_consent<'a>(
-        &'a self,
-        client: &'a ClientId,
-        campaign: &'a str,
-        number: &'a E164,
-        evidence: Option<ConsentEvidence>,
-    ) -> futures::future::BoxFuture<'a, Result<(), SendError>>;
 }
 
 fn consents(state: &ApiState) -> Result<&std::sync::Arc<dyn ConsentService>, SendError> {

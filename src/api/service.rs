@@ -1,10 +1,10 @@
-//! The seam between the HTTPS API and the relay.
+//! The API's side of the seam to the relay.
 //!
-//! Owns: the request and answer types of `POST /v1/messages` and
-//! `GET /v1/messages/{id}` ([`SendRequest`], [`SendAccepted`],
-//! [`MessageView`]), the [`MessageService`] trait the relay implements, the
-//! [`Readiness`] trait behind `/readyz`, and the placeholders used until the
-//! relay exists ([`NoRouteService`], [`AlwaysReady`]).
+//! Owns: parsing `POST /v1/messages` bodies into the relay's
+//! [`SendRequest`] ([`SendRequest::from_json`]), and the placeholders used
+//! until the relay exists ([`NoRouteService`], [`AlwaysReady`]). The
+//! request and answer types and the seam traits are the relay's
+//! (`relay::domain`), re-exported here.
 //!
 //! Parsing is strict and body-safe: unknown fields are refused, numbers are
 //! checked as E.164, and the text goes straight into a [`Body`] (zeroized on
@@ -12,66 +12,18 @@
 //! the field only.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 
 use super::problem::SendError;
+pub use crate::relay::domain::{
+    CarrierState, ClientId, DynMessageService, Encoding, MessageService, MessageStatus,
+    MessageView, OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
+    MAX_REF_LEN, MAX_VALIDITY,
+};
 use crate::types::{Body, E164};
-
-/// The id of an authenticated client (`[[clients]].id`).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(Arc<str>);
-
-impl ClientId {
-    /// Wraps a configured client id.
-    pub fn new(id: &str) -> Self {
-        ClientId(Arc::from(id))
-    }
-
-    /// The id as configured.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientId({})", self.0)
-    }
-}
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Longest accepted validity period (72 h, what carriers keep at most).
-pub const MAX_VALIDITY: Duration = Duration::from_secs(72 * 3600);
-/// Longest `client_ref` and `campaign_id`, in bytes.
-pub const MAX_REF_LEN: usize = 128;
-
-/// One MT to send (SPEC §4 request body), validated.
-#[derive(Debug)]
-pub struct SendRequest {
-    /// One of the campaign's sender numbers.
-    pub from: E164,
-    /// The recipient.
-    pub to: E164,
-    /// The text; non-empty. Segment limits are the relay's (it encodes).
-    pub text: Body,
-    /// The 10DLC campaign the message is sent under.
-    pub campaign_id: String,
-    /// How long the carrier may keep trying; `None` = carrier default.
-    pub validity: Option<Duration>,
-    /// The client's own reference, stored as metadata.
-    pub client_ref: Option<String>,
-}
 
 /// The JSON as sent. `text` is wrapped into a [`Body`] as it is read; the
 /// other strings borrow from the request bytes unless they hold escapes.
@@ -214,131 +166,6 @@ fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Str
     }
 }
 
-/// Text encoding chosen for an MT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// GSM 03.38 default alphabet (with the extension table).
-    Gsm7,
-    /// UCS-2.
-    Ucs2,
-}
-
-/// Lifecycle state of a message (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageStatus {
-    Accepted,
-    Delivered,
-    Undeliverable,
-    Expired,
-    Rejected,
-    Failed,
-    Unknown,
-}
-
-/// The 201 answer to `POST /v1/messages`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SendAccepted {
-    /// `msg_…`.
-    pub id: String,
-    /// Always [`MessageStatus::Accepted`].
-    pub status: MessageStatus,
-    pub segments: u32,
-    pub encoding: Encoding,
-    /// The carrier that accepted every segment.
-    pub carrier: String,
-    pub campaign_id: String,
-    #[serde(serialize_with = "rfc3339")]
-    pub created_at: SystemTime,
-}
-
-/// Metadata of a message for `GET /v1/messages/{id}`: never the text, never
-/// the recipient in clear.
-#[derive(Debug, Clone, Serialize)]
-pub struct MessageView {
-    pub id: String,
-    pub status: MessageStatus,
-    pub campaign_id: String,
-    /// Our own sender number (not PHI; SPEC §1.2).
-    #[serde(serialize_with = "e164_str")]
-    pub from: E164,
-    pub segments: u32,
-    pub encoding: Encoding,
-    pub carrier: Option<String>,
-    /// SMPP status name or DLR error code of a failure.
-    pub error_code: Option<String>,
-    pub client_ref: Option<String>,
-    #[serde(serialize_with = "rfc3339")]
-    pub created_at: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
-    pub updated_at: SystemTime,
-}
-
-fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    let dt: chrono::DateTime<chrono::Utc> = (*t).into();
-    s.serialize_str(&dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}
-
-fn e164_str<S: Serializer>(n: &E164, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(n.as_str())
-}
-
-/// What the API needs from the relay. Implementations may write
-/// `async fn send(..)`; the future must be `Send`.
-pub trait MessageService: Send + Sync + 'static {
-    /// Sends one MT; returns after the carrier answered every segment.
-    fn send(
-        &self,
-        client: &ClientId,
-        req: SendRequest,
-        idempotency_key: Option<String>,
-    ) -> impl Future<Output = Result<SendAccepted, SendError>> + Send;
-
-    /// Metadata of one of the client's messages.
-    fn get(
-        &self,
-        client: &ClientId,
-        id: &str,
-    ) -> impl Future<Output = Result<MessageView, SendError>> + Send;
-}
-
-/// An opt-out as `GET/PUT /v1/campaigns/{id}/opt-outs/{e164}` show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct OptOutView {
-    pub campaign_id: String,
-    /// The number the client asked about (it sent it; not stored in clear).
-    #[serde(serialize_with = "e164_str")]
-    pub number: E164,
-    pub opted_out: bool,
-}
-
-/// What `PUT`/`DELETE` on an opt-out does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptOutChange {
-    Add,
-    Remove,
-}
-
-/// Opt-out administration for clients, on their own campaigns only.
-pub trait OptOutService: Send + Sync + 'static {
-    /// Whether `number` is opted out of `campaign`.
-    fn opt_out_status<'a>(
-        &'a self,
-        client: &'a ClientId,
-        campaign: &'a str,
-        number: &'a E164,
-    ) -> BoxFuture<'a, Result<OptOutView, SendError>>;
-    /// Adds or removes an opt-out (idempotent).
-    fn opt_out_change<'a>(
-        &'a self,
-        client: &'a ClientId,
-        campaign: &'a str,
-        number: &'a E164,
-        change: OptOutChange,
-    ) -> BoxFuture<'a, Result<OptOutView, SendError>>;
-}
-
 impl OptOutService for NoRouteService {
     fn opt_out_status<'a>(
         &'a self,
@@ -359,42 +186,6 @@ impl OptOutService for NoRouteService {
     }
 }
 
-/// Object-safe form of [`MessageService`], so [`super::ApiState`] can hold
-/// any implementation. Implemented for every `MessageService`.
-pub trait DynMessageService: Send + Sync + 'static {
-    fn send_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        req: SendRequest,
-        idempotency_key: Option<String>,
-    ) -> BoxFuture<'a, Result<SendAccepted, SendError>>;
-
-    fn get_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<MessageView, SendError>>;
-}
-
-impl<T: MessageService> DynMessageService for T {
-    fn send_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        req: SendRequest,
-        idempotency_key: Option<String>,
-    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
-        Box::pin(self.send(client, req, idempotency_key))
-    }
-
-    fn get_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
-        Box::pin(self.get(client, id))
-    }
-}
-
 /// The placeholder until the relay exists: nothing can be routed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoRouteService;
@@ -412,26 +203,6 @@ impl MessageService for NoRouteService {
     async fn get(&self, _client: &ClientId, _id: &str) -> Result<MessageView, SendError> {
         Err(SendError::NotFound)
     }
-}
-
-/// Whether the appliance can take traffic (`/readyz`): the store is open and
-/// every priority-1 carrier has at least one bound session.
-pub trait Readiness: Send + Sync + 'static {
-    /// `Err(reason)` when not ready; the reason is shown to the prober, so it
-    /// must hold config names only.
-    fn ready(&self) -> Result<(), String>;
-
-    /// Each carrier's state, shown in `/readyz`'s body whatever the status.
-    fn carriers(&self) -> Vec<CarrierState> {
-        Vec::new()
-    }
-}
-
-/// One carrier in `/readyz`'s body: its config name and bound sessions.
-#[derive(Debug, Clone, Serialize)]
-pub struct CarrierState {
-    pub name: String,
-    pub bound_sessions: usize,
 }
 
 /// Always ready; for tests and the metrics-only listener.

@@ -16,9 +16,8 @@
 
 use std::sync::Arc;
 
-use crate::api::routes::{ConsentEvidence, ConsentMethod, ConsentService};
-use crate::api::service::ClientId;
-use crate::api::SendError;
+use super::domain::{ClientId, ConsentEvidence, ConsentMethod, ConsentService};
+use super::error::SendError;
 use crate::audit::{Audit, AuditEvent, AuditNumber};
 use crate::config::Campaign;
 use crate::store::shared::{put_consent, SharedState};

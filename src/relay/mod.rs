@@ -6,6 +6,8 @@
 //! translate), and never keeps a body beyond the request.
 
 pub mod consent;
+pub mod domain;
+pub mod error;
 pub mod inbound;
 pub mod inflight;
 pub mod limits;
@@ -14,7 +16,10 @@ pub mod recent;
 pub mod record;
 pub mod route;
 pub mod settle;
+pub mod status;
 
 pub mod service;
 
+pub use domain::{ClientId, MessageStatus, SendAccepted, SendRequest};
+pub use error::SendError;
 pub use service::Relay;

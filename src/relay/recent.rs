@@ -19,12 +19,40 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::inflight::{Found, InFlight};
+
 /// Entries kept: over a second of flat-out traffic, minutes at usual rates;
 /// small enough (~2 MiB) to stay mostly in cache.
 pub const CAPACITY: usize = 1 << 14;
 /// An entry older than this is not trusted (retention may have pruned the
 /// message); the store answers instead.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The carrier ids of this process's sends, written by the send path and
+/// read by the receipt path: built first and handed to both (the relay and
+/// its inbound handler), so neither needs the other.
+#[derive(Clone, Default)]
+pub struct SentIds {
+    /// Recently committed sends (see [`RecentIds`]).
+    pub(crate) recent: std::sync::Arc<RecentIds>,
+    /// Sends whose record has not committed yet (see [`InFlight`]).
+    pub(crate) inflight: std::sync::Arc<InFlight>,
+}
+
+impl SentIds {
+    /// The message a receipt's carrier id belongs to, if it was sent
+    /// recently by this process; `keys` as `dlr::lookup_keys` gives them.
+    /// `None` means "ask the store".
+    pub fn recent_carrier_id(&self, carrier: &str, keys: &[String]) -> Option<String> {
+        self.recent.get(carrier, keys)
+    }
+
+    /// The message being sent that a receipt's `keys` belong to, once its
+    /// record's fate is known (see [`InFlight`]).
+    pub async fn in_flight_message(&self, carrier: &str, keys: &[String]) -> Option<Found> {
+        self.inflight.wait(carrier, keys).await
+    }
+}
 
 struct Slot {
     /// carrier, key and message id end to end: one allocation per entry.

@@ -12,7 +12,11 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::status::{IdempotencyState, MessageStatus};
+use crate::store::shared::SharedState;
 use crate::store::{tables, Store, StoreError, Tx};
+use crate::text::Encoding;
+use crate::webhook::StatusEvent;
 
 /// id → [`MessageRecord`] as [`encode_message`] writes it.
 pub const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
@@ -50,17 +54,35 @@ pub struct MessageRecord {
     pub carrier: Option<String>,
     /// Carrier message id of each segment, in order (empty where unknown).
     pub carrier_ids: Vec<String>,
-    pub encoding: String,
+    pub encoding: Encoding,
     pub segments: u32,
-    /// One of the API statuses (`accepted`, `delivered`, …).
-    pub status: String,
+    pub status: MessageStatus,
     /// Final receipts seen, per segment index (for multi-part status).
     #[serde(default)]
-    pub part_states: Vec<Option<String>>,
+    pub part_states: Vec<Option<MessageStatus>>,
     pub error_code: Option<String>,
     pub client_ref: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+/// The relay builds a message's webhook event from its record (the
+/// webhook module knows events, not records).
+impl StatusEvent {
+    /// The status of a message record as it is now.
+    pub fn from_record(rec: &MessageRecord) -> Self {
+        StatusEvent {
+            message_id: rec.id.clone(),
+            status: rec.status.as_str().to_owned(),
+            error_code: rec.error_code.clone(),
+            carrier: rec.carrier.clone(),
+            campaign_id: Some(rec.campaign.clone()),
+            client_ref: rec.client_ref.clone(),
+            segments: rec.segments,
+            created_ms: rec.created_ms,
+            updated_ms: rec.updated_ms,
+        }
+    }
 }
 
 /// The state of an idempotency key.
@@ -70,7 +92,7 @@ pub struct IdempotencyRecord {
     /// that a stolen database cannot be used to guess short texts.
     pub request_hash: String,
     /// `pending` until the outcome is known; `done` after.
-    pub state: String,
+    pub state: IdempotencyState,
     /// The message id, once one was assigned.
     pub message_id: Option<String>,
     /// The first outcome to replay: the 201 body, or the problem `code`.
@@ -103,7 +125,7 @@ pub enum IdemPhase {
 impl IdempotencyRecord {
     /// See [`IdemPhase`]; `boot` is the asking relay's boot id.
     pub fn phase(&self, boot: &str) -> IdemPhase {
-        if self.state == "done" {
+        if self.state == IdempotencyState::Done {
             IdemPhase::Done
         } else if self.boot.as_deref() == Some(boot) {
             IdemPhase::InFlight
@@ -117,7 +139,7 @@ impl IdempotencyRecord {
     /// own node can tell a crash from a send in progress).
     pub fn phase_at(&self, node: &str, boot: &str) -> IdemPhase {
         match self.node.as_deref() {
-            Some(n) if n != node && self.state != "done" => IdemPhase::InFlight,
+            Some(n) if n != node && self.state != IdempotencyState::Done => IdemPhase::InFlight,
             _ => self.phase(boot),
         }
     }
@@ -132,7 +154,7 @@ impl IdempotencyRecord {
     ) -> Self {
         IdempotencyRecord {
             request_hash: request_hash.to_owned(),
-            state: "pending".into(),
+            state: IdempotencyState::Pending,
             message_id: Some(message_id.to_owned()),
             outcome: None,
             created_ms: now_ms,
@@ -163,31 +185,91 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Refused(format!("serialising a record: {e}")))
 }
 
-/// First byte of a message record in the compact format ([`postcard`]
-/// follows). Records written before it are JSON and begin with `{`, which
-/// [`decode_message`] still reads.
+/// First byte of a message record in the first compact format
+/// ([`postcard`] of [`MessageRecordV1`]: statuses and the encoding as
+/// strings). Records written before it are JSON and begin with `{`; both
+/// are still read ([`decode_message`]).
 const MESSAGE_FORMAT_1: u8 = 1;
+/// First byte of a message record now: [`postcard`] of [`MessageRecord`],
+/// whose statuses and encoding are enums (their variant index).
+const MESSAGE_FORMAT_2: u8 = 2;
 
-/// The stored bytes of a message record: [`MESSAGE_FORMAT_1`] then the
+/// The stored bytes of a message record: [`MESSAGE_FORMAT_2`] then the
 /// record in postcard (field order of [`MessageRecord`]; append new fields
 /// at the end only behind a new format byte).
 pub fn encode_message(rec: &MessageRecord) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(256);
-    out.push(MESSAGE_FORMAT_1);
+    out.push(MESSAGE_FORMAT_2);
     postcard::to_io(rec, &mut out)
         .map_err(|e| StoreError::Refused(format!("serialising a message record: {e}")))?;
     Ok(out)
 }
 
-/// Reads stored message record bytes (either format).
+/// Reads stored message record bytes (any format).
 pub fn decode_message(id: &str, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     let malformed = |e: &dyn std::fmt::Display| {
         StoreError::Refused(format!("message record {id} is malformed: {e}"))
     };
     match bytes.split_first() {
-        Some((&MESSAGE_FORMAT_1, rest)) => postcard::from_bytes(rest).map_err(|e| malformed(&e)),
-        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(&e)),
+        Some((&MESSAGE_FORMAT_2, rest)) => postcard::from_bytes(rest).map_err(|e| malformed(&e)),
+        Some((&MESSAGE_FORMAT_1, rest)) => postcard::from_bytes::<MessageRecordV1>(rest)
+            .map(MessageRecord::from)
+            .map_err(|e| malformed(&e)),
+        // JSON (records before the compact format, and fleet projections):
+        // the names are the enums' serde names, read through the string
+        // form so that any stored name still decodes.
+        Some((b'{', _)) => serde_json::from_slice::<MessageRecordV1>(bytes)
+            .map(MessageRecord::from)
+            .map_err(|e| malformed(&e)),
         _ => Err(malformed(&"unknown format")),
+    }
+}
+
+/// A message record as [`MESSAGE_FORMAT_1`] and JSON hold it: statuses and
+/// the encoding as their names.
+#[derive(Deserialize)]
+struct MessageRecordV1 {
+    id: String,
+    client: String,
+    campaign: String,
+    from: String,
+    to_pseudonym: String,
+    carrier: Option<String>,
+    carrier_ids: Vec<String>,
+    encoding: String,
+    segments: u32,
+    status: String,
+    #[serde(default)]
+    part_states: Vec<Option<String>>,
+    error_code: Option<String>,
+    client_ref: Option<String>,
+    created_ms: u64,
+    updated_ms: u64,
+}
+
+impl From<MessageRecordV1> for MessageRecord {
+    fn from(r: MessageRecordV1) -> Self {
+        MessageRecord {
+            id: r.id,
+            client: r.client,
+            campaign: r.campaign,
+            from: r.from,
+            to_pseudonym: r.to_pseudonym,
+            carrier: r.carrier,
+            carrier_ids: r.carrier_ids,
+            encoding: Encoding::parse(&r.encoding),
+            segments: r.segments,
+            status: MessageStatus::parse(&r.status),
+            part_states: r
+                .part_states
+                .iter()
+                .map(|p| p.as_deref().map(MessageStatus::parse))
+                .collect(),
+            error_code: r.error_code,
+            client_ref: r.client_ref,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
     }
 }
 
@@ -200,6 +282,35 @@ pub fn projection(rec: &MessageRecord) -> Result<Vec<u8>, StoreError> {
     p.carrier_ids = Vec::new();
     p.part_states = Vec::new();
     json(&p)
+}
+
+/// Fleet mode: projects a record's status for the other nodes' `GET`.
+/// Best effort: the owner's store stays the truth, and its own `GET`
+/// answers from it.
+pub async fn project(shared: &dyn SharedState, rec: &MessageRecord) {
+    if !shared.messages_are_shared() {
+        return;
+    }
+    let p = match projection(rec) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(message = %rec.id, "message projection: {e}");
+            return;
+        }
+    };
+    if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
+        tracing::warn!(message = %rec.id, "message projection: {e}");
+    }
+}
+
+/// [`project`] of a stored record after its status changed (a receipt).
+pub async fn project_stored(store: &Store, shared: &dyn SharedState, id: &str) {
+    if !shared.messages_are_shared() {
+        return;
+    }
+    if let Ok(Some(rec)) = get_message(store, id) {
+        project(shared, &rec).await;
+    }
 }
 
 /// Inserts or replaces a message record (inside a store op).
@@ -293,7 +404,7 @@ pub fn finish_idempotent(
             .map_err(|e| StoreError::Refused(format!("idempotency record is malformed: {e}")))?,
         None => return Ok(()),
     };
-    rec.state = "done".into();
+    rec.state = IdempotencyState::Done;
     rec.message_id = Some(message_id.to_owned());
     rec.outcome = Some(outcome);
     t.insert((client, key), json(&rec)?.as_slice())?;
@@ -337,7 +448,7 @@ pub fn accepted_between(
             out.next_ms = rec.created_ms.max(from_ms + 1);
             break;
         }
-        if rec.status == "accepted" {
+        if rec.status == MessageStatus::Accepted {
             out.ids.push(rec.id);
         }
     }
@@ -381,7 +492,7 @@ mod tests {
     fn a_pending_claim_of_another_boot_was_interrupted() {
         let mut r = IdempotencyRecord {
             request_hash: "h".into(),
-            state: "pending".into(),
+            state: IdempotencyState::Pending,
             message_id: Some("msg_1".into()),
             outcome: None,
             created_ms: 1,
@@ -392,7 +503,7 @@ mod tests {
         assert_eq!(r.phase("boot-b"), IdemPhase::Interrupted);
         r.boot = None;
         assert_eq!(r.phase("boot-a"), IdemPhase::Interrupted, "older versions");
-        r.state = "done".into();
+        r.state = IdempotencyState::Done;
         assert_eq!(r.phase("boot-b"), IdemPhase::Done);
     }
 
@@ -402,7 +513,7 @@ mod tests {
         assert_eq!(r.phase_at("node-b", "boot-b"), IdemPhase::InFlight);
         assert_eq!(r.phase_at("node-a", "boot-a"), IdemPhase::InFlight);
         assert_eq!(r.phase_at("node-a", "boot-c"), IdemPhase::Interrupted);
-        r.state = "done".into();
+        r.state = IdempotencyState::Done;
         assert_eq!(r.phase_at("node-b", "boot-b"), IdemPhase::Done);
         let back = IdempotencyRecord::from_json(&r.to_json().unwrap()).unwrap();
         assert_eq!(back, r);
@@ -417,9 +528,9 @@ mod tests {
             to_pseudonym: "ab".repeat(32),
             carrier: Some("a".into()),
             carrier_ids: vec!["1".into()],
-            encoding: "gsm7".into(),
+            encoding: Encoding::Gsm7,
             segments: 1,
-            status: "accepted".into(),
+            status: MessageStatus::Accepted,
             part_states: vec![None],
             error_code: None,
             client_ref: None,
@@ -432,7 +543,7 @@ mod tests {
     fn message_records_round_trip_and_read_the_json_format() {
         let r = rec(&message_id_at(7), 7);
         let bytes = encode_message(&r).unwrap();
-        assert_eq!(bytes[0], MESSAGE_FORMAT_1);
+        assert_eq!(bytes[0], MESSAGE_FORMAT_2);
         assert!(bytes.len() < json(&r).unwrap().len() * 3 / 4);
         assert_eq!(decode_message(&r.id, &bytes).unwrap(), r);
         assert_eq!(decode_message(&r.id, &json(&r).unwrap()).unwrap(), r);
@@ -443,6 +554,38 @@ mod tests {
         for n in 0..bytes.len() {
             let _ = decode_message("m", &bytes[..n]);
         }
+    }
+
+    /// A record as format 1 stored it (statuses and encoding as strings),
+    /// byte for byte, and the same record as JSON: both still decode.
+    #[test]
+    fn format_1_and_json_records_still_decode() {
+        const V1: &[u8] = b"\x01\x05msg_1\x01c\x01C\x0c+15551230001\x02ab\x01\x01a\x02\x011\x012\x04ucs2\x02\x09delivered\x02\x01\x09delivered\x00\x00\x01\x01r\x07\x09";
+        let want = MessageRecord {
+            id: "msg_1".into(),
+            client: "c".into(),
+            campaign: "C".into(),
+            from: "+15551230001".into(),
+            to_pseudonym: "ab".into(),
+            carrier: Some("a".into()),
+            carrier_ids: vec!["1".into(), "2".into()],
+            encoding: Encoding::Ucs2,
+            segments: 2,
+            status: MessageStatus::Delivered,
+            part_states: vec![Some(MessageStatus::Delivered), None],
+            error_code: None,
+            client_ref: Some("r".into()),
+            created_ms: 7,
+            updated_ms: 9,
+        };
+        assert_eq!(decode_message("msg_1", V1).unwrap(), want);
+        let json = r#"{"id":"msg_1","client":"c","campaign":"C","from":"+15551230001","to_pseudonym":"ab","carrier":"a","carrier_ids":["1","2"],"encoding":"ucs2","segments":2,"status":"delivered","part_states":["delivered",null],"error_code":null,"client_ref":"r","created_ms":7,"updated_ms":9}"#;
+        assert_eq!(decode_message("msg_1", json.as_bytes()).unwrap(), want);
+        // The JSON the enums serialise to is the same as the strings'.
+        assert_eq!(
+            String::from_utf8(super::json(&want).unwrap()).unwrap(),
+            json
+        );
     }
 
     #[tokio::test]
@@ -475,7 +618,7 @@ mod tests {
         match again {
             Idem::Existing(r) => {
                 assert_eq!(r.request_hash, "h1");
-                assert_eq!(r.state, "pending");
+                assert_eq!(r.state, IdempotencyState::Pending);
             }
             Idem::Fresh => panic!("key recorded twice"),
         }

@@ -39,6 +39,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 use super::record::{self, MessageRecord};
+use super::status::MessageStatus;
 use crate::audit::{Audit, AuditEvent};
 use crate::store::shared::SharedState;
 use crate::store::StoreError;
@@ -65,16 +66,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The final status of a message whose receipts stopped coming: its
-/// segments with a state decide; with none, `unknown`.
-pub fn settled_status(parts: &[Option<String>]) -> &'static str {
-    let known: Vec<Option<String>> = parts.iter().filter(|p| p.is_some()).cloned().collect();
-    if known.is_empty() {
-        return "unknown";
-    }
-    super::inbound::overall(&known).unwrap_or("unknown")
 }
 
 /// See the module docs.
@@ -256,10 +247,10 @@ fn settle_one(
     out: &mut Settled,
 ) -> Result<(), StoreError> {
     let updated = record::update_message(atx.txn(), id, |rec: &mut MessageRecord| {
-        if rec.status != "accepted" {
+        if rec.status.is_final() {
             return false;
         }
-        rec.status = settled_status(&rec.part_states).to_owned();
+        rec.status = MessageStatus::settled(&rec.part_states);
         rec.updated_ms = now;
         true
     })?;
@@ -268,7 +259,7 @@ fn settle_one(
     };
     let ev = AuditEvent::MessageStatus {
         message_id: rec.id.clone(),
-        status: crate::relay::inbound::static_status(&rec.status),
+        status: rec.status.as_str(),
         carrier: rec.carrier.clone(),
         error: rec.error_code.clone(),
     };
@@ -281,28 +272,4 @@ fn settle_one(
         out.records.push(rec);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(v: &[Option<&str>]) -> Vec<Option<String>> {
-        v.iter().map(|s| s.map(str::to_owned)).collect()
-    }
-
-    #[test]
-    fn the_segments_with_a_state_decide() {
-        assert_eq!(settled_status(&p(&[Some("delivered"), None])), "delivered");
-        assert_eq!(
-            settled_status(&p(&[None, Some("delivered"), None])),
-            "delivered"
-        );
-        assert_eq!(settled_status(&p(&[None, None])), "unknown");
-        assert_eq!(settled_status(&p(&[])), "unknown");
-        assert_eq!(
-            settled_status(&p(&[Some("delivered"), Some("expired"), None])),
-            "expired"
-        );
-    }
 }

@@ -3,8 +3,9 @@
 //! our server).
 //!
 //! Owns: [`InboundMessage`] (the decoded, text-redacting form of those PDUs),
-//! the [`InboundHandler`] trait, [`TempErrorHandler`] (the default until the
-//! relay exists) and [`RecordingHandler`] (for tests).
+//! the [`InboundHandler`] trait, [`InboundOutcome`] (what a handler did, mapped
+//! to a command status in `status.rs`), [`TempErrorHandler`] (the default until the
+//! relay exists).
 //!
 //! Must not know: receipt text formats, opt-out keywords, webhooks.
 //!
@@ -14,9 +15,7 @@
 use std::fmt;
 
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
 use rusmpp::CommandStatus;
-use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::types::masked;
@@ -115,6 +114,36 @@ pub trait InboundHandler: Send + Sync + 'static {
     fn bind_event(&self, _event: BindEvent) {}
 }
 
+/// What a handler did with an inbound message, in its own terms;
+/// `smpp::status` alone turns it into the `_resp`'s command status
+/// ([`InboundOutcome::command_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundOutcome {
+    /// Taken: with a client, recorded, or needing nothing more (also a
+    /// receipt that will not get better on redelivery). `ESME_ROK`.
+    Taken,
+    /// A part of a concatenated message, held until the rest arrives (or a
+    /// part of a message already relayed). `ESME_ROK`.
+    Held,
+    /// Not taken now; the peer redelivers it later. `ESME_RX_T_APPN`.
+    RetryLater,
+    /// Refused for good, and why.
+    Refused(Refusal),
+}
+
+/// Why an inbound message was refused for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source address is not a number. `ESME_RINVSRCADR`.
+    BadSource,
+    /// The destination is none of our numbers. `ESME_RINVDSTADR`.
+    UnknownDestination,
+    /// The bytes do not decode as text. `ESME_RX_P_APPN`.
+    Undecodable,
+    /// A part longer than one SMS can carry. `ESME_RINVMSGLEN`.
+    TooLong,
+}
+
 /// A change of an SMPP bind, for the audit log. `peer` is the remote
 /// address (`host:port` of a carrier, or a peer's IP).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,44 +176,6 @@ impl InboundHandler for TempErrorHandler {
     fn deliver<'a>(&'a self, _link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
         drop(msg);
         Box::pin(async { CommandStatus::EsmeRxTAppn })
-    }
-}
-
-/// A handler for tests: forwards every message to a channel and answers a
-/// fixed status.
-pub struct RecordingHandler {
-    tx: mpsc::Sender<(String, InboundMessage)>,
-    status: Mutex<CommandStatus>,
-}
-
-impl RecordingHandler {
-    /// A handler answering `ESME_ROK`, and the receiving end of its channel.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<(String, InboundMessage)>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (
-            RecordingHandler {
-                tx,
-                status: Mutex::new(CommandStatus::EsmeRok),
-            },
-            rx,
-        )
-    }
-
-    /// Changes the status answered from now on.
-    pub fn set_status(&self, status: CommandStatus) {
-        *self.status.lock() = status;
-    }
-}
-
-impl InboundHandler for RecordingHandler {
-    fn deliver<'a>(&'a self, link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
-        let status = *self.status.lock();
-        Box::pin(async move {
-            if self.tx.send((link.to_owned(), msg)).await.is_err() {
-                return CommandStatus::EsmeRxTAppn;
-            }
-            status
-        })
     }
 }
 

@@ -14,7 +14,6 @@
 //!   throttles (issue 16 item 6).
 //! * [`server`] — `[smpp_server]`: TLS accept, bind authentication against
 //!   `[[peers]]`, and sending deliver_sm to bound peers.
-//! * [`sim`] — a simulated carrier SMSC on the same engine.
 //! * [`handler`] — what the relay implements to receive MO, receipts and
 //!   submit_sm from peers ([`InboundHandler`]).
 //!
@@ -24,24 +23,21 @@
 //! Invariants: no message text in any log line, error or `Debug` output;
 //! numbers are masked in logs; no lock is held across an `.await`.
 
-pub mod bench;
 pub mod bind;
 pub mod codec;
 pub mod dlr;
-pub mod encoding;
 pub mod handler;
 pub mod pacer;
 pub mod pdu;
 pub mod pool;
 pub mod server;
 pub mod session;
-pub mod sim;
 pub mod status;
 
 use std::time::Duration;
 
 pub use handler::{
-    BindEvent, InboundHandler, InboundKind, InboundMessage, ReceiptTlvs, RecordingHandler,
+    BindEvent, InboundHandler, InboundKind, InboundMessage, InboundOutcome, ReceiptTlvs, Refusal,
     TempErrorHandler,
 };
 pub use pdu::{DeliverRequest, SubmitRequest, SubmitResponse};

@@ -447,6 +447,21 @@ async fn establish(
     Ok(framed)
 }
 
+/// The settings of an outbound (ESME) session to `carrier`.
+fn esme_session(link: &Arc<str>, carrier: &Carrier, kind: BindKind) -> SessionConfig {
+    SessionConfig {
+        link: link.clone(),
+        receipt_link: None,
+        kind,
+        role: Role::Esme,
+        window: carrier.window.max(1) as usize,
+        response_timeout: carrier.response_timeout,
+        enquire_link: Some(carrier.enquire_link),
+        idle_timeout: None,
+        id: 0,
+    }
+}
+
 async fn run_slot(
     inner: Arc<Inner>,
     idx: usize,
@@ -478,17 +493,7 @@ async fn run_slot(
             Ok(framed) => {
                 attempt = 0;
                 last_logged = None;
-                let cfg = SessionConfig {
-                    link: link.clone(),
-                    receipt_link: None,
-                    kind: slot.kind,
-                    role: Role::Esme,
-                    window: carrier.window.max(1) as usize,
-                    response_timeout: carrier.response_timeout,
-                    enquire_link: Some(carrier.enquire_link),
-                    idle_timeout: None,
-                    id: 0,
-                };
+                let cfg = esme_session(&link, &carrier, slot.kind);
                 let handle = session::spawn(framed, BIND_SEQ + 1, cfg, deps.clone());
                 slot.set(Some(handle.clone()));
                 bound_gauge.inc();

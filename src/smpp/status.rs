@@ -6,11 +6,16 @@
 //! they are safe as metric labels; an unknown code is `OTHER` in labels and
 //! `0x%08X` in error text.
 //!
+//! Also the one mapping from a handler's [`InboundOutcome`] to the status
+//! its `_resp` carries.
+//!
 //! Must not know: sessions, sockets, messages.
 
 use std::borrow::Cow;
 
 use rusmpp::CommandStatus;
+
+use super::handler::{InboundOutcome, Refusal};
 
 /// The SMPP name of a status, e.g. `ESME_RTHROTTLED`; unknown codes as hex.
 pub fn status_name(status: CommandStatus) -> Cow<'static, str> {
@@ -150,6 +155,20 @@ pub fn command_label(id: rusmpp::CommandId) -> &'static str {
         C::QueryBroadcastSmResp => "query_broadcast_sm_resp",
         C::CancelBroadcastSmResp => "cancel_broadcast_sm_resp",
         C::Other(_) => "other",
+    }
+}
+
+impl InboundOutcome {
+    /// The status the peer gets in the message's `_resp`.
+    pub fn command_status(self) -> CommandStatus {
+        match self {
+            InboundOutcome::Taken | InboundOutcome::Held => CommandStatus::EsmeRok,
+            InboundOutcome::RetryLater => CommandStatus::EsmeRxTAppn,
+            InboundOutcome::Refused(Refusal::BadSource) => CommandStatus::EsmeRinvsrcadr,
+            InboundOutcome::Refused(Refusal::UnknownDestination) => CommandStatus::EsmeRinvdstadr,
+            InboundOutcome::Refused(Refusal::Undecodable) => CommandStatus::EsmeRxPAppn,
+            InboundOutcome::Refused(Refusal::TooLong) => CommandStatus::EsmeRinvmsglen,
+        }
     }
 }
 

@@ -292,8 +292,7 @@ pub(crate) fn run(
             window_start = first_at;
             window_ops = 0;
         }
-        let busy =
-            previous >= LINGER_AFTER || last_window_ops.max(window_ops + ops) >= BUSY_OPS;
+        let busy = previous >= LINGER_AFTER || last_window_ops.max(window_ops + ops) >= BUSY_OPS;
         let floor = busy.then(|| first_at + LINGER);
         linger(&mut rx, &mut batch, &mut ops, floor, &wake);
         previous = ops;

@@ -81,21 +81,6 @@ struct StatusData<'a> {
 }
 
 impl StatusEvent {
-    /// The status of a message record as it is now.
-    pub fn from_record(rec: &crate::relay::record::MessageRecord) -> Self {
-        StatusEvent {
-            message_id: rec.id.clone(),
-            status: rec.status.clone(),
-            error_code: rec.error_code.clone(),
-            carrier: rec.carrier.clone(),
-            campaign_id: Some(rec.campaign.clone()),
-            client_ref: rec.client_ref.clone(),
-            segments: rec.segments,
-            created_ms: rec.created_ms,
-            updated_ms: rec.updated_ms,
-        }
-    }
-
     /// The event's `data` object as sent.
     pub fn data(&self) -> serde_json::Value {
         let d = StatusData {

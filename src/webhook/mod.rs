@@ -11,8 +11,8 @@
 //!   while the carrier waits ([`Webhooks::deliver_now`]); the relay turns a
 //!   failure into ESME_RX_T_APPN so the carrier retries.
 //!
-//! Every request carries `Conduit-Signature` ([`sign`]). [`sink`] is a
-//! receiving end for tests and the demo.
+//! Every request carries `Conduit-Signature` ([`sign`]). The receiving end
+//! for tests and the demo is `tools::sink`.
 //!
 //! Must not know: SMPP, the API, how statuses are decided. Must never put a
 //! text or a clear phone number in a log line, an error, a metric label or
@@ -24,7 +24,6 @@ pub mod event;
 pub mod outbox;
 mod schedule;
 pub mod sign;
-pub mod sink;
 pub mod worker;
 
 use std::time::Duration;
@@ -32,7 +31,6 @@ use std::time::Duration;
 pub use event::{ReceivedEvent, StatusEvent};
 pub use outbox::{enqueue, Outbox, OutboxRecord};
 pub use sign::{SignatureError, HEADER as SIGNATURE_HEADER};
-pub use sink::{Mode, Sink, SinkError};
 pub use worker::Webhooks;
 
 use crate::tls::TlsError;

@@ -34,11 +34,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
 
-use super::handler::{InboundHandler, InboundKind, InboundMessage, ReceiptTlvs};
-use super::pdu::DeliverRequest;
-use super::server::{self, Auth, ServerHandle, ServerOptions};
-use super::SmppError;
 use crate::metrics::Metrics;
+use crate::smpp::handler::{InboundHandler, InboundKind, InboundMessage, ReceiptTlvs};
+use crate::smpp::pdu::DeliverRequest;
+use crate::smpp::server::{self, Auth, ServerHandle, ServerOptions};
+use crate::smpp::SmppError;
 use crate::tls::{ClientAuth, ServerTls};
 
 /// The link name the simulator gives every bound client.

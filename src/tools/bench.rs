@@ -145,7 +145,7 @@ pub enum BenchError {
     Sink(String),
 }
 
-async fn start_sink(s: &BenchSink) -> Result<crate::webhook::sink::Sink, BenchError> {
+async fn start_sink(s: &BenchSink) -> Result<crate::tools::sink::Sink, BenchError> {
     let raw = std::fs::read(&s.secret_file)
         .map_err(|e| BenchError::Sink(format!("{}: {e}", s.secret_file.display())))?;
     let secret = crate::types::Secret::new(raw);
@@ -166,7 +166,7 @@ async fn start_sink(s: &BenchSink) -> Result<crate::webhook::sink::Sink, BenchEr
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .map_err(|e| BenchError::Sink(format!("listening on {}: {e}", s.listen)))?;
-    crate::webhook::sink::Sink::start_on(listener, tls, secret, false)
+    crate::tools::sink::Sink::start_on(listener, tls, secret, false)
         .map_err(|e| BenchError::Sink(e.to_string()))
 }
 

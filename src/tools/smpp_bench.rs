@@ -13,12 +13,12 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use super::handler::TempErrorHandler;
-use super::pdu::SubmitRequest;
-use super::pool::Pool;
-use super::SmppError;
 use crate::config::Carrier;
 use crate::metrics::Metrics;
+use crate::smpp::handler::TempErrorHandler;
+use crate::smpp::pdu::SubmitRequest;
+use crate::smpp::pool::Pool;
+use crate::smpp::SmppError;
 use crate::types::E164;
 
 /// The result of [`bench_session`].

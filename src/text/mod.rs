@@ -1,4 +1,11 @@
-//! SMS text encoding, segmentation and inbound decoding (SPEC §5 "Encoding").
+//! SMS text encoding, segmentation and inbound decoding (SPEC §5 "Encoding"),
+//! and the keyword class of an MO text.
+//!
+//! Code map: this file chooses the alphabet, counts and fills segments;
+//! [`gsm`] holds the GSM 03.38 tables; [`decode`] (re-exported here) turns
+//! inbound octets back into text; [`keyword`] classifies an MO's text.
+//! A leaf module: the relay, the config check and tests use it; the SMPP
+//! engine carries only the octets it produces.
 //!
 //! This module owns the choice between GSM 03.38 and UCS-2, the 160/153 and
 //! 70/67 segment limits, the 8-bit-reference concatenation UDH for outbound
@@ -29,7 +36,14 @@ use std::ops::Range;
 
 use zeroize::Zeroizing;
 
-use crate::types::Body;
+mod decode;
+mod gsm;
+mod keyword;
+
+pub use decode::{decode, decode_text, split_udh, Concat, DecodeError, Decoded};
+pub use keyword::{keyword, KeywordClass};
+
+use gsm::*;
 
 /// GSM escape septet that introduces an extension-table character.
 const ESC: u8 = 0x1B;
@@ -40,8 +54,10 @@ pub const UDH_LEN: usize = 6;
 /// Most parts an 8-bit concatenation header can number.
 pub const MAX_PARTS: usize = 255;
 
-/// The alphabet a text is sent in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The alphabet a text is sent in; serialised (API answers, message
+/// records) by its [`Encoding::as_str`] name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// GSM 03.38 default alphabet + extension table, unpacked septets.
     Gsm7,
@@ -55,6 +71,15 @@ impl Encoding {
         match self {
             Encoding::Gsm7 => "gsm7",
             Encoding::Ucs2 => "ucs2",
+        }
+    }
+
+    /// A stored name: `ucs2`, else GSM 7-bit (what records have held).
+    pub fn parse(s: &str) -> Encoding {
+        if s == Encoding::Ucs2.as_str() {
+            Encoding::Ucs2
+        } else {
+            Encoding::Gsm7
         }
     }
 
@@ -331,381 +356,6 @@ fn write_char(buf: &mut Vec<u8>, encoding: Encoding, ch: char) {
             }
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// GSM 03.38 tables
-// ---------------------------------------------------------------------------
-
-/// The GSM 03.38 default alphabet, indexed by septet. 0x1B is ESC (decoded
-/// as a space only when it cannot introduce an extension character).
-const GSM_BASIC: [char; 128] = [
-    '@', '£', '$', '¥', 'è', 'é', 'ù', 'ì', 'ò', 'Ç', '\n', 'Ø', 'ø', '\r', 'Å', 'å', //
-    'Δ', '_', 'Φ', 'Γ', 'Λ', 'Ω', 'Π', 'Ψ', 'Σ', 'Θ', 'Ξ', ' ', 'Æ', 'æ', 'ß', 'É', //
-    ' ', '!', '"', '#', '¤', '%', '&', '\'', '(', ')', '*', '+', ',', '-', '.', '/', //
-    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', ':', ';', '<', '=', '>', '?', //
-    '¡', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', //
-    'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z', 'Ä', 'Ö', 'Ñ', 'Ü', '§', //
-    '¿', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', //
-    'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'ä', 'ö', 'ñ', 'ü', 'à', //
-];
-
-/// The GSM 03.38 extension table: (septet after ESC, character).
-const GSM_EXT: [(u8, char); 10] = [
-    (0x0A, '\u{0C}'), // form feed
-    (0x14, '^'),
-    (0x28, '{'),
-    (0x29, '}'),
-    (0x2F, '\\'),
-    (0x3C, '['),
-    (0x3D, '~'),
-    (0x3E, ']'),
-    (0x40, '|'),
-    (0x65, '€'),
-];
-
-/// Marks an extension-table entry in [`ASCII_TO_GSM`].
-const EXT_FLAG: u8 = 0x80;
-/// Marks an ASCII character with no GSM representation in [`ASCII_TO_GSM`].
-const NO_GSM: u8 = 0xFF;
-
-/// ASCII → septet (or `EXT_FLAG | septet`, or `NO_GSM`), built from the tables
-/// at compile time so the hot path is one array load per ASCII character.
-const ASCII_TO_GSM: [u8; 128] = build_ascii_table();
-
-const fn build_ascii_table() -> [u8; 128] {
-    let mut table = [NO_GSM; 128];
-    let mut septet = 0;
-    while septet < 128 {
-        let ch = GSM_BASIC[septet] as u32;
-        if ch < 128 && septet != ESC as usize {
-            table[ch as usize] = septet as u8;
-        }
-        septet += 1;
-    }
-    let mut i = 0;
-    while i < GSM_EXT.len() {
-        let (septet, ch) = GSM_EXT[i];
-        if (ch as u32) < 128 {
-            table[ch as usize] = EXT_FLAG | septet;
-        }
-        i += 1;
-    }
-    table
-}
-
-/// A character's GSM 03.38 form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Gsm {
-    Basic(u8),
-    Ext(u8),
-}
-
-/// Septets a character costs in GSM 03.38 (1, 2 with ESC), `None` if absent.
-fn gsm_septets(ch: char) -> Option<u8> {
-    gsm_encode(ch).map(|g| match g {
-        Gsm::Basic(_) => 1,
-        Gsm::Ext(_) => 2,
-    })
-}
-
-/// A character's GSM 03.38 septet(s), `None` if it is not in the alphabet.
-fn gsm_encode(ch: char) -> Option<Gsm> {
-    if ch.is_ascii() {
-        return match ASCII_TO_GSM[ch as usize] {
-            NO_GSM => None,
-            v if v & EXT_FLAG != 0 => Some(Gsm::Ext(v & !EXT_FLAG)),
-            v => Some(Gsm::Basic(v)),
-        };
-    }
-    gsm_encode_non_ascii(ch)
-}
-
-/// The non-ASCII part of the default alphabet, plus `€` from the extension.
-fn gsm_encode_non_ascii(ch: char) -> Option<Gsm> {
-    let septet = match ch {
-        '£' => 0x01,
-        '¥' => 0x03,
-        'è' => 0x04,
-        'é' => 0x05,
-        'ù' => 0x06,
-        'ì' => 0x07,
-        'ò' => 0x08,
-        'Ç' => 0x09,
-        'Ø' => 0x0B,
-        'ø' => 0x0C,
-        'Å' => 0x0E,
-        'å' => 0x0F,
-        'Δ' => 0x10,
-        'Φ' => 0x12,
-        'Γ' => 0x13,
-        'Λ' => 0x14,
-        'Ω' => 0x15,
-        'Π' => 0x16,
-        'Ψ' => 0x17,
-        'Σ' => 0x18,
-        'Θ' => 0x19,
-        'Ξ' => 0x1A,
-        'Æ' => 0x1C,
-        'æ' => 0x1D,
-        'ß' => 0x1E,
-        'É' => 0x1F,
-        '¤' => 0x24,
-        '¡' => 0x40,
-        'Ä' => 0x5B,
-        'Ö' => 0x5C,
-        'Ñ' => 0x5D,
-        'Ü' => 0x5E,
-        '§' => 0x5F,
-        '¿' => 0x60,
-        'ä' => 0x7B,
-        'ö' => 0x7C,
-        'ñ' => 0x7D,
-        'ü' => 0x7E,
-        'à' => 0x7F,
-        '€' => return Some(Gsm::Ext(0x65)),
-        _ => return None,
-    };
-    Some(Gsm::Basic(septet))
-}
-
-/// The extension-table character for the septet after ESC, if any.
-fn gsm_ext_char(septet: u8) -> Option<char> {
-    GSM_EXT
-        .iter()
-        .find(|(s, _)| *s == septet)
-        .map(|(_, ch)| *ch)
-}
-
-// ---------------------------------------------------------------------------
-// Inbound decoding
-// ---------------------------------------------------------------------------
-
-/// Concatenation information from an inbound UDH.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Concat {
-    /// Reference shared by all parts (8-bit references are widened).
-    pub reference: u16,
-    /// Total number of parts.
-    pub total: u8,
-    /// This part's number, 1-based.
-    pub seq: u8,
-}
-
-/// A decoded inbound short message. `Debug` redacts the text (see [`Body`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
-    /// Present when this is one part of a concatenated message.
-    pub concat: Option<Concat>,
-    /// The text of this part.
-    pub text: Body,
-}
-
-/// Why inbound bytes could not be decoded. Never carries the bytes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// UDHI was set but the header length runs past the message.
-    #[error("user data header is truncated")]
-    UdhTruncated,
-    /// A GSM 7-bit octet had its high bit set (packed or mislabelled data).
-    #[error("octet at offset {offset} is not a GSM 7-bit septet")]
-    InvalidSeptet {
-        /// Offset of the octet within the text (after the UDH).
-        offset: usize,
-    },
-    /// An IA5 octet had its high bit set.
-    #[error("octet at offset {offset} is not IA5/ASCII")]
-    InvalidIa5 {
-        /// Offset of the octet within the text (after the UDH).
-        offset: usize,
-    },
-    /// UCS-2 text with an odd number of octets.
-    #[error("UCS-2 text has an odd length ({len} octets)")]
-    OddUcs2Length {
-        /// Octets after the UDH.
-        len: usize,
-    },
-    /// A data_coding this relay does not turn into text (binary, Kanji, …).
-    #[error("data_coding 0x{0:02x} is not a supported text alphabet")]
-    UnsupportedDataCoding(u8),
-}
-
-/// Text alphabets an inbound data_coding can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Alphabet {
-    Gsm7,
-    Ia5,
-    Latin1,
-    Ucs2,
-}
-
-/// Maps an SMPP data_coding to an alphabet (SMPP 3.4 §5.2.19 for 0x00–0x0F,
-/// GSM 03.38 coding groups for the rest).
-fn alphabet_of(data_coding: u8) -> Option<Alphabet> {
-    match data_coding {
-        0x00 => Some(Alphabet::Gsm7),
-        0x01 => Some(Alphabet::Ia5),
-        0x03 => Some(Alphabet::Latin1),
-        0x08 => Some(Alphabet::Ucs2),
-        // General data coding with message class: bits 3..2 are the alphabet.
-        0x10..=0x13 | 0xC0..=0xDF | 0xF0..=0xF3 => Some(Alphabet::Gsm7),
-        0x18..=0x1B | 0xE0..=0xEF => Some(Alphabet::Ucs2),
-        _ => None,
-    }
-}
-
-/// Decodes an inbound deliver_sm `short_message` (or `message_payload`).
-pub fn decode(
-    data_coding: u8,
-    esm_class: u8,
-    short_message: &[u8],
-) -> Result<Decoded, DecodeError> {
-    let (concat, payload) = split_udh(esm_class, short_message)?;
-    let text = decode_text(data_coding, payload)?;
-    Ok(Decoded { concat, text })
-}
-
-/// Strips the UDH when `esm_class` has UDHI and returns the concatenation IE
-/// (0x00 8-bit or 0x08 16-bit reference) if one is present and valid.
-/// Reassembly code can join the payloads of all parts and call
-/// [`decode_text`] once, which also survives SMSCs that split a character.
-pub fn split_udh(
-    esm_class: u8,
-    short_message: &[u8],
-) -> Result<(Option<Concat>, &[u8]), DecodeError> {
-    if esm_class & ESM_CLASS_UDHI == 0 {
-        return Ok((None, short_message));
-    }
-    let (&udhl, rest) = short_message
-        .split_first()
-        .ok_or(DecodeError::UdhTruncated)?;
-    let udhl = usize::from(udhl);
-    let header = rest.get(..udhl).ok_or(DecodeError::UdhTruncated)?;
-    let payload = rest.get(udhl..).ok_or(DecodeError::UdhTruncated)?;
-    Ok((parse_concat_ie(header), payload))
-}
-
-/// Walks the information elements; the last valid concatenation IE wins.
-/// Malformed trailing IEs end the walk (their bytes are still stripped).
-fn parse_concat_ie(mut header: &[u8]) -> Option<Concat> {
-    let mut found = None;
-    while let [iei, len, rest @ ..] = header {
-        let len = usize::from(*len);
-        let Some(data) = rest.get(..len) else { break };
-        found = concat_from_ie(*iei, data).or(found);
-        header = rest.get(len..).unwrap_or_default();
-    }
-    found
-}
-
-/// A concatenation IE's content, ignoring invalid ones (23.040 §9.2.3.24.1).
-fn concat_from_ie(iei: u8, data: &[u8]) -> Option<Concat> {
-    let (reference, total, seq) = match (iei, data) {
-        (0x00, &[r, t, s]) => (u16::from(r), t, s),
-        (0x08, &[r1, r2, t, s]) => (u16::from_be_bytes([r1, r2]), t, s),
-        _ => return None,
-    };
-    let valid = total > 0 && seq > 0 && seq <= total;
-    valid.then_some(Concat {
-        reference,
-        total,
-        seq,
-    })
-}
-
-/// Decodes text octets (UDH already removed) into a [`Body`]. The `String`
-/// is reserved at its maximum size so it never reallocates.
-pub fn decode_text(data_coding: u8, bytes: &[u8]) -> Result<Body, DecodeError> {
-    let alphabet =
-        alphabet_of(data_coding).ok_or(DecodeError::UnsupportedDataCoding(data_coding))?;
-    let text = match alphabet {
-        Alphabet::Gsm7 => decode_gsm7(bytes)?,
-        Alphabet::Ia5 => decode_ia5(bytes)?,
-        Alphabet::Latin1 => decode_latin1(bytes),
-        Alphabet::Ucs2 => decode_ucs2(bytes)?,
-    };
-    Ok(Body::new(text))
-}
-
-/// A string with room for `bytes` UTF-8 octets, zeroized if we bail out.
-fn text_buffer(bytes: usize) -> Zeroizing<String> {
-    Zeroizing::new(String::with_capacity(bytes))
-}
-
-/// Moves the text out of its zeroizing guard (the `Body` takes over).
-fn into_plain(mut text: Zeroizing<String>) -> String {
-    std::mem::take(&mut *text)
-}
-
-/// GSM 7-bit unpacked: one septet per octet, ESC introduces the extension
-/// table; an unknown extension shows its default-table character (23.038).
-fn decode_gsm7(bytes: &[u8]) -> Result<String, DecodeError> {
-    // Every default-table character is at most 2 UTF-8 octets (all are
-    // below U+0800); € (3 octets) costs 2 septets. So 2 octets per septet.
-    let mut text = text_buffer(bytes.len().saturating_mul(2));
-    let mut iter = bytes.iter().copied().enumerate();
-    while let Some((offset, septet)) = iter.next() {
-        let basic = gsm_basic(septet, offset)?;
-        if septet != ESC {
-            text.push(basic);
-            continue;
-        }
-        // A trailing ESC carries no character.
-        if let Some((offset, next)) = iter.next() {
-            text.push(gsm_escaped(next, offset)?);
-        }
-    }
-    Ok(into_plain(text))
-}
-
-/// The default-table character for a septet, erroring on high-bit octets.
-fn gsm_basic(septet: u8, offset: usize) -> Result<char, DecodeError> {
-    GSM_BASIC
-        .get(usize::from(septet))
-        .copied()
-        .ok_or(DecodeError::InvalidSeptet { offset })
-}
-
-/// The character for the septet after ESC.
-fn gsm_escaped(septet: u8, offset: usize) -> Result<char, DecodeError> {
-    match gsm_ext_char(septet) {
-        Some(ch) => Ok(ch),
-        None => gsm_basic(septet, offset),
-    }
-}
-
-/// IA5 (data_coding 1): 7-bit ASCII.
-fn decode_ia5(bytes: &[u8]) -> Result<String, DecodeError> {
-    let mut text = text_buffer(bytes.len());
-    for (offset, &b) in bytes.iter().enumerate() {
-        if !b.is_ascii() {
-            return Err(DecodeError::InvalidIa5 { offset });
-        }
-        text.push(char::from(b));
-    }
-    Ok(into_plain(text))
-}
-
-/// Latin-1 (data_coding 3): every octet is the code point of the same value.
-fn decode_latin1(bytes: &[u8]) -> String {
-    let mut text = text_buffer(bytes.len().saturating_mul(2));
-    text.extend(bytes.iter().map(|&b| char::from(b)));
-    into_plain(text)
-}
-
-/// UCS-2 / UTF-16BE (data_coding 8). Unpaired surrogates become U+FFFD.
-fn decode_ucs2(bytes: &[u8]) -> Result<String, DecodeError> {
-    if bytes.len() % 2 != 0 {
-        return Err(DecodeError::OddUcs2Length { len: bytes.len() });
-    }
-    // Each unit becomes at most 3 UTF-8 octets (a pair of 2 units becomes 4).
-    let mut text = text_buffer(bytes.len() / 2 * 3);
-    let units = bytes
-        .chunks_exact(2)
-        .filter_map(|pair| <[u8; 2]>::try_from(pair).ok())
-        .map(u16::from_be_bytes);
-    text.extend(char::decode_utf16(units).map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER)));
-    Ok(into_plain(text))
 }
 
 #[cfg(test)]

@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::sim::{start_sim, SimHandle, SimOptions};
+use super::sink::{Sink, SinkError};
 use crate::app::{App, AppError};
 use crate::config::Config;
-use crate::smpp::sim::{start_sim, SimHandle, SimOptions};
 use crate::smpp::{status_name, CommandStatus, SmppError};
 use crate::types::Secret;
-use crate::webhook::sink::{Sink, SinkError};
 
 /// The fast campaign: no refusals expected.
 pub const FAST_CAMPAIGN: &str = "CDEMOFAST";

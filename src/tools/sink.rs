@@ -28,11 +28,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::sign::{verify, DEFAULT_TOLERANCE, HEADER};
 use crate::api::server::{accept_loop, ConnLimits};
 use crate::config;
 use crate::tls::{self, ClientAuth, ServerTls, TlsError};
 use crate::types::Secret;
+use crate::webhook::sign::{verify, DEFAULT_TOLERANCE, HEADER};
 
 /// How the sink answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

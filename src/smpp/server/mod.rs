@@ -21,6 +21,11 @@
 //! is authenticated as strictly as over TLS (a peer that must present a
 //! client certificate cannot bind there); the peer table's lock is never
 //! held across an `.await`.
+//!
+//! Code map: this file holds the listener, the peer table and `serve` (one
+//! connection from accept to unbind); [`guard`] the per-address slots and
+//! failed-bind throttle; [`refuse`] the handshake, authentication and the
+//! one way a bind is refused.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +54,12 @@ use super::SmppError;
 use crate::config::{Peer, SmppServer};
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
+
+mod guard;
+mod refuse;
+
+use guard::*;
+use refuse::*;
 
 /// Who may bind.
 pub(crate) enum Auth {
@@ -85,37 +96,6 @@ pub(crate) struct Limits {
     pub max_unbound_per_address: usize,
     /// From accept to a successful bind, TLS handshake included.
     pub bind_timeout: Duration,
-}
-
-/// Failed binds a source address may make at once before it is throttled.
-/// A carrier that mistyped a password retries a few times; a guesser makes
-/// hundreds.
-const BIND_FAILURE_BURST: f64 = 5.0;
-/// Each failed bind allowance comes back after this long (5 a minute).
-const BIND_FAILURE_REFILL: Duration = Duration::from_secs(12);
-/// Source addresses whose failures are remembered; beyond it the entries
-/// that have fully recovered go first, so the table cannot grow without
-/// bound under a spread-out attack.
-const MAX_TRACKED_SOURCES: usize = 4096;
-
-/// A source address's failed-bind allowance (a token bucket).
-struct FailBucket {
-    tokens: f64,
-    at: Instant,
-    /// A throttled refusal was logged and audited since the bucket last
-    /// had room: the next ones are only counted.
-    announced: bool,
-}
-
-impl FailBucket {
-    fn refill(&mut self, now: Instant) {
-        let add = now.duration_since(self.at).as_secs_f64() / BIND_FAILURE_REFILL.as_secs_f64();
-        self.tokens = (self.tokens + add).min(BIND_FAILURE_BURST);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.announced = false;
-        }
-    }
 }
 
 /// A peer and its bound sessions.
@@ -417,121 +397,6 @@ async fn accept_loop(
     }
 }
 
-/// One accepted connection's share of the limits, given back on drop.
-struct Slot {
-    inner: Arc<Inner>,
-    ip: IpAddr,
-    unbound: bool,
-}
-
-impl Slot {
-    /// Counts a new connection from `ip`, or refuses it (counted in
-    /// `smpp_connections_refused`) when a limit is reached.
-    fn take(inner: &Arc<Inner>, ip: IpAddr) -> Option<Slot> {
-        let limits = inner.opts.limits;
-        let refused = |reason: &str| {
-            inner
-                .deps
-                .metrics
-                .smpp_connections_refused
-                .with_label_values(&[reason])
-                .inc();
-            None
-        };
-        if inner.conns.load(Ordering::Relaxed) >= limits.max_connections {
-            return refused("max_connections");
-        }
-        {
-            let mut u = inner.unbound.lock();
-            let n = u.entry(ip).or_insert(0);
-            if *n >= limits.max_unbound_per_address {
-                return refused("per_address");
-            }
-            *n += 1;
-        }
-        inner.conns.fetch_add(1, Ordering::Relaxed);
-        inner.deps.metrics.smpp_server_connections.inc();
-        Some(Slot {
-            inner: inner.clone(),
-            ip,
-            unbound: true,
-        })
-    }
-
-    fn release_unbound(&mut self) {
-        if !std::mem::replace(&mut self.unbound, false) {
-            return;
-        }
-        let mut u = self.inner.unbound.lock();
-        if let Some(n) = u.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                u.remove(&self.ip);
-            }
-        }
-    }
-
-    /// The connection bound: it no longer counts against its address's
-    /// unbound cap (`max_binds` bounds it now).
-    fn bound(&mut self) {
-        self.release_unbound();
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.release_unbound();
-        self.inner.conns.fetch_sub(1, Ordering::Relaxed);
-        self.inner.deps.metrics.smpp_server_connections.dec();
-    }
-}
-
-/// A short, stable stand-in for an attacker-chosen system_id in logs: the
-/// first 12 hex digits of its SHA-256 (it may be a phone number).
-fn sid_hash(system_id: &str) -> String {
-    let d = Sha256::digest(system_id.as_bytes());
-    hex::encode(&d[..6])
-}
-
-/// Whether `ip` may try a bind now (it has failed-bind allowance left).
-/// `Err(first)`: throttled; `first` for the first throttled attempt since
-/// it last had room (that one is logged and audited, the rest counted).
-fn may_try(inner: &Inner, ip: IpAddr) -> Result<(), bool> {
-    let mut f = inner.failures.lock();
-    let Some(b) = f.get_mut(&ip) else {
-        return Ok(());
-    };
-    b.refill(Instant::now());
-    if b.tokens >= 1.0 {
-        return Ok(());
-    }
-    Err(!std::mem::replace(&mut b.announced, true))
-}
-
-/// Takes one failed-bind allowance from `ip`.
-fn charge_failure(inner: &Inner, ip: IpAddr) {
-    let now = Instant::now();
-    let mut f = inner.failures.lock();
-    if f.len() >= MAX_TRACKED_SOURCES && !f.contains_key(&ip) {
-        f.retain(|_, b| {
-            b.refill(now);
-            b.tokens < BIND_FAILURE_BURST
-        });
-        if f.len() >= MAX_TRACKED_SOURCES {
-            if let Some(k) = f.keys().next().copied() {
-                f.remove(&k);
-            }
-        }
-    }
-    let b = f.entry(ip).or_insert(FailBucket {
-        tokens: BIND_FAILURE_BURST,
-        at: now,
-        announced: false,
-    });
-    b.refill(now);
-    b.tokens = (b.tokens - 1.0).max(0.0);
-}
-
 fn fail(inner: &Inner, link: &str, reason: &'static str) {
     inner.binds_failed.fetch_add(1, Ordering::Relaxed);
     inner
@@ -551,28 +416,8 @@ async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + inner.opts.limits.bind_timeout;
-    let (io, client_cert): (Box<dyn Io>, Option<[u8; 32]>) = match tls {
-        None => (Box::new(stream), None),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => {
-                let cert = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| Sha256::digest(c.as_ref()).into());
-                (Box::new(s), cert)
-            }
-            Ok(Err(e)) => {
-                fail(&inner, "unknown", "tls");
-                warn!(ip = %addr.ip(), error = %e, "SMPP TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                fail(&inner, "unknown", "tls");
-                return;
-            }
-        },
+    let Some((io, client_cert)) = handshake(&inner, stream, addr, tls, deadline).await else {
+        return;
     };
     let mut framed = Framed::new(io, SmppCodec::new());
     let mut refused = 0u64;
@@ -609,39 +454,7 @@ async fn serve(
     };
     let Bound { link, receipt_link } = match checked {
         Ok(b) => b,
-        Err(r) => {
-            let link = r.link.unwrap_or_else(|| "unknown".into());
-            fail(&inner, &link, r.reason);
-            if r.reason != "throttled" && r.reason != "max_binds" {
-                charge_failure(&inner, ip);
-            }
-            if r.announce {
-                // A known peer's name, else only a hash of what was sent:
-                // an unknown system_id may be anything, a number included.
-                let sid = if link == "unknown" {
-                    sid_hash(&attempt.system_id)
-                } else {
-                    String::new()
-                };
-                warn!(link = %link, system_id_sha256 = %sid, ip = %ip, reason = r.reason, "SMPP bind refused");
-                inner.deps.handler.bind_event(BindEvent::Failed {
-                    link: link.clone(),
-                    peer: ip.to_string(),
-                    reason: r.reason,
-                });
-            }
-            let status = if r.reason == "max_binds" {
-                // Only a peer that passed authentication learns this.
-                CommandStatus::EsmeRalybnd
-            } else {
-                CommandStatus::EsmeRbindfail
-            };
-            let _ = answer_bind(&mut framed, &attempt, status, &inner.opts.system_id).await;
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), futures::SinkExt::close(&mut framed))
-                    .await;
-            return;
-        }
+        Err(r) => return refuse_bind(&inner, framed, &attempt, ip, r).await,
     };
     let release = |inner: &Inner| {
         let mut t = inner.table();
@@ -649,14 +462,10 @@ async fn serve(
             *c = c.saturating_sub(1);
         }
     };
-    if answer_bind(
-        &mut framed,
-        &attempt,
-        CommandStatus::EsmeRok,
-        &inner.opts.system_id,
-    )
-    .await
-    .is_err()
+    let ok = CommandStatus::EsmeRok;
+    if answer_bind(&mut framed, &attempt, ok, &inner.opts.system_id)
+        .await
+        .is_err()
     {
         release(&inner);
         return;
@@ -714,79 +523,4 @@ async fn serve(
     }
     release(&inner);
     drop(slot);
-}
-
-/// A successful bind.
-struct Bound {
-    /// The peer's name.
-    link: String,
-    /// The carrier it speaks for (`peers[].carrier`).
-    receipt_link: Option<String>,
-}
-
-/// A refused bind.
-struct Refusal {
-    /// For the metric, the log and the audit record.
-    reason: &'static str,
-    /// The peer, when the system_id named one.
-    link: Option<String>,
-    /// Log and audit this one (false for all but the first throttled).
-    announce: bool,
-}
-
-/// Checks a bind. On success the bind is counted against `max_binds`.
-/// `client_cert` is the SHA-256 of the certificate the peer presented on
-/// TLS (`None` on the plaintext listener, or when none was asked for).
-fn authenticate(
-    inner: &Inner,
-    attempt: &BindAttempt,
-    ip: IpAddr,
-    client_cert: Option<[u8; 32]>,
-) -> Result<Bound, Refusal> {
-    let refuse = |reason, link: Option<&String>| Refusal {
-        reason,
-        link: link.cloned(),
-        announce: true,
-    };
-    let reloaded = inner.current_peers();
-    let (link, receipt_link, max) = match &inner.opts.auth {
-        Auth::Any { link } => (link.clone(), None, u32::MAX),
-        Auth::Peers(configured) => {
-            let peers = reloaded.as_deref().unwrap_or(configured);
-            let Some(peer) = peers.iter().find(|p| p.system_id == attempt.system_id) else {
-                return Err(refuse("unknown_system_id", None));
-            };
-            // The source address is checked before the password, so hosts
-            // outside `allow` cannot probe passwords.
-            if !peer.allow.iter().any(|net| net.contains(&ip)) {
-                return Err(refuse("ip_not_allowed", Some(&peer.name)));
-            }
-            let digest = Sha256::digest(&attempt.password[..]);
-            let ok: bool = digest.as_slice().ct_eq(&peer.password_sha256[..]).into();
-            if !ok {
-                return Err(refuse("bad_password", Some(&peer.name)));
-            }
-            // The same peer authentication on every listener: where TLS
-            // asks for a client certificate, a bind without one (the
-            // plaintext listener) is refused.
-            let needs_cert = inner.opts.client_cert_required || peer.cert_sha256.is_some();
-            match (client_cert, peer.cert_sha256) {
-                (None, _) if needs_cert => {
-                    return Err(refuse("no_client_cert", Some(&peer.name)));
-                }
-                (Some(got), Some(want)) if !bool::from(got.ct_eq(&want)) => {
-                    return Err(refuse("cert_mismatch", Some(&peer.name)));
-                }
-                _ => {}
-            }
-            (peer.name.clone(), peer.carrier.clone(), peer.max_binds)
-        }
-    };
-    let mut t = inner.table();
-    let c = t.counts.entry(link.clone()).or_insert(0);
-    if *c >= max {
-        return Err(refuse("max_binds", Some(&link)));
-    }
-    *c += 1;
-    Ok(Bound { link, receipt_link })
 }
