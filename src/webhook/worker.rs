@@ -47,7 +47,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tokio::sync::Notify;
@@ -55,16 +54,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod http;
+
+use http::{post, EndpointHealth, Failure, Target};
+
 use super::event::{new_event_id, status_body, ReceivedEvent, StatusEvent};
 use super::outbox::{Outbox, OutboxRecord};
 use super::schedule::Schedule;
-use super::sign::{sign_all, HEADER};
 use super::{Options, WebhookError};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::tls;
-use crate::types::Secret;
 
 /// ALPN offered to webhooks.
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -93,224 +93,6 @@ pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 /// yet installed.
 pub struct PreparedWebhooks {
     built: HashMap<String, Arc<Target>>,
-}
-
-/// Where and how to send one client's events.
-struct Target {
-    url: reqwest::Url,
-    secret: Secret,
-    /// The next secret during a rotation: both sign every request.
-    secret_next: Option<Secret>,
-    http: reqwest::Client,
-    concurrency: usize,
-    /// For `tls_cert_expiry{role="webhook",name=<client>}`, set from the
-    /// certificate the endpoint presents (read from each answered request:
-    /// reqwest hands it over with the response, no extra connection). The
-    /// series appears only once a certificate was seen: a series created
-    /// at 0 would read as long expired.
-    client: String,
-    metrics: Arc<Metrics>,
-}
-
-impl Target {
-    fn build(
-        client: &str,
-        hook: &config::Webhook,
-        opts: &Options,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Self, WebhookError> {
-        let url = reqwest::Url::parse(&hook.url).map_err(|_| WebhookError::Url {
-            client: client.to_owned(),
-        })?;
-        let tls = tls::client_config(hook.ca_file.as_deref(), ALPN).map_err(|source| {
-            WebhookError::Tls {
-                client: client.to_owned(),
-                source,
-            }
-        })?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
-            .connect_timeout(opts.connect_timeout)
-            .timeout(opts.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")))
-            .tls_info(true)
-            .build()
-            .map_err(|e| WebhookError::Client {
-                client: client.to_owned(),
-                reason: e.without_url().to_string(),
-            })?;
-        Ok(Target {
-            url,
-            secret: hook.secret.clone(),
-            secret_next: hook.secret_next.clone(),
-            http,
-            concurrency: usize::try_from(hook.concurrency).unwrap_or(1).max(1),
-            client: client.to_owned(),
-            metrics: metrics.clone(),
-        })
-    }
-}
-
-/// Why one POST did not get a 2xx.
-#[derive(Debug)]
-enum Failure {
-    Status(u16),
-    Timeout,
-    /// Connecting, TLS, or the exchange broke; the reason has no URL.
-    Transport(String),
-}
-
-impl Failure {
-    fn outcome(&self) -> &'static str {
-        match self {
-            Failure::Status(_) => "http_error",
-            Failure::Timeout => "timeout",
-            Failure::Transport(_) => "connect_error",
-        }
-    }
-
-    fn into_error(self, client: &str, after: Duration) -> WebhookError {
-        let client = client.to_owned();
-        match self {
-            Failure::Status(status) => WebhookError::Status { client, status },
-            Failure::Timeout => WebhookError::Timeout { client, after },
-            Failure::Transport(reason) => WebhookError::Unreachable { client, reason },
-        }
-    }
-}
-
-/// A transport error as text, without the URL (it may hold a token).
-fn reason(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
-
-/// One signed POST of `body`; Ok on 2xx within `timeout`.
-async fn post(target: &Target, body: Bytes, timeout: Duration) -> Result<(), Failure> {
-    let t = now_ms() / 1000;
-    let signature = match &target.secret_next {
-        None => sign_all(&[target.secret.expose()], t, &body),
-        Some(next) => sign_all(&[target.secret.expose(), next.expose()], t, &body),
-    };
-    let req = target
-        .http
-        .post(target.url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(HEADER, signature)
-        .timeout(timeout)
-        .body(body);
-    // The response body is not read: the status is the answer. Dropping the
-    // response resets an h2 stream, or closes an HTTP/1.1 connection whose
-    // body is still coming.
-    match tokio::time::timeout(timeout, req.send()).await {
-        Err(_) => Err(Failure::Timeout),
-        Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
-        Ok(Err(e)) => Err(Failure::Transport(reason(e))),
-        Ok(Ok(resp)) => {
-            if let Some(t) = resp
-                .extensions()
-                .get::<reqwest::tls::TlsInfo>()
-                .and_then(reqwest::tls::TlsInfo::peer_certificate)
-                .and_then(tls::not_after_unix)
-            {
-                target
-                    .metrics
-                    .tls_cert_expiry
-                    .with_label_values(&["webhook", &target.client])
-                    .set(t);
-            }
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(Failure::Status(resp.status().as_u16()))
-            }
-        }
-    }
-}
-
-/// A run of failed requests to one client's endpoint, since its last 2xx.
-struct Series {
-    since_ms: u64,
-    failures: u64,
-}
-
-/// Whether a client's endpoint is failing: a failure series is logged once,
-/// when it starts (outcome, status, back-off), and once when it ends, not
-/// per attempt (a down endpoint would flood the journal at `concurrency`
-/// attempts per back-off).
-#[derive(Default)]
-struct EndpointHealth {
-    /// Held only to read or update the series; never across an await.
-    series: Mutex<Option<Series>>,
-}
-
-impl EndpointHealth {
-    /// Records a failed request; logs when it starts a series.
-    fn failed(&self, client: &str, failure: &Failure, retry_in: Option<Duration>) {
-        let mut series = self.series.lock();
-        if let Some(s) = series.as_mut() {
-            s.failures = s.failures.saturating_add(1);
-            return;
-        }
-        *series = Some(Series {
-            since_ms: now_ms(),
-            failures: 1,
-        });
-        drop(series);
-        let status = match failure {
-            Failure::Status(s) => Some(*s),
-            _ => None,
-        };
-        let reason = match failure {
-            Failure::Transport(r) => explain_transport(r),
-            Failure::Timeout => "no answer within the request timeout".to_owned(),
-            Failure::Status(s) => format!("answered HTTP {s}"),
-        };
-        tracing::warn!(
-            client,
-            outcome = failure.outcome(),
-            status,
-            retry_in_ms = retry_in.map(ms),
-            reason = %reason,
-            "webhook endpoint failing; status events wait in the outbox and are retried \
-             with back-off (doubling, at most the back-off cap); logged once until it answers 2xx again"
-        );
-    }
-
-    /// Records a 2xx; logs when it ends a series.
-    fn succeeded(&self, client: &str) {
-        let Some(s) = self.series.lock().take() else {
-            return;
-        };
-        tracing::info!(
-            client,
-            failed_requests = s.failures,
-            failing_for_secs = now_ms().saturating_sub(s.since_ms) / 1000,
-            "webhook endpoint answers 2xx again"
-        );
-    }
-}
-
-/// A transport error's reason, with what to do when the endpoint presents a
-/// CA certificate as its own (webpki: CaUsedAsEndEntity).
-fn explain_transport(reason: &str) -> String {
-    if reason.contains("CaUsedAsEndEntity") {
-        format!(
-            "{reason}: the endpoint's certificate: {}",
-            tls::CA_AS_LEAF_HINT
-        )
-    } else {
-        reason.to_owned()
-    }
 }
 
 /// A client's worker state shared with [`Webhooks`].
