@@ -102,6 +102,17 @@ pub struct Metrics {
     /// Segments of MTs the carrier accepted, by campaign: with
     /// `campaign_rate_limit`, the share of the limit in use.
     pub campaign_segments: IntCounterVec,
+    /// submit_sm to its submit_sm_resp (the session's queue included, the
+    /// pacer's wait not), by carrier.
+    pub submit_latency: HistogramVec,
+    /// An MT's first submit to the receipt that decided it, by carrier.
+    pub receipt_latency: HistogramVec,
+    /// Messages a receipt decided with a carrier error code, by carrier and
+    /// code (the receipt's three-digit `err:` or the network error code;
+    /// anything else is `other`: the label set stays bounded).
+    pub receipt_errors: IntCounterVec,
+    /// One webhook POST, request to status line, by client.
+    pub webhook_latency: HistogramVec,
 }
 
 /// How often the cap-usage gauges are refreshed from the daily counters.
@@ -127,6 +138,29 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 }
 
 /// Latency buckets from 100 µs to 10 s.
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition");
+    r.register(Box::new(h.clone())).expect("unique metric name");
+    h
+}
+
+/// A receipt's error code as a bounded label: three ASCII digits, else
+/// `other`.
+pub fn error_label(code: &str) -> &str {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
+        code
+    } else {
+        "other"
+    }
+}
+
 fn latency_buckets() -> Vec<f64> {
     vec![
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -377,6 +411,35 @@ impl Metrics {
                 "Segments of MTs accepted by a carrier, by campaign.",
                 &["campaign"],
             ),
+            submit_latency: histogram_vec(
+                &r,
+                "sms_conduit_submit_seconds",
+                "submit_sm to submit_sm_resp by carrier (the session's queue included, pacing not).",
+                &["carrier"],
+                latency_buckets(),
+            ),
+            receipt_latency: histogram_vec(
+                &r,
+                "sms_conduit_receipt_seconds",
+                "An MT's submit to the receipt that decided it, by carrier.",
+                &["carrier"],
+                vec![
+                    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+                ],
+            ),
+            receipt_errors: counter_vec(
+                &r,
+                "sms_conduit_receipt_errors_total",
+                "MTs a receipt decided with a carrier error code, by carrier and code (three digits, else other).",
+                &["carrier", "error"],
+            ),
+            webhook_latency: histogram_vec(
+                &r,
+                "sms_conduit_webhook_seconds",
+                "One webhook POST, request to status line, by client.",
+                &["client"],
+                latency_buckets(),
+            ),
             registry: r,
         }
     }
@@ -405,6 +468,14 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_labels_stay_bounded() {
+        assert_eq!(error_label("001"), "001");
+        assert_eq!(error_label("1"), "other");
+        assert_eq!(error_label("abc"), "other");
+        assert_eq!(error_label("0012"), "other");
+    }
 
     #[test]
     fn families_register_and_render() {

@@ -196,3 +196,52 @@ async fn rate_limit_and_daily_cap_usage_per_campaign_and_brand() {
     .await;
     assert!(relay.stop().await);
 }
+
+/// Issue 19 item 5's latencies: per-carrier submit latency, submit-to-
+/// receipt latency, and webhook latency, each observed once per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_receipt_and_webhook_latencies_are_observed() {
+    let files = Files::new();
+    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(b"whsec_am".to_vec()))
+        .await
+        .unwrap();
+    let sim = files
+        .sim(PW, |o| o.dlr_delay = Duration::from_millis(20))
+        .await;
+    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)]).webhook(
+        &sink.url(),
+        b"whsec_am",
+        sink.ca_file(),
+    );
+    let mut relay = Relay::start(files, setup).await;
+    let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+    assert_eq!(
+        gauge(
+            &text,
+            r#"sms_conduit_submit_seconds_count{carrier="carrier-a"}"#
+        ),
+        None
+    );
+    for i in 0..3 {
+        relay.send_ok(&message(&format!("Latency {i}."))).await;
+    }
+    assert!(sink.wait_for(3, Duration::from_secs(10)).await, "webhooks");
+    wait_until(Duration::from_secs(5), "every latency observed", || {
+        let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+        gauge(
+            &text,
+            r#"sms_conduit_submit_seconds_count{carrier="carrier-a"}"#,
+        ) == Some(3)
+            && gauge(
+                &text,
+                r#"sms_conduit_receipt_seconds_count{carrier="carrier-a"}"#,
+            ) == Some(3)
+            && gauge(
+                &text,
+                r#"sms_conduit_webhook_seconds_count{client="clinic-app"}"#,
+            )
+            .is_some_and(|n| n >= 3)
+    })
+    .await;
+    let _ = relay.stop().await;
+}

@@ -85,6 +85,8 @@ struct Inner {
     /// signal (see [`Pool::first_bind_attempts`]).
     attempted: AtomicUsize,
     attempted_signal: tokio::sync::Notify,
+    /// For `submit_seconds{carrier}`.
+    metrics: Arc<Metrics>,
 }
 
 impl Inner {
@@ -137,6 +139,7 @@ impl Pool {
             tasks: TaskTracker::new(),
             attempted: AtomicUsize::new(0),
             attempted_signal: tokio::sync::Notify::new(),
+            metrics: metrics.clone(),
         });
         let tls = if carrier.tls {
             let c = match carrier.cert_sha256 {
@@ -312,11 +315,17 @@ impl Pool {
                 }
                 None => self.pick().ok_or(SmppError::NotBound)?,
             };
+            let sent_at = Instant::now();
             let waiting = handle.enqueue(pdu.clone()).await?;
             if let Some(q) = queued.take() {
                 let _ = q.send(());
             }
             let resp = waiting.answer().await?;
+            self.inner
+                .metrics
+                .submit_latency
+                .with_label_values(&[&self.inner.name])
+                .observe(sent_at.elapsed().as_secs_f64());
             match resp.status() {
                 CommandStatus::EsmeRok => {
                     pacer.accepted();

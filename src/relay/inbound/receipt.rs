@@ -376,7 +376,12 @@ impl Inbound {
                 // when a webhook worker is to be woken.
                 let wake = hooks.as_ref().map(|_| rec.client.clone());
                 Ok((
-                    new.filter(|_| changed).map(|status| (status, wake)),
+                    new.filter(|_| changed).map(|status| Decided {
+                        status,
+                        wake,
+                        created_ms: rec.created_ms,
+                        error: rec.error_code.clone(),
+                    }),
                     undecided,
                 ))
             })
@@ -384,11 +389,31 @@ impl Inbound {
         if let Ok((_, Some(id))) = &result {
             self.settler.undecided(id);
         }
-        if let Some((status, wake)) = result?.0 {
+        if let Some(Decided {
+            status,
+            wake,
+            created_ms,
+            error,
+        }) = result?.0
+        {
             self.metrics
                 .messages
                 .with_label_values(&["dlr", status.as_str(), link])
                 .inc();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let age_ms = now_ms.saturating_sub(created_ms);
+            self.metrics
+                .receipt_latency
+                .with_label_values(&[link])
+                .observe(age_ms as f64 / 1000.0);
+            if let Some(code) = &error {
+                self.metrics
+                    .receipt_errors
+                    .with_label_values(&[link, crate::metrics::error_label(code)])
+                    .inc();
+            }
             if let (Some(h), Some(client)) = (&self.webhooks, wake) {
                 // The event is committed: wake the client's worker.
                 h.notify(&client);
@@ -399,6 +424,15 @@ impl Inbound {
         }
         Ok(())
     }
+}
+
+/// A message a receipt decided: its new status, the client whose webhook
+/// worker to wake, and what the receipt metrics need.
+struct Decided {
+    status: MessageStatus,
+    wake: Option<String>,
+    created_ms: u64,
+    error: Option<String>,
 }
 
 /// What a final receipt did to its message's record.

@@ -5,6 +5,7 @@
 //!
 //! Must not know: the outbox, the schedule or the store.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,12 @@ pub(super) struct Target {
     /// at 0 would read as long expired.
     pub(super) client: String,
     pub(super) metrics: Arc<Metrics>,
+    /// Unix ms from which the next answer's certificate is read.
+    pub(super) cert_checked_ms: AtomicU64,
 }
+
+/// How often a webhook endpoint's certificate is read for its expiry.
+const CERT_CHECK_EVERY_MS: u64 = 60_000;
 
 impl Target {
     pub(super) fn build(
@@ -73,6 +79,7 @@ impl Target {
             concurrency: usize::try_from(hook.concurrency).unwrap_or(1).max(1),
             client: client.to_owned(),
             metrics: metrics.clone(),
+            cert_checked_ms: AtomicU64::new(0),
         })
     }
 }
@@ -135,14 +142,35 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
     // The response body is not read: the status is the answer. Dropping the
     // response resets an h2 stream, or closes an HTTP/1.1 connection whose
     // body is still coming.
+    let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, req.send()).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
         Ok(Err(e)) => Err(Failure::Transport(reason(e))),
         Ok(Ok(resp)) => {
+            target
+                .metrics
+                .webhook_latency
+                .with_label_values(&[&target.client])
+                .observe(started.elapsed().as_secs_f64());
+            // The endpoint's certificate is parsed at most once a minute,
+            // not per event.
+            let now = now_ms();
+            let due = target.cert_checked_ms.load(Ordering::Relaxed);
+            let check = now >= due
+                && target
+                    .cert_checked_ms
+                    .compare_exchange(
+                        due,
+                        now + CERT_CHECK_EVERY_MS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok();
             if let Some(t) = resp
                 .extensions()
                 .get::<reqwest::tls::TlsInfo>()
+                .filter(|_| check)
                 .and_then(reqwest::tls::TlsInfo::peer_certificate)
                 .and_then(tls::not_after_unix)
             {
