@@ -108,8 +108,9 @@ fn not_after(pem: &std::path::Path) -> i64 {
     sms_conduit::tls::earliest_not_after(certs.iter().map(|c| c.as_ref())).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_expiry_of_ours_the_carriers_and_the_webhook_endpoints() {
+/// A relay bound to a simulated carrier that answers receipts after 20 ms,
+/// with a client whose webhook is a verifying sink.
+async fn relay_with_sink() -> (Relay, Sink, Sim) {
     let files = Files::new();
     let sink = Sink::start_self_signed(files.dir.path(), Secret::new(b"whsec_am".to_vec()))
         .await
@@ -122,7 +123,12 @@ async fn certificate_expiry_of_ours_the_carriers_and_the_webhook_endpoints() {
         b"whsec_am",
         sink.ca_file(),
     );
-    let mut relay = Relay::start(files, setup).await;
+    (Relay::start(files, setup).await, sink, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_of_ours_the_carriers_and_the_webhook_endpoints() {
+    let (mut relay, sink, _sim) = relay_with_sink().await;
     // The simulated carrier presents the relay's own certificate here.
     let ours = not_after(&relay.files.cert);
     let hook = not_after(sink.ca_file().unwrap());
@@ -201,19 +207,7 @@ async fn rate_limit_and_daily_cap_usage_per_campaign_and_brand() {
 /// receipt latency, and webhook latency, each observed once per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_receipt_and_webhook_latencies_are_observed() {
-    let files = Files::new();
-    let sink = Sink::start_self_signed(files.dir.path(), Secret::new(b"whsec_am".to_vec()))
-        .await
-        .unwrap();
-    let sim = files
-        .sim(PW, |o| o.dlr_delay = Duration::from_millis(20))
-        .await;
-    let setup = Setup::new(vec![CarrierCfg::new("carrier-a", sim.port(), PW)]).webhook(
-        &sink.url(),
-        b"whsec_am",
-        sink.ca_file(),
-    );
-    let mut relay = Relay::start(files, setup).await;
+    let (mut relay, sink, _sim) = relay_with_sink().await;
     let text = String::from_utf8(relay.app().metrics.render()).unwrap();
     assert_eq!(
         gauge(
