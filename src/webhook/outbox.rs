@@ -57,6 +57,24 @@ fn from_json(bytes: &[u8]) -> Option<OutboxRecord> {
     serde_json::from_slice(bytes).ok()
 }
 
+/// Removes `(client, seq)` if it still holds `event_id` (or cannot be read:
+/// nothing could deliver it); returns whether it removed it.
+fn remove_if_holds(
+    t: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+    client: &str,
+    seq: u64,
+    event_id: &str,
+) -> Result<bool, StoreError> {
+    let holds = match t.get((client, seq))? {
+        Some(v) => from_json(v.value()).is_none_or(|r| r.event_id == event_id),
+        None => false,
+    };
+    if holds {
+        t.remove((client, seq))?;
+    }
+    Ok(holds)
+}
+
 fn next_seq(txn: &Tx<'_>) -> Result<u64, StoreError> {
     let mut kv = tables::open(txn, tables::KV)?;
     let current = match kv.get(NEXT_SEQ)? {
@@ -201,15 +219,7 @@ impl Outbox {
         let (client, event_id) = (client.to_owned(), event_id.to_owned());
         self.store
             .write(move |txn| {
-                let mut t = tables::open(txn, OUTBOX)?;
-                let matches = match t.get((client.as_str(), seq))? {
-                    Some(v) => from_json(v.value()).is_none_or(|r| r.event_id == event_id),
-                    None => false,
-                };
-                if matches {
-                    t.remove((client.as_str(), seq))?;
-                }
-                Ok(matches)
+                remove_if_holds(&mut *tables::open(txn, OUTBOX)?, &client, seq, &event_id)
             })
             .await
     }
@@ -230,14 +240,7 @@ impl Outbox {
                 let mut t = tables::open(txn, OUTBOX)?;
                 let mut removed = 0;
                 for (seq, event_id) in &items {
-                    let matches = match t.get((client.as_str(), *seq))? {
-                        Some(v) => from_json(v.value()).is_none_or(|r| &r.event_id == event_id),
-                        None => false,
-                    };
-                    if matches {
-                        t.remove((client.as_str(), *seq))?;
-                        removed += 1;
-                    }
+                    removed += usize::from(remove_if_holds(&mut t, &client, *seq, event_id)?);
                 }
                 Ok(removed)
             })

@@ -379,7 +379,7 @@ impl Inbound {
                     new.filter(|_| changed).map(|status| Decided {
                         status,
                         wake,
-                        created_ms: rec.created_ms,
+                        age_ms: now.saturating_sub(rec.created_ms),
                         error: rec.error_code.clone(),
                     }),
                     undecided,
@@ -392,7 +392,7 @@ impl Inbound {
         if let Some(Decided {
             status,
             wake,
-            created_ms,
+            age_ms,
             error,
         }) = result?.0
         {
@@ -400,10 +400,6 @@ impl Inbound {
                 .messages
                 .with_label_values(&["dlr", status.as_str(), link])
                 .inc();
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            let age_ms = now_ms.saturating_sub(created_ms);
             self.metrics
                 .receipt_latency
                 .with_label_values(&[link])
@@ -431,7 +427,8 @@ impl Inbound {
 struct Decided {
     status: MessageStatus,
     wake: Option<String>,
-    created_ms: u64,
+    /// From the message's record to this receipt's commit.
+    age_ms: u64,
     error: Option<String>,
 }
 
