@@ -118,9 +118,24 @@ pub fn enqueue(
 
 /// One row read by a scan; `record` is `None` when the row does not parse.
 #[derive(Debug)]
-pub(crate) struct Row {
+pub(crate) struct Row<T = OutboxRecord> {
     pub seq: u64,
-    pub record: Option<OutboxRecord>,
+    pub record: Option<T>,
+}
+
+/// What the worker's schedule needs of a record: read without its payload
+/// (serde skips the `payload` and `event_id` fields without building them),
+/// so a scan allocates one string per row.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Head {
+    pub message_id: String,
+    pub next_attempt_ms: u64,
+}
+
+/// A record's enqueue time alone (see [`Outbox::oldest_created_ms`]).
+#[derive(Debug, Deserialize)]
+struct Created {
+    created_ms: u64,
 }
 
 /// Read and maintenance access to the outbox. Cheap to clone.
@@ -153,27 +168,28 @@ impl Outbox {
     /// (unix ms); `None` when none waits.
     pub fn oldest_created_ms(&self, client: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .scan(client, None, 1)?
+            .scan::<Created>(client, None, 1)?
             .into_iter()
             .find_map(|r| r.record.map(|rec| rec.created_ms)))
     }
 
     /// The events waiting for `client`, in sending order, with their seq.
     pub fn pending(&self, client: &str) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
-        let rows = self.scan(client, None, usize::MAX)?;
+        let rows = self.scan::<OutboxRecord>(client, None, usize::MAX)?;
         Ok(rows
             .into_iter()
             .filter_map(|r| r.record.map(|rec| (r.seq, rec)))
             .collect())
     }
 
-    /// Up to `limit` rows of `client` with seq greater than `after`, in order.
-    pub(crate) fn scan(
+    /// Up to `limit` rows of `client` with seq greater than `after`, in
+    /// order, each read as much as `T` needs ([`OutboxRecord`], [`Head`]).
+    pub(crate) fn scan<T: serde::de::DeserializeOwned>(
         &self,
         client: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Row>, StoreError> {
+    ) -> Result<Vec<Row<T>>, StoreError> {
         let from = match after {
             Some(s) if s == u64::MAX => return Ok(Vec::new()),
             Some(s) => s + 1,
@@ -191,7 +207,7 @@ impl Outbox {
                 let (k, v) = item?;
                 out.push(Row {
                     seq: k.value().1,
-                    record: from_json(v.value()),
+                    record: serde_json::from_slice(v.value()).ok(),
                 });
             }
             Ok(out)
@@ -315,8 +331,8 @@ mod tests {
         assert_eq!(seqs, [0, 2, 3]);
         assert_eq!(a[0].1.next_attempt_ms, 100);
         assert_eq!(a[0].1.payload["id"], "m1");
-        assert_eq!(ob.scan("a", Some(0), 10).unwrap().len(), 2);
-        assert_eq!(ob.scan("a", Some(2), 10).unwrap()[0].seq, 3);
+        assert_eq!(ob.scan::<Head>("a", Some(0), 10).unwrap().len(), 2);
+        assert_eq!(ob.scan::<Head>("a", Some(2), 10).unwrap()[0].seq, 3);
 
         // Only the matching event id is touched.
         assert!(!ob.remove("a", 0, "evt_other").await.unwrap());

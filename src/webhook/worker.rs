@@ -59,12 +59,17 @@ mod http;
 use http::{post, EndpointHealth, Failure, Target};
 
 use super::event::{new_event_id, status_body, ReceivedEvent, StatusEvent};
-use super::outbox::{Outbox, OutboxRecord};
+use super::outbox::{Head, Outbox, OutboxRecord};
 use super::schedule::Schedule;
 use super::{Options, WebhookError};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+
+/// How often a worker refreshes the outbox gauges (depth, oldest age) while
+/// it runs: at most this stale, and at most four read transactions a second
+/// whatever the rate of events.
+const GAUGES_EVERY: Duration = Duration::from_millis(250);
 
 /// ALPN offered to webhooks.
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -350,6 +355,13 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     let mut removals: Vec<(u64, String)> = Vec::new();
     let mut removing: JoinSet<(Vec<u64>, bool)> = JoinSet::new();
     let mut paused = false;
+    // Whether the outbox may hold rows past the schedule's last seen seq:
+    // set by a wake-up (an enqueue notifies) and by the poll, cleared by a
+    // scan that found fewer rows than it had room for. Scanning only then
+    // keeps the store's read transactions off the paths that add no rows
+    // (an attempt's answer, a removal's commit).
+    let mut unread = true;
+    let mut gauges_due = std::time::Instant::now();
     loop {
         // A store that cannot commit cannot record an attempt's outcome:
         // start none until it recovers (it does so by itself).
@@ -367,7 +379,14 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
         let target = slot.target();
         let now = now_ms();
         if healthy {
-            shared.ingest(&slot.id, &mut sched);
+            if unread {
+                unread = shared.ingest(&slot.id, &mut sched);
+            }
+            let now_i = std::time::Instant::now();
+            if now_i >= gauges_due {
+                shared.refresh_gauges(&slot.id);
+                gauges_due = now_i + GAUGES_EVERY;
+            }
             while inflight.len() < target.concurrency {
                 let Some(seq) = sched.take_due(now) else {
                     break;
@@ -405,8 +424,8 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
             Some(joined) = removing.join_next() => {
                 removed(&mut sched, &mut delivered, joined, poll);
             }
-            _ = slot.notify.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = slot.notify.notified() => unread = true,
+            _ = tokio::time::sleep(wait) => unread = true,
         }
     }
     // Let attempts in flight record their outcome, so a restart does not
@@ -518,29 +537,42 @@ impl Shared {
     }
 
     /// Reads outbox rows past the last seen seq into the schedule, up to the
-    /// window, and refreshes the depth gauge.
-    fn ingest(&self, client: &str, sched: &mut Schedule) {
+    /// window. Returns whether rows may still wait unread: the window was
+    /// full or the read failed.
+    fn ingest(&self, client: &str, sched: &mut Schedule) -> bool {
         let room = self.options.window.saturating_sub(sched.len());
-        if room > 0 {
-            match self.outbox.scan(client, sched.last_seen(), room) {
-                Ok(rows) => {
-                    for row in rows {
-                        match row.record {
-                            Some(rec) => sched.add(row.seq, &rec.message_id, rec.next_attempt_ms),
-                            None => {
-                                tracing::error!(
-                                    client,
-                                    seq = row.seq,
-                                    "unreadable outbox record skipped"
-                                );
-                                sched.skip(row.seq);
-                            }
+        if room == 0 {
+            return true;
+        }
+        match self.outbox.scan::<Head>(client, sched.last_seen(), room) {
+            Ok(rows) => {
+                let full = rows.len() >= room;
+                for row in rows {
+                    match row.record {
+                        Some(rec) => sched.add(row.seq, &rec.message_id, rec.next_attempt_ms),
+                        None => {
+                            tracing::error!(
+                                client,
+                                seq = row.seq,
+                                "unreadable outbox record skipped"
+                            );
+                            sched.skip(row.seq);
                         }
                     }
                 }
-                Err(e) => tracing::warn!(client, error = %e, "reading the webhook outbox failed"),
+                full
+            }
+            Err(e) => {
+                tracing::warn!(client, error = %e, "reading the webhook outbox failed");
+                true
             }
         }
+    }
+
+    /// The outbox gauges: the age of `client`'s oldest event, the depth.
+    /// Refreshed every [`GAUGES_EVERY`], not per event: each is a read
+    /// transaction, and a scrape comes every few seconds at most.
+    fn refresh_gauges(&self, client: &str) {
         if let Ok(oldest) = self.outbox.oldest_created_ms(client) {
             let age_ms = oldest.map_or(0, |t| now_ms().saturating_sub(t));
             self.metrics
