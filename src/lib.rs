@@ -5,7 +5,8 @@
 //! [`webhook`] (clients out), with [`store`], [`audit`], [`config`],
 //! [`metrics`], [`tls`], [`service`] and [`text`] (SMS encodings) beside
 //! them. [`tools`] (demo, bench, simulated carrier, webhook sink, test
-//! doubles) use the appliance and are not part of it. See `ARCHITECTURE.md`.
+//! doubles) use the appliance and are not part of it; they are built with the
+//! `tools` cargo feature (on by default). See `ARCHITECTURE.md`.
 
 pub mod api;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod smpp;
 pub mod store;
 pub mod text;
 pub mod tls;
+#[cfg(feature = "tools")]
 pub mod tools;
 pub mod types;
 pub mod webhook;
