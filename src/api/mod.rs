@@ -33,7 +33,7 @@ pub use metrics::{metrics_router, serve_metrics, serve_metrics_router, MetricsSe
 pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};
 pub use service::{
-    AlwaysReady, CarrierState, ClientId, DynMessageService, Encoding, MessageService,
+    AlwaysReady, CarrierState, ClientId, Encoding, MessageService,
     MessageStatus, MessageView, NoRouteService, OptOutChange, OptOutService, OptOutView, Readiness,
     SendAccepted, SendRequest,
 };
@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct ApiState {
     /// Sends and looks up messages (the relay; [`NoRouteService`] until then).
-    pub service: Arc<dyn DynMessageService>,
+    pub service: Arc<dyn MessageService>,
     /// Behind `/readyz`.
     pub readiness: Arc<dyn Readiness>,
     /// API keys and the failed-authentication limit.

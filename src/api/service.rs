@@ -19,9 +19,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::problem::SendError;
 pub use crate::relay::domain::{
-    CarrierState, ClientId, DynMessageService, Encoding, MessageService, MessageStatus,
-    MessageView, OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
-    MAX_REF_LEN, MAX_VALIDITY,
+    CarrierState, ClientId, Encoding, MessageService, MessageStatus, MessageView, OptOutChange,
+    OptOutService, OptOutView, Readiness, SendAccepted, SendRequest, MAX_REF_LEN, MAX_VALIDITY,
 };
 use crate::types::{Body, E164};
 
@@ -191,17 +190,21 @@ impl OptOutService for NoRouteService {
 pub struct NoRouteService;
 
 impl MessageService for NoRouteService {
-    async fn send(
-        &self,
-        _client: &ClientId,
+    fn send<'a>(
+        &'a self,
+        _client: &'a ClientId,
         _req: SendRequest,
         _idempotency_key: Option<String>,
-    ) -> Result<SendAccepted, SendError> {
-        Err(SendError::NoRoute)
+    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
+        Box::pin(async { Err(SendError::NoRoute) })
     }
 
-    async fn get(&self, _client: &ClientId, _id: &str) -> Result<MessageView, SendError> {
-        Err(SendError::NotFound)
+    fn get<'a>(
+        &'a self,
+        _client: &'a ClientId,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
+        Box::pin(async { Err(SendError::NotFound) })
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
@@ -348,25 +349,39 @@ impl MessageService for Relay {
     /// The send runs in its own task: once a submit_sm is written it runs
     /// to its recorded end (record, audit, idempotency outcome) even if the
     /// client goes away and this future is dropped (SPEC §4).
-    async fn send(
-        &self,
-        client: &ClientId,
+    fn send<'a>(
+        &'a self,
+        client: &'a ClientId,
         req: SendRequest,
         idempotency_key: Option<String>,
-    ) -> Result<SendAccepted, SendError> {
-        let (relay, client) = (self.clone(), client.clone());
-        let task = self.inner.sends.spawn(async move {
-            relay
-                .send_as(Origin::Client, client.as_str(), req, idempotency_key)
-                .await
-        });
-        task.await.unwrap_or_else(|e| {
-            tracing::error!("a send task failed: {e}");
-            Err(SendError::Internal)
+    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
+        Box::pin(async move {
+            let (relay, client) = (self.clone(), client.clone());
+            let task = self.inner.sends.spawn(async move {
+                relay
+                    .send_as(Origin::Client, client.as_str(), req, idempotency_key)
+                    .await
+            });
+            task.await.unwrap_or_else(|e| {
+                tracing::error!("a send task failed: {e}");
+                Err(SendError::Internal)
+            })
         })
     }
 
-    async fn get(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
+    fn get<'a>(
+        &'a self,
+        client: &'a ClientId,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
+        Box::pin(self.get_view(client, id))
+    }
+}
+
+impl Relay {
+    /// [`MessageService::get`]: the record, or in fleet mode another
+    /// node's projection of it.
+    async fn get_view(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
         let rec = record::get_message(&self.inner.store, id).map_err(|e| {
             tracing::error!("reading a message record: {e}");
             SendError::Internal
