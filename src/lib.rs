@@ -14,6 +14,7 @@ pub mod audit;
 pub mod backup;
 pub mod config;
 pub mod deadline;
+pub mod live;
 pub mod metrics;
 pub mod preflight;
 pub mod relay;

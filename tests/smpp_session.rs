@@ -42,6 +42,7 @@ fn start(
         metrics: support::metrics(),
         shutdown: shutdown.clone(),
         ids: Arc::new(MessageIds::new()),
+        tasks: tokio_util::task::TaskTracker::new(),
     };
     let h = session::spawn(Framed::new(a, SmppCodec::new()), 2, cfg, deps);
     (h, Framed::new(b, CommandCodec::new()), shutdown)

@@ -28,7 +28,7 @@ pub mod service;
 
 use std::sync::Arc;
 
-pub use auth::{new_key, AuthAudit, AuthFailure, Authenticator, NoAudit};
+pub use auth::{new_key, AuthAudit, AuthFailure, Authenticator, KeyTable, NoAudit};
 pub use metrics::{metrics_router, serve_metrics, serve_metrics_router, MetricsServeError};
 pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};

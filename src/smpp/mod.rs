@@ -43,7 +43,7 @@ pub use handler::{
 pub use pdu::{DeliverRequest, SubmitRequest, SubmitResponse};
 pub use pool::Pool;
 pub use rusmpp::CommandStatus;
-pub use server::{start_server, BoundPeer, ServerHandle};
+pub use server::{start_server, start_server_in, BoundPeer, ServerHandle};
 pub use session::{BindKind, SessionConfig, SessionHandle};
 pub use status::{status_label, status_name};
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use event::{ReceivedEvent, StatusEvent};
 pub use outbox::{enqueue, Outbox, OutboxRecord};
 pub use sign::{SignatureError, HEADER as SIGNATURE_HEADER};
-pub use worker::Webhooks;
+pub use worker::{PreparedWebhooks, Webhooks};
 
 use crate::tls::TlsError;
 

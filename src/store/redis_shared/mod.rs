@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
@@ -50,6 +50,7 @@ use super::shared::{
 };
 use super::StoreError;
 use crate::config::{Config, Fleet};
+use crate::live::Part;
 use crate::metrics::Metrics;
 
 /// Daily counters expire after two days: a counter is read only on its own
@@ -63,6 +64,17 @@ mod seam;
 pub use receipts::RECEIPT_GROUP;
 use scripts::{gcra_us, Scripts};
 
+/// campaign id → brand id, for the keys' hash tags.
+pub type CampaignBrands = HashMap<String, String>;
+
+/// The campaign → brand map of `cfg`.
+pub fn campaign_brands(cfg: &Config) -> CampaignBrands {
+    cfg.campaigns
+        .iter()
+        .map(|c| (c.id.clone(), c.brand.clone()))
+        .collect()
+}
+
 /// [`SharedState`] on Redis, for several nodes behind a load balancer.
 pub struct RedisShared {
     client: redis::Client,
@@ -71,8 +83,9 @@ pub struct RedisShared {
     node: String,
     index_ttl_secs: u64,
     timeout: Duration,
-    /// campaign id → brand id (the hash tag of its keys), from the config.
-    brands: RwLock<HashMap<String, String>>,
+    /// campaign id → brand id (the hash tag of its keys): its part of the
+    /// live configuration.
+    brands: Part<CampaignBrands>,
     /// Since when calls fail; `None` while Redis answers.
     down_since: Mutex<Option<Instant>>,
     scripts: Scripts,
@@ -89,8 +102,14 @@ pub struct RedisShared {
 impl RedisShared {
     /// A client for `[fleet]`; connects on first use (and reconnects by
     /// itself), so a node starts even while Redis is down — it then
-    /// refuses sends with 503 until Redis answers.
-    pub fn new(cfg: &Config, fleet: &Fleet, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    /// refuses sends with 503 until Redis answers. `brands` is its part of
+    /// the live configuration ([`campaign_brands`]).
+    pub fn new(
+        cfg: &Config,
+        fleet: &Fleet,
+        brands: Part<CampaignBrands>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let bad =
             |e: redis::RedisError| StoreError::Shared(format!("redis_url: {}", e.kind_name()));
         let mut info: redis::ConnectionInfo = fleet.redis_url.as_str().parse().map_err(bad)?;
@@ -119,7 +138,7 @@ impl RedisShared {
             node: cfg.node.id.clone(),
             index_ttl_secs: fleet.dlr_index_ttl.as_secs().max(1),
             timeout: fleet.timeout,
-            brands: RwLock::new(HashMap::new()),
+            brands,
             down_since: Mutex::new(None),
             scripts: Scripts::new(),
             metrics,
@@ -127,17 +146,7 @@ impl RedisShared {
             idem_ttl_ms: u64::from(cfg.store.metadata_retention_days.max(1)) * 86_400_000,
             idem_key: cfg.node.pseudonym_key.clone(),
         };
-        me.set_campaigns(cfg);
         Ok(me)
-    }
-
-    /// Takes the campaign → brand map of a (re)loaded config.
-    pub fn set_campaigns(&self, cfg: &Config) {
-        *self.brands.write() = cfg
-            .campaigns
-            .iter()
-            .map(|c| (c.id.clone(), c.brand.clone()))
-            .collect();
     }
 
     /// How long calls have been failing; `None` while Redis answers.
@@ -207,7 +216,7 @@ impl RedisShared {
     }
 
     fn opt_out_key(&self, campaign: &str) -> Result<String, StoreError> {
-        let brand = self.brands.read().get(campaign).cloned().ok_or_else(|| {
+        let brand = self.brands.load().get(campaign).cloned().ok_or_else(|| {
             StoreError::Shared(format!("campaign {campaign:?} is not configured"))
         })?;
         Ok(format!("{}:o:{campaign}", self.tag(&brand)))
@@ -216,7 +225,7 @@ impl RedisShared {
     /// The hash of a campaign's consents (pseudonym hex → evidence JSON),
     /// under its brand's hash tag like the opt-outs.
     fn consent_key(&self, campaign: &str) -> Result<String, StoreError> {
-        let brand = self.brands.read().get(campaign).cloned().ok_or_else(|| {
+        let brand = self.brands.load().get(campaign).cloned().ok_or_else(|| {
             StoreError::Shared(format!("campaign {campaign:?} is not configured"))
         })?;
         Ok(format!("{}:k:{campaign}", self.tag(&brand)))

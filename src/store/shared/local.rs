@@ -129,12 +129,21 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct LocalShared {
     store: Store,
+    /// Opt-out changes run in their own tasks (see `change_opt_out`),
+    /// tracked here; the app hands in the tracker its drain waits for
+    /// before the store closes.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl LocalShared {
     /// Wraps a store handle.
     pub fn new(store: Store) -> Self {
-        LocalShared { store }
+        Self::with_tasks(store, tokio_util::task::TaskTracker::new())
+    }
+
+    /// As [`LocalShared::new`], its opt-out changes tracked by `tasks`.
+    pub fn with_tasks(store: Store, tasks: tokio_util::task::TaskTracker) -> Self {
+        LocalShared { store, tasks }
     }
 
     /// Adds (`opted_out`) or removes an opt-out, then mirrors it in memory.
@@ -149,7 +158,7 @@ impl LocalShared {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let store = self.store.clone();
         let (campaign, pseudonym) = (campaign.to_owned(), *pseudonym);
-        let task = tokio::spawn(async move {
+        let task = self.tasks.spawn(async move {
             let mirror = store.opt_out_mirror()?;
             let _turn = mirror.changes.lock().await;
             let c = campaign.clone();
