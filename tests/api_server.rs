@@ -10,9 +10,10 @@ use futures::future::BoxFuture;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use sms_conduit::api::{
-    AlwaysReady, ClientId, ConnLimits, MessageService, MessageView, NoRouteService, SendAccepted,
-    SendError, SendRequest,
+    ClientId, ConnLimits, MessageService, MessageView, NoRouteService, SendAccepted, SendError,
+    SendRequest,
 };
+use sms_conduit::tools::AlwaysReady;
 use support::{start_api_with, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -33,8 +33,8 @@ pub use metrics::{metrics_router, serve_metrics, serve_metrics_router, MetricsSe
 pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};
 pub use service::{
-    AlwaysReady, CarrierState, ClientId, Encoding, MessageService, MessageStatus, MessageView,
-    NoRouteService, OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
+    CarrierState, ClientId, Encoding, MessageService, MessageStatus, MessageView, NoRouteService,
+    OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
 };
 
 use crate::metrics::Metrics;

@@ -1,8 +1,9 @@
 //! The API's side of the seam to the relay.
 //!
 //! Owns: parsing `POST /v1/messages` bodies into the relay's
-//! [`SendRequest`] ([`SendRequest::from_json`]), and the placeholders used
-//! until the relay exists ([`NoRouteService`], [`AlwaysReady`]). The
+//! [`SendRequest`] ([`SendRequest::from_json`]), and the placeholder
+//! [`NoRouteService`] (an `ApiState`'s opt-outs until the relay is
+//! attached; tests use it as a relay that routes nothing). The
 //! request and answer types and the seam traits are the relay's
 //! (`relay::domain`), re-exported here.
 //!
@@ -205,16 +206,6 @@ impl MessageService for NoRouteService {
         _id: &'a str,
     ) -> BoxFuture<'a, Result<MessageView, SendError>> {
         Box::pin(async { Err(SendError::NotFound) })
-    }
-}
-
-/// Always ready; for tests and the metrics-only listener.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AlwaysReady;
-
-impl Readiness for AlwaysReady {
-    fn ready(&self) -> Result<(), String> {
-        Ok(())
     }
 }
 

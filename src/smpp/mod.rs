@@ -38,7 +38,6 @@ use std::time::Duration;
 
 pub use handler::{
     BindEvent, InboundHandler, InboundKind, InboundMessage, InboundOutcome, ReceiptTlvs, Refusal,
-    TempErrorHandler,
 };
 pub use pdu::{DeliverRequest, SubmitRequest, SubmitResponse};
 pub use pool::Pool;
