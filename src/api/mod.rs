@@ -19,12 +19,12 @@
 //! Conduit rule: no message text and no clear recipient number reaches a log
 //! line or an error response from here.
 
-pub mod auth;
-pub mod metrics;
-pub mod problem;
+pub(crate) mod auth;
+pub(crate) mod metrics;
+pub(crate) mod problem;
 pub mod routes;
-pub mod server;
-pub mod service;
+pub(crate) mod server;
+pub(crate) mod service;
 
 use std::sync::Arc;
 

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use serde::{Serialize, Serializer};
 
 use super::error::SendError;
-pub use super::status::{IdempotencyState, MessageStatus};
+pub use super::status::MessageStatus;
 pub use crate::text::Encoding;
 use crate::types::{Body, E164};
 

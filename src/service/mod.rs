@@ -51,10 +51,10 @@
 //! # let _ = clean; Ok(()) }
 //! ```
 
-pub mod hardening;
+pub(crate) mod hardening;
 pub mod notify;
-pub mod shutdown;
-pub mod signals;
+pub(crate) mod shutdown;
+pub(crate) mod signals;
 pub mod zero_alloc;
 
 pub use hardening::harden_process;

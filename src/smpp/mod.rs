@@ -27,12 +27,12 @@ pub mod bind;
 pub mod codec;
 pub mod dlr;
 pub mod handler;
-pub mod pacer;
+pub(crate) mod pacer;
 pub mod pdu;
-pub mod pool;
-pub mod server;
+pub(crate) mod pool;
+pub(crate) mod server;
 pub mod session;
-pub mod status;
+pub(crate) mod status;
 
 use std::time::Duration;
 

@@ -20,11 +20,11 @@
 //! buffer that is zeroized after sending, and [`StatusEvent`] has no field
 //! for either.
 
-pub mod event;
-pub mod outbox;
+pub(crate) mod event;
+pub(crate) mod outbox;
 mod schedule;
 pub mod sign;
-pub mod worker;
+pub(crate) mod worker;
 
 use std::time::Duration;
 

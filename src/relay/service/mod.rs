@@ -54,7 +54,7 @@ mod reserve;
 use commit::Outcome;
 use idempotency::Claimed;
 pub use idempotency::IdempotencyKey;
-pub use keywords::{KeywordReply, AUTO_REPLY_ACTOR, KEYWORD_REPLY_QUEUE};
+pub use keywords::{KeywordReply, KEYWORD_REPLY_QUEUE};
 use reserve::Reservation;
 
 /// The answer to a store or shared-state failure before anything was sent:

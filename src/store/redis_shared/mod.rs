@@ -26,7 +26,7 @@
 //!   that owns it, expiring with the metadata retention,
 //! - `Prs:NODE` — stream of receipts other nodes took for NODE's messages
 //!   (carrier, carrier id, message id, status, error code; never text),
-//!   read by NODE in the consumer group [`RECEIPT_GROUP`]; an entry is
+//!   read by NODE in the consumer group [`receipts::RECEIPT_GROUP`]; an entry is
 //!   acknowledged and deleted only after NODE's store committed it, so it
 //!   has no TTL: it waits while NODE is down.
 //!
@@ -61,7 +61,6 @@ mod receipts;
 mod scripts;
 mod seam;
 
-pub use receipts::RECEIPT_GROUP;
 use scripts::{gcra_us, Scripts};
 
 /// campaign id → brand id, for the keys' hash tags.
