@@ -126,15 +126,6 @@ struct Shared {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
-impl Shared {
-    fn target_of(&self, slot: &Slot) -> Arc<Target> {
-        match self.targets.load().built.get(&slot.id) {
-            Some(t) => t.clone(),
-            None => slot.target(),
-        }
-    }
-}
-
 /// Webhook delivery for every client with a webhook. Cheap to clone.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -228,61 +219,6 @@ impl Webhooks {
         };
         hooks.apply(&first);
         hooks
-    }
-
-    /// Applies a new client list: swaps URLs, secrets, CAs and concurrency,
-    /// starts workers for new webhooks and stops those of removed ones (their
-    /// events stay in the outbox). All or nothing: if any webhook cannot be
-    /// set up, nothing changes.
-    pub fn reload(&self, clients: &[config::Client]) -> Result<(), WebhookError> {
-        let prepared = Arc::new(self.prepare(clients)?);
-        self.shared.targets.set(prepared.clone());
-        self.apply(&prepared);
-        Ok(())
-    }
-
-    /// The first half of [`Webhooks::reload`]: [`PreparedWebhooks::build`]
-    /// with these workers' options.
-    pub fn prepare(&self, clients: &[config::Client]) -> Result<PreparedWebhooks, WebhookError> {
-        PreparedWebhooks::build(clients, &self.shared.options, &self.shared.metrics)
-    }
-
-    /// The second half of [`Webhooks::reload`], after the targets changed
-    /// (in the app: with the live snapshot): starts workers for new webhooks
-    /// and stops those of removed ones; cannot fail.
-    pub fn apply(&self, prepared: &PreparedWebhooks) {
-        let built = prepared.built.clone();
-        let mut slots = self.shared.slots.lock();
-        slots.retain(|id, slot| {
-            let keep = built.contains_key(id);
-            if !keep {
-                tracing::info!(client = %id, "webhook removed; its worker stops");
-                slot.stop.cancel();
-                let _ = self
-                    .shared
-                    .metrics
-                    .tls_cert_expiry
-                    .remove_label_values(&["webhook", id]);
-            }
-            keep
-        });
-        for (id, target) in built {
-            if let Some(slot) = slots.get(&id) {
-                slot.set_target(target);
-                slot.notify.notify_one();
-                continue;
-            }
-            let slot = Arc::new(Slot {
-                id: id.clone(),
-                health: Arc::default(),
-                target: RwLock::new(target),
-                notify: Notify::new(),
-                stop: self.shared.shutdown.child_token(),
-            });
-            slots.insert(id, slot.clone());
-            let shared = self.shared.clone();
-            self.shared.tracker.spawn(run_worker(shared, slot));
-        }
     }
 
     /// Wakes `client`'s worker: call after the store op that enqueued an
