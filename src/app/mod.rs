@@ -369,16 +369,16 @@ impl App {
         self.live
             .store(prepared.with_relay(self.relay.next_view(&new, pools)));
         let now = self.live.load_full();
-        // What follows the new configuration: gauges, audit records, the
-        // sessions of changed peers, the webhook workers.
-        set_server_cert_expiry(&self.metrics, &new);
-        self.auth.publish_expiry();
-        self.audit_new_keys(&new).await;
+        // What follows the new configuration: the sessions of changed
+        // peers, the webhook workers, gauges, audit records.
         if let Some(server) = &self.smpp_server {
             server.unbind_changed(&old.peers, &now.peers);
         }
         self.webhooks.apply(&now.hooks);
         drop((old, now));
+        set_server_cert_expiry(&self.metrics, &new);
+        self.auth.publish_expiry();
+        self.audit_new_keys(&new).await;
         if let Err(e) = self
             .audit
             .record(
