@@ -5,14 +5,16 @@
 //! [`webhook`] (clients out), with [`store`], [`audit`], [`config`],
 //! [`metrics`], [`tls`], [`service`] and [`text`] (SMS encodings) beside
 //! them. [`tools`] (demo, bench, simulated carrier, webhook sink, test
-//! doubles) use the appliance and are not part of it. See `ARCHITECTURE.md`.
+//! doubles) use the appliance and are not part of it; they are built with the
+//! `tools` cargo feature (on by default). See `ARCHITECTURE.md`.
 
 pub mod api;
 pub mod app;
 pub mod audit;
 pub mod backup;
 pub mod config;
-pub mod deadline;
+pub(crate) mod deadline;
+pub(crate) mod live;
 pub mod metrics;
 pub mod preflight;
 pub mod relay;
@@ -21,6 +23,7 @@ pub mod smpp;
 pub mod store;
 pub mod text;
 pub mod tls;
+#[cfg(feature = "tools")]
 pub mod tools;
 pub mod types;
 pub mod webhook;

@@ -31,13 +31,7 @@ enum Command {
     /// loopback with self-signed TLS in a temp dir; sends N messages through
     /// the HTTPS API and prints a summary. Exit 0 only if every message was
     /// accounted for.
-    Demo {
-        #[arg(long, default_value_t = 2000)]
-        messages: u64,
-        /// Keep the temp dir (config, state, certificates) and print how to look around.
-        #[arg(long)]
-        keep: bool,
-    },
+    Demo(DemoArgs),
     /// Run the appliance (what the systemd unit starts).
     Run {
         #[arg(long, default_value = "/etc/sms-conduit/sms-conduit.toml")]
@@ -55,34 +49,7 @@ enum Command {
         pid: Option<u32>,
     },
     /// A simulated carrier SMSC for tests, demos and benchmarks.
-    SimCarrier {
-        #[arg(long, default_value = "127.0.0.1:2775")]
-        listen: std::net::SocketAddr,
-        /// PEM certificate (with --tls-key: SMPP over TLS).
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Only this system_id may bind (with --password).
-        #[arg(long, requires = "password")]
-        system_id: Option<String>,
-        #[arg(long, requires = "system_id")]
-        password: Option<String>,
-        /// Delay before the delivery receipt.
-        #[arg(long, default_value_t = 100)]
-        dlr_delay_ms: u64,
-        /// Fraction (0 to 1) of submits refused with ESME_RSUBMITFAIL.
-        #[arg(long, default_value_t = 0.0)]
-        fail_rate: f64,
-        /// Above this many submits per second answer ESME_RTHROTTLED; 0 = never.
-        #[arg(long, default_value_t = 0)]
-        throttle_tps: u32,
-        /// Deliver each receipt on another bound session of the same
-        /// system_id than the one that took the submit (in turn), as a
-        /// carrier may; on the same one only when no other is bound.
-        #[arg(long)]
-        dlr_on_other_bind: bool,
-    },
+    SimCarrier(SimArgs),
     /// API keys.
     Keys {
         #[command(subcommand)]
@@ -94,53 +61,7 @@ enum Command {
         config: PathBuf,
     },
     /// Load generator for the HTTPS API: progress bar, msg/s, latency percentiles.
-    Bench {
-        /// Base URL of the API, e.g. https://127.0.0.1:8443
-        #[arg(long)]
-        url: String,
-        #[arg(long, env = "SMS_CONDUIT_API_KEY")]
-        api_key: String,
-        #[arg(long, default_value_t = 10_000)]
-        messages: u64,
-        /// Concurrent connections (HTTP/1.1) or streams (HTTP/2).
-        #[arg(long, default_value_t = 32)]
-        connections: usize,
-        /// Messages per second; omitted = as fast as possible.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// One multiplexed HTTP/2 connection instead of HTTP/1.1 keep-alive connections.
-        #[arg(long)]
-        http2: bool,
-        /// PEM CA to trust (a self-signed relay).
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        #[arg(long, default_value = "+15551230001")]
-        from: String,
-        #[arg(long, default_value = "CX4K2M9")]
-        campaign: String,
-        /// Recipients are this prefix plus a counter.
-        #[arg(long, default_value = "+1555")]
-        to_prefix: String,
-        #[arg(
-            long,
-            default_value = "Reminder: your appointment is tomorrow at 10:00. Reply STOP to opt out."
-        )]
-        text: String,
-        /// PID of the relay, to report its CPU time per message.
-        #[arg(long)]
-        relay_pid: Option<u32>,
-        /// Receive the relay's webhooks on this address (HTTPS, with
-        /// --sink-cert/--sink-key, verified with --webhook-secret-file) and
-        /// wait for every accepted message's receipt before reporting.
-        #[arg(long, requires_all = ["sink_cert", "sink_key", "webhook_secret_file"])]
-        webhook_sink: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        sink_cert: Option<PathBuf>,
-        #[arg(long)]
-        sink_key: Option<PathBuf>,
-        #[arg(long)]
-        webhook_secret_file: Option<PathBuf>,
-    },
+    Bench(BenchArgs),
     /// The tamper-evident audit log.
     Audit {
         #[command(subcommand)]
@@ -177,6 +98,100 @@ enum Command {
         /// The number in E.164 form, e.g. +15551234567.
         number: String,
     },
+}
+
+#[derive(clap::Args)]
+// Without the `tools` feature the command only says it needs it.
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
+struct DemoArgs {
+    #[arg(long, default_value_t = 2000)]
+    messages: u64,
+    /// Keep the temp dir (config, state, certificates) and print how to look around.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(clap::Args)]
+// Without the `tools` feature the command only says it needs it.
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:2775")]
+    listen: std::net::SocketAddr,
+    /// PEM certificate (with --tls-key: SMPP over TLS).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Only this system_id may bind (with --password).
+    #[arg(long, requires = "password")]
+    system_id: Option<String>,
+    #[arg(long, requires = "system_id")]
+    password: Option<String>,
+    /// Delay before the delivery receipt.
+    #[arg(long, default_value_t = 100)]
+    dlr_delay_ms: u64,
+    /// Fraction (0 to 1) of submits refused with ESME_RSUBMITFAIL.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Above this many submits per second answer ESME_RTHROTTLED; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    throttle_tps: u32,
+    /// Deliver each receipt on another bound session of the same
+    /// system_id than the one that took the submit (in turn), as a
+    /// carrier may; on the same one only when no other is bound.
+    #[arg(long)]
+    dlr_on_other_bind: bool,
+}
+
+#[derive(clap::Args)]
+// Without the `tools` feature the command only says it needs it.
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
+struct BenchArgs {
+    /// Base URL of the API, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    url: String,
+    #[arg(long, env = "SMS_CONDUIT_API_KEY")]
+    api_key: String,
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Concurrent connections (HTTP/1.1) or streams (HTTP/2).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Messages per second; omitted = as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// One multiplexed HTTP/2 connection instead of HTTP/1.1 keep-alive connections.
+    #[arg(long)]
+    http2: bool,
+    /// PEM CA to trust (a self-signed relay).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    #[arg(long, default_value = "+15551230001")]
+    from: String,
+    #[arg(long, default_value = "CX4K2M9")]
+    campaign: String,
+    /// Recipients are this prefix plus a counter.
+    #[arg(long, default_value = "+1555")]
+    to_prefix: String,
+    #[arg(
+        long,
+        default_value = "Reminder: your appointment is tomorrow at 10:00. Reply STOP to opt out."
+    )]
+    text: String,
+    /// PID of the relay, to report its CPU time per message.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Receive the relay's webhooks on this address (HTTPS, with
+    /// --sink-cert/--sink-key, verified with --webhook-secret-file) and
+    /// wait for every accepted message's receipt before reporting.
+    #[arg(long, requires_all = ["sink_cert", "sink_key", "webhook_secret_file"])]
+    webhook_sink: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    sink_cert: Option<PathBuf>,
+    #[arg(long)]
+    sink_key: Option<PathBuf>,
+    #[arg(long)]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -244,76 +259,13 @@ fn main() -> ExitCode {
 // arm per subcommand; each arm calls into the library.
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Demo { messages, keep } => {
-            sms_conduit::tools::demo::init_logging();
-            let rt = tokio::runtime::Runtime::new()?;
-            let ok = rt.block_on(sms_conduit::tools::demo::run(
-                sms_conduit::tools::demo::DemoOptions::new(messages, keep),
-            ))?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Demo(a) => tools::demo(a),
+        Command::SimCarrier(a) => tools::sim_carrier(a),
+        Command::Bench(a) => tools::bench(a),
         Command::Run { config } => {
             init_logging();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(sms_conduit::app::run(&config))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::SimCarrier {
-            listen,
-            tls_cert,
-            tls_key,
-            system_id,
-            password,
-            dlr_delay_ms,
-            fail_rate,
-            throttle_tps,
-            dlr_on_other_bind,
-        } => {
-            init_logging();
-            if !(0.0..=1.0).contains(&fail_rate) {
-                anyhow::bail!("--fail-rate must be between 0 and 1");
-            }
-            let mut opts = sms_conduit::tools::sim::SimOptions::new(listen);
-            opts.tls = tls_cert.zip(tls_key);
-            opts.system_id = system_id;
-            opts.password = password;
-            opts.dlr_delay = std::time::Duration::from_millis(dlr_delay_ms);
-            opts.fail_rate = fail_rate;
-            opts.throttle_tps = throttle_tps;
-            opts.dlr_on_other_bind = dlr_on_other_bind;
-            let rt = tokio::runtime::Runtime::new()?;
-            let report = rt.block_on(async {
-                let stop = tokio_util::sync::CancellationToken::new();
-                let sim = sms_conduit::tools::sim::start_sim(opts, stop.clone()).await?;
-                eprintln!("sim-carrier listening on {}", sim.local_addr());
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                stop.cancel();
-                sim.wait().await;
-                anyhow::Ok(sim.report())
-            })?;
-            println!(
-                "binds {}  bind failures {}  submits {}  accepted {}  failed {}  throttled {}  receipts sent {}  mo sent {}",
-                report.binds,
-                report.bind_failures,
-                report.submits,
-                report.accepted,
-                report.failed,
-                report.throttled,
-                report.receipts_sent,
-                report.mo_sent
-            );
-            if dlr_on_other_bind {
-                println!("receipts on another bind {}", report.receipts_on_other_bind);
-            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
@@ -394,55 +346,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{n} records exported");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench {
-            url,
-            api_key,
-            messages,
-            connections,
-            rate,
-            http2,
-            ca_file,
-            from,
-            campaign,
-            to_prefix,
-            text,
-            relay_pid,
-            webhook_sink,
-            sink_cert,
-            sink_key,
-            webhook_secret_file,
-        } => {
-            let opts = sms_conduit::tools::bench::BenchOptions {
-                url,
-                api_key,
-                messages,
-                connections,
-                rate,
-                http2,
-                ca_file,
-                from,
-                campaign,
-                to_prefix,
-                text,
-                relay_pid,
-                progress: true,
-                webhook_sink: match (webhook_sink, sink_cert, sink_key, webhook_secret_file) {
-                    (Some(listen), Some(cert_file), Some(key_file), Some(secret_file)) => {
-                        Some(sms_conduit::tools::bench::BenchSink {
-                            listen,
-                            cert_file,
-                            key_file,
-                            secret_file,
-                        })
-                    }
-                    _ => None,
-                },
-            };
-            let rt = tokio::runtime::Runtime::new()?;
-            let report = rt.block_on(sms_conduit::tools::bench::run(opts))?;
-            print!("{}", report.table());
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Backup {
             config,
             out,
@@ -496,6 +399,158 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The subcommands of the tools that ship with the appliance (`src/tools/`,
+/// the `tools` cargo feature). Without the feature they say they need it.
+#[cfg(feature = "tools")]
+mod tools {
+    use super::*;
+
+    pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+        let DemoArgs { messages, keep } = a;
+        sms_conduit::tools::demo::init_logging();
+        let rt = tokio::runtime::Runtime::new()?;
+        let ok = rt.block_on(sms_conduit::tools::demo::run(
+            sms_conduit::tools::demo::DemoOptions::new(messages, keep),
+        ))?;
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+
+    pub fn sim_carrier(a: SimArgs) -> anyhow::Result<ExitCode> {
+        let SimArgs {
+            listen,
+            tls_cert,
+            tls_key,
+            system_id,
+            password,
+            dlr_delay_ms,
+            fail_rate,
+            throttle_tps,
+            dlr_on_other_bind,
+        } = a;
+        init_logging();
+        if !(0.0..=1.0).contains(&fail_rate) {
+            anyhow::bail!("--fail-rate must be between 0 and 1");
+        }
+        let mut opts = sms_conduit::tools::sim::SimOptions::new(listen);
+        opts.tls = tls_cert.zip(tls_key);
+        opts.system_id = system_id;
+        opts.password = password;
+        opts.dlr_delay = std::time::Duration::from_millis(dlr_delay_ms);
+        opts.fail_rate = fail_rate;
+        opts.throttle_tps = throttle_tps;
+        opts.dlr_on_other_bind = dlr_on_other_bind;
+        let rt = tokio::runtime::Runtime::new()?;
+        let report = rt.block_on(async {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let sim = sms_conduit::tools::sim::start_sim(opts, stop.clone()).await?;
+            eprintln!("sim-carrier listening on {}", sim.local_addr());
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.cancel();
+            sim.wait().await;
+            anyhow::Ok(sim.report())
+        })?;
+        println!(
+                "binds {}  bind failures {}  submits {}  accepted {}  failed {}  throttled {}  receipts sent {}  mo sent {}",
+                report.binds,
+                report.bind_failures,
+                report.submits,
+                report.accepted,
+                report.failed,
+                report.throttled,
+                report.receipts_sent,
+                report.mo_sent
+            );
+        if dlr_on_other_bind {
+            println!("receipts on another bind {}", report.receipts_on_other_bind);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+        let BenchArgs {
+            url,
+            api_key,
+            messages,
+            connections,
+            rate,
+            http2,
+            ca_file,
+            from,
+            campaign,
+            to_prefix,
+            text,
+            relay_pid,
+            webhook_sink,
+            sink_cert,
+            sink_key,
+            webhook_secret_file,
+        } = a;
+        let opts = sms_conduit::tools::bench::BenchOptions {
+            url,
+            api_key,
+            messages,
+            connections,
+            rate,
+            http2,
+            ca_file,
+            from,
+            campaign,
+            to_prefix,
+            text,
+            relay_pid,
+            progress: true,
+            webhook_sink: match (webhook_sink, sink_cert, sink_key, webhook_secret_file) {
+                (Some(listen), Some(cert_file), Some(key_file), Some(secret_file)) => {
+                    Some(sms_conduit::tools::bench::BenchSink {
+                        listen,
+                        cert_file,
+                        key_file,
+                        secret_file,
+                    })
+                }
+                _ => None,
+            },
+        };
+        let rt = tokio::runtime::Runtime::new()?;
+        let report = rt.block_on(sms_conduit::tools::bench::run(opts))?;
+        print!("{}", report.table());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Built without the `tools` feature: the appliance alone.
+#[cfg(not(feature = "tools"))]
+mod tools {
+    use super::*;
+
+    fn needs(command: &str) -> anyhow::Result<ExitCode> {
+        anyhow::bail!(
+            "`{command}` needs sms-conduit built with the `tools` cargo feature (on by default)"
+        )
+    }
+
+    pub fn demo(_: DemoArgs) -> anyhow::Result<ExitCode> {
+        needs("demo")
+    }
+
+    pub fn sim_carrier(_: SimArgs) -> anyhow::Result<ExitCode> {
+        needs("sim-carrier")
+    }
+
+    pub fn bench(_: BenchArgs) -> anyhow::Result<ExitCode> {
+        needs("bench")
     }
 }
 

@@ -137,7 +137,6 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
     h
 }
 
-/// Latency buckets from 100 µs to 10 s.
 fn histogram_vec(
     r: &Registry,
     name: &str,
@@ -161,11 +160,318 @@ pub fn error_label(code: &str) -> &str {
     }
 }
 
+/// Latency buckets from 100 µs to 10 s.
 fn latency_buckets() -> Vec<f64> {
     vec![
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0,
     ]
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+/// The API and the send path: requests, authentication, messages, refusals, limits and caps, certificates.
+struct ApiFamilies {
+    messages: IntCounterVec,
+    segments: IntCounterVec,
+    refusals: IntCounterVec,
+    latency: HistogramVec,
+    api_requests: IntCounterVec,
+    auth_failures: IntCounter,
+    api_key_expiry: IntGaugeVec,
+    tls_cert_expiry: IntGaugeVec,
+    brand_daily_cap: IntGaugeVec,
+    brand_daily_segments: IntGaugeVec,
+    campaign_rate_limit: IntGaugeVec,
+    campaign_segments: IntCounterVec,
+}
+
+fn api_families(r: &Registry) -> ApiFamilies {
+    ApiFamilies {
+        messages: counter_vec(
+            r,
+            "sms_conduit_messages_total",
+            "Messages by direction, outcome and carrier.",
+            &["direction", "outcome", "carrier"],
+        ),
+        segments: counter_vec(
+            r,
+            "sms_conduit_segments_total",
+            "Segments by direction and carrier.",
+            &["direction", "carrier"],
+        ),
+        refusals: counter_vec(
+            r,
+            "sms_conduit_refusals_total",
+            "Refused MT requests by campaign and code.",
+            &["campaign", "code"],
+        ),
+        latency: histogram_vec(
+            r,
+            "sms_conduit_message_latency_seconds",
+            "End-to-end MT latency, request received to answer sent.",
+            &["outcome"],
+            latency_buckets(),
+        ),
+        api_requests: counter_vec(
+            r,
+            "sms_conduit_api_requests_total",
+            "API requests by route and status.",
+            &["route", "status"],
+        ),
+        auth_failures: counter(
+            r,
+            "sms_conduit_auth_failures_total",
+            "Failed API authentications.",
+        ),
+        api_key_expiry: gauge_vec(
+            r,
+            "sms_conduit_api_key_expiry_seconds",
+            "Seconds until an API key's not_after (negative once expired), by client and key index.",
+            &["client", "key"],
+        ),
+        tls_cert_expiry: gauge_vec(
+            r,
+            "sms_conduit_tls_cert_expiry_timestamp_seconds",
+            "Unix time of the earliest notAfter of a TLS certificate chain, by role (server, carrier, webhook) and name.",
+            &["role", "name"],
+        ),
+        brand_daily_cap: gauge_vec(
+            r,
+            "sms_conduit_brand_daily_cap_segments",
+            "A brand's daily segment cap (brands with a cap only).",
+            &["brand"],
+        ),
+        brand_daily_segments: gauge_vec(
+            r,
+            "sms_conduit_brand_daily_segments",
+            "Segments counted against a capped brand's daily cap on its current local day.",
+            &["brand"],
+        ),
+        campaign_rate_limit: gauge_vec(
+            r,
+            "sms_conduit_campaign_rate_limit_segments_per_minute",
+            "A campaign's segments_per_minute rate limit.",
+            &["campaign"],
+        ),
+        campaign_segments: counter_vec(
+            r,
+            "sms_conduit_campaign_segments_total",
+            "Segments of MTs accepted by a carrier, by campaign.",
+            &["campaign"],
+        ),
+    }
+}
+
+/// SMPP: sessions, windows, PDUs, binds, the server's connections, MO reassembly, submit and receipt latency.
+struct SmppFamilies {
+    smpp_sessions: IntGaugeVec,
+    smpp_window: IntGaugeVec,
+    smpp_pdus: IntCounterVec,
+    smpp_bind_failures: IntCounterVec,
+    smpp_peer_sessions: IntGaugeVec,
+    smpp_server_connections: IntGauge,
+    smpp_connections_refused: IntCounterVec,
+    smpp_configured_sessions: IntGaugeVec,
+    mo_parts_held: IntGaugeVec,
+    submit_latency: HistogramVec,
+    receipt_latency: HistogramVec,
+    receipt_errors: IntCounterVec,
+}
+
+fn smpp_families(r: &Registry) -> SmppFamilies {
+    SmppFamilies {
+        smpp_sessions: gauge_vec(
+            r,
+            "sms_conduit_smpp_sessions",
+            "SMPP sessions by link and state.",
+            &["link", "state"],
+        ),
+        smpp_window: gauge_vec(
+            r,
+            "sms_conduit_smpp_window_in_use",
+            "Outstanding SMPP requests by link.",
+            &["link"],
+        ),
+        smpp_pdus: counter_vec(
+            r,
+            "sms_conduit_smpp_pdus_total",
+            "SMPP PDUs by link, command, direction and status.",
+            &["link", "command", "direction", "status"],
+        ),
+        smpp_bind_failures: counter_vec(
+            r,
+            "sms_conduit_smpp_bind_failures_total",
+            "Failed SMPP binds by link and reason.",
+            &["link", "reason"],
+        ),
+        smpp_peer_sessions: gauge_vec(
+            r,
+            "sms_conduit_smpp_peer_sessions",
+            "Peers' sessions bound to our SMPP server, by peer.",
+            &["peer"],
+        ),
+        smpp_server_connections: gauge(
+            r,
+            "sms_conduit_smpp_server_connections",
+            "Connections open on the SMPP server's listeners, bound or not.",
+        ),
+        smpp_connections_refused: counter_vec(
+            r,
+            "sms_conduit_smpp_connections_refused_total",
+            "Connections the SMPP server closed at accept, by reason.",
+            &["reason"],
+        ),
+        smpp_configured_sessions: gauge_vec(
+            r,
+            "sms_conduit_smpp_configured_sessions",
+            "Outbound SMPP sessions configured per carrier (binds).",
+            &["link"],
+        ),
+        mo_parts_held: gauge_vec(
+            r,
+            "sms_conduit_mo_parts_held",
+            "Parts of concatenated MOs held for reassembly (kind: parts, bytes).",
+            &["kind"],
+        ),
+        submit_latency: histogram_vec(
+            r,
+            "sms_conduit_submit_seconds",
+            "submit_sm to submit_sm_resp by carrier (the session's queue included, pacing not).",
+            &["carrier"],
+            latency_buckets(),
+        ),
+        receipt_latency: histogram_vec(
+            r,
+            "sms_conduit_receipt_seconds",
+            "An MT's submit to the receipt that decided it, by carrier.",
+            &["carrier"],
+            vec![
+                0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+            ],
+        ),
+        receipt_errors: counter_vec(
+            r,
+            "sms_conduit_receipt_errors_total",
+            "MTs a receipt decided with a carrier error code, by carrier and code (three digits, else other).",
+            &["carrier", "error"],
+        ),
+    }
+}
+
+/// The store, the audit log and the shared state.
+struct StoreFamilies {
+    audit_records: IntCounter,
+    audit_head_seq: IntGauge,
+    store_commit: Histogram,
+    store_batch: Histogram,
+    store_commit_failures: IntCounter,
+    shared_state_up: IntGauge,
+    shared_state_errors: IntCounterVec,
+    shared_state_latency: HistogramVec,
+}
+
+fn store_families(r: &Registry) -> StoreFamilies {
+    StoreFamilies {
+        audit_records: counter(
+            r,
+            "sms_conduit_audit_records_total",
+            "Audit records written.",
+        ),
+        audit_head_seq: gauge(
+            r,
+            "sms_conduit_audit_head_seq",
+            "Sequence number of the audit chain head.",
+        ),
+        store_commit: histogram(
+            r,
+            "sms_conduit_store_commit_seconds",
+            "Store commit latency.",
+            latency_buckets(),
+        ),
+        store_batch: histogram(
+            r,
+            "sms_conduit_store_commit_batch_size",
+            "Writes carried by one store commit.",
+            vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        ),
+        store_commit_failures: counter(
+            r,
+            "sms_conduit_store_commit_failures_total",
+            "Store commits that failed.",
+        ),
+        shared_state_up: {
+            let g = gauge(
+                r,
+                "sms_conduit_shared_state_up",
+                "1 while the shared state (Redis in fleet mode) answers.",
+            );
+            g.set(1);
+            g
+        },
+        shared_state_errors: counter_vec(
+            r,
+            "sms_conduit_shared_state_errors_total",
+            "Failed shared-state (Redis) calls by operation.",
+            &["op"],
+        ),
+        shared_state_latency: histogram_vec(
+            r,
+            "sms_conduit_shared_state_seconds",
+            "Shared-state (Redis) call latency by operation.",
+            &["op"],
+            latency_buckets(),
+        ),
+    }
+}
+
+/// Webhook delivery and the outbox.
+struct WebhookFamilies {
+    webhook_attempts: IntCounterVec,
+    outbox_depth: IntGauge,
+    outbox_oldest_age: IntGaugeVec,
+    webhook_latency: HistogramVec,
+}
+
+fn webhook_families(r: &Registry) -> WebhookFamilies {
+    WebhookFamilies {
+        webhook_attempts: counter_vec(
+            r,
+            "sms_conduit_webhook_attempts_total",
+            "Webhook attempts by client and outcome.",
+            &["client", "outcome"],
+        ),
+        outbox_depth: gauge(
+            r,
+            "sms_conduit_outbox_depth",
+            "Status events waiting for webhook delivery.",
+        ),
+        outbox_oldest_age: gauge_vec(
+            r,
+            "sms_conduit_outbox_oldest_age_seconds",
+            "Age of the oldest status event waiting for webhook delivery, by client (0 = none).",
+            &["client"],
+        ),
+        webhook_latency: histogram_vec(
+            r,
+            "sms_conduit_webhook_seconds",
+            "One webhook POST, request to status line, by client.",
+            &["client"],
+            latency_buckets(),
+        ),
+    }
 }
 
 impl Metrics {
@@ -190,256 +496,87 @@ impl Metrics {
             // appliance still runs without process metrics then.
             let _ = r.register(Box::new(pc));
         }
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "sms_conduit_message_latency_seconds",
-                "End-to-end MT latency, request received to answer sent.",
-            )
-            .buckets(latency_buckets()),
-            &["outcome"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(latency.clone()))
-            .expect("unique metric name");
-        let audit_records =
-            IntCounter::new("sms_conduit_audit_records_total", "Audit records written.")
-                .expect("static metric definition");
-        r.register(Box::new(audit_records.clone()))
-            .expect("unique metric name");
-        let auth_failures = IntCounter::new(
-            "sms_conduit_auth_failures_total",
-            "Failed API authentications.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(auth_failures.clone()))
-            .expect("unique metric name");
-        let audit_head_seq = IntGauge::new(
-            "sms_conduit_audit_head_seq",
-            "Sequence number of the audit chain head.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(audit_head_seq.clone()))
-            .expect("unique metric name");
-        let outbox_depth = IntGauge::new(
-            "sms_conduit_outbox_depth",
-            "Status events waiting for webhook delivery.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(outbox_depth.clone()))
-            .expect("unique metric name");
-        let store_commit_failures = IntCounter::new(
-            "sms_conduit_store_commit_failures_total",
-            "Store commits that failed.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(store_commit_failures.clone()))
-            .expect("unique metric name");
-        let shared_state_up = IntGauge::new(
-            "sms_conduit_shared_state_up",
-            "1 while the shared state (Redis in fleet mode) answers.",
-        )
-        .expect("static metric definition");
-        shared_state_up.set(1);
-        r.register(Box::new(shared_state_up.clone()))
-            .expect("unique metric name");
-        let shared_state_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "sms_conduit_shared_state_seconds",
-                "Shared-state (Redis) call latency by operation.",
-            )
-            .buckets(latency_buckets()),
-            &["op"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(shared_state_latency.clone()))
-            .expect("unique metric name");
-        Metrics {
-            shared_state_up,
-            shared_state_latency,
-            shared_state_errors: counter_vec(
-                &r,
-                "sms_conduit_shared_state_errors_total",
-                "Failed shared-state (Redis) calls by operation.",
-                &["op"],
-            ),
-            messages: counter_vec(
-                &r,
-                "sms_conduit_messages_total",
-                "Messages by direction, outcome and carrier.",
-                &["direction", "outcome", "carrier"],
-            ),
-            segments: counter_vec(
-                &r,
-                "sms_conduit_segments_total",
-                "Segments by direction and carrier.",
-                &["direction", "carrier"],
-            ),
-            refusals: counter_vec(
-                &r,
-                "sms_conduit_refusals_total",
-                "Refused MT requests by campaign and code.",
-                &["campaign", "code"],
-            ),
+        let ApiFamilies {
+            messages,
+            segments,
+            refusals,
             latency,
-            smpp_sessions: gauge_vec(
-                &r,
-                "sms_conduit_smpp_sessions",
-                "SMPP sessions by link and state.",
-                &["link", "state"],
-            ),
-            smpp_window: gauge_vec(
-                &r,
-                "sms_conduit_smpp_window_in_use",
-                "Outstanding SMPP requests by link.",
-                &["link"],
-            ),
-            smpp_pdus: counter_vec(
-                &r,
-                "sms_conduit_smpp_pdus_total",
-                "SMPP PDUs by link, command, direction and status.",
-                &["link", "command", "direction", "status"],
-            ),
-            smpp_bind_failures: counter_vec(
-                &r,
-                "sms_conduit_smpp_bind_failures_total",
-                "Failed SMPP binds by link and reason.",
-                &["link", "reason"],
-            ),
-            smpp_peer_sessions: gauge_vec(
-                &r,
-                "sms_conduit_smpp_peer_sessions",
-                "Peers' sessions bound to our SMPP server, by peer.",
-                &["peer"],
-            ),
-            smpp_server_connections: {
-                let g = IntGauge::new(
-                    "sms_conduit_smpp_server_connections",
-                    "Connections open on the SMPP server's listeners, bound or not.",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("unique metric name");
-                g
-            },
-            smpp_connections_refused: counter_vec(
-                &r,
-                "sms_conduit_smpp_connections_refused_total",
-                "Connections the SMPP server closed at accept, by reason.",
-                &["reason"],
-            ),
-            webhook_attempts: counter_vec(
-                &r,
-                "sms_conduit_webhook_attempts_total",
-                "Webhook attempts by client and outcome.",
-                &["client", "outcome"],
-            ),
-            outbox_depth,
-            outbox_oldest_age: gauge_vec(
-                &r,
-                "sms_conduit_outbox_oldest_age_seconds",
-                "Age of the oldest status event waiting for webhook delivery, by client (0 = none).",
-                &["client"],
-            ),
-            smpp_configured_sessions: gauge_vec(
-                &r,
-                "sms_conduit_smpp_configured_sessions",
-                "Outbound SMPP sessions configured per carrier (binds).",
-                &["link"],
-            ),
-            mo_parts_held: gauge_vec(
-                &r,
-                "sms_conduit_mo_parts_held",
-                "Parts of concatenated MOs held for reassembly (kind: parts, bytes).",
-                &["kind"],
-            ),
+            api_requests,
+            auth_failures,
+            api_key_expiry,
+            tls_cert_expiry,
+            brand_daily_cap,
+            brand_daily_segments,
+            campaign_rate_limit,
+            campaign_segments,
+        } = api_families(&r);
+        let SmppFamilies {
+            smpp_sessions,
+            smpp_window,
+            smpp_pdus,
+            smpp_bind_failures,
+            smpp_peer_sessions,
+            smpp_server_connections,
+            smpp_connections_refused,
+            smpp_configured_sessions,
+            mo_parts_held,
+            submit_latency,
+            receipt_latency,
+            receipt_errors,
+        } = smpp_families(&r);
+        let StoreFamilies {
             audit_records,
             audit_head_seq,
-            store_commit: histogram(
-                &r,
-                "sms_conduit_store_commit_seconds",
-                "Store commit latency.",
-                latency_buckets(),
-            ),
-            store_batch: histogram(
-                &r,
-                "sms_conduit_store_commit_batch_size",
-                "Writes carried by one store commit.",
-                vec![
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-                ],
-            ),
+            store_commit,
+            store_batch,
             store_commit_failures,
-            api_requests: counter_vec(
-                &r,
-                "sms_conduit_api_requests_total",
-                "API requests by route and status.",
-                &["route", "status"],
-            ),
+            shared_state_up,
+            shared_state_errors,
+            shared_state_latency,
+        } = store_families(&r);
+        let WebhookFamilies {
+            webhook_attempts,
+            outbox_depth,
+            outbox_oldest_age,
+            webhook_latency,
+        } = webhook_families(&r);
+        Metrics {
+            messages,
+            segments,
+            refusals,
+            latency,
+            api_requests,
             auth_failures,
-            api_key_expiry: gauge_vec(
-                &r,
-                "sms_conduit_api_key_expiry_seconds",
-                "Seconds until an API key's not_after (negative once expired), by client and key index.",
-                &["client", "key"],
-            ),
-            tls_cert_expiry: gauge_vec(
-                &r,
-                "sms_conduit_tls_cert_expiry_timestamp_seconds",
-                "Unix time of the earliest notAfter of a TLS certificate chain, by role (server, carrier, webhook) and name.",
-                &["role", "name"],
-            ),
-            brand_daily_cap: gauge_vec(
-                &r,
-                "sms_conduit_brand_daily_cap_segments",
-                "A brand's daily segment cap (brands with a cap only).",
-                &["brand"],
-            ),
-            brand_daily_segments: gauge_vec(
-                &r,
-                "sms_conduit_brand_daily_segments",
-                "Segments counted against a capped brand's daily cap on its current local day.",
-                &["brand"],
-            ),
-            campaign_rate_limit: gauge_vec(
-                &r,
-                "sms_conduit_campaign_rate_limit_segments_per_minute",
-                "A campaign's segments_per_minute rate limit.",
-                &["campaign"],
-            ),
-            campaign_segments: counter_vec(
-                &r,
-                "sms_conduit_campaign_segments_total",
-                "Segments of MTs accepted by a carrier, by campaign.",
-                &["campaign"],
-            ),
-            submit_latency: histogram_vec(
-                &r,
-                "sms_conduit_submit_seconds",
-                "submit_sm to submit_sm_resp by carrier (the session's queue included, pacing not).",
-                &["carrier"],
-                latency_buckets(),
-            ),
-            receipt_latency: histogram_vec(
-                &r,
-                "sms_conduit_receipt_seconds",
-                "An MT's submit to the receipt that decided it, by carrier.",
-                &["carrier"],
-                vec![
-                    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
-                ],
-            ),
-            receipt_errors: counter_vec(
-                &r,
-                "sms_conduit_receipt_errors_total",
-                "MTs a receipt decided with a carrier error code, by carrier and code (three digits, else other).",
-                &["carrier", "error"],
-            ),
-            webhook_latency: histogram_vec(
-                &r,
-                "sms_conduit_webhook_seconds",
-                "One webhook POST, request to status line, by client.",
-                &["client"],
-                latency_buckets(),
-            ),
+            api_key_expiry,
+            tls_cert_expiry,
+            brand_daily_cap,
+            brand_daily_segments,
+            campaign_rate_limit,
+            campaign_segments,
+            smpp_sessions,
+            smpp_window,
+            smpp_pdus,
+            smpp_bind_failures,
+            smpp_peer_sessions,
+            smpp_server_connections,
+            smpp_connections_refused,
+            smpp_configured_sessions,
+            mo_parts_held,
+            submit_latency,
+            receipt_latency,
+            receipt_errors,
+            audit_records,
+            audit_head_seq,
+            store_commit,
+            store_batch,
+            store_commit_failures,
+            shared_state_up,
+            shared_state_errors,
+            shared_state_latency,
+            webhook_attempts,
+            outbox_depth,
+            outbox_oldest_age,
+            webhook_latency,
             registry: r,
         }
     }

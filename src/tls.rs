@@ -14,13 +14,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config;
+use crate::live::Part;
 
 /// A TLS setup problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -263,93 +263,93 @@ pub fn check_leaf_not_ca(cert_file: &Path) -> Result<(), TlsError> {
     }
 }
 
-/// A listener's TLS state that can be swapped on reload.
+/// A listener's TLS as a reload installs it: the server config and whether
+/// client certificates are asked for. A listener's part of the live
+/// configuration.
+pub struct ListenerTls {
+    config: Arc<ServerConfig>,
+    client_auth: ClientAuth,
+    /// A client CA is configured.
+    has_client_ca: bool,
+}
+
+impl ListenerTls {
+    /// Loads and checks the certificate and key (and client CA) of `cfg`.
+    pub fn build(
+        cfg: &config::Tls,
+        alpn: &[&[u8]],
+        client_auth: ClientAuth,
+    ) -> Result<ListenerTls, TlsError> {
+        Ok(ListenerTls {
+            config: server_config(cfg, alpn, client_auth)?,
+            client_auth,
+            has_client_ca: cfg.client_ca_file.is_some(),
+        })
+    }
+}
+
+/// A listener's TLS state, read afresh for every new connection.
 pub struct ServerTls {
     alpn: Vec<Vec<u8>>,
-    client_auth: RwLock<ClientAuth>,
-    /// A client CA was configured at the last load or reload.
-    has_client_ca: std::sync::atomic::AtomicBool,
-    // A std lock: held only to clone an Arc, never across an await.
-    current: RwLock<Arc<ServerConfig>>,
+    current: Part<ListenerTls>,
 }
 
 impl ServerTls {
-    /// Loads the certificate and key for a listener.
+    /// Loads the certificate and key for a listener that is reloaded on its
+    /// own ([`ServerTls::reload`]).
     pub fn load(
         cfg: &config::Tls,
         alpn: &[&[u8]],
         client_auth: ClientAuth,
     ) -> Result<Arc<Self>, TlsError> {
-        let sc = server_config(cfg, alpn, client_auth)?;
-        Ok(Arc::new(ServerTls {
+        let first = ListenerTls::build(cfg, alpn, client_auth)?;
+        Ok(Self::reading(alpn, Part::own(Arc::new(first))))
+    }
+
+    /// A listener whose TLS is read from `current` (the app: its part of
+    /// the live snapshot, built with the same `alpn`).
+    pub fn reading(alpn: &[&[u8]], current: Part<ListenerTls>) -> Arc<Self> {
+        Arc::new(ServerTls {
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
-            client_auth: RwLock::new(client_auth),
-            has_client_ca: std::sync::atomic::AtomicBool::new(cfg.client_ca_file.is_some()),
-            current: RwLock::new(sc),
-        }))
+            current,
+        })
     }
 
     /// Whether this listener requires client certificates (a CA to check
     /// them is configured).
     pub fn requires_client_cert(&self) -> bool {
-        *self.client_auth.read() == ClientAuth::RequireIfConfigured
-            && self
-                .has_client_ca
-                .load(std::sync::atomic::Ordering::Relaxed)
+        let c = self.current.load();
+        c.client_auth == ClientAuth::RequireIfConfigured && c.has_client_ca
     }
 
     /// An acceptor using the current certificate.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let sc = self.current.read().clone();
-        TlsAcceptor::from(sc)
+        TlsAcceptor::from(self.current.load().config.clone())
     }
 
     /// Re-reads the certificate files; on error the old certificate stays.
     pub fn reload(&self, cfg: &config::Tls) -> Result<(), TlsError> {
-        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let client_auth = *self.client_auth.read();
-        let sc = server_config(cfg, &alpn, client_auth)?;
-        *self.current.write() = sc;
-        self.has_client_ca.store(
-            cfg.client_ca_file.is_some(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        Ok(())
+        let client_auth = self.current.load().client_auth;
+        self.reload_with(cfg, client_auth)
     }
 
-    /// The config a reload to `cfg` would install, built and checked
-    /// without changing anything (see [`ServerTls::install`]): a reload
-    /// prepares every part first, so a refused one changes nothing.
+    /// The TLS a reload to `cfg` would install, built and checked without
+    /// changing anything: a reload prepares every part first, so a refused
+    /// one changes nothing.
     pub fn prepare(
         &self,
         cfg: &config::Tls,
         client_auth: ClientAuth,
-    ) -> Result<Arc<ServerConfig>, TlsError> {
+    ) -> Result<ListenerTls, TlsError> {
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        server_config(cfg, &alpn, client_auth)
-    }
-
-    /// Installs what [`ServerTls::prepare`] built; cannot fail.
-    pub fn install(&self, sc: Arc<ServerConfig>, cfg: &config::Tls, client_auth: ClientAuth) {
-        *self.client_auth.write() = client_auth;
-        *self.current.write() = sc;
-        self.has_client_ca.store(
-            cfg.client_ca_file.is_some(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        ListenerTls::build(cfg, &alpn, client_auth)
     }
 
     /// As [`ServerTls::reload`], changing whether client certificates are
     /// asked for (the API: when a reload adds or removes the last pin).
     pub fn reload_with(&self, cfg: &config::Tls, client_auth: ClientAuth) -> Result<(), TlsError> {
-        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let sc = server_config(cfg, &alpn, client_auth)?;
-        *self.client_auth.write() = client_auth;
-        *self.current.write() = sc;
-        self.has_client_ca.store(
-            cfg.client_ca_file.is_some(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let next = self.prepare(cfg, client_auth)?;
+        self.current.set(Arc::new(next));
         Ok(())
     }
 }

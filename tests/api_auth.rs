@@ -4,7 +4,8 @@ mod support;
 
 use std::sync::Arc;
 
-use sms_conduit::api::{AlwaysReady, NoRouteService, Readiness};
+use sms_conduit::api::{NoRouteService, Readiness};
+use sms_conduit::tools::AlwaysReady;
 use support::{expect_problem, start_api, TestEnv};
 
 const SEND: &str =

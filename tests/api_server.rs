@@ -6,12 +6,14 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use sms_conduit::api::{
-    AlwaysReady, ClientId, ConnLimits, MessageService, MessageView, NoRouteService, SendAccepted,
-    SendError, SendRequest,
+    ClientId, ConnLimits, MessageService, MessageView, NoRouteService, SendAccepted, SendError,
+    SendRequest,
 };
+use sms_conduit::tools::AlwaysReady;
 use support::{start_api_with, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -132,18 +134,24 @@ async fn connections_over_the_limit_are_closed() {
 struct Slow;
 
 impl MessageService for Slow {
-    async fn send(
-        &self,
-        _client: &ClientId,
+    fn send<'a>(
+        &'a self,
+        _client: &'a ClientId,
         _req: SendRequest,
         _key: Option<String>,
-    ) -> Result<SendAccepted, SendError> {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Err(SendError::CarrierTimeout)
+    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Err(SendError::CarrierTimeout)
+        })
     }
 
-    async fn get(&self, _client: &ClientId, _id: &str) -> Result<MessageView, SendError> {
-        Err(SendError::NotFound)
+    fn get<'a>(
+        &'a self,
+        _client: &'a ClientId,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
+        Box::pin(async { Err(SendError::NotFound) })
     }
 }
 

@@ -10,7 +10,8 @@ mod support;
 use std::process::Command;
 use std::sync::Arc;
 
-use sms_conduit::api::{AlwaysReady, NoRouteService};
+use sms_conduit::api::NoRouteService;
+use sms_conduit::tools::AlwaysReady;
 use support::{start_api, TestEnv};
 
 /// A body a client writes in several DATA frames (the server answers

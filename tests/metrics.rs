@@ -7,8 +7,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use sms_conduit::api::{serve_metrics, AlwaysReady, MetricsServeError, NoRouteService};
+use sms_conduit::api::{serve_metrics, MetricsServeError, NoRouteService};
 use sms_conduit::metrics::Metrics;
+use sms_conduit::tools::AlwaysReady;
 use support::{start_api, TestEnv};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

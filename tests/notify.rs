@@ -49,7 +49,7 @@ fn notifications_and_watchdog_reach_the_socket() {
         let heartbeat = wd.heartbeat();
         let stop = CancellationToken::new();
         let beat_every = wd.beat_every();
-        let task = wd.spawn(stop.clone());
+        let task = wd.spawn(stop.clone(), &tokio_util::task::TaskTracker::new());
         // Main loop alive: pings arrive.
         let beating = tokio::spawn({
             let (h, stop) = (heartbeat.clone(), stop.clone());

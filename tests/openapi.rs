@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sms_conduit::api::routes::{OPENAPI_JSON, OPENAPI_ROUTE};
-use sms_conduit::api::{AlwaysReady, NoRouteService, SendError};
+use sms_conduit::api::{NoRouteService, SendError};
+use sms_conduit::tools::AlwaysReady;
 use support::{start_api, TestEnv};
 
 fn doc() -> Value {

@@ -11,11 +11,11 @@ use futures::StreamExt;
 use sms_conduit::config::BindMode;
 use sms_conduit::smpp::{
     start_server, CommandStatus, DeliverRequest, InboundKind, Pool, ReceiptTlvs, SmppError,
-    TempErrorHandler,
 };
 use sms_conduit::tls::{ClientAuth, ServerTls};
 use sms_conduit::tools::sim::{start_sim, SimHandle, SimOptions};
 use sms_conduit::tools::RecordingHandler;
+use sms_conduit::tools::TempErrorHandler;
 use support::*;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;

@@ -12,7 +12,8 @@ use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use sms_conduit::smpp::codec::SmppCodec;
 use sms_conduit::smpp::pdu::MessageIds;
 use sms_conduit::smpp::session::{self, BindKind, Role, SessionConfig, SessionDeps, SessionHandle};
-use sms_conduit::smpp::{SmppError, TempErrorHandler};
+use sms_conduit::smpp::SmppError;
+use sms_conduit::tools::TempErrorHandler;
 use tokio::io::DuplexStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,7 @@ fn start(
         metrics: support::metrics(),
         shutdown: shutdown.clone(),
         ids: Arc::new(MessageIds::new()),
+        tasks: tokio_util::task::TaskTracker::new(),
     };
     let h = session::spawn(Framed::new(a, SmppCodec::new()), 2, cfg, deps);
     (h, Framed::new(b, CommandCodec::new()), shutdown)

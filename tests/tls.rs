@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use sms_conduit::api::{AlwaysReady, NoRouteService};
+use sms_conduit::api::NoRouteService;
 use sms_conduit::tls::{ClientAuth, ServerTls};
+use sms_conduit::tools::AlwaysReady;
 use support::{client_trusting, start_api, write, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

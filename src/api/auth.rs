@@ -14,8 +14,9 @@
 //!   keyed limiter; once an address exceeds it, it is refused with 429 before
 //!   its key is even looked at, until the limiter would admit it again. IPv6
 //!   sources are keyed by their /64, since one host usually owns the prefix.
-//! * The table lives behind a `parking_lot::RwLock<Arc<_>>`, read by cloning the
-//!   `Arc`; no lock is held across an `.await`.
+//! * The table is a part of the live configuration ([`crate::live::Part`]):
+//!   in the app it changes with the whole snapshot a reload swaps in; it is
+//!   read once per request, with no lock.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -27,7 +28,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -35,6 +36,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use super::problem::SendError;
 use super::service::ClientId;
 use crate::config;
+use crate::live::Part;
 use crate::metrics::Metrics;
 
 /// Prefix of every API key, so leaked keys are recognisable by scanners.
@@ -107,8 +109,9 @@ pub struct NoAudit;
 
 impl AuthAudit for NoAudit {}
 
-/// Every configured key digest with its client.
-struct KeyTable {
+/// Every configured key digest with its client: the API's part of the live
+/// configuration.
+pub struct KeyTable {
     entries: Vec<KeyEntry>,
 }
 
@@ -122,7 +125,8 @@ struct KeyEntry {
 }
 
 impl KeyTable {
-    fn from_clients(clients: &[config::Client]) -> Self {
+    /// The table of `clients`' keys.
+    pub fn from_clients(clients: &[config::Client]) -> Self {
         let entries = clients
             .iter()
             .flat_map(|c| {
@@ -162,7 +166,7 @@ impl KeyTable {
 
 /// Authenticates API requests; shared by all connections.
 pub struct Authenticator {
-    keys: RwLock<Arc<KeyTable>>,
+    keys: Part<KeyTable>,
     failures: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
@@ -180,12 +184,17 @@ impl Authenticator {
         audit: Arc<dyn AuthAudit>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self::with_failure_limit(
-            clients,
-            audit,
-            metrics,
-            NonZeroU32::MIN.saturating_add(Self::DEFAULT_FAILURES_PER_MINUTE - 1),
-        )
+        Self::with_failure_limit(clients, audit, metrics, Self::default_failure_limit())
+    }
+
+    /// An authenticator with the default failure limit reading its key
+    /// table from `keys` (the app: its part of the live snapshot).
+    pub fn reading(keys: Part<KeyTable>, audit: Arc<dyn AuthAudit>, metrics: Arc<Metrics>) -> Self {
+        Self::with_keys(keys, audit, metrics, Self::default_failure_limit())
+    }
+
+    fn default_failure_limit() -> NonZeroU32 {
+        NonZeroU32::MIN.saturating_add(Self::DEFAULT_FAILURES_PER_MINUTE - 1)
     }
 
     /// As [`Authenticator::new`] with `failures_per_minute` (also the burst).
@@ -195,10 +204,25 @@ impl Authenticator {
         metrics: Arc<Metrics>,
         failures_per_minute: NonZeroU32,
     ) -> Self {
-        let table = Arc::new(KeyTable::from_clients(clients));
-        set_expiry_gauge(&metrics, &table, Utc::now());
+        Self::with_keys(
+            Part::own(Arc::new(KeyTable::from_clients(clients))),
+            audit,
+            metrics,
+            failures_per_minute,
+        )
+    }
+
+    /// As [`Authenticator::with_failure_limit`], the key table read from
+    /// `keys`.
+    pub fn with_keys(
+        keys: Part<KeyTable>,
+        audit: Arc<dyn AuthAudit>,
+        metrics: Arc<Metrics>,
+        failures_per_minute: NonZeroU32,
+    ) -> Self {
+        set_expiry_gauge(&metrics, &keys.load(), Utc::now());
         Authenticator {
-            keys: RwLock::new(table),
+            keys,
             failures: RateLimiter::keyed(Quota::per_minute(failures_per_minute)),
             clock: DefaultClock::default(),
             blocked: Mutex::new(HashMap::new()),
@@ -207,15 +231,21 @@ impl Authenticator {
         }
     }
 
-    /// Replaces the key table (SIGHUP). Requests in flight keep the old one.
+    /// Replaces the key table of an authenticator built on its own.
+    /// Requests in flight keep the old one. (In the app the table changes
+    /// with the live snapshot, then [`Authenticator::publish_expiry`].)
     pub fn reload(&self, clients: &[config::Client]) {
-        let table = Arc::new(KeyTable::from_clients(clients));
-        set_expiry_gauge(&self.metrics, &table, Utc::now());
-        *self.keys.write() = table;
+        self.keys.set(Arc::new(KeyTable::from_clients(clients)));
+        self.publish_expiry();
+    }
+
+    /// Sets the keys' seconds-to-expiry gauge from the current table.
+    pub fn publish_expiry(&self) {
+        set_expiry_gauge(&self.metrics, &self.table(), Utc::now());
     }
 
     fn table(&self) -> Arc<KeyTable> {
-        self.keys.read().clone()
+        self.keys.load()
     }
 
     /// Checks an `Authorization` header value from `peer`, on a connection

@@ -19,23 +19,22 @@
 //! Conduit rule: no message text and no clear recipient number reaches a log
 //! line or an error response from here.
 
-pub mod auth;
-pub mod metrics;
-pub mod problem;
+pub(crate) mod auth;
+pub(crate) mod metrics;
+pub(crate) mod problem;
 pub mod routes;
-pub mod server;
-pub mod service;
+pub(crate) mod server;
+pub(crate) mod service;
 
 use std::sync::Arc;
 
-pub use auth::{new_key, AuthAudit, AuthFailure, Authenticator, NoAudit};
+pub use auth::{new_key, AuthAudit, AuthFailure, Authenticator, KeyTable, NoAudit};
 pub use metrics::{metrics_router, serve_metrics, serve_metrics_router, MetricsServeError};
 pub use problem::{Problem, SendError};
 pub use server::{serve_api, ConnLimits};
 pub use service::{
-    AlwaysReady, CarrierState, ClientId, DynMessageService, Encoding, MessageService,
-    MessageStatus, MessageView, NoRouteService, OptOutChange, OptOutService, OptOutView, Readiness,
-    SendAccepted, SendRequest,
+    CarrierState, ClientId, Encoding, MessageService, MessageStatus, MessageView, NoRouteService,
+    OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
 };
 
 use crate::metrics::Metrics;
@@ -44,7 +43,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct ApiState {
     /// Sends and looks up messages (the relay; [`NoRouteService`] until then).
-    pub service: Arc<dyn DynMessageService>,
+    pub service: Arc<dyn MessageService>,
     /// Behind `/readyz`.
     pub readiness: Arc<dyn Readiness>,
     /// API keys and the failed-authentication limit.

@@ -255,11 +255,7 @@ async fn send(state: &ApiState, client: ClientId, headers: &HeaderMap, body: Htt
         Err(e) => return e.into_response(),
     };
     drop(bytes); // zeroized: the raw JSON held the text
-    match state
-        .service
-        .send_boxed(&client, req, idempotency_key)
-        .await
-    {
+    match state.service.send(&client, req, idempotency_key).await {
         Ok(accepted) => {
             let mut path = String::with_capacity(SEND_ROUTE.len() + 1 + accepted.id.len());
             path.push_str(SEND_ROUTE);
@@ -292,7 +288,7 @@ async fn get_message(
     if !plausible {
         return SendError::NotFound.into_response();
     }
-    match state.service.get_boxed(&client, &id).await {
+    match state.service.get(&client, &id).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => e.into_response(),
     }

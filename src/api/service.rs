@@ -1,8 +1,9 @@
 //! The API's side of the seam to the relay.
 //!
 //! Owns: parsing `POST /v1/messages` bodies into the relay's
-//! [`SendRequest`] ([`SendRequest::from_json`]), and the placeholders used
-//! until the relay exists ([`NoRouteService`], [`AlwaysReady`]). The
+//! [`SendRequest`] ([`SendRequest::from_json`]), and the placeholder
+//! [`NoRouteService`] (an `ApiState`'s opt-outs until the relay is
+//! attached; tests use it as a relay that routes nothing). The
 //! request and answer types and the seam traits are the relay's
 //! (`relay::domain`), re-exported here.
 //!
@@ -19,9 +20,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::problem::SendError;
 pub use crate::relay::domain::{
-    CarrierState, ClientId, DynMessageService, Encoding, MessageService, MessageStatus,
-    MessageView, OptOutChange, OptOutService, OptOutView, Readiness, SendAccepted, SendRequest,
-    MAX_REF_LEN, MAX_VALIDITY,
+    CarrierState, ClientId, Encoding, MessageService, MessageStatus, MessageView, OptOutChange,
+    OptOutService, OptOutView, Readiness, SendAccepted, SendRequest, MAX_REF_LEN, MAX_VALIDITY,
 };
 use crate::types::{Body, E164};
 
@@ -191,27 +191,21 @@ impl OptOutService for NoRouteService {
 pub struct NoRouteService;
 
 impl MessageService for NoRouteService {
-    async fn send(
-        &self,
-        _client: &ClientId,
+    fn send<'a>(
+        &'a self,
+        _client: &'a ClientId,
         _req: SendRequest,
         _idempotency_key: Option<String>,
-    ) -> Result<SendAccepted, SendError> {
-        Err(SendError::NoRoute)
+    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
+        Box::pin(async { Err(SendError::NoRoute) })
     }
 
-    async fn get(&self, _client: &ClientId, _id: &str) -> Result<MessageView, SendError> {
-        Err(SendError::NotFound)
-    }
-}
-
-/// Always ready; for tests and the metrics-only listener.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AlwaysReady;
-
-impl Readiness for AlwaysReady {
-    fn ready(&self) -> Result<(), String> {
-        Ok(())
+    fn get<'a>(
+        &'a self,
+        _client: &'a ClientId,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
+        Box::pin(async { Err(SendError::NotFound) })
     }
 }
 

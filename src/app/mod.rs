@@ -12,10 +12,13 @@
 //! `127.0.0.1:0`; [`run`] adds the process concerns (hardening, signals,
 //! systemd notify) for `sms-conduit run`.
 //!
-//! Code map: this file holds [`App`] (start, reload, stop); `parts.rs`
-//! the pieces it is assembled from (readiness, fleet health, audit of key
-//! use, retention, pool helpers); `process.rs` the process around it
-//! ([`run`], the reload status file, [`request_reload`]).
+//! Code map: this file holds [`App`] (start, reload, stop); `live.rs` the
+//! live configuration a reload swaps in one step (`Live`) and the settings
+//! that need a restart (`Startup`); `start.rs` the start phases;
+//! `drain.rs` the drain's phases; `parts.rs` the pieces it is assembled
+//! from (readiness, fleet health, audit of key use, retention, pool
+//! helpers); `process.rs` the process around it ([`run`], the reload
+//! status file, [`request_reload`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, AuthFailure, Authenticator, ClientId, ConnLimits};
 use crate::audit::{Audit, AuditEvent};
 use crate::config::{Config, ConfigErrors};
+use crate::live::Snapshot;
 use crate::metrics::Metrics;
 use crate::relay::inbound::{Inbound, InboundLinks};
 use crate::relay::recent::SentIds;
@@ -39,12 +43,15 @@ use crate::store::redis_shared::RedisShared;
 use crate::store::shared::LocalShared;
 use crate::store::{Store, StoreError};
 use crate::tls::{ClientAuth, ServerTls, TlsError};
-use crate::webhook::Webhooks;
+use crate::webhook::{Options as WebhookOptions, Webhooks};
 
+mod drain;
+mod live;
 mod parts;
 mod process;
 mod start;
 
+use live::*;
 use parts::*;
 pub use process::{request_reload, run, ReloadStatus, RELOAD_STATUS_FILE, RELOAD_WAIT};
 use start::*;
@@ -95,9 +102,14 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub store: Store,
     config: Config,
+    /// The startup-only settings of the last loaded file: a reload warns
+    /// about each one it changes (once).
+    startup: Startup,
+    /// The live configuration, swapped whole by [`App::reload`].
+    live: Snapshot<Live>,
+    /// Which listeners have TLS (fixed at start).
+    tls: TlsListeners,
     shutdown: Shutdown,
-    api_tls: Arc<ServerTls>,
-    metrics_tls: Option<Arc<ServerTls>>,
     auth: Arc<Authenticator>,
     relay: Relay,
     /// The handler every carrier pool hands receipts and MO to.
@@ -108,16 +120,14 @@ pub struct App {
     /// started, in config order: a reload compares the file's bytes, not
     /// only its path, so a CA rotated in place rebuilds the pool.
     pool_ca: Vec<Option<[u8; 32]>>,
+    /// The drain's background phase: audit writes, keyword answers and
+    /// opt-out changes spawned off their requests.
     background: tokio_util::task::TaskTracker,
     /// Ends the relay's keyword-answer task (see [`App::stop`]).
     replies_stop: CancellationToken,
-    inbound: Arc<Inbound>,
     webhooks: Webhooks,
     audit: Audit,
-    smpp_tls: Option<Arc<ServerTls>>,
     smpp_server: Option<ServerHandle>,
-    /// Fleet mode's shared state, to hand it reloaded campaigns.
-    fleet: Option<Arc<RedisShared>>,
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -148,8 +158,9 @@ impl App {
     }
 
     /// The appliance's assembly order, read top to bottom: store and
-    /// audit → shared state → webhooks → inbound handler → carrier pools
-    /// → relay → SMPP server → listeners; the phases are in `start.rs`.
+    /// audit → the live configuration → shared state → webhooks → inbound
+    /// handler → carrier pools → relay → SMPP server → listeners; the
+    /// phases are in `start.rs`.
     async fn start_with(
         config: Config,
         faults: Option<crate::store::FaultSwitch>,
@@ -162,23 +173,29 @@ impl App {
         let shutdown = Shutdown::new();
         let (store, audit) = open_store(&config, faults, &metrics, &shutdown).await?;
 
-        let fleet = start_fleet(&config, &metrics, &shutdown)?;
+        // Every part of the live configuration that can fail, before any
+        // task starts. The relay's view gets its pools once they exist.
+        let tls = TlsListeners::of(&config);
+        let (live, parts) = first_live(&config, tls, &metrics)?;
+
+        let fleet = start_fleet(&config, parts.brands, &metrics, &shutdown)?;
+        // Audit writes, keyword answers and opt-out changes spawned off
+        // their requests; the drain waits for them before the store closes.
+        let background = tokio_util::task::TaskTracker::new();
+
         // Carriers first: binds proceed while the listeners come up.
         let shared: Arc<dyn crate::store::shared::SharedState> = match &fleet {
             Some(r) => r.clone(),
-            None => Arc::new(LocalShared::new(store.clone())),
+            None => Arc::new(LocalShared::with_tasks(store.clone(), background.clone())),
         };
-        // Audit writes and keyword answers spawned by the relay; the drain
-        // waits for them before the store closes.
-        let background = tokio_util::task::TaskTracker::new();
-        let webhooks = Webhooks::start(
-            &config.clients,
+        let webhooks = Webhooks::start_in(
+            parts.hooks,
             store.clone(),
             metrics.clone(),
             shutdown.token(),
             shutdown.tracker().clone(),
-        )
-        .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
+            WebhookOptions::default(),
+        );
         let core = Core {
             config: &config,
             store: &store,
@@ -188,12 +205,13 @@ impl App {
             background: &background,
             shutdown: &shutdown,
         };
-        let (handler, sent, reply_queue) = start_inbound(&core, &webhooks);
+        let (handler, sent, reply_queue) = start_inbound(&core, &webhooks, parts.mo);
         let inbound: Arc<dyn smpp::InboundHandler> = handler.clone();
         let (pools, pool_tokens, pool_ca) = start_pools(&config, &metrics, &inbound);
+        with_pools(&live, &config, &pools);
         let relay = Relay::new(
             &config,
-            pools.clone(),
+            parts.relay,
             store.clone(),
             shared.clone(),
             audit.clone(),
@@ -203,54 +221,43 @@ impl App {
         );
         shutdown.spawn("limit-usage", limit_usage(relay.clone(), shutdown.token()));
         set_server_cert_expiry(&metrics, &config);
-        // Keyword answers: until the carriers' sessions have ended (no MO
-        // after that), on the background tracker the drain waits for.
-        let replies_stop = CancellationToken::new();
-        background.spawn(
-            relay
-                .clone()
-                .answer_keywords(reply_queue, replies_stop.clone()),
-        );
+        let replies_stop = spawn_keyword_answers(&relay, reply_queue, &background);
         if let Some(r) = &fleet {
             spawn_fleet_receipts(r, &handler, &shutdown);
         }
 
-        let (smpp_tls, smpp_server) = start_smpp_server(&core, &inbound).await?;
+        let smpp_tls = tls
+            .smpp
+            .then(|| ServerTls::reading(SMPP_ALPN, parts.smpp_tls));
+        let smpp_server = start_smpp_server(&core, smpp_tls, parts.peers, &inbound).await?;
 
-        let api_tls =
-            ServerTls::load(&config.tls, &[b"h2", b"http/1.1"], api_client_auth(&config))?;
-        let auth = Arc::new(Authenticator::new(
-            &config.clients,
-            Arc::new(AuthToAudit(audit.clone())),
+        let api_tls = ServerTls::reading(API_ALPN, parts.api_tls);
+        let auth = Arc::new(Authenticator::reading(
+            parts.keys,
+            Arc::new(AuthToAudit(audit.clone(), background.clone())),
             metrics.clone(),
         ));
         let state = api_state(&core, &relay, fleet.clone(), auth.clone());
         let api_listener = listen("api.listen", config.api.listen).await?;
         let metrics_listener = listen("metrics.listen", config.metrics.listen).await?;
         let bound = Bound::of(&api_listener, &metrics_listener, smpp_server.as_ref())?;
-        let metrics_tls = config
+        let metrics_tls = tls
             .metrics
-            .tls
-            .then(|| ServerTls::load(&config.tls, &[b"http/1.1"], ClientAuth::None))
-            .transpose()?;
+            .then(|| ServerTls::reading(METRICS_ALPN, parts.metrics_tls));
 
-        let limits = ConnLimits::from_api(&config.api);
-        let (token, tracker) = (shutdown.token(), shutdown.tracker().clone());
-        let tls = api_tls.clone();
-        shutdown.spawn("api", async move {
-            api::serve_api(api_listener, tls, state, limits, token, tracker).await
-        });
-        spawn_metrics(&core, metrics_listener, metrics_tls.clone());
+        spawn_api(&core, api_listener, api_tls, state);
+        spawn_metrics(&core, metrics_listener, metrics_tls);
         tracing::info!(api = %bound.api, metrics = %bound.metrics, node = %config.node.id, "listening");
         wait_first_binds(&pools).await;
         Ok(App {
             bound,
             metrics,
             store,
+            startup: Startup::of(&config),
             config,
+            live,
+            tls,
             shutdown,
-            api_tls,
-            metrics_tls,
             auth,
             relay,
             inbound_handler: inbound,
@@ -258,12 +265,9 @@ impl App {
             replies_stop,
             pool_ca,
             background,
-            inbound: handler,
             webhooks,
             audit,
-            smpp_tls,
             smpp_server,
-            fleet,
         })
     }
 
@@ -344,51 +348,37 @@ impl App {
         &self.config
     }
 
-    /// Applies a new configuration: API keys and TLS certificates now;
-    /// listener addresses and the state dir need a restart (reported, not
-    /// applied).
+    /// Applies a new configuration: API keys, certificates, carriers,
+    /// peers, campaigns, limits, webhooks — everything but the startup
+    /// settings ([`Startup`]: listener addresses, the state dir, …, which
+    /// need a restart and are reported, not applied). The whole live
+    /// configuration is built first, every step that can fail before
+    /// anything changes, then swapped in one step; a refused reload
+    /// changes nothing.
     pub async fn reload(&mut self, new: Config) -> Result<(), AppError> {
         let errors = crate::preflight::check_tls_material(&new);
         if !errors.is_empty() {
             return Err(AppError::Config(ConfigErrors(errors)));
         }
-        // Everything that can still fail is built before anything changes,
-        // so a refused reload changes nothing: the webhook clients (URL,
-        // CA, HTTP client) here, the listeners' TLS configs next.
-        let hooks = self
-            .webhooks
-            .prepare(&new.clients)
-            .map_err(|e| AppError::Other(format!("webhooks: {e}")))?;
-        let api_sc = self.api_tls.prepare(&new.tls, api_client_auth(&new))?;
-        let metrics_sc = match &self.metrics_tls {
-            Some(t) => Some(t.prepare(&new.tls, ClientAuth::None)?),
-            None => None,
-        };
-        let smpp_sc = match &self.smpp_tls {
-            Some(t) => Some(t.prepare(&new.tls, ClientAuth::RequireIfConfigured)?),
-            None => None,
-        };
-        self.api_tls
-            .install(api_sc, &new.tls, api_client_auth(&new));
-        if let (Some(t), Some(sc)) = (&self.metrics_tls, metrics_sc) {
-            t.install(sc, &new.tls, ClientAuth::None);
-        }
-        if let (Some(t), Some(sc)) = (&self.smpp_tls, smpp_sc) {
-            t.install(sc, &new.tls, ClientAuth::RequireIfConfigured);
-        }
-        set_server_cert_expiry(&self.metrics, &new);
-        self.auth.reload(&new.clients);
-        self.audit_new_keys(&new).await;
+        let prepared = Prepared::build(&new, self.tls, &WebhookOptions::default(), &self.metrics)?;
+        // Nothing below can fail. Pools of changed carriers start binding
+        // (and those of removed ones unbind) before the swap, as the
+        // relay's new view holds them.
         let pools = self.reload_pools(&new);
+        let old = self.live.load_full();
+        self.live
+            .store(prepared.with_relay(self.relay.next_view(&new, pools)));
+        let now = self.live.load_full();
+        // What follows the new configuration: the sessions of changed
+        // peers, the webhook workers, gauges, audit records.
         if let Some(server) = &self.smpp_server {
-            server.set_peers(new.peers.clone());
+            server.unbind_changed(&old.peers, &now.peers);
         }
-        self.relay.reload(&new, pools);
-        if let Some(f) = &self.fleet {
-            f.set_campaigns(&new);
-        }
-        self.inbound.reload(&new);
-        self.webhooks.apply(hooks);
+        self.webhooks.apply(&now.hooks);
+        drop((old, now));
+        set_server_cert_expiry(&self.metrics, &new);
+        self.auth.publish_expiry();
+        self.audit_new_keys(&new).await;
         if let Err(e) = self
             .audit
             .record(
@@ -401,98 +391,27 @@ impl App {
         {
             tracing::error!("audit record of the reload: {e}");
         }
-        let (old, mut on_restart) = (&self.config, Vec::new());
-        let mut changed = |key: &'static str, differs: bool| {
-            if differs {
-                on_restart.push(key);
-            }
-        };
-        changed("api.listen", new.api.listen != old.api.listen);
-        changed("metrics.listen", new.metrics.listen != old.metrics.listen);
-        changed("node.state_dir", new.node.state_dir != old.node.state_dir);
-        changed("node.id", new.node.id != old.node.id);
-        changed("node.drain_secs", new.node.drain != old.node.drain);
-        changed(
-            "node.receipt_window_secs",
-            new.node.receipt_window != old.node.receipt_window,
-        );
-        changed(
-            "node.receipt_deadline_secs",
-            new.node.receipt_deadline != old.node.receipt_deadline,
-        );
-        changed(
-            "node.lock_memory",
-            new.node.lock_memory != old.node.lock_memory,
-        );
-        changed(
-            "node.pseudonym_key_file",
-            new.node.pseudonym_key.expose() != old.node.pseudonym_key.expose(),
-        );
-        let (a, b) = (&new.smpp_server, &old.smpp_server);
-        changed(
-            "smpp_server",
-            a.listen != b.listen
-                || a.plaintext_listen != b.plaintext_listen
-                || a.idle_timeout != b.idle_timeout
-                || a.window != b.window,
-        );
-        changed(
-            "audit.retention_days",
-            new.audit.retention_days != old.audit.retention_days,
-        );
-        changed(
-            "store.metadata_retention_days",
-            new.store.metadata_retention_days != old.store.metadata_retention_days,
-        );
+        let startup = Startup::of(&new);
+        let on_restart = startup.differing(&self.startup);
         if !on_restart.is_empty() {
             // Said, not silently ignored: these keep their running values.
             tracing::warn!(keys = ?on_restart, "these settings changed in the file but take effect only on restart");
         }
         tracing::info!(config_sha256 = %new.file_sha256, "configuration reloaded");
+        self.startup = startup;
         self.config = new;
         Ok(())
     }
 
     /// Drains within `deadline` (one budget for all of it, so a stop fits
-    /// the unit's `TimeoutStopSec`): stop accepting, let in-flight requests
-    /// finish on still-bound carriers, then unbind the carriers (their
-    /// windows answered first), then flush and close the store. Returns
-    /// whether every task finished in time.
+    /// the unit's `TimeoutStopSec`), walking the shutdown tree's phases in
+    /// order ([`drain::Phase`]): stop accepting and end the listeners'
+    /// work, let in-flight sends finish on still-bound carriers, then
+    /// unbind the carriers (their windows answered first), then wait for
+    /// the background writes, then flush and close the store. Returns
+    /// whether every phase finished in time.
     pub async fn stop(self, deadline: Duration) -> bool {
-        let end = tokio::time::Instant::now() + deadline;
-        let clean = self.shutdown.drain(deadline).await;
-        // Sends whose client went away run in their own tasks: they end
-        // (answered, recorded) before their carriers are unbound.
-        let sends_done = tokio::time::timeout_at(end, self.relay.sends_done())
-            .await
-            .is_ok();
-        let clean = clean && sends_done;
-        for t in &self.pool_tokens {
-            t.cancel();
-        }
-        let sessions = async {
-            for p in self.relay.pools() {
-                p.wait().await;
-            }
-            if let Some(s) = &self.smpp_server {
-                s.wait().await;
-            }
-        };
-        let sessions_done = tokio::time::timeout_at(end, sessions).await.is_ok();
-        // No MO after the sessions: the keyword answers queued so far are
-        // spawned, then the task ends.
-        self.replies_stop.cancel();
-        // Audit records of the last refusals and of the binds going down.
-        self.background.close();
-        let background_done = tokio::time::timeout_at(end, self.background.wait())
-            .await
-            .is_ok();
-        let clean = clean && sessions_done && background_done;
-        log_head("audit log head at stop", &self.audit);
-        if let Err(e) = self.store.close().await {
-            tracing::error!("closing the store: {e}");
-        }
-        clean
+        drain::Drain::new(deadline).run(&self).await
     }
 }
 

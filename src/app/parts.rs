@@ -121,7 +121,9 @@ pub(super) fn api_client_auth(config: &Config) -> ClientAuth {
     }
 }
 
-pub(super) struct AuthToAudit(pub(super) Audit);
+/// The authenticator's audit records, written off the request on the
+/// background tracker the drain waits for.
+pub(super) struct AuthToAudit(pub(super) Audit, pub(super) tokio_util::task::TaskTracker);
 
 impl api::AuthAudit for AuthToAudit {
     fn key_used(&self, client: &ClientId, _key_index: usize, _peer: std::net::IpAddr) {
@@ -130,7 +132,7 @@ impl api::AuthAudit for AuthToAudit {
 
     fn auth_failed(&self, peer: std::net::IpAddr, why: AuthFailure) {
         let audit = self.0.clone();
-        tokio::spawn(async move {
+        self.1.spawn(async move {
             let ev = AuditEvent::AuthFailed {
                 source: peer,
                 reason: why.as_str(),

@@ -66,9 +66,12 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
     let beat_every = watchdog
         .as_ref()
         .map_or(Duration::from_secs(5), |w| w.beat_every());
+    // The process's own phase of the shutdown tree, after the app's: the
+    // watchdog pings until the drain is over.
     let watchdog_stop = tokio_util::sync::CancellationToken::new();
+    let process_tasks = tokio_util::task::TaskTracker::new();
     if let Some(w) = watchdog {
-        w.spawn(watchdog_stop.clone());
+        w.spawn(watchdog_stop.clone(), &process_tasks);
     }
     notify_or_log(notify::ready());
     let mut tick = tokio::time::interval(beat_every);
@@ -101,6 +104,8 @@ pub async fn run(config_path: &Path) -> Result<(), AppError> {
     tracing::info!("draining (up to {} s)", drain.as_secs());
     let clean = app.stop(drain).await;
     watchdog_stop.cancel();
+    process_tasks.close();
+    process_tasks.wait().await;
     if clean {
         tracing::info!("stopped cleanly");
         Ok(())

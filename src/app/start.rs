@@ -63,13 +63,14 @@ pub(super) fn api_state(
 /// health check.
 pub(super) fn start_fleet(
     config: &Config,
+    brands: crate::live::Part<crate::store::redis_shared::CampaignBrands>,
     metrics: &Arc<Metrics>,
     shutdown: &Shutdown,
 ) -> Result<Option<Arc<RedisShared>>, AppError> {
     let Some(f) = &config.fleet else {
         return Ok(None);
     };
-    let r = RedisShared::new(config, f, metrics.clone())
+    let r = RedisShared::new(config, f, brands, metrics.clone())
         .map_err(|e| AppError::Other(format!("fleet: {e}")))?;
     let r = Arc::new(r);
     shutdown.spawn("fleet-health", fleet_health(r.clone(), shutdown.token()));
@@ -84,6 +85,7 @@ pub(super) fn start_fleet(
 pub(super) fn start_inbound(
     core: &Core<'_>,
     webhooks: &Webhooks,
+    view: crate::live::Part<crate::relay::inbound::MoView>,
 ) -> (
     Arc<Inbound>,
     SentIds,
@@ -110,6 +112,7 @@ pub(super) fn start_inbound(
             settler: settler.clone(),
             sent: sent.clone(),
             replies,
+            view,
         },
     ));
     let token = core.shutdown.token();
@@ -164,35 +167,29 @@ pub(super) fn spawn_fleet_receipts(
     );
 }
 
-/// `[smpp_server]`: its TLS (for `listen`) and the server, if either
-/// listener is configured.
+/// `[smpp_server]`, if either listener is configured, with its TLS (for
+/// `listen`) and its peers read from the live snapshot.
 pub(super) async fn start_smpp_server(
     core: &Core<'_>,
+    smpp_tls: Option<Arc<ServerTls>>,
+    peers: crate::live::Part<Vec<crate::config::Peer>>,
     inbound: &Arc<dyn smpp::InboundHandler>,
-) -> Result<(Option<Arc<ServerTls>>, Option<ServerHandle>), AppError> {
+) -> Result<Option<ServerHandle>, AppError> {
     let config = core.config;
-    let smpp_tls = match config.smpp_server.listen {
-        Some(_) => Some(ServerTls::load(
-            &config.tls,
-            &[],
-            ClientAuth::RequireIfConfigured,
-        )?),
-        None => None,
-    };
     if config.smpp_server.listen.is_none() && config.smpp_server.plaintext_listen.is_none() {
-        return Ok((smpp_tls, None));
+        return Ok(None);
     }
-    let server = smpp::start_server(
+    let server = smpp::start_server_in(
         &config.smpp_server,
-        smpp_tls.clone(),
-        config.peers.clone(),
+        smpp_tls,
+        peers,
         inbound.clone(),
         core.metrics.clone(),
         core.shutdown.token(),
     )
     .await
     .map_err(|e| AppError::Other(format!("smpp_server: {e}")))?;
-    Ok((smpp_tls, Some(server)))
+    Ok(Some(server))
 }
 
 impl Bound {
@@ -246,4 +243,31 @@ pub(super) async fn wait_first_binds(pools: &[Pool]) {
             "not every carrier bind finished its first attempt in time; starting anyway"
         );
     }
+}
+
+/// Keyword answers: until the carriers' sessions have ended (no MO after
+/// that), on the background tracker the drain waits for. Returns the
+/// token that ends the task.
+pub(super) fn spawn_keyword_answers(
+    relay: &Relay,
+    reply_queue: mpsc::Receiver<crate::relay::service::KeywordReply>,
+    background: &tokio_util::task::TaskTracker,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    background.spawn(relay.clone().answer_keywords(reply_queue, stop.clone()));
+    stop
+}
+
+/// The API listener, on the shutdown tracker.
+pub(super) fn spawn_api(
+    core: &Core<'_>,
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    state: ApiState,
+) {
+    let limits = ConnLimits::from_api(&core.config.api);
+    let (token, tracker) = (core.shutdown.token(), core.shutdown.tracker().clone());
+    core.shutdown.spawn("api", async move {
+        api::serve_api(listener, tls, state, limits, token, tracker).await
+    });
 }

@@ -80,7 +80,7 @@
 //! [`export`] read a snapshot of the open store.
 
 mod chain;
-pub mod event;
+pub(crate) mod event;
 mod export;
 mod key_use;
 mod prune;

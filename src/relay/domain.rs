@@ -12,7 +12,6 @@
 //! JSON bodies, field for field.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +19,7 @@ use futures::future::BoxFuture;
 use serde::{Serialize, Serializer};
 
 use super::error::SendError;
-pub use super::status::{IdempotencyState, MessageStatus};
+pub use super::status::MessageStatus;
 pub use crate::text::Encoding;
 use crate::types::{Body, E164};
 
@@ -121,23 +120,24 @@ fn e164_str<S: Serializer>(n: &E164, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(n.as_str())
 }
 
-/// What the API needs from the relay. Implementations may write
-/// `async fn send(..)`; the future must be `Send`.
+/// What the API needs from the relay. Object-safe, like every seam trait
+/// here: methods return a [`BoxFuture`] (the API holds it as `dyn`; the one
+/// box per request is the one an `async fn` behind `dyn` would need anyway).
 pub trait MessageService: Send + Sync + 'static {
     /// Sends one MT; returns after the carrier answered every segment.
-    fn send(
-        &self,
-        client: &ClientId,
+    fn send<'a>(
+        &'a self,
+        client: &'a ClientId,
         req: SendRequest,
         idempotency_key: Option<String>,
-    ) -> impl Future<Output = Result<SendAccepted, SendError>> + Send;
+    ) -> BoxFuture<'a, Result<SendAccepted, SendError>>;
 
     /// Metadata of one of the client's messages.
-    fn get(
-        &self,
-        client: &ClientId,
-        id: &str,
-    ) -> impl Future<Output = Result<MessageView, SendError>> + Send;
+    fn get<'a>(
+        &'a self,
+        client: &'a ClientId,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<MessageView, SendError>>;
 }
 
 /// An opt-out as `GET/PUT /v1/campaigns/{id}/opt-outs/{e164}` show it.
@@ -174,42 +174,6 @@ pub trait OptOutService: Send + Sync + 'static {
         number: &'a E164,
         change: OptOutChange,
     ) -> BoxFuture<'a, Result<OptOutView, SendError>>;
-}
-
-/// Object-safe form of [`MessageService`], so `api::ApiState` can hold
-/// any implementation. Implemented for every `MessageService`.
-pub trait DynMessageService: Send + Sync + 'static {
-    fn send_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        req: SendRequest,
-        idempotency_key: Option<String>,
-    ) -> BoxFuture<'a, Result<SendAccepted, SendError>>;
-
-    fn get_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<MessageView, SendError>>;
-}
-
-impl<T: MessageService> DynMessageService for T {
-    fn send_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        req: SendRequest,
-        idempotency_key: Option<String>,
-    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
-        Box::pin(self.send(client, req, idempotency_key))
-    }
-
-    fn get_boxed<'a>(
-        &'a self,
-        client: &'a ClientId,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
-        Box::pin(self.get(client, id))
-    }
 }
 
 /// Whether the appliance can take traffic (`/readyz`): the store is open and

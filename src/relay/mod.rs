@@ -5,20 +5,20 @@
 //! Must not know: HTTP or SMPP wire details (the API and the SMPP engine
 //! translate), and never keeps a body beyond the request.
 
-pub mod consent;
-pub mod domain;
-pub mod error;
-pub mod inbound;
-pub mod inflight;
-pub mod limits;
+pub(crate) mod consent;
+pub(crate) mod domain;
+pub(crate) mod error;
+pub(crate) mod inbound;
+pub(crate) mod inflight;
+pub(crate) mod limits;
 pub mod reassembly;
-pub mod recent;
-pub mod record;
-pub mod route;
-pub mod settle;
-pub mod status;
+pub(crate) mod recent;
+pub(crate) mod record;
+pub(crate) mod route;
+pub(crate) mod settle;
+pub(crate) mod status;
 
-pub mod service;
+pub(crate) mod service;
 
 pub use domain::{ClientId, MessageStatus, SendAccepted, SendRequest};
 pub use error::SendError;

@@ -9,10 +9,9 @@
 use crate::config::Carrier;
 use crate::types::E164;
 
-/// A carrier's routing entry.
+/// A carrier's routing entry (at the carrier's index in config order).
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub carrier: String,
     pub prefixes: Vec<String>,
     pub priority: u32,
 }
@@ -20,7 +19,6 @@ pub struct Route {
 impl From<&Carrier> for Route {
     fn from(c: &Carrier) -> Self {
         Route {
-            carrier: c.name.clone(),
             prefixes: c.prefixes.clone(),
             priority: c.priority,
         }
@@ -60,11 +58,6 @@ impl Routes {
         c.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
         c.into_iter().map(|(i, _, _)| i).collect()
     }
-
-    /// The entry at an index.
-    pub fn get(&self, i: usize) -> Option<&Route> {
-        self.0.get(i)
-    }
 }
 
 #[cfg(test)]
@@ -72,8 +65,8 @@ mod tests {
     use super::*;
 
     fn routes() -> Routes {
-        let r = |c: &str, p: &[&str], prio| Route {
-            carrier: c.into(),
+        // The name only labels the entry here: routes are found by index.
+        let r = |_carrier: &str, p: &[&str], prio| Route {
             prefixes: p.iter().map(|s| s.to_string()).collect(),
             priority: prio,
         };

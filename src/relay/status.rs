@@ -109,16 +109,6 @@ pub enum IdempotencyState {
     Done,
 }
 
-impl IdempotencyState {
-    /// The stored name (`pending`, `done`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdempotencyState::Pending => "pending",
-            IdempotencyState::Done => "done",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::MessageStatus as S;

@@ -48,7 +48,9 @@ pub fn harden_process(lock_memory: bool) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Whether the process is currently dumpable (`PR_GET_DUMPABLE`).
+/// Whether the process is currently dumpable (`PR_GET_DUMPABLE`); the
+/// hardening's unit test reads it.
+#[cfg(test)]
 pub fn is_dumpable() -> Result<bool, ServiceError> {
     // SAFETY: integer-only prctl query.
     let rc = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };

@@ -26,7 +26,7 @@
 //! let heartbeat = watchdog.as_ref().map(|w| w.heartbeat());
 //! let beat_every = watchdog.as_ref().map_or(std::time::Duration::from_secs(5), |w| w.beat_every());
 //! if let Some(w) = watchdog {
-//!     w.spawn(shutdown.token());
+//!     w.spawn(shutdown.token(), shutdown.tracker());
 //! }
 //! notify::ready()?;
 //! let mut tick = tokio::time::interval(beat_every);
@@ -51,10 +51,10 @@
 //! # let _ = clean; Ok(()) }
 //! ```
 
-pub mod hardening;
+pub(crate) mod hardening;
 pub mod notify;
-pub mod shutdown;
-pub mod signals;
+pub(crate) mod shutdown;
+pub(crate) mod signals;
 pub mod zero_alloc;
 
 pub use hardening::harden_process;

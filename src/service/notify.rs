@@ -17,6 +17,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::ServiceError;
 
@@ -115,9 +116,9 @@ impl Watchdog {
     }
 
     /// Spawns the task that pings every half interval while the heartbeat
-    /// moves, until `stop` is cancelled.
-    pub fn spawn(self, stop: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(async move {
+    /// moves, until `stop` is cancelled, on `tasks` (whose owner waits for it).
+    pub fn spawn(self, stop: CancellationToken, tasks: &TaskTracker) -> JoinHandle<()> {
+        tasks.spawn(async move {
             let half = self.interval / 2;
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -4,8 +4,8 @@
 //!
 //! Owns: [`InboundMessage`] (the decoded, text-redacting form of those PDUs),
 //! the [`InboundHandler`] trait, [`InboundOutcome`] (what a handler did, mapped
-//! to a command status in `status.rs`), [`TempErrorHandler`] (the default until the
-//! relay exists).
+//! to a command status in `status.rs`). (A handler that only answers
+//! "try later", for tests, is `tools::TempErrorHandler`.)
 //!
 //! Must not know: receipt text formats, opt-out keywords, webhooks.
 //!
@@ -165,18 +165,6 @@ pub enum BindEvent {
         peer: String,
         reason: &'static str,
     },
-}
-
-/// Answers `ESME_RX_T_APPN` (temporary application error) to everything, so
-/// carriers keep MO and receipts queued until a real handler exists.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TempErrorHandler;
-
-impl InboundHandler for TempErrorHandler {
-    fn deliver<'a>(&'a self, _link: &'a str, msg: InboundMessage) -> BoxFuture<'a, CommandStatus> {
-        drop(msg);
-        Box::pin(async { CommandStatus::EsmeRxTAppn })
-    }
 }
 
 #[cfg(test)]

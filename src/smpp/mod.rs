@@ -27,23 +27,22 @@ pub mod bind;
 pub mod codec;
 pub mod dlr;
 pub mod handler;
-pub mod pacer;
+pub(crate) mod pacer;
 pub mod pdu;
-pub mod pool;
-pub mod server;
+pub(crate) mod pool;
+pub(crate) mod server;
 pub mod session;
-pub mod status;
+pub(crate) mod status;
 
 use std::time::Duration;
 
 pub use handler::{
     BindEvent, InboundHandler, InboundKind, InboundMessage, InboundOutcome, ReceiptTlvs, Refusal,
-    TempErrorHandler,
 };
 pub use pdu::{DeliverRequest, SubmitRequest, SubmitResponse};
 pub use pool::Pool;
 pub use rusmpp::CommandStatus;
-pub use server::{start_server, BoundPeer, ServerHandle};
+pub use server::{start_server, start_server_in, BoundPeer, ServerHandle};
 pub use session::{BindKind, SessionConfig, SessionHandle};
 pub use status::{status_label, status_name};
 

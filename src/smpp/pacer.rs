@@ -197,11 +197,6 @@ impl Pacer {
         }
     }
 
-    /// The current rate in submit_sm/s; `None` while unpaced.
-    pub fn rate(&self) -> Option<f64> {
-        self.state.lock().rate
-    }
-
     /// Waits for this submit's turn. `None` when its turn would come after
     /// `deadline` (the caller fails the submit as throttled).
     pub async fn admit(&self, deadline: Instant) -> Option<Ticket> {

@@ -155,6 +155,7 @@ impl Pool {
             metrics,
             shutdown,
             ids: Arc::new(MessageIds::new()),
+            tasks: inner.tasks.clone(),
         };
         let carrier = Arc::new(carrier);
         for idx in 0..inner.slots.len() {

@@ -113,6 +113,9 @@ pub struct SessionDeps {
     pub shutdown: CancellationToken,
     /// Ids for submit_sm/data_sm we accept (SMSC role).
     pub ids: Arc<MessageIds>,
+    /// Where the session's task is tracked: the pool's or the server's
+    /// tracker, which their `wait` (the drain's sessions phase) waits for.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 struct Outgoing {
@@ -246,7 +249,8 @@ where
         cfg,
         deps,
     };
-    tokio::spawn(async move {
+    let tasks = engine.deps.tasks.clone();
+    tasks.spawn(async move {
         engine.run(rx, stop).await;
         done.cancel();
     });

@@ -59,7 +59,7 @@
 
 mod error;
 mod fault;
-pub mod redis_shared;
+pub(crate) mod redis_shared;
 pub mod shared;
 pub mod tables;
 mod writer;

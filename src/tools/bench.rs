@@ -265,16 +265,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         errors: Default::default(),
         hist: parking_lot::Mutex::new(hist),
     });
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(opts.messages);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(&opts);
     let sink = match &opts.webhook_sink {
         Some(s) => Some(start_sink(s).await?),
         None => None,
@@ -311,7 +302,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     let opts = Arc::new(opts);
     let auth = Bytes::from(format!("Bearer {}", opts.api_key));
     let mut tasks = Vec::with_capacity(conns);
-    for mut sender in senders {
+    for sender in senders {
         let (shared, opts, uri, auth, bar, pacer) = (
             shared.clone(),
             opts.clone(),
@@ -320,66 +311,9 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
             bar.clone(),
             pacer.clone(),
         );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = shared.next.fetch_add(1, Ordering::Relaxed);
-                if i >= opts.messages {
-                    break;
-                }
-                if let Some(p) = &pacer {
-                    if p.lock().await.recv().await.is_none() {
-                        break;
-                    }
-                }
-                let width = 11usize.saturating_sub(opts.to_prefix.trim_start_matches('+').len());
-                let body = serde_json::json!({
-                    "from": opts.from,
-                    "to": format!("{}{:0>width$}", opts.to_prefix, i % 10u64.pow(width.min(18) as u32)),
-                    "text": opts.text,
-                    "campaign_id": opts.campaign,
-                });
-                let req = Request::post(uri.clone())
-                    .header(hyper::header::AUTHORIZATION, auth.as_ref())
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())));
-                let Ok(req) = req else { break };
-                let t0 = Instant::now();
-                let resp = match &mut sender {
-                    Sender::H1(s) => {
-                        if s.ready().await.is_err() {
-                            record_error(&shared, "connection closed".into());
-                            break;
-                        }
-                        s.send_request(req).await
-                    }
-                    Sender::H2(s) => s.send_request(req).await,
-                };
-                match resp {
-                    Ok(r) => {
-                        let status = r.status();
-                        let bytes = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let us = t0.elapsed().as_micros() as u64;
-                        let _ = shared.hist.lock().record(us.max(1));
-                        if status == hyper::StatusCode::CREATED {
-                            shared.accepted.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-                                .ok()
-                                .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
-                                .unwrap_or_default();
-                            record_error(&shared, format!("{} {code}", status.as_u16()));
-                        }
-                    }
-                    Err(e) => {
-                        record_error(&shared, format!("transport: {e}"));
-                        if matches!(sender, Sender::H1(_)) {
-                            break;
-                        }
-                    }
-                }
-                bar.inc(1);
-            }
-        }));
+        tasks.push(tokio::spawn(send_loop(
+            sender, shared, opts, uri, auth, bar, pacer,
+        )));
     }
     for t in tasks {
         let _ = t.await;
@@ -424,6 +358,95 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         relay_cpu_per_msg,
         webhooks,
     })
+}
+
+/// One connection's (or stream's) sends until every message is taken.
+async fn send_loop(
+    mut sender: Sender,
+    shared: Arc<Shared>,
+    opts: Arc<BenchOptions>,
+    uri: hyper::Uri,
+    auth: Bytes,
+    bar: indicatif::ProgressBar,
+    pacer: Option<Arc<Mutex<tokio::sync::mpsc::Receiver<()>>>>,
+) {
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        if i >= opts.messages {
+            break;
+        }
+        if let Some(p) = &pacer {
+            if p.lock().await.recv().await.is_none() {
+                break;
+            }
+        }
+        let width = 11usize.saturating_sub(opts.to_prefix.trim_start_matches('+').len());
+        let body = serde_json::json!({
+            "from": opts.from,
+            "to": format!("{}{:0>width$}", opts.to_prefix, i % 10u64.pow(width.min(18) as u32)),
+            "text": opts.text,
+            "campaign_id": opts.campaign,
+        });
+        let req = Request::post(uri.clone())
+            .header(hyper::header::AUTHORIZATION, auth.as_ref())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
+        let Ok(req) = req else { break };
+        let t0 = Instant::now();
+        let resp = match &mut sender {
+            Sender::H1(s) => {
+                if s.ready().await.is_err() {
+                    record_error(&shared, "connection closed".into());
+                    break;
+                }
+                s.send_request(req).await
+            }
+            Sender::H2(s) => s.send_request(req).await,
+        };
+        match resp {
+            Ok(r) => {
+                let status = r.status();
+                let bytes = r
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let us = t0.elapsed().as_micros() as u64;
+                let _ = shared.hist.lock().record(us.max(1));
+                if status == hyper::StatusCode::CREATED {
+                    shared.accepted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .ok()
+                        .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
+                        .unwrap_or_default();
+                    record_error(&shared, format!("{} {code}", status.as_u16()));
+                }
+            }
+            Err(e) => {
+                record_error(&shared, format!("transport: {e}"));
+                if matches!(sender, Sender::H1(_)) {
+                    break;
+                }
+            }
+        }
+        bar.inc(1);
+    }
+}
+
+/// A progress bar on request, else a hidden one.
+fn progress_bar(opts: &BenchOptions) -> indicatif::ProgressBar {
+    if opts.progress {
+        let b = indicatif::ProgressBar::new(opts.messages);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
 }
 
 fn record_error(shared: &Shared, key: String) {

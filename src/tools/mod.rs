@@ -9,10 +9,12 @@
 
 pub mod bench;
 pub mod demo;
+pub mod doubles;
 pub mod recording;
 pub mod sim;
 pub mod sink;
 pub mod smpp_bench;
 
+pub use doubles::{AlwaysReady, TempErrorHandler};
 pub use recording::RecordingHandler;
 pub use sink::{Mode, Sink, SinkError};

@@ -313,20 +313,22 @@ pub async fn start_sim(
     let auth = match (&opts.system_id, &opts.password) {
         (Some(sid), Some(pw)) => {
             use sha2::Digest;
-            Auth::Peers(vec![crate::config::Peer {
-                name: SIM_LINK.into(),
-                system_id: sid.clone(),
-                password_sha256: sha2::Sha256::digest(pw.as_bytes()).into(),
-                allow: vec![
-                    "0.0.0.0/0"
-                        .parse()
-                        .map_err(|_| SmppError::Protocol("cidr"))?,
-                    "::/0".parse().map_err(|_| SmppError::Protocol("cidr"))?,
-                ],
-                max_binds: u32::MAX,
-                carrier: None,
-                cert_sha256: None,
-            }])
+            Auth::Peers(crate::live::Part::own(Arc::new(vec![
+                crate::config::Peer {
+                    name: SIM_LINK.into(),
+                    system_id: sid.clone(),
+                    password_sha256: sha2::Sha256::digest(pw.as_bytes()).into(),
+                    allow: vec![
+                        "0.0.0.0/0"
+                            .parse()
+                            .map_err(|_| SmppError::Protocol("cidr"))?,
+                        "::/0".parse().map_err(|_| SmppError::Protocol("cidr"))?,
+                    ],
+                    max_binds: u32::MAX,
+                    carrier: None,
+                    cert_sha256: None,
+                },
+            ])))
         }
         _ => Auth::Any {
             link: SIM_LINK.into(),

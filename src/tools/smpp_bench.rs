@@ -13,9 +13,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::doubles::TempErrorHandler;
 use crate::config::Carrier;
 use crate::metrics::Metrics;
-use crate::smpp::handler::TempErrorHandler;
 use crate::smpp::pdu::SubmitRequest;
 use crate::smpp::pool::Pool;
 use crate::smpp::SmppError;

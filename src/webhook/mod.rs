@@ -20,18 +20,18 @@
 //! buffer that is zeroized after sending, and [`StatusEvent`] has no field
 //! for either.
 
-pub mod event;
-pub mod outbox;
+pub(crate) mod event;
+pub(crate) mod outbox;
 mod schedule;
 pub mod sign;
-pub mod worker;
+pub(crate) mod worker;
 
 use std::time::Duration;
 
 pub use event::{ReceivedEvent, StatusEvent};
 pub use outbox::{enqueue, Outbox, OutboxRecord};
 pub use sign::{SignatureError, HEADER as SIGNATURE_HEADER};
-pub use worker::Webhooks;
+pub use worker::{PreparedWebhooks, Webhooks};
 
 use crate::tls::TlsError;
 

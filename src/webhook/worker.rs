@@ -55,14 +55,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod http;
+mod targets;
 
 use http::{post, EndpointHealth, Failure, Target};
+pub use targets::PreparedWebhooks;
 
 use super::event::{new_event_id, status_body, ReceivedEvent, StatusEvent};
 use super::outbox::{Head, Outbox, OutboxRecord};
 use super::schedule::Schedule;
 use super::{Options, WebhookError};
 use crate::config;
+use crate::live::Part;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -94,12 +97,6 @@ pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     Duration::from_millis(jittered.min(ms(cap)))
 }
 
-/// Every client's webhook target, built by [`Webhooks::prepare`] and not
-/// yet installed.
-pub struct PreparedWebhooks {
-    built: HashMap<String, Arc<Target>>,
-}
-
 /// A client's worker state shared with [`Webhooks`].
 struct Slot {
     id: String,
@@ -126,6 +123,10 @@ struct Shared {
     options: Options,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Every client's target: its part of the live configuration. A slot's
+    /// own target is the fallback for a client the current one no longer
+    /// has (its worker is being stopped).
+    targets: Part<PreparedWebhooks>,
     /// Held only to look up, insert or remove a slot; never across an await.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
@@ -192,6 +193,24 @@ impl Webhooks {
         tracker: TaskTracker,
         options: Options,
     ) -> Result<Webhooks, WebhookError> {
+        let targets = PreparedWebhooks::build(clients, &options, &metrics)?;
+        let part = Part::own(Arc::new(targets));
+        Ok(Self::start_in(
+            part, store, metrics, shutdown, tracker, options,
+        ))
+    }
+
+    /// As [`Webhooks::start_with`], the targets read from `targets` (the
+    /// app: its part of the live snapshot); starts a worker for each.
+    pub fn start_in(
+        targets: Part<PreparedWebhooks>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        options: Options,
+    ) -> Webhooks {
+        let first = targets.load();
         let hooks = Webhooks {
             shared: Arc::new(Shared {
                 outbox: Outbox::new(store),
@@ -199,72 +218,12 @@ impl Webhooks {
                 options,
                 shutdown,
                 tracker,
+                targets,
                 slots: Mutex::new(HashMap::new()),
             }),
         };
-        hooks.reload(clients)?;
-        Ok(hooks)
-    }
-
-    /// Applies a new client list: swaps URLs, secrets, CAs and concurrency,
-    /// starts workers for new webhooks and stops those of removed ones (their
-    /// events stay in the outbox). All or nothing: if any webhook cannot be
-    /// set up, nothing changes.
-    pub fn reload(&self, clients: &[config::Client]) -> Result<(), WebhookError> {
-        let prepared = self.prepare(clients)?;
-        self.apply(prepared);
-        Ok(())
-    }
-
-    /// The first half of [`Webhooks::reload`]: builds every client's
-    /// webhook target (URL, TLS, HTTP client) and changes nothing, so the
-    /// app can refuse a whole reload before any part of it is applied.
-    pub fn prepare(&self, clients: &[config::Client]) -> Result<PreparedWebhooks, WebhookError> {
-        let mut built = HashMap::new();
-        for c in clients {
-            if let Some(hook) = &c.webhook {
-                let t = Target::build(&c.id, hook, &self.shared.options, &self.shared.metrics)?;
-                built.insert(c.id.clone(), Arc::new(t));
-            }
-        }
-        Ok(PreparedWebhooks { built })
-    }
-
-    /// The second half of [`Webhooks::reload`]: installs what
-    /// [`Webhooks::prepare`] built; cannot fail.
-    pub fn apply(&self, prepared: PreparedWebhooks) {
-        let built = prepared.built;
-        let mut slots = self.shared.slots.lock();
-        slots.retain(|id, slot| {
-            let keep = built.contains_key(id);
-            if !keep {
-                tracing::info!(client = %id, "webhook removed; its worker stops");
-                slot.stop.cancel();
-                let _ = self
-                    .shared
-                    .metrics
-                    .tls_cert_expiry
-                    .remove_label_values(&["webhook", id]);
-            }
-            keep
-        });
-        for (id, target) in built {
-            if let Some(slot) = slots.get(&id) {
-                slot.set_target(target);
-                slot.notify.notify_one();
-                continue;
-            }
-            let slot = Arc::new(Slot {
-                id: id.clone(),
-                health: Arc::default(),
-                target: RwLock::new(target),
-                notify: Notify::new(),
-                stop: self.shared.shutdown.child_token(),
-            });
-            slots.insert(id, slot.clone());
-            let shared = self.shared.clone();
-            self.shared.tracker.spawn(run_worker(shared, slot));
-        }
+        hooks.apply(&first);
+        hooks
     }
 
     /// Wakes `client`'s worker: call after the store op that enqueued an
@@ -277,7 +236,7 @@ impl Webhooks {
 
     /// Whether `client` has a webhook (and so wants status events).
     pub fn has_webhook(&self, client: &str) -> bool {
-        self.slot(client).is_some()
+        self.shared.targets.load().built.contains_key(client)
     }
 
     /// Enqueues a status event in its own store op and wakes the worker —
@@ -312,7 +271,7 @@ impl Webhooks {
         let slot = self
             .slot(client)
             .ok_or_else(|| WebhookError::NoWebhook(client.to_owned()))?;
-        let target = slot.target();
+        let target = self.shared.target_of(&slot);
         let event_id = new_event_id();
         let body = event.to_body(&event_id, now_ms())?;
         drop(event);
@@ -376,7 +335,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
             _ => {}
         }
         paused = !healthy;
-        let target = slot.target();
+        let target = shared.target_of(&slot);
         let now = now_ms();
         if healthy {
             if unread {

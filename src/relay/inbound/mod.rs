@@ -47,7 +47,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use super::inflight::Found;
@@ -58,6 +57,7 @@ use super::service::KeywordReply;
 use super::status::MessageStatus;
 use crate::audit::{Audit, AuditEvent, AuditNumber, KeywordClass, OwnNumbers};
 use crate::config::{Campaign, Config};
+use crate::live::Part;
 use crate::metrics::Metrics;
 use crate::smpp::{
     dlr, BindEvent, CommandStatus, InboundHandler, InboundMessage, InboundOutcome, Refusal,
@@ -73,8 +73,9 @@ mod receipt;
 
 use receipt::UnknownReport;
 
-/// The config the return path reads, swapped whole on reload.
-struct MoView {
+/// The config the return path reads: the inbound handler's part of the
+/// live configuration, swapped with the whole snapshot on reload.
+pub struct MoView {
     /// Our sender numbers → their campaign.
     numbers: HashMap<E164, String>,
     campaigns: HashMap<String, Campaign>,
@@ -84,7 +85,7 @@ struct MoView {
 }
 
 impl MoView {
-    fn new(cfg: &Config) -> Self {
+    pub fn new(cfg: &Config) -> Self {
         let mut receivers = HashMap::new();
         for c in cfg.clients.iter().filter(|c| c.webhook.is_some()) {
             for campaign in &c.campaigns {
@@ -113,6 +114,8 @@ pub struct InboundLinks {
     pub settler: Arc<super::settle::Settler>,
     pub sent: SentIds,
     pub replies: mpsc::Sender<KeywordReply>,
+    /// The handler's part of the live configuration.
+    pub view: Part<MoView>,
 }
 
 /// The relay's [`InboundHandler`].
@@ -127,7 +130,7 @@ pub struct Inbound {
     sent: SentIds,
     /// Keyword answers to send, to the relay ([`super::Relay::answer_keywords`]).
     replies: mpsc::Sender<KeywordReply>,
-    view: RwLock<Arc<MoView>>,
+    view: Part<MoView>,
     pseudonym_key: Secret,
     /// Background work (audit records of bind changes, keyword answers),
     /// waited for by the app's drain before the store closes.
@@ -165,7 +168,7 @@ impl Inbound {
             settler: links.settler,
             sent: links.sent,
             replies: links.replies,
-            view: RwLock::new(Arc::new(MoView::new(cfg))),
+            view: links.view,
             pseudonym_key: cfg.node.pseudonym_key.clone(),
             parts: Reassembly::new(metrics.clone()),
             metrics,
@@ -174,14 +177,8 @@ impl Inbound {
         }
     }
 
-    /// Applies a reloaded config (numbers, campaigns, webhook receivers).
-    pub fn reload(&self, cfg: &Config) {
-        let v = Arc::new(MoView::new(cfg));
-        *self.view.write() = v;
-    }
-
     fn view(&self) -> Arc<MoView> {
-        self.view.read().clone()
+        self.view.load()
     }
 
     fn mo_outcome(&self, link: &str, outcome: &str) {

@@ -293,6 +293,9 @@ impl Inbound {
             .await
     }
 
+    // Over 120 lines on purpose: a receipt's one transaction (status,
+    // audit record, webhook event) read top to bottom; not split while the
+    // receipt path's performance work is under way.
     /// Records one segment's receipt for our message `message_id`: the
     /// status change, its audit record and its webhook event in one
     /// transaction. Both the carrier's own receipts and forwarded ones.

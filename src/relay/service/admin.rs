@@ -98,7 +98,7 @@ impl Relay {
     /// The client may administer only its own campaigns' opt-outs (and
     /// consents).
     pub(crate) fn own_campaign(&self, client: &ClientId, campaign: &str) -> Result<(), SendError> {
-        let view = read(&self.inner.view);
+        let view = self.inner.view.load();
         if view
             .clients
             .get(client.as_str())

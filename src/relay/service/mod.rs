@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use super::domain::{
@@ -36,6 +36,7 @@ use super::record::{self, Idem, MessageRecord};
 use super::route::Routes;
 use crate::audit::{Audit, AuditEvent, AuditNumber, OwnNumbers};
 use crate::config::{Brand, Campaign, Config};
+use crate::live::Part;
 use crate::metrics::Metrics;
 use crate::smpp::{dlr, Pool, SmppError, SubmitRequest};
 use crate::store::shared::{put_carrier_ids, Admission, Rate, SharedState, Verdict};
@@ -53,7 +54,7 @@ mod reserve;
 use commit::Outcome;
 use idempotency::Claimed;
 pub use idempotency::IdempotencyKey;
-pub use keywords::{KeywordReply, AUTO_REPLY_ACTOR, KEYWORD_REPLY_QUEUE};
+pub use keywords::{KeywordReply, KEYWORD_REPLY_QUEUE};
 use reserve::Reservation;
 
 /// The answer to a store or shared-state failure before anything was sent:
@@ -77,8 +78,10 @@ pub(super) fn internal_or_shared(e: &crate::store::StoreError) -> SendError {
 /// At most this many segments per message (SPEC §4).
 pub const MAX_SEGMENTS: usize = 10;
 
-/// The config the send path reads, swapped whole on reload.
-struct View {
+/// The config the send path reads: the relay's part of the live
+/// configuration, swapped with the whole snapshot on reload. A request
+/// reads it once and uses that one value throughout.
+pub struct View {
     /// client id → campaign ids it may use.
     clients: HashMap<String, HashSet<String>>,
     campaigns: HashMap<String, Campaign>,
@@ -95,6 +98,23 @@ struct View {
 }
 
 impl View {
+    /// The view of `cfg` over `pools` (one per `cfg.carriers` entry, same
+    /// order; the app keeps the pools of carriers whose settings did not
+    /// change). With `carried`, the view it replaces, the cells campaigns
+    /// and numbers have spent carry over.
+    pub fn of(cfg: &Config, pools: Vec<Pool>, carried: Option<&View>) -> Self {
+        let limits = Limits::new(cfg);
+        if let Some(old) = carried {
+            limits.carry_over_from(&old.limits);
+        }
+        Self::new(cfg, pools, limits)
+    }
+
+    /// The pools, in config order.
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
     fn new(cfg: &Config, pools: Vec<Pool>, limits: Limits) -> Self {
         View {
             pools,
@@ -127,8 +147,8 @@ pub struct Relay {
 }
 
 struct Inner {
-    // std lock: read-and-clone only, never held across an await.
-    view: RwLock<Arc<View>>,
+    /// The relay's part of the live configuration.
+    view: Part<View>,
     store: Store,
     shared: Arc<dyn SharedState>,
     audit: Audit,
@@ -161,10 +181,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn read<T: ?Sized>(l: &RwLock<Arc<T>>) -> Arc<T> {
-    l.read().clone()
-}
-
 fn to_time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -192,14 +208,17 @@ struct Sent {
 }
 
 impl Relay {
-    /// A relay over `pools` (one per `cfg.carriers` entry, same order).
-    /// `sent` is shared with the inbound handler, built before either.
+    /// A relay reading its configuration from `view` (the app: its part of
+    /// the live snapshot; see [`View::of`]); `cfg` gives what is fixed for
+    /// the life of the relay (the pseudonym key, the node id, the start
+    /// budget). `sent` is shared with the inbound handler, built before
+    /// either.
     // Each argument is a separately built part of the appliance (app.rs);
     // a parts struct would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &Config,
-        pools: Vec<Pool>,
+        view: Part<View>,
         store: Store,
         shared: Arc<dyn SharedState>,
         audit: Audit,
@@ -209,7 +228,7 @@ impl Relay {
     ) -> Self {
         Relay {
             inner: Arc::new(Inner {
-                view: RwLock::new(Arc::new(View::new(cfg, pools, Limits::new(cfg)))),
+                view,
                 store,
                 shared,
                 audit,
@@ -226,15 +245,11 @@ impl Relay {
         }
     }
 
-    /// Applies a reloaded config: clients, campaigns, brands and limits (the
-    /// cells campaigns and numbers have spent carry over).
-    /// `pools` are the carrier pools of `cfg`, in its order (the app keeps
-    /// the pools of carriers whose settings did not change).
-    pub fn reload(&self, cfg: &Config, pools: Vec<Pool>) {
-        let l = Limits::new(cfg);
-        l.carry_over_from(&read(&self.inner.view).limits);
-        let v = Arc::new(View::new(cfg, pools, l));
-        *self.inner.view.write() = v;
+    /// The view a reload to `cfg` brings: clients, campaigns, brands,
+    /// routes over `pools`, and limits with the cells spent so far carried
+    /// over. Installed by the app with the whole live snapshot.
+    pub fn next_view(&self, cfg: &Config, pools: Vec<Pool>) -> View {
+        View::of(cfg, pools, Some(&self.inner.view.load()))
     }
 
     /// Sets the limit and cap-usage gauges from the running config and the
@@ -243,7 +258,7 @@ impl Relay {
     /// counted on its current local day. A counter that cannot be read
     /// keeps its last value (the shared-state metrics show why).
     pub async fn publish_limit_usage(&self) {
-        let view = read(&self.inner.view);
+        let view = self.inner.view.load();
         let m = &self.inner.metrics;
         m.campaign_rate_limit.reset();
         for c in view.campaigns.values() {
@@ -290,18 +305,18 @@ impl Relay {
 
     /// The pools, in config order.
     pub fn pools(&self) -> Vec<Pool> {
-        read(&self.inner.view).pools.clone()
+        self.inner.view.load().pools.clone()
     }
 
     fn refuse(
         &self,
+        view: &View,
         client: &str,
         campaign: &str,
         to: Option<&E164>,
         e: SendError,
         t0: Instant,
     ) -> SendError {
-        let view = read(&self.inner.view);
         // Label values come from config only.
         let known = view.campaigns.contains_key(campaign);
         let label = if known { campaign } else { "unknown" };
@@ -348,25 +363,39 @@ impl MessageService for Relay {
     /// The send runs in its own task: once a submit_sm is written it runs
     /// to its recorded end (record, audit, idempotency outcome) even if the
     /// client goes away and this future is dropped (SPEC §4).
-    async fn send(
-        &self,
-        client: &ClientId,
+    fn send<'a>(
+        &'a self,
+        client: &'a ClientId,
         req: SendRequest,
         idempotency_key: Option<String>,
-    ) -> Result<SendAccepted, SendError> {
-        let (relay, client) = (self.clone(), client.clone());
-        let task = self.inner.sends.spawn(async move {
-            relay
-                .send_as(Origin::Client, client.as_str(), req, idempotency_key)
-                .await
-        });
-        task.await.unwrap_or_else(|e| {
-            tracing::error!("a send task failed: {e}");
-            Err(SendError::Internal)
+    ) -> BoxFuture<'a, Result<SendAccepted, SendError>> {
+        Box::pin(async move {
+            let (relay, client) = (self.clone(), client.clone());
+            let task = self.inner.sends.spawn(async move {
+                relay
+                    .send_as(Origin::Client, client.as_str(), req, idempotency_key)
+                    .await
+            });
+            task.await.unwrap_or_else(|e| {
+                tracing::error!("a send task failed: {e}");
+                Err(SendError::Internal)
+            })
         })
     }
 
-    async fn get(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
+    fn get<'a>(
+        &'a self,
+        client: &'a ClientId,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<MessageView, SendError>> {
+        Box::pin(self.get_view(client, id))
+    }
+}
+
+impl Relay {
+    /// [`MessageService::get`]: the record, or in fleet mode another
+    /// node's projection of it.
+    async fn get_view(&self, client: &ClientId, id: &str) -> Result<MessageView, SendError> {
         let rec = record::get_message(&self.inner.store, id).map_err(|e| {
             tracing::error!("reading a message record: {e}");
             SendError::Internal
@@ -484,9 +513,9 @@ impl Relay {
         idempotency_key: Option<String>,
     ) -> Result<SendAccepted, SendError> {
         let t0 = Instant::now();
-        let view = read(&self.inner.view);
+        let view = self.inner.view.load();
         let campaign_id = req.campaign_id.as_str();
-        let fail = |e: SendError| self.refuse(cid, campaign_id, Some(&req.to), e, t0);
+        let fail = |e: SendError| self.refuse(&view, cid, campaign_id, Some(&req.to), e, t0);
         let (campaign, info) = self.authorize(origin, cid, &req, &view).map_err(fail)?;
         let segments = info.segments as u32;
         let key = idempotency_key

@@ -52,6 +52,7 @@ use super::pool::Io;
 use super::session::{self, BindKind, Role, SessionConfig, SessionDeps, SessionHandle};
 use super::SmppError;
 use crate::config::{Peer, SmppServer};
+use crate::live::Part;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
 
@@ -63,9 +64,11 @@ use refuse::*;
 
 /// Who may bind.
 pub(crate) enum Auth {
-    /// `[[peers]]` entries.
-    Peers(Vec<Peer>),
+    /// `[[peers]]` entries: the server's part of the live configuration.
+    Peers(Part<Vec<Peer>>),
     /// Anyone (the simulator without credentials), under one link name.
+    /// Built only by `tools::sim`, so unused without the `tools` feature.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     Any { link: String },
 }
 
@@ -115,9 +118,6 @@ struct Table {
 
 struct Inner {
     opts: ServerOptions,
-    /// `[[peers]]` as last reloaded; `None` = those of `opts.auth`. Read
-    /// and cloned only, never held across an await.
-    peers: parking_lot::RwLock<Option<Arc<Vec<Peer>>>>,
     deps: SessionDeps,
     table: Mutex<Table>,
     binds_ok: AtomicU64,
@@ -131,10 +131,6 @@ struct Inner {
 }
 
 impl Inner {
-    fn current_peers(&self) -> Option<Arc<Vec<Peer>>> {
-        self.peers.read().clone()
-    }
-
     fn table(&self) -> parking_lot::MutexGuard<'_, Table> {
         self.table.lock()
     }
@@ -155,6 +151,20 @@ pub async fn start_server(
     cfg: &SmppServer,
     tls: Option<Arc<ServerTls>>,
     peers: Vec<Peer>,
+    handler: Arc<dyn InboundHandler>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<ServerHandle, SmppError> {
+    let peers = Part::own(Arc::new(peers));
+    start_server_in(cfg, tls, peers, handler, metrics, shutdown).await
+}
+
+/// As [`start_server`], the peers read from `peers` (the app: its part of
+/// the live snapshot).
+pub async fn start_server_in(
+    cfg: &SmppServer,
+    tls: Option<Arc<ServerTls>>,
+    peers: Part<Vec<Peer>>,
     handler: Arc<dyn InboundHandler>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -208,13 +218,13 @@ pub(crate) async fn start(
         .map(|l| l.local_addr())
         .transpose()?;
     let inner = Arc::new(Inner {
-        peers: parking_lot::RwLock::new(None),
         opts,
         deps: SessionDeps {
             handler,
             metrics,
             shutdown: shutdown.clone(),
             ids: Arc::new(MessageIds::new()),
+            tasks: tasks.clone(),
         },
         table: Mutex::new(Table::default()),
         binds_ok: AtomicU64::new(0),
@@ -248,23 +258,28 @@ impl ServerHandle {
     pub fn plaintext_addr(&self) -> Option<SocketAddr> {
         self.plain_addr
     }
-    /// Applies reloaded `[[peers]]`: new binds are checked against them;
-    /// sessions of peers that were removed or whose entry changed
-    /// (password, allowed addresses, limits) are unbound, the others kept.
+    /// Applies reloaded `[[peers]]` to a server started with
+    /// [`start_server`]: new binds are checked against them; sessions of
+    /// peers that were removed or whose entry changed (password, allowed
+    /// addresses, limits) are unbound, the others kept.
     pub fn set_peers(&self, peers: Vec<Peer>) {
-        let old = match &self.inner.opts.auth {
-            Auth::Peers(p) => self
-                .inner
-                .current_peers()
-                .unwrap_or_else(|| Arc::new(p.clone())),
-            Auth::Any { .. } => return,
+        let Auth::Peers(part) = &self.inner.opts.auth else {
+            return;
         };
+        let old = part.load();
+        part.set(Arc::new(peers));
+        self.unbind_changed(&old, &part.load());
+    }
+
+    /// After the peers changed from `old` to `new` (in the app: with the
+    /// live snapshot), unbinds the sessions of peers that were removed or
+    /// whose entry changed.
+    pub fn unbind_changed(&self, old: &[Peer], new: &[Peer]) {
         let changed: Vec<String> = old
             .iter()
-            .filter(|o| !peers.iter().any(|n| n == *o))
+            .filter(|o| !new.iter().any(|n| n == *o))
             .map(|o| o.name.clone())
             .collect();
-        *self.inner.peers.write() = Some(Arc::new(peers));
         let t = self.inner.table();
         for name in &changed {
             for (_, h) in t.sessions.get(name).into_iter().flatten() {

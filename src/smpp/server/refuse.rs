@@ -114,11 +114,10 @@ pub(super) fn authenticate(
         link: link.cloned(),
         announce: true,
     };
-    let reloaded = inner.current_peers();
     let (link, receipt_link, max) = match &inner.opts.auth {
         Auth::Any { link } => (link.clone(), None, u32::MAX),
-        Auth::Peers(configured) => {
-            let peers = reloaded.as_deref().unwrap_or(configured);
+        Auth::Peers(current) => {
+            let peers = current.load();
             let Some(peer) = peers.iter().find(|p| p.system_id == attempt.system_id) else {
                 return Err(refuse("unknown_system_id", None));
             };
