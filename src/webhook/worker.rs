@@ -320,7 +320,9 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     // keeps the store's read transactions off the paths that add no rows
     // (an attempt's answer, a removal's commit).
     let mut unread = true;
-    let mut gauges_due = std::time::Instant::now();
+    // The gauges are refreshed at most every GAUGES_EVERY, and within it
+    // after anything happened (so the last event's removal shows).
+    let (mut gauges_due, mut gauges_stale) = (std::time::Instant::now(), true);
     loop {
         // A store that cannot commit cannot record an attempt's outcome:
         // start none until it recovers (it does so by itself).
@@ -342,9 +344,10 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
                 unread = shared.ingest(&slot.id, &mut sched);
             }
             let now_i = std::time::Instant::now();
-            if now_i >= gauges_due {
+            if gauges_stale && now_i >= gauges_due {
                 shared.refresh_gauges(&slot.id);
                 gauges_due = now_i + GAUGES_EVERY;
+                gauges_stale = false;
             }
             while inflight.len() < target.concurrency {
                 let Some(seq) = sched.take_due(now) else {
@@ -369,12 +372,15 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
                 );
             }
         }
-        let wait = match sched.next_due() {
+        let mut wait = match sched.next_due() {
             Some(at) if healthy && inflight.len() < target.concurrency => {
                 Duration::from_millis(at.saturating_sub(now)).min(poll)
             }
             _ => poll,
         };
+        if healthy && gauges_stale {
+            wait = wait.min(gauges_due.saturating_duration_since(std::time::Instant::now()));
+        }
         tokio::select! {
             _ = slot.stop.cancelled() => break,
             Some(joined) = inflight.join_next_with_id() => {
@@ -386,6 +392,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
             _ = slot.notify.notified() => unread = true,
             _ = tokio::time::sleep(wait) => unread = true,
         }
+        gauges_stale = true;
     }
     // Let attempts in flight record their outcome, so a restart does not
     // resend what was just delivered.
