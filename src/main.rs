@@ -264,8 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => tools::bench(a),
         Command::Run { config } => {
             init_logging();
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(sms_conduit::app::run(&config))?;
+            sms_conduit::app::run_blocking(&config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {

@@ -221,6 +221,7 @@ startup_settings! {
     receipt_window: Duration = "node.receipt_window_secs",
     receipt_deadline: Duration = "node.receipt_deadline_secs",
     lock_memory: bool = "node.lock_memory",
+    worker_threads: usize = "node.worker_threads",
     /// The key's SHA-256, not the key: compared, never shown.
     pseudonym_key: [u8; 32] = "node.pseudonym_key_file",
     /// `listen`, `plaintext_listen`, `idle_timeout`, `window`.
@@ -242,6 +243,7 @@ impl Startup {
             receipt_window: c.node.receipt_window,
             receipt_deadline: c.node.receipt_deadline,
             lock_memory: c.node.lock_memory,
+            worker_threads: c.node.worker_threads,
             pseudonym_key: sha2::Sha256::digest(c.node.pseudonym_key.expose()).into(),
             smpp_server: (s.listen, s.plaintext_listen, s.idle_timeout, s.window),
             audit_retention_days: c.audit.retention_days,
@@ -265,6 +267,7 @@ mod tests {
             receipt_window: Duration::from_secs(1),
             receipt_deadline: Duration::from_secs(1),
             lock_memory: false,
+            worker_threads: 1,
             pseudonym_key: [0; 32],
             smpp_server: (None, None, Duration::from_secs(1), 1),
             audit_retention_days: 1,

@@ -53,7 +53,7 @@ mod start;
 
 use live::*;
 use parts::*;
-pub use process::{request_reload, run, ReloadStatus, RELOAD_STATUS_FILE, RELOAD_WAIT};
+pub use process::{request_reload, run_blocking, ReloadStatus, RELOAD_STATUS_FILE, RELOAD_WAIT};
 use start::*;
 
 /// Why the appliance could not start or reload.

@@ -113,6 +113,10 @@ pub struct Node {
     /// Receipt rule 2: a message with no final status this long after it
     /// was sent becomes `unknown`.
     pub receipt_deadline: Duration,
+    /// Threads of the async runtime (the store's writer has its own).
+    /// One by default: at a steady rate a second one costs more CPU per
+    /// message than it gives (its wake-ups), see `run_runtime`.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone)]

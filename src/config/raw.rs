@@ -46,6 +46,12 @@ pub struct RawNode {
     pub receipt_window_secs: u64,
     #[serde(default = "default_receipt_deadline")]
     pub receipt_deadline_secs: u64,
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: u64,
+}
+
+fn default_worker_threads() -> u64 {
+    1
 }
 
 fn default_receipt_window() -> u64 {

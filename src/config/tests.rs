@@ -572,3 +572,16 @@ fn every_type_error_and_typo_is_named_in_one_run() {
     );
     assert_eq!(keys.len(), 4, "each named once: {errs}");
 }
+
+/// `node.worker_threads`: one by default, a count within 1–256 when set.
+#[test]
+fn worker_threads_default_to_one_and_must_be_a_count() {
+    let d = dir();
+    assert_eq!(load(&valid(), &d).unwrap().node.worker_threads, 1);
+    let text = valid().replace("[node]\n", "[node]\nworker_threads = 4\n");
+    assert_eq!(load(&text, &d).unwrap().node.worker_threads, 4);
+    for bad in ["0", "257"] {
+        let text = valid().replace("[node]\n", &format!("[node]\nworker_threads = {bad}\n"));
+        refused(&text, "node.worker_threads", "must be between 1 and 256");
+    }
+}

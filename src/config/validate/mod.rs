@@ -171,6 +171,7 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         }
     };
     c.positive("node.drain_secs", raw.node.drain_secs, 3600);
+    c.positive("node.worker_threads", raw.node.worker_threads, 256);
     c.positive(
         "node.receipt_window_secs",
         raw.node.receipt_window_secs,
@@ -232,6 +233,7 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
             pseudonym_key,
             receipt_window: Duration::from_secs(raw.node.receipt_window_secs),
             receipt_deadline: Duration::from_secs(raw.node.receipt_deadline_secs),
+            worker_threads: usize::try_from(raw.node.worker_threads).unwrap_or(1),
         },
         tls,
         api,
