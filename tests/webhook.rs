@@ -183,6 +183,30 @@ impl Workers {
     }
 }
 
+/// A backlog larger than the worker's window is read in as the window
+/// frees, not at the next poll: the worker scans the outbox again while its
+/// last scan filled the window (it skips the scan only when nothing new
+/// can be there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_window_is_read_in_as_the_window_frees() {
+    let rig = Rig::new().await;
+    enqueue_statuses(&rig.store, CLIENT, "w", 10).await;
+    let opts = Options {
+        poll_interval: Duration::from_secs(60),
+        window: 3,
+        ..fast()
+    };
+    let w = rig.start(4, opts);
+    assert!(
+        rig.sink.wait_for(30, Duration::from_secs(20)).await,
+        "{} of 30 events within 20 s (the poll is 60 s)",
+        rig.sink.count()
+    );
+    assert_in_order_once(&rig.sink.events(), "w", 10);
+    assert_eq!(rig.sink.attempts(), 30, "no failed attempt");
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_events_are_delivered_signed_in_order_and_removed() {
     let rig = Rig::new().await;

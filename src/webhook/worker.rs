@@ -315,11 +315,14 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     let mut removing: JoinSet<(Vec<u64>, bool)> = JoinSet::new();
     let mut paused = false;
     // Whether the outbox may hold rows past the schedule's last seen seq:
-    // set by a wake-up (an enqueue notifies) and by the poll, cleared by a
-    // scan that found fewer rows than it had room for. Scanning only then
+    // set by a wake-up (an enqueue notifies), cleared by a scan that found
+    // fewer rows than it had room for; and a poll interval after the last
+    // scan the worker scans anyway (the sleeps for a retry's due time or
+    // the gauges do not scan). Scanning only then
     // keeps the store's read transactions off the paths that add no rows
     // (an attempt's answer, a removal's commit).
     let mut unread = true;
+    let mut scanned_at = std::time::Instant::now();
     // The gauges are refreshed at most every GAUGES_EVERY, and within it
     // after anything happened (so the last event's removal shows).
     let (mut gauges_due, mut gauges_stale) = (std::time::Instant::now(), true);
@@ -340,8 +343,9 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
         let target = shared.target_of(&slot);
         let now = now_ms();
         if healthy {
-            if unread {
+            if unread || scanned_at.elapsed() >= poll {
                 unread = shared.ingest(&slot.id, &mut sched);
+                scanned_at = std::time::Instant::now();
             }
             let now_i = std::time::Instant::now();
             if gauges_stale && now_i >= gauges_due {
@@ -390,7 +394,7 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
                 removed(&mut sched, &mut delivered, joined, poll);
             }
             _ = slot.notify.notified() => unread = true,
-            _ = tokio::time::sleep(wait) => unread = true,
+            _ = tokio::time::sleep(wait) => {}
         }
         gauges_stale = true;
     }
