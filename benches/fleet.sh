@@ -47,6 +47,7 @@
 # system_id, which in fleet2 is the other node's about half the time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/relay-config.sh
 N=${1:-20000}
 C=${2:-64}
 WARMUP=${WARMUP:-1000}
@@ -112,46 +113,7 @@ kill -0 "$SIM" 2>/dev/null || { echo "sim-carrier did not start:" >&2; cat sim.e
 # config NAME API_PORT MET_PORT FLEET_PREFIX (empty: no [fleet])
 config() {
   mkdir -p "$1"
-  cat > "$1/c.toml" <<TOML
-[node]
-id = "$1"
-state_dir = "$work/$1/state"
-pseudonym_key_file = "$work/example/pseudonym.key"
-[tls]
-cert_file = "$work/example/server.crt"
-key_file = "$work/example/server.key"
-[api]
-listen = "127.0.0.1:$2"
-max_connections = 1024
-[metrics]
-listen = "127.0.0.1:$3"
-[[carriers]]
-name = "sim"
-host = "127.0.0.1"
-port = $SIM_PORT
-system_id = "bench"
-password_file = "$work/example/carrier-a.pass"
-ca_file = "$work/example/server.crt"
-server_name = "localhost"
-binds = 2
-window = 256
-prefixes = ["+1"]
-[[brands]]
-id = "BBENCH1"
-[[campaigns]]
-id = "CBENCH1"
-brand = "BBENCH1"
-numbers = ["+15551230001"]
-segments_per_minute = 1000000
-burst = 1000000
-help_text = "help"
-stop_text = "stop"
-start_text = "start"
-[[clients]]
-id = "bench"
-key_sha256 = ["$HASH"]
-campaigns = ["CBENCH1"]
-TOML
+  relay_config "$1" "$work/$1/state" "$work/example" "$SIM_PORT" "$2" "$3" "$HASH" > "$1/c.toml"
   if [ -n "$4" ]; then
     printf '[fleet]\nredis_url = "redis://127.0.0.1:%s"\nkey_prefix = "%s"\n' "$RPORT" "$4" >> "$1/c.toml"
   fi

@@ -18,6 +18,7 @@
 # delivered to the client: the figures of sessions before 9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/relay-config.sh
 N=${1:-50000}
 C=${2:-64}
 BIN=${BIN:-target/release/sms-conduit}
@@ -53,47 +54,10 @@ webhook_ca_file = \"example/server.crt\""
   sink=(--webhook-sink "127.0.0.1:$SINK_PORT" --sink-cert example/server.crt --sink-key example/server.key
     --webhook-secret-file example/clinic-app.whsec)
 fi
-cat > "$work/c.toml" <<TOML
-[node]
-id = "bench"
-state_dir = "state"
-pseudonym_key_file = "example/pseudonym.key"
-[tls]
-cert_file = "example/server.crt"
-key_file = "example/server.key"
-[api]
-listen = "127.0.0.1:$API_PORT"
-max_connections = 1024
-[metrics]
-listen = "127.0.0.1:$MET_PORT"
-[[carriers]]
-name = "sim"
-host = "127.0.0.1"
-port = $SIM_PORT
-system_id = "bench"
-password_file = "example/carrier-a.pass"
-ca_file = "example/server.crt"
-server_name = "localhost"
-binds = 2
-window = 256
-prefixes = ["+1"]
-[[brands]]
-id = "BBENCH1"
-[[campaigns]]
-id = "CBENCH1"
-brand = "BBENCH1"
-numbers = ["+15551230001"]
-segments_per_minute = 1000000
-burst = 1000000
-help_text = "help"
-stop_text = "stop"
-start_text = "start"
-[[clients]]
-id = "bench"
-key_sha256 = ["$HASH"]
-campaigns = ["CBENCH1"]
-$webhook_toml
-TOML
+{
+  relay_config bench state example "$SIM_PORT" "$API_PORT" "$MET_PORT" "$HASH"
+  [ -z "$webhook_toml" ] || printf '%s\n' "$webhook_toml"
+} > "$work/c.toml"
 cd "$work"
 "$TOOLS" sim-carrier --listen 127.0.0.1:$SIM_PORT --tls-cert example/server.crt --tls-key example/server.key \
   --system-id bench --password "$(cat example/carrier-a.pass)" --dlr-delay-ms 200 > sim.out 2> sim.err &

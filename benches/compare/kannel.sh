@@ -44,6 +44,7 @@
 # before the run stops waiting for the missing ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib/relay-config.sh
 N=${1:-20000}
 C=${CONNECTIONS:-64}
 RATES=${RATES:-1000 3000}
@@ -341,49 +342,10 @@ run_conduit() { # rate(0 = flat out) messages canary(0|1)
   next_port; api=$PORT; next_port; met=$PORT; next_port; sinkp=$PORT
   key=$("$BINABS" keys new --client bench | sed -n 2p | tr -d ' ')
   hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
-  cat > "$dir/c.toml" <<TOML
-[node]
-id = "bench"
-state_dir = "state"
-pseudonym_key_file = "example/pseudonym.key"
-[tls]
-cert_file = "example/server.crt"
-key_file = "example/server.key"
-[api]
-listen = "127.0.0.1:$api"
-max_connections = 1024
-[metrics]
-listen = "127.0.0.1:$met"
-[[carriers]]
-name = "sim"
-host = "127.0.0.1"
-port = $SIM_PORT
-system_id = "bench"
-password_file = "example/carrier-a.pass"
-ca_file = "example/server.crt"
-server_name = "localhost"
-binds = 2
-window = 256
-prefixes = ["+1"]
-[[brands]]
-id = "BBENCH1"
-[[campaigns]]
-id = "CBENCH1"
-brand = "BBENCH1"
-numbers = ["+15551230001"]
-segments_per_minute = 1000000
-burst = 1000000
-help_text = "help"
-stop_text = "stop"
-start_text = "start"
-[[clients]]
-id = "bench"
-key_sha256 = ["$hash"]
-campaigns = ["CBENCH1"]
-webhook_url = "https://127.0.0.1:$sinkp/events"
-webhook_secret_file = "example/clinic-app.whsec"
-webhook_ca_file = "example/server.crt"
-TOML
+  {
+    relay_config bench state example "$SIM_PORT" "$api" "$met" "$hash"
+    printf 'webhook_url = "https://127.0.0.1:%s/events"\nwebhook_secret_file = "example/clinic-app.whsec"\nwebhook_ca_file = "example/server.crt"\n' "$sinkp"
+  } > "$dir/c.toml"
   (cd "$dir" && RUST_LOG=warn exec "$BINABS" run --config c.toml > relay.out 2> relay.err) &
   relay=$!; PIDS+=($relay)
   for _ in $(seq 200); do curl -sf --cacert "$work/example/server.crt" "https://127.0.0.1:$api/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
