@@ -53,7 +53,9 @@ fn to_json(rec: &OutboxRecord) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Refused(format!("serialising an outbox record: {e}")))
 }
 
-fn from_json(bytes: &[u8]) -> Option<OutboxRecord> {
+/// A stored record read as much as `T` needs ([`OutboxRecord`], [`Head`]);
+/// `None` when it does not parse.
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     serde_json::from_slice(bytes).ok()
 }
 
@@ -66,7 +68,7 @@ fn remove_if_holds(
     event_id: &str,
 ) -> Result<bool, StoreError> {
     let holds = match t.get((client, seq))? {
-        Some(v) => from_json(v.value()).is_none_or(|r| r.event_id == event_id),
+        Some(v) => from_json::<OutboxRecord>(v.value()).is_none_or(|r| r.event_id == event_id),
         None => false,
     };
     if holds {
@@ -207,7 +209,7 @@ impl Outbox {
                 let (k, v) = item?;
                 out.push(Row {
                     seq: k.value().1,
-                    record: serde_json::from_slice(v.value()).ok(),
+                    record: from_json(v.value()),
                 });
             }
             Ok(out)
@@ -278,7 +280,7 @@ impl Outbox {
             .write(move |txn| {
                 let mut t = tables::open(txn, OUTBOX)?;
                 let rec = match t.get((client.as_str(), seq))? {
-                    Some(v) => from_json(v.value()),
+                    Some(v) => from_json::<OutboxRecord>(v.value()),
                     None => None,
                 };
                 let Some(mut rec) = rec.filter(|r| r.event_id == event_id) else {
