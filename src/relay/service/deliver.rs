@@ -105,19 +105,14 @@ impl Relay {
         registration: Option<&mut Registration>,
     ) -> Result<Vec<String>, (SmppError, usize, Vec<String>)> {
         let esm_class = enc.esm_class_bits();
-        let submit = |part: &[u8]| {
-            pool.submit_by(
-                SubmitRequest {
-                    source: req.from.clone(),
-                    dest: req.to.clone(),
-                    short_message: Zeroizing::new(part.to_vec()),
-                    data_coding: enc.data_coding(),
-                    esm_class,
-                    registered_delivery: 1,
-                    validity: req.validity,
-                },
-                start_by,
-            )
+        let request = |part: &[u8]| SubmitRequest {
+            source: req.from.clone(),
+            dest: req.to.clone(),
+            short_message: Zeroizing::new(part.to_vec()),
+            data_coding: enc.data_coding(),
+            esm_class,
+            registered_delivery: 1,
+            validity: req.validity,
         };
         // Most messages are one segment: awaited directly, without a set
         // of futures or a vector of results.
@@ -125,7 +120,7 @@ impl Relay {
             let Some(only) = enc.parts().next() else {
                 return Ok(Vec::new());
             };
-            return match submit(only).await {
+            return match pool.submit_by(request(only), start_by).await {
                 Ok(resp) => Ok(vec![resp.message_id]),
                 Err(e) => Err((e, 0, Vec::new())),
             };
@@ -133,18 +128,7 @@ impl Relay {
         // Segments go out in order on one session (Pool::submit_in_order);
         // each is entered as soon as it is answered, in whatever order the
         // answers come.
-        let reqs: Vec<SubmitRequest> = enc
-            .parts()
-            .map(|part| SubmitRequest {
-                source: req.from.clone(),
-                dest: req.to.clone(),
-                short_message: Zeroizing::new(part.to_vec()),
-                data_coding: enc.data_coding(),
-                esm_class,
-                registered_delivery: 1,
-                validity: req.validity,
-            })
-            .collect();
+        let reqs: Vec<SubmitRequest> = enc.parts().map(request).collect();
         let mut pending: FuturesUnordered<_> = pool
             .submit_in_order(reqs, start_by)
             .into_iter()
