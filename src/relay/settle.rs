@@ -209,17 +209,8 @@ impl Settler {
         // A sweep after a long receipt outage settles up to a batch at
         // once: a few projections in flight on the multiplexed connection.
         futures::stream::iter(&settled.records)
-            .for_each_concurrent(PROJECT_CONCURRENCY, |rec| async move {
-                let p = match record::projection(rec) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(message = %rec.id, "message projection: {e}");
-                        return;
-                    }
-                };
-                if let Err(e) = shared.project_message(&rec.id, rec.updated_ms, &p).await {
-                    tracing::warn!(message = %rec.id, "message projection: {e}");
-                }
+            .for_each_concurrent(PROJECT_CONCURRENCY, |rec| {
+                record::project(shared.as_ref(), rec)
             })
             .await;
     }
