@@ -56,16 +56,14 @@ impl Webhooks {
     /// events stay in the outbox). All or nothing: if any webhook cannot be
     /// set up, nothing changes.
     pub fn reload(&self, clients: &[config::Client]) -> Result<(), WebhookError> {
-        let prepared = Arc::new(self.prepare(clients)?);
+        let prepared = Arc::new(PreparedWebhooks::build(
+            clients,
+            &self.shared.options,
+            &self.shared.metrics,
+        )?);
         self.shared.targets.set(prepared.clone());
         self.apply(&prepared);
         Ok(())
-    }
-
-    /// The first half of [`Webhooks::reload`]: [`PreparedWebhooks::build`]
-    /// with these workers' options.
-    pub fn prepare(&self, clients: &[config::Client]) -> Result<PreparedWebhooks, WebhookError> {
-        PreparedWebhooks::build(clients, &self.shared.options, &self.shared.metrics)
     }
 
     /// The second half of [`Webhooks::reload`], after the targets changed
