@@ -9,8 +9,9 @@
 //! a receipt, an outbox removal — is due a few ms after it was queued; see
 //! [`Wake`]), and, while ops keep coming (the previous batch had
 //! [`LINGER_AFTER`] ops or more, or at least [`BUSY_OPS`] ops arrived in
-//! the last [`BUSY_WINDOW`]), until [`LINGER`] after the first op
-//! ([`LINGER_MODERATE`] at a moderate rate): fewer,
+//! the last [`BUSY_WINDOW`]), until about [`COMPANY`] ops may have come at
+//! the recent rate, within [`LINGER`] and [`LINGER_MAX`] after the first
+//! op: fewer,
 //! larger commits (measured: ~36 ops per commit without the linger at
 //! 11,000 msg/s, each commit writing ~36 pages; and at a steady 1,000
 //! msg/s about one commit per op without it, see BENCHMARKS.md). An idle
@@ -152,27 +153,31 @@ pub(crate) const BUSY_OPS: usize = 25;
 /// See [`BUSY_OPS`].
 pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(50);
 
-/// The linger while ops arrive at a moderate rate: fewer than
-/// [`MODERATE_OPS`] in a [`BUSY_WINDOW`] (5,000 ops/s, about 2,000 msg/s
-/// with their receipts and webhook removals). Company comes slower there,
-/// so a batch waits longer for the same company: measured at a steady
-/// 1,000 msg/s, 1 → 2 ms took the relay's CPU per message from 431 to 360
-/// µs (0.84), the p99 latency 8.8 → 9.2 ms (within the runs' spread);
-/// flat out, 2 ms cost 16 % of the throughput of 64 connections, hence
-/// [`LINGER`] above this rate.
-pub(crate) const LINGER_MODERATE: Duration = Duration::from_millis(2);
+/// The longest a busy batch waits for company, from its first op: the
+/// share of the API's latency a commit may spend to save CPU. At a steady
+/// 1,000 msg/s, 5 ms instead of 2 took the relay's CPU per message to 0.72
+/// and its p99 from 5.9 to 8.0 ms; at 3,000 msg/s, 3.5 ms instead of 1 took
+/// it to 0.78, p99 4.7 → 7.9 ms (BENCHMARKS.md, session 11). Past 5 ms the
+/// p99 grows faster than the CPU falls.
+pub(crate) const LINGER_MAX: Duration = Duration::from_millis(5);
 
-/// See [`LINGER_MODERATE`].
-pub(crate) const MODERATE_OPS: usize = 250;
+/// The company a busy batch waits for: as many ops as arrive, at the rate
+/// of the last [`BUSY_WINDOW`], in the time it waits. So the wait shrinks
+/// as the rate grows and a commit carries about this many ops at any
+/// moderate rate: the cost per message falls with load instead of rising
+/// as load falls. A message is about two ops (its send, its receipt with
+/// the webhook's outbox row): 1,000 msg/s is ~100 ops per window (a wait
+/// of 10 ms, capped at [`LINGER_MAX`]), 3,000 msg/s ~300 (3.3 ms), flat
+/// out, ~10,500 msg/s, ~1,050 ([`LINGER`]). 20 rather than more: flat out,
+/// the time a closed-loop client waits is its throughput (32 took 9% of it).
+pub(crate) const COMPANY: u32 = 20;
 
 /// How long a busy batch waits for company, from its first op, given the
-/// ops that arrived in the last [`BUSY_WINDOW`].
+/// ops that arrived in the last [`BUSY_WINDOW`]: the time [`COMPANY`] ops
+/// take to arrive at that rate, within [`LINGER`] and [`LINGER_MAX`].
 fn linger_for(rate: usize) -> Duration {
-    if rate < MODERATE_OPS {
-        LINGER_MODERATE
-    } else {
-        LINGER
-    }
+    let rate = u32::try_from(rate).unwrap_or(u32::MAX).max(1);
+    (BUSY_WINDOW * COMPANY / rate).clamp(LINGER, LINGER_MAX)
 }
 
 /// The previous batch size from which the writer lingers (below it, ops
@@ -312,8 +317,9 @@ pub(crate) fn run(
         //   when it falls due;
         // - while ops keep coming (the previous batch was not tiny, or
         //   [`BUSY_OPS`] arrived within [`BUSY_WINDOW`]) every batch waits
-        //   until [`LINGER`] ([`LINGER_MODERATE`] at a moderate rate) after
-        //   its first op.
+        //   until about [`COMPANY`] ops may have come at the recent rate
+        //   ([`linger_for`]), within [`LINGER`] and [`LINGER_MAX`] after its
+        //   first op.
         // An idle appliance never makes an op wait past its due time: a
         // send's op is due at once.
         if first_at.duration_since(window_start) >= BUSY_WINDOW {
@@ -654,7 +660,32 @@ fn durable_commit(db: &Database) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::super::{tables, Store, StoreError, Tx};
+    use super::{linger_for, BUSY_OPS, BUSY_WINDOW, COMPANY, LINGER, LINGER_MAX};
     use redb::ReadableTable;
+    use std::time::Duration;
+
+    /// The wait is the time [`COMPANY`] ops take at the recent rate: it
+    /// falls as the rate rises, never past [`LINGER_MAX`] (the latency it
+    /// may cost) nor under [`LINGER`] (flat out).
+    #[test]
+    fn a_busy_batch_waits_for_the_same_company_at_any_moderate_rate() {
+        // 1,000 msg/s is ~2,000 ops/s: 100 per 50 ms window; 20 ops take
+        // 10 ms, capped.
+        assert_eq!(linger_for(100), LINGER_MAX);
+        assert_eq!(linger_for(BUSY_OPS), LINGER_MAX);
+        // 3,000 msg/s: 300 ops per window, 20 of them in 3.33 ms.
+        let at_3k = linger_for(300);
+        assert!(at_3k > Duration::from_micros(3300) && at_3k < Duration::from_micros(3400), "{at_3k:?}");
+        // The same company: waits times rates agree.
+        let company = |rate: usize| linger_for(rate).as_secs_f64() * rate as f64 / BUSY_WINDOW.as_secs_f64();
+        for rate in [250, 400, 600, 800, 900] {
+            assert!((company(rate) - f64::from(COMPANY)).abs() < 0.01, "{rate}: {}", company(rate));
+        }
+        // Flat out (10,500 msg/s, ~1,050 ops per window) and beyond.
+        assert_eq!(linger_for(1050), LINGER);
+        assert_eq!(linger_for(usize::MAX), LINGER);
+        assert_eq!(linger_for(0), LINGER_MAX);
+    }
 
     fn failing_hook(_: &Tx<'_>) -> Result<(), StoreError> {
         Err(StoreError::Refused("hook refused".into()))
