@@ -460,7 +460,10 @@ mod tests {
         assert!(start.elapsed() < Duration::from_millis(100));
     }
 
-    #[tokio::test]
+    // Paused time (the pacer reads tokio's clock): the order and the gaps
+    // are the pacer's, not the scheduling delays of a loaded machine, which
+    // made this test fail now and then on wall-clock time.
+    #[tokio::test(start_paused = true)]
     async fn waiters_are_admitted_in_arrival_order_one_interval_apart() {
         let p = std::sync::Arc::new(Pacer::new(50));
         let far = Instant::now() + Duration::from_secs(3600);
@@ -487,7 +490,7 @@ mod tests {
         assert_eq!(ids, vec![0, 1, 2, 3, 4]);
         for w in order.windows(2) {
             let gap = w[1].1 - w[0].1;
-            assert!(gap >= Duration::from_millis(15), "{gap:?}");
+            assert!(gap >= Duration::from_millis(19), "{gap:?}");
         }
     }
 }
