@@ -58,3 +58,26 @@ async fn reload_rebinds_changed_carriers_and_keeps_the_others() {
     assert_eq!(v["carrier"], "carrier-uk");
     assert!(relay.stop().await);
 }
+
+/// `store.commit_wait_max_ms` is set at start (5 ms by default) and a
+/// reload applies a new value to the running store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_commit_wait_max() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let carrier = || vec![CarrierCfg::new("carrier-us", sim.port(), PW).prefixes(&["+1"])];
+    let mut relay = Relay::start(files, Setup::new(carrier())).await;
+    assert_eq!(
+        relay.app().store.commit_wait_max(),
+        Duration::from_millis(5)
+    );
+    let mut setup = Setup::new(carrier());
+    setup.extra_toml = "[store]\ncommit_wait_max_ms = 12\n".into();
+    relay.reload(setup).await;
+    assert_eq!(
+        relay.app().store.commit_wait_max(),
+        Duration::from_millis(12)
+    );
+    relay.send_ok(&message("After the reload.")).await;
+    assert!(relay.stop().await);
+}

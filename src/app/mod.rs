@@ -376,6 +376,7 @@ impl App {
         }
         self.webhooks.apply(&now.hooks);
         drop((old, now));
+        self.store.set_commit_wait_max(new.store.commit_wait_max);
         set_server_cert_expiry(&self.metrics, &new);
         self.auth.publish_expiry();
         self.audit_new_keys(&new).await;

@@ -28,6 +28,7 @@ pub(super) async fn open_store(
         None => Store::open(&config.node.state_dir, Some(metrics.clone()))?,
         Some(f) => Store::open_with_faults(&config.node.state_dir, Some(metrics.clone()), f)?,
     };
+    store.set_commit_wait_max(config.store.commit_wait_max);
     let audit = Audit::open(store.clone(), &config.node.id, Some(metrics.clone())).await?;
     log_head("audit log head at start", &audit);
     shutdown.spawn(

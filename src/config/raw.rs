@@ -342,14 +342,21 @@ fn default_audit_retention() -> u32 {
 pub struct RawStore {
     #[serde(default = "default_metadata_retention")]
     pub metadata_retention_days: u32,
+    #[serde(default = "default_commit_wait_max")]
+    pub commit_wait_max_ms: u32,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
             metadata_retention_days: default_metadata_retention(),
+            commit_wait_max_ms: default_commit_wait_max(),
         }
     }
+}
+
+fn default_commit_wait_max() -> u32 {
+    5
 }
 
 fn default_metadata_retention() -> u32 {

@@ -585,3 +585,30 @@ fn worker_threads_default_to_one_and_must_be_a_count() {
         refused(&text, "node.worker_threads", "must be between 1 and 256");
     }
 }
+
+/// `store.commit_wait_max_ms`: 5 ms by default, 1–50 when set, and a typo
+/// of it is named.
+#[test]
+fn commit_wait_max_defaults_to_five_ms_and_is_bounded() {
+    let d = dir();
+    let five = std::time::Duration::from_millis(5);
+    assert_eq!(load(&valid(), &d).unwrap().store.commit_wait_max, five);
+    let with = |v: &str| format!("{}\n[store]\ncommit_wait_max_ms = {v}\n", valid());
+    assert_eq!(
+        load(&with("2"), &d).unwrap().store.commit_wait_max,
+        std::time::Duration::from_millis(2)
+    );
+    for bad in ["0", "51"] {
+        refused(
+            &with(bad),
+            "store.commit_wait_max_ms",
+            "must be between 1 and 50",
+        );
+    }
+    let typo = format!("{}\n[store]\ncommit_wait_ms = 2\n", valid());
+    refused(
+        &typo,
+        "store.commit_wait_ms",
+        "did you mean `commit_wait_max_ms`",
+    );
+}

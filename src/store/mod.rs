@@ -67,7 +67,7 @@ mod writer;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -120,6 +120,9 @@ pub(crate) struct Live {
     /// The fault switch the database was opened with, to reopen it with the
     /// same one; `None` on the normal path.
     pub(crate) faults: Option<FaultSwitch>,
+    /// `store.commit_wait_max_ms` in µs: the longest a busy batch waits for
+    /// company (see `writer::linger_for`). Read once per batch.
+    pub(crate) commit_wait_max_us: AtomicU64,
 }
 
 impl Live {
@@ -191,6 +194,7 @@ impl Store {
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             faults,
+            commit_wait_max_us: AtomicU64::new(micros(writer::LINGER_MAX)),
         });
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
@@ -212,6 +216,23 @@ impl Store {
                 opt_outs: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sets the longest a busy batch waits for company before its commit
+    /// (`store.commit_wait_max_ms`): the latency a send may spend so that
+    /// its commit is shared. At least the writer's 1 ms floor; takes effect
+    /// from the next batch.
+    pub fn set_commit_wait_max(&self, max: Duration) {
+        self.inner
+            .live
+            .commit_wait_max_us
+            .store(micros(max), Ordering::Relaxed);
+    }
+
+    /// The longest a busy batch waits for company (see
+    /// [`Store::set_commit_wait_max`]).
+    pub fn commit_wait_max(&self) -> Duration {
+        Duration::from_micros(self.inner.live.commit_wait_max_us.load(Ordering::Relaxed))
     }
 
     /// Path of the database file.
@@ -380,6 +401,11 @@ pub(crate) fn precreate_file(path: &Path) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             source: Arc::new(e),
         })
+}
+
+/// Whole microseconds of `d`, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Opens the database file, over the plain file backend or, for tests, the

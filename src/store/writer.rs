@@ -153,8 +153,9 @@ pub(crate) const BUSY_OPS: usize = 25;
 /// See [`BUSY_OPS`].
 pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(50);
 
-/// The longest a busy batch waits for company, from its first op: the
-/// share of the API's latency a commit may spend to save CPU. At a steady
+/// The longest a busy batch waits for company, from its first op, unless
+/// `store.commit_wait_max_ms` says otherwise: the share of the API's
+/// latency a commit may spend to save CPU. At a steady
 /// 1,000 msg/s, 5 ms instead of 2 took the relay's CPU per message to 0.72
 /// and its p99 from 5.9 to 8.0 ms; at 3,000 msg/s, 3.5 ms instead of 1 took
 /// it to 0.78, p99 4.7 → 7.9 ms (BENCHMARKS.md, session 11). Past 5 ms the
@@ -174,10 +175,11 @@ pub(crate) const COMPANY: u32 = 20;
 
 /// How long a busy batch waits for company, from its first op, given the
 /// ops that arrived in the last [`BUSY_WINDOW`]: the time [`COMPANY`] ops
-/// take to arrive at that rate, within [`LINGER`] and [`LINGER_MAX`].
-fn linger_for(rate: usize) -> Duration {
+/// take to arrive at that rate, within [`LINGER`] and `max`
+/// (`store.commit_wait_max_ms`, [`LINGER_MAX`] by default).
+fn linger_for(rate: usize, max: Duration) -> Duration {
     let rate = u32::try_from(rate).unwrap_or(u32::MAX).max(1);
-    (BUSY_WINDOW * COMPANY / rate).clamp(LINGER, LINGER_MAX)
+    (BUSY_WINDOW * COMPANY / rate).clamp(LINGER, max.max(LINGER))
 }
 
 /// The previous batch size from which the writer lingers (below it, ops
@@ -330,7 +332,8 @@ pub(crate) fn run(
         }
         let rate = last_window_ops.max(window_ops + ops);
         let busy = previous >= LINGER_AFTER || rate >= BUSY_OPS;
-        let floor = busy.then(|| first_at + linger_for(rate));
+        let max = Duration::from_micros(live.commit_wait_max_us.load(Ordering::Relaxed));
+        let floor = busy.then(|| first_at + linger_for(rate, max));
         linger(&mut rx, &mut batch, &mut ops, floor, &wake);
         previous = ops;
         window_ops += ops;
@@ -671,20 +674,38 @@ mod tests {
     fn a_busy_batch_waits_for_the_same_company_at_any_moderate_rate() {
         // 1,000 msg/s is ~2,000 ops/s: 100 per 50 ms window; 20 ops take
         // 10 ms, capped.
-        assert_eq!(linger_for(100), LINGER_MAX);
-        assert_eq!(linger_for(BUSY_OPS), LINGER_MAX);
+        assert_eq!(linger_for(100, LINGER_MAX), LINGER_MAX);
+        assert_eq!(linger_for(BUSY_OPS, LINGER_MAX), LINGER_MAX);
         // 3,000 msg/s: 300 ops per window, 20 of them in 3.33 ms.
-        let at_3k = linger_for(300);
-        assert!(at_3k > Duration::from_micros(3300) && at_3k < Duration::from_micros(3400), "{at_3k:?}");
+        let at_3k = linger_for(300, LINGER_MAX);
+        assert!(
+            at_3k > Duration::from_micros(3300) && at_3k < Duration::from_micros(3400),
+            "{at_3k:?}"
+        );
         // The same company: waits times rates agree.
-        let company = |rate: usize| linger_for(rate).as_secs_f64() * rate as f64 / BUSY_WINDOW.as_secs_f64();
+        let company = |rate: usize| {
+            linger_for(rate, LINGER_MAX).as_secs_f64() * rate as f64 / BUSY_WINDOW.as_secs_f64()
+        };
         for rate in [250, 400, 600, 800, 900] {
-            assert!((company(rate) - f64::from(COMPANY)).abs() < 0.01, "{rate}: {}", company(rate));
+            assert!(
+                (company(rate) - f64::from(COMPANY)).abs() < 0.01,
+                "{rate}: {}",
+                company(rate)
+            );
         }
         // Flat out (10,500 msg/s, ~1,050 ops per window) and beyond.
-        assert_eq!(linger_for(1050), LINGER);
-        assert_eq!(linger_for(usize::MAX), LINGER);
-        assert_eq!(linger_for(0), LINGER_MAX);
+        assert_eq!(linger_for(1050, LINGER_MAX), LINGER);
+        assert_eq!(linger_for(usize::MAX, LINGER_MAX), LINGER);
+        assert_eq!(linger_for(0, LINGER_MAX), LINGER_MAX);
+        // store.commit_wait_max_ms caps it, never under LINGER.
+        let two = Duration::from_millis(2);
+        assert_eq!(linger_for(100, two), two);
+        assert_eq!(linger_for(300, Duration::from_millis(10)), at_3k);
+        assert_eq!(
+            linger_for(100, Duration::from_millis(20)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(linger_for(100, Duration::ZERO), LINGER);
     }
 
     fn failing_hook(_: &Tx<'_>) -> Result<(), StoreError> {
@@ -703,6 +724,50 @@ mod tests {
         let n = hooks_in(&*t)?;
         t.insert("hooks", (n + 1).to_le_bytes().as_slice())?;
         Ok(())
+    }
+
+    /// A burst of 20 ops, then one more: how long the one waits for its
+    /// commit.
+    async fn one_after_a_burst(store: &Store, round: u32) -> Duration {
+        let put = |key: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |txn| {
+                        tables::open(txn, tables::KV)?.insert(key.as_str(), b"x".as_slice())?;
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        let burst: Vec<_> = (0..20)
+            .map(|n| tokio::spawn(put(format!("b{round}-{n}"))))
+            .collect();
+        for b in burst {
+            b.await.unwrap();
+        }
+        let start = std::time::Instant::now();
+        put(format!("one{round}")).await;
+        start.elapsed()
+    }
+
+    /// `Store::set_commit_wait_max` (`store.commit_wait_max_ms`) reaches the
+    /// writer: after a burst the writer is busy, and at that low a rate the
+    /// next op waits for company as long as the maximum allows (20 ops at
+    /// ~21 per window would take 48 ms), 50 ms allowed, about 1 ms at 1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_batch_waits_no_longer_than_the_commit_wait_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.set_commit_wait_max(Duration::from_millis(50));
+        let long = one_after_a_burst(&store, 0).await;
+        assert!(long >= Duration::from_millis(40), "{long:?}");
+        // A window later, the rate forgotten.
+        tokio::time::sleep(2 * super::BUSY_WINDOW).await;
+        store.set_commit_wait_max(Duration::from_millis(1));
+        let short = one_after_a_burst(&store, 1).await;
+        assert!(short < Duration::from_millis(40), "{short:?}");
     }
 
     /// Ops that share batches: every 5th registers a hook that fails, the

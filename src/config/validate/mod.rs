@@ -216,6 +216,11 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         u64::from(raw.store.metadata_retention_days),
         36_500,
     );
+    c.positive(
+        "store.commit_wait_max_ms",
+        u64::from(raw.store.commit_wait_max_ms),
+        50,
+    );
 
     let fleet = raw.fleet.as_ref().map(|f| fleet(&mut c, f));
 
@@ -249,6 +254,7 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         },
         store: Store {
             metadata_retention_days: raw.store.metadata_retention_days,
+            commit_wait_max: Duration::from_millis(u64::from(raw.store.commit_wait_max_ms)),
         },
         fleet,
     })
