@@ -125,14 +125,25 @@ canary_lines() { grep -rac "${SKIP[@]}" -- "$1" "$2" 2>/dev/null | awk -F: '{s +
 canary_files() { grep -ral "${SKIP[@]}" -- "$1" "$2" 2>/dev/null | sed "s|$2/||" | paste -sd' ' || true; }
 
 start_sim() { # dir tls|plain → SIM_PID, SIM_PORT
-  local dir=$1 tls=()
+  local dir=$1 tls=() try
   [ "$2" = tls ] && tls=(--tls-cert "$work/example/server.crt" --tls-key "$work/example/server.key")
-  next_port; SIM_PORT=$PORT
-  "$BINABS" sim-carrier --listen 127.0.0.1:$SIM_PORT "${tls[@]}" --system-id bench --password "$PASS" \
-    --dlr-delay-ms 200 > "$dir/sim.out" 2> "$dir/sim.err" &
-  SIM_PID=$!; PIDS+=($SIM_PID)
-  for _ in $(seq 200); do grep -q '^sim-carrier listening' "$dir/sim.err" && return 0; sleep 0.05; done
-  echo "sim-carrier did not start" >&2; return 1
+  # A port nothing listens on may still be bound (the local end of a
+  # connection: the range overlaps the ephemeral ports), and the bind then
+  # fails: try the next free one.
+  for try in 1 2 3 4 5; do
+    next_port; SIM_PORT=$PORT
+    "$BINABS" sim-carrier --listen 127.0.0.1:$SIM_PORT "${tls[@]}" --system-id bench --password "$PASS" \
+      --dlr-delay-ms 200 > "$dir/sim.out" 2> "$dir/sim.err" &
+    SIM_PID=$!; PIDS+=($SIM_PID)
+    for _ in $(seq 200); do
+      grep -q '^sim-carrier listening' "$dir/sim.err" && return 0
+      kill -0 "$SIM_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    echo "sim-carrier did not start on port $SIM_PORT (try $try): $(tail -1 "$dir/sim.err")" >&2
+    stop "$SIM_PID"
+  done
+  return 1
 }
 
 # wrk: exactly $WRK_MESSAGES sendsms requests over all threads, a distinct
