@@ -140,13 +140,13 @@ fn end_txn() {
 /// Most ops carried by one durable commit.
 pub(crate) const MAX_BATCH: usize = 1024;
 
-/// How long a batch may wait for more ops, from its first op, when the
-/// writer is under load. Bounded well under the API's latency budget.
+/// The shortest wait for company of a busy batch, from its first op: the
+/// wait flat out, where company comes soonest (see [`linger_for`]).
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// The writer counts as busy, and lingers, when at least this many ops
 /// arrived within the last [`BUSY_WINDOW`] (500 ops/s): then a batch that
-/// waits [`LINGER`] can expect company. Below it ops arrive too seldom for a
+/// waits at least [`LINGER`] can expect company. Below it ops arrive too seldom for a
 /// wait to pay, and an op is committed as soon as it is due.
 pub(crate) const BUSY_OPS: usize = 25;
 
