@@ -239,3 +239,45 @@ async fn submit_receipt_and_webhook_latencies_are_observed() {
     .await;
     let _ = relay.stop().await;
 }
+
+/// A capped brand removed by a reload takes its daily-usage series with it
+/// (it used to stay, frozen at its last value, for alerts to fire on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_brand_leaves_no_usage_series() {
+    let files = Files::new();
+    let sim = files.sim(PW, |_| {}).await;
+    let carriers = || vec![CarrierCfg::new("carrier-a", sim.port(), PW)];
+    let capped = || Setup::new(carriers()).daily_cap(50, "America/Los_Angeles");
+    let mut setup = capped();
+    setup.extra_toml = r#"
+[[brands]]
+id = "BGONE1"
+daily_cap = 10
+
+[[campaigns]]
+id = "CGONE1"
+brand = "BGONE1"
+segments_per_minute = 600
+burst = 10
+"#
+    .into();
+    let mut relay = Relay::start(files, setup).await;
+    let series = r#"sms_conduit_brand_daily_segments{brand="BGONE1"}"#;
+    let within = sms_conduit::metrics::CAP_USAGE_EVERY * 2 + Duration::from_secs(2);
+    wait_until(within, "the capped brand's usage series", || {
+        let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+        gauge(&text, series) == Some(0)
+    })
+    .await;
+    relay.reload(capped()).await;
+    wait_until(within, "the removed brand's usage series gone", || {
+        let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+        !text.contains(series)
+    })
+    .await;
+    // The capped brand still configured keeps its series.
+    let text = String::from_utf8(relay.app().metrics.render()).unwrap();
+    let kept = format!(r#"sms_conduit_brand_daily_segments{{brand="{BRAND}"}}"#);
+    assert_eq!(gauge(&text, &kept), Some(0), "{text}");
+    assert!(relay.stop().await);
+}

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use prometheus::core::Collector;
 use zeroize::Zeroizing;
 
 use super::domain::{
@@ -281,12 +282,20 @@ impl Relay {
                 Err(e) => tracing::debug!(brand = %b.id, "daily counter for the cap gauge: {e}"),
             }
         }
-        // Series of brands no longer capped go; the others are set.
+        // Series of brands no longer capped, or no longer configured (a
+        // reload removed them), go; the others are set.
         let keep: HashSet<&str> = capped.iter().map(|b| b.id.as_str()).collect();
-        for b in view.brands.values() {
-            if !keep.contains(b.id.as_str()) {
-                let _ = m.brand_daily_segments.remove_label_values(&[&b.id]);
-            }
+        let stale: Vec<String> = m
+            .brand_daily_segments
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|series| series.get_label().first())
+            .map(|label| label.get_value().to_owned())
+            .filter(|id| !keep.contains(id.as_str()))
+            .collect();
+        for id in stale {
+            let _ = m.brand_daily_segments.remove_label_values(&[&id]);
         }
         for (id, n) in counted {
             m.brand_daily_segments
