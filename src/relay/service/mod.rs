@@ -291,7 +291,7 @@ impl Relay {
             .iter()
             .flat_map(|family| family.get_metric())
             .filter_map(|series| series.get_label().first())
-            .map(|label| label.get_value().to_owned())
+            .map(|label| label.value().to_owned())
             .filter(|id| !keep.contains(id.as_str()))
             .collect();
         for id in stale {
