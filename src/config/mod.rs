@@ -314,11 +314,17 @@ pub struct Audit {
     pub retention_days: u32,
 }
 
+/// `store.commit_wait_max_ms` when the file does not set it, and the
+/// store's own wait until a config sets one (the reasons for 5 ms are at
+/// `store::writer::LINGER_MAX`).
+pub const COMMIT_WAIT_MAX_MS_DEFAULT: u32 = 5;
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pub metadata_retention_days: u32,
     /// The longest a send's commit waits for other ops to share it, at a
-    /// steady rate (1–50 ms, default 5): CPU per message against latency.
+    /// steady rate (1–50 ms, default [`COMMIT_WAIT_MAX_MS_DEFAULT`]): CPU
+    /// per message against latency.
     pub commit_wait_max: Duration,
 }
 

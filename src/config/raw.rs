@@ -356,7 +356,7 @@ impl Default for RawStore {
 }
 
 fn default_commit_wait_max() -> u32 {
-    5
+    super::COMMIT_WAIT_MAX_MS_DEFAULT
 }
 
 fn default_metadata_retention() -> u32 {

@@ -160,7 +160,8 @@ pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(50);
 /// and its p99 from 5.9 to 8.0 ms; at 3,000 msg/s, 3.5 ms instead of 1 took
 /// it to 0.78, p99 4.7 → 7.9 ms (BENCHMARKS.md, session 11). Past 5 ms the
 /// p99 grows faster than the CPU falls.
-pub(crate) const LINGER_MAX: Duration = Duration::from_millis(5);
+pub(crate) const LINGER_MAX: Duration =
+    Duration::from_millis(crate::config::COMMIT_WAIT_MAX_MS_DEFAULT as u64);
 
 /// The company a busy batch waits for: as many ops as arrive, at the rate
 /// of the last [`BUSY_WINDOW`], in the time it waits. So the wait shrinks
