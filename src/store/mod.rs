@@ -163,7 +163,9 @@ impl Store {
     /// The directory is created with mode 0700 and the file with 0600. A file
     /// whose schema version is newer than [`tables::SCHEMA_VERSION`] is
     /// refused with [`StoreError::SchemaTooNew`]. Needs no runtime; writes
-    /// need a tokio runtime to be awaited.
+    /// need a tokio runtime to be awaited. Opened on a runtime, the store
+    /// answers its writers from a task on it, one wake-up of the runtime per
+    /// commit (see `writer::Answerer`).
     pub fn open(state_dir: &Path, metrics: Option<Arc<Metrics>>) -> Result<Store, StoreError> {
         Self::open_inner(state_dir, metrics, None)
     }
@@ -199,11 +201,12 @@ impl Store {
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let wake = Arc::new(Wake::default());
+        let answers = writer::Answerer::on_current_runtime();
         let thread = {
             let (live, counters, wake) = (live.clone(), counters.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer::run(live, db, rx, metrics, counters, wake))
+                .spawn(move || writer::run(live, db, rx, metrics, counters, wake, answers))
                 .map_err(|e| StoreError::Thread(Arc::new(e)))?
         };
         Ok(Store {
