@@ -61,7 +61,9 @@ impl Target {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .connect_timeout(opts.connect_timeout)
-            .timeout(opts.request_timeout)
+            // No request timeout here or on the request: `post` bounds each
+            // request with one timer of its own (a reqwest timeout would add
+            // a second timer, and a body wrapper, to every webhook).
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")))
@@ -137,7 +139,6 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
         .post(target.url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(HEADER, signature)
-        .timeout(timeout)
         .body(body);
     // The response body is not read: the status is the answer. Dropping the
     // response resets an h2 stream, or closes an HTTP/1.1 connection whose
