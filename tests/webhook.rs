@@ -287,7 +287,7 @@ async fn a_failing_client_gets_everything_once_in_order_after_it_recovers() {
     let pending = outbox.pending(CLIENT).unwrap();
     assert_eq!(pending.len(), 30);
     for (_, rec) in &pending {
-        if rec.payload["status"] != "accepted" {
+        if rec.data()["status"] != "accepted" {
             assert_eq!(rec.attempt, 0, "{rec:?}");
         }
     }
@@ -296,7 +296,7 @@ async fn a_failing_client_gets_everything_once_in_order_after_it_recovers() {
             .pending(CLIENT)
             .unwrap()
             .iter()
-            .all(|(_, r)| (r.attempt > 0) == (r.payload["status"] == "accepted"))
+            .all(|(_, r)| (r.attempt > 0) == (r.data()["status"] == "accepted"))
     })
     .await;
 

@@ -11,6 +11,7 @@
 //!   grows (a reallocation would leave a copy of the text in freed memory),
 //!   and it has no `Serialize`, `Display` or clear `Debug`.
 
+use serde_json::value::RawValue;
 use std::fmt;
 
 use bytes::Bytes;
@@ -67,22 +68,27 @@ pub struct StatusEvent {
 }
 
 /// Wire form of [`StatusEvent`] (`id` is the message id, like the API's).
+/// Fields in alphabetical order: the order the JSON has carried them in
+/// since it was built through a `serde_json::Value` (a sorted map).
 #[derive(Serialize)]
 struct StatusData<'a> {
-    id: &'a str,
-    status: &'a str,
-    error_code: Option<&'a str>,
-    carrier: Option<&'a str>,
     campaign_id: Option<&'a str>,
+    carrier: Option<&'a str>,
     client_ref: Option<&'a str>,
-    segments: u32,
     created_at: String,
+    error_code: Option<&'a str>,
+    id: &'a str,
+    segments: u32,
+    status: &'a str,
     updated_at: String,
 }
 
 impl StatusEvent {
-    /// The event's `data` object as sent.
-    pub fn data(&self) -> serde_json::Value {
+    /// The event's `data` object as sent, as JSON text: it is stored in
+    /// the outbox and copied into the request body as it is, never built
+    /// into a `serde_json::Value` (a map and a string per field, on the
+    /// store's writer thread for every receipt).
+    pub fn data(&self) -> Box<RawValue> {
         let d = StatusData {
             id: &self.message_id,
             status: &self.status,
@@ -94,8 +100,9 @@ impl StatusEvent {
             created_at: rfc3339_ms(self.created_ms),
             updated_at: rfc3339_ms(self.updated_ms),
         };
-        // Serialising a struct of strings and integers into a Value cannot fail.
-        serde_json::to_value(d).unwrap_or(serde_json::Value::Null)
+        // Serialising a struct of strings and integers cannot fail; were it
+        // to, `null` (as the Value it was built through before).
+        serde_json::value::to_raw_value(&d).unwrap_or_else(|_| null())
     }
 }
 
@@ -108,11 +115,16 @@ struct Envelope<'a, D: Serialize> {
     data: D,
 }
 
+/// JSON `null`, as raw JSON text.
+fn null() -> Box<RawValue> {
+    RawValue::NULL.to_owned()
+}
+
 /// The body of a `message.status` request. Metadata only, so a plain buffer.
 pub(crate) fn status_body(
     event_id: &str,
     created_ms: u64,
-    data: &serde_json::Value,
+    data: &RawValue,
 ) -> Result<Bytes, WebhookError> {
     let env = Envelope {
         id: event_id,
@@ -282,25 +294,30 @@ mod tests {
             created_ms: 0,
             updated_ms: 1000,
         };
-        let d = ev.data();
-        let mut keys: Vec<&str> = d.as_object().unwrap().keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "campaign_id",
-                "carrier",
-                "client_ref",
-                "created_at",
-                "error_code",
-                "id",
-                "segments",
-                "status",
-                "updated_at"
-            ]
-        );
+        let raw = ev.data();
+        let d: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+        let keys: Vec<&str> = d.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected = [
+            "campaign_id",
+            "carrier",
+            "client_ref",
+            "created_at",
+            "error_code",
+            "id",
+            "segments",
+            "status",
+            "updated_at",
+        ];
+        assert_eq!(keys, expected);
+        // In that order in the text too, as when the JSON was built through
+        // a sorted map: stored events and bodies keep their bytes.
+        let at: Vec<usize> = expected
+            .iter()
+            .map(|k| raw.get().find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{}", raw.get());
         assert_eq!(d["updated_at"], "1970-01-01T00:00:01.000Z");
-        let body = status_body("evt_1", 5, &d).unwrap();
+        let body = status_body("evt_1", 5, &raw).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["type"], STATUS_TYPE);
         assert_eq!(v["data"], d);

@@ -31,7 +31,7 @@ pub const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("we
 const NEXT_SEQ: &str = "webhook_outbox.next_seq";
 
 /// One pending status event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxRecord {
     /// `evt_…`, the same on every attempt so the client can de-duplicate.
     pub event_id: String,
@@ -44,8 +44,9 @@ pub struct OutboxRecord {
     /// When the event was enqueued, unix ms (its `created_at`, and the start
     /// of its maximum age).
     pub created_ms: u64,
-    /// The event's `data` ([`StatusEvent::data`]).
-    pub payload: serde_json::Value,
+    /// The event's `data` ([`StatusEvent::data`]), as JSON text: read and
+    /// sent as it is, never parsed.
+    pub payload: Box<serde_json::value::RawValue>,
 }
 
 fn to_json(rec: &OutboxRecord) -> Result<Vec<u8>, StoreError> {
@@ -68,7 +69,7 @@ fn remove_if_holds(
     event_id: &str,
 ) -> Result<bool, StoreError> {
     let holds = match t.get((client, seq))? {
-        Some(v) => from_json::<OutboxRecord>(v.value()).is_none_or(|r| r.event_id == event_id),
+        Some(v) => from_json::<EventId>(v.value()).is_none_or(|r| r.event_id == event_id),
         None => false,
     };
     if holds {
@@ -118,6 +119,14 @@ pub fn enqueue(
     Ok(())
 }
 
+impl OutboxRecord {
+    /// The event's `data`, parsed (`Null` if it does not parse): for tests
+    /// and tools; delivery sends [`OutboxRecord::payload`] as it is.
+    pub fn data(&self) -> serde_json::Value {
+        serde_json::from_str(self.payload.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 /// One row read by a scan; `record` is `None` when the row does not parse.
 #[derive(Debug)]
 pub(crate) struct Row<T = OutboxRecord> {
@@ -132,6 +141,12 @@ pub(crate) struct Row<T = OutboxRecord> {
 pub(crate) struct Head {
     pub message_id: String,
     pub next_attempt_ms: u64,
+}
+
+/// A record's event id alone (serde skips the rest without building it).
+#[derive(Debug, Deserialize)]
+struct EventId {
+    event_id: String,
 }
 
 /// A record's enqueue time alone (see [`Outbox::oldest_created_ms`]).
@@ -332,7 +347,7 @@ mod tests {
         let seqs: Vec<u64> = a.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, [0, 2, 3]);
         assert_eq!(a[0].1.next_attempt_ms, 100);
-        assert_eq!(a[0].1.payload["id"], "m1");
+        assert_eq!(a[0].1.data()["id"], "m1");
         assert_eq!(ob.scan::<Head>("a", Some(0), 10).unwrap().len(), 2);
         assert_eq!(ob.scan::<Head>("a", Some(2), 10).unwrap()[0].seq, 3);
 
