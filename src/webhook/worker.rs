@@ -7,7 +7,8 @@
 //! worker, and the worker's [`Schedule`].
 //!
 //! A worker loop: read new outbox rows (past the last seq it saw, up to its
-//! window), start every due event while fewer than `concurrency` are in
+//! window; while events keep coming, at most every [`INGEST_EVERY`], so the
+//! events of a few ms start together), start every due event while fewer than `concurrency` are in
 //! flight, then sleep until something finishes, a wake-up, the next due time
 //! or the poll interval. Each attempt is a task that reads its record and
 //! POSTs it. A failure is recorded in the attempt's own store op (new
@@ -153,6 +154,16 @@ enum Attempted {
     /// worker's next removal batch); never POST it again.
     Delivered(String),
 }
+
+/// While events keep coming, the longest a new event waits for the worker
+/// to take it: a worker woken within this of the last scan a wake-up
+/// started waits until it is up, so the events of a few milliseconds start
+/// together and their requests leave in one write on the client's HTTP/2
+/// connection (see `http::Chunks`), their answers come back together. One
+/// by one, each cost the relay a write, a read and a wake-up of its own.
+/// After a quiet spell the first event is taken at once; the poll
+/// interval's scan never waits; MO webhooks (`deliver_now`) never wait.
+const INGEST_EVERY: Duration = Duration::from_millis(5);
 
 /// How long an outbox removal's commit may wait for company. Removals are
 /// batched per worker (one store op for every event answered 2xx since the
@@ -323,6 +334,8 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
     // (an attempt's answer, a removal's commit).
     let mut unread = true;
     let mut scanned_at = std::time::Instant::now();
+    // When a wake-up last made the worker scan (see INGEST_EVERY).
+    let mut woken_scan_at = scanned_at.checked_sub(INGEST_EVERY).unwrap_or(scanned_at);
     // The gauges are refreshed at most every GAUGES_EVERY, and within it
     // after anything happened (so the last event's removal shows).
     let (mut gauges_due, mut gauges_stale) = (std::time::Instant::now(), true);
@@ -342,8 +355,15 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
         paused = !healthy;
         let target = shared.target_of(&slot);
         let now = now_ms();
+        // A wake-up's scan comes at most every INGEST_EVERY (see there);
+        // the poll interval's scan never waits.
+        let woken_scan_in = INGEST_EVERY.saturating_sub(woken_scan_at.elapsed());
+        let scan = (unread && woken_scan_in.is_zero()) || scanned_at.elapsed() >= poll;
         if healthy {
-            if unread || scanned_at.elapsed() >= poll {
+            if scan {
+                if unread {
+                    woken_scan_at = std::time::Instant::now();
+                }
                 unread = shared.ingest(&slot.id, &mut sched);
                 scanned_at = std::time::Instant::now();
             }
@@ -384,6 +404,11 @@ async fn run_worker(shared: Arc<Shared>, slot: Arc<Slot>) {
         };
         if healthy && gauges_stale {
             wait = wait.min(gauges_due.saturating_duration_since(std::time::Instant::now()));
+        }
+        if healthy && unread {
+            // Woken too soon after the last scan a wake-up started: scan
+            // when INGEST_EVERY is up.
+            wait = wait.min(woken_scan_in);
         }
         tokio::select! {
             _ = slot.stop.cancelled() => break,

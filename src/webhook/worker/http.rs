@@ -139,7 +139,7 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
         .post(target.url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(HEADER, signature)
-        .body(body);
+        .body(reqwest::Body::wrap(Chunks::new(body)));
     // The response body is not read: the status is the answer. Dropping the
     // response resets an h2 stream, or closes an HTTP/1.1 connection whose
     // body is still coming.
@@ -263,5 +263,86 @@ fn explain_transport(reason: &str) -> String {
         )
     } else {
         reason.to_owned()
+    }
+}
+
+/// A request body handed to the HTTP client in pieces of at most
+/// [`Chunks::MAX`] bytes.
+///
+/// Why by hand: h2 (0.4, under hyper and reqwest) writes a DATA frame of
+/// 256 bytes or more without copying it (`FramedWrite`'s
+/// `CHAIN_THRESHOLD`) and so must flush before it takes the next frame:
+/// every webhook (~300 bytes of JSON) left in a socket write, and a TLS
+/// record, of its own, even when the worker started several at once.
+/// Smaller frames are copied into h2's buffer, so the requests started
+/// together (the worker takes new events every few ms while they keep
+/// coming: `INGEST_EVERY`) leave in one write. Measured at a steady 1,000
+/// msg/s: 1.16 → 0.32 webhook writes per message, 0.94 of the relay's CPU
+/// (BENCHMARKS.md, session 12). Neither reqwest nor hyper lets us set that
+/// threshold, and reqwest's connection type cannot be wrapped. The bytes
+/// on the wire are the same JSON (the receiver sees one body of the
+/// declared length); an MO body's owner (`WipeOnDrop`) is shared by the
+/// pieces and wiped when the last is dropped.
+struct Chunks {
+    data: Bytes,
+}
+
+impl Chunks {
+    /// Below h2's 256-byte threshold for writing a DATA frame uncopied.
+    const MAX: usize = 255;
+
+    fn new(data: Bytes) -> Self {
+        Chunks { data }
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.data.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.data.len().min(Self::MAX);
+        let piece = self.data.split_to(n);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chunks;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::Body;
+
+    #[tokio::test]
+    async fn a_body_goes_in_pieces_below_the_threshold_and_whole() {
+        for len in [0usize, 1, 255, 256, 300, 511, 4096] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut body = Chunks::new(Bytes::from(data.clone()));
+            assert_eq!(body.size_hint().exact(), Some(len as u64));
+            assert_eq!(body.is_end_stream(), len == 0);
+            let mut got = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let piece = frame.unwrap().into_data().unwrap();
+                assert!(!piece.is_empty() && piece.len() <= Chunks::MAX, "{len}: {}", piece.len());
+                got.extend_from_slice(&piece);
+            }
+            assert_eq!(got, data);
+            assert!(body.is_end_stream());
+        }
     }
 }
