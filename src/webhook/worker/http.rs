@@ -338,7 +338,11 @@ mod tests {
             let mut got = Vec::new();
             while let Some(frame) = body.frame().await {
                 let piece = frame.unwrap().into_data().unwrap();
-                assert!(!piece.is_empty() && piece.len() <= Chunks::MAX, "{len}: {}", piece.len());
+                assert!(
+                    !piece.is_empty() && piece.len() <= Chunks::MAX,
+                    "{len}: {}",
+                    piece.len()
+                );
                 got.extend_from_slice(&piece);
             }
             assert_eq!(got, data);
