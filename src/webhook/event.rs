@@ -11,12 +11,12 @@
 //!   grows (a reallocation would leave a copy of the text in freed memory),
 //!   and it has no `Serialize`, `Display` or clear `Debug`.
 
-use serde_json::value::RawValue;
 use std::fmt;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use zeroize::Zeroize;
 
 use super::WebhookError;

@@ -8,9 +8,9 @@
 //!
 //! A worker loop: read new outbox rows (past the last seq it saw, up to its
 //! window; while events keep coming, at most every [`INGEST_EVERY`], so the
-//! events of a few ms start together), start every due event while fewer than `concurrency` are in
-//! flight, then sleep until something finishes, a wake-up, the next due time
-//! or the poll interval. Each attempt is a task that reads its record and
+//! events of a few ms start together), start every due event while fewer
+//! than `concurrency` are in flight, then sleep until something finishes, a
+//! wake-up, the next due time or the poll interval. Each attempt is a task that reads its record and
 //! POSTs it. A failure is recorded in the attempt's own store op (new
 //! `attempt`/`next_attempt_ms`). A 2xx frees the attempt's slot at once; the
 //! worker removes the events answered 2xx in batches, one store op per
