@@ -4,6 +4,7 @@
 //! the conduit rule that an MO text never reaches the state directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -653,4 +654,117 @@ async fn an_mo_text_never_reaches_the_state_dir() {
         control_found |= contains(&bytes, b"msg_control_5d1b");
     }
     assert!(control_found, "the search sees what the store holds");
+}
+
+/// An HTTP/2 endpoint over TLS that refuses its first `refuse` streams
+/// (REFUSED_STREAM: never processed, RFC 9113 §8.7) and answers 200 to the
+/// rest, counting them. Written on the h2 crate directly: the sink's hyper
+/// server cannot refuse a stream.
+async fn refusing_endpoint(dir: &Path, refuse: usize) -> (config::Webhook, Arc<AtomicUsize>) {
+    let ss = sms_conduit::tls::self_signed(&["127.0.0.1"]).unwrap();
+    let (cert_file, key_file) = (dir.join("ep.crt"), dir.join("ep.key"));
+    std::fs::write(&cert_file, &ss.cert_pem).unwrap();
+    std::fs::write(&key_file, &ss.key_pem).unwrap();
+    let tls = sms_conduit::tls::ServerTls::load(
+        &config::Tls {
+            cert_file: cert_file.clone(),
+            key_file,
+            client_ca_file: None,
+        },
+        &[b"h2"],
+        sms_conduit::tls::ClientAuth::None,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (acceptor, count) = (tls.acceptor(), answered.clone());
+    tokio::spawn(async move {
+        let mut refused = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let Ok(mut conn) = h2::server::handshake(stream).await else {
+                continue;
+            };
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                if refused < refuse {
+                    refused += 1;
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                let count = count.clone();
+                // The connection is driven by `accept`: the body is read,
+                // and the answer sent, beside it.
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = respond.send_response(hyper::Response::new(()), true);
+                });
+            }
+        }
+    });
+    let hook = config::Webhook {
+        url: format!("https://127.0.0.1:{port}/events"),
+        secret: Secret::new(SECRET.to_vec()),
+        secret_next: None,
+        ca_file: Some(cert_file),
+        concurrency: 4,
+    };
+    (hook, answered)
+}
+
+/// A stream the endpoint refused was never processed: it is sent again at
+/// once on the same attempt, not counted as a failure and retried after a
+/// back-off. (reqwest would retry it itself, but only with a body it can
+/// clone; the webhook body goes in pieces, see `http::Chunks`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_http2_stream_is_sent_again_at_once() {
+    let rig = Rig::new().await;
+    let ep_dir = tempfile::tempdir().unwrap();
+    let (hook, answered) = refusing_endpoint(ep_dir.path(), 2).await;
+    rig.store
+        .write(move |txn| enqueue(txn, CLIENT, status("msg_r1", "delivered"), now_ms()))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let opts = Options {
+        // Only the same attempt's retries can deliver it quickly.
+        backoff_base: Duration::from_secs(60),
+        backoff_cap: Duration::from_secs(60),
+        ..fast()
+    };
+    let hooks = Webhooks::start_with(
+        &[client(CLIENT, hook)],
+        rig.store.clone(),
+        rig.metrics.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+        opts,
+    )
+    .unwrap();
+    eventually(
+        "the refused event answered",
+        Duration::from_secs(10),
+        || answered.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    assert_eq!(attempts(&rig.metrics, "ok"), 1);
+    assert_eq!(attempts(&rig.metrics, "connect_error"), 0);
+    eventually("the event removed", Duration::from_secs(10), || {
+        rig.outbox().depth().unwrap() == 0
+    })
+    .await;
+    Workers {
+        hooks,
+        shutdown,
+        tracker,
+    }
+    .stop()
+    .await;
 }

@@ -134,17 +134,26 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
         None => sign_all(&[target.secret.expose()], t, &body),
         Some(next) => sign_all(&[target.secret.expose(), next.expose()], t, &body),
     };
-    let req = target
-        .http
-        .post(target.url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(HEADER, signature)
-        .body(reqwest::Body::wrap(Chunks::new(body)));
     // The response body is not read: the status is the answer. Dropping the
     // response resets an h2 stream, or closes an HTTP/1.1 connection whose
     // body is still coming.
     let started = std::time::Instant::now();
-    match tokio::time::timeout(timeout, req.send()).await {
+    let send = async {
+        let mut retries = 0;
+        loop {
+            let req = target
+                .http
+                .post(target.url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(HEADER, signature.as_str())
+                .body(reqwest::Body::wrap(Chunks::new(body.clone())));
+            match req.send().await {
+                Err(e) if retries < UNPROCESSED_RETRIES && never_processed(&e) => retries += 1,
+                r => return r,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, send).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
         Ok(Err(e)) => Err(Failure::Transport(reason(e))),
@@ -266,6 +275,28 @@ fn explain_transport(reason: &str) -> String {
     }
 }
 
+/// How many times a request the endpoint never processed is sent again at
+/// once (as reqwest does for a body it can clone; [`Chunks`] is not one).
+const UNPROCESSED_RETRIES: u32 = 2;
+
+/// Whether the endpoint's HTTP/2 server said it never processed the
+/// request, so sending it again at once is safe (RFC 9113 §8.7): it
+/// refused the stream (REFUSED_STREAM), or it is shutting down gracefully
+/// (GOAWAY with NO_ERROR) and the stream was past its last one. The same
+/// test reqwest makes before its own retry.
+fn never_processed(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            let refused = h2e.is_reset() && h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let going_away = h2e.is_go_away() && h2e.reason() == Some(h2::Reason::NO_ERROR);
+            return h2e.is_remote() && (refused || going_away);
+        }
+        src = err.source();
+    }
+    false
+}
+
 /// A request body handed to the HTTP client in pieces of at most
 /// [`Chunks::MAX`] bytes.
 ///
@@ -282,7 +313,9 @@ fn explain_transport(reason: &str) -> String {
 /// threshold, and reqwest's connection type cannot be wrapped. The bytes
 /// on the wire are the same JSON (the receiver sees one body of the
 /// declared length); an MO body's owner (`WipeOnDrop`) is shared by the
-/// pieces and wiped when the last is dropped.
+/// pieces and wiped when the last is dropped. reqwest cannot clone such a
+/// body to retry a stream the endpoint refused: `post` does that itself
+/// ([`never_processed`]).
 struct Chunks {
     data: Bytes,
 }
