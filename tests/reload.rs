@@ -22,6 +22,7 @@ async fn reload_rebinds_changed_carriers_and_keeps_the_others() {
         sim_a.handle.report().binds == 1 && sim_b.handle.report().binds == 1
     })
     .await;
+    relay.wait_bound("carrier-us", 1).await;
     let v = relay.send_ok(&message("Before the reload.")).await;
     assert_eq!(v["carrier"], "carrier-us");
     assert_eq!(sim_a.submits(), 1);
@@ -43,8 +44,10 @@ async fn reload_rebinds_changed_carriers_and_keeps_the_others() {
     )
     .await;
     // The simulator counts a bind before the relay has read its bind_resp:
-    // wait for the relay's own view (every priority-1 carrier bound).
-    relay.wait_ready().await;
+    // wait for the relay's own view of carrier-us. (`/readyz` is not it: it
+    // is 200 while any carrier is bound, and carrier-uk stayed bound; the
+    // send below once met carrier-us not yet bound, and a 503.)
+    relay.wait_bound("carrier-us", 1).await;
     let v = relay.send_ok(&message("After the reload.")).await;
     assert_eq!(v["carrier"], "carrier-us");
     assert_eq!(sim_c.submits(), 1, "sent through the new binding");
