@@ -528,6 +528,7 @@ fn run_batch(
             }
         }
     }
+    let mut commit = None;
     if !jobs.is_empty() {
         let n = jobs.len();
         let (outcome, committed) = match fast_path(db, &mut jobs) {
@@ -558,15 +559,12 @@ fn run_batch(
                 tracing::error!("store cannot commit; refusing writes and reopening the database");
             }
         }
+        commit = outcome.err();
+    }
+    if !jobs.is_empty() || !flushes.is_empty() {
         answers.send(Answers {
             jobs,
-            commit: outcome.err(),
-            flushes,
-        });
-    } else if !flushes.is_empty() {
-        answers.send(Answers {
-            jobs: Vec::new(),
-            commit: None,
+            commit,
             flushes,
         });
     }
