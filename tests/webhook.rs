@@ -145,10 +145,15 @@ impl Rig {
     }
 
     fn start(&self, concurrency: u32, options: Options) -> Workers {
+        self.start_for(&self.clients(concurrency), options)
+    }
+
+    /// Workers for `clients` (webhooks other than the rig's sink).
+    fn start_for(&self, clients: &[config::Client], options: Options) -> Workers {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let hooks = Webhooks::start_with(
-            &self.clients(concurrency),
+            clients,
             self.store.clone(),
             self.metrics.clone(),
             shutdown.clone(),
@@ -731,23 +736,13 @@ async fn a_refused_http2_stream_is_sent_again_at_once() {
         .write(move |txn| enqueue(txn, CLIENT, status("msg_r1", "delivered"), now_ms()))
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let opts = Options {
         // Only the same attempt's retries can deliver it quickly.
         backoff_base: Duration::from_secs(60),
         backoff_cap: Duration::from_secs(60),
         ..fast()
     };
-    let hooks = Webhooks::start_with(
-        &[client(CLIENT, hook)],
-        rig.store.clone(),
-        rig.metrics.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-        opts,
-    )
-    .unwrap();
+    let workers = rig.start_for(&[client(CLIENT, hook)], opts);
     eventually(
         "the refused event answered",
         Duration::from_secs(10),
@@ -760,11 +755,5 @@ async fn a_refused_http2_stream_is_sent_again_at_once() {
         rig.outbox().depth().unwrap() == 0
     })
     .await;
-    Workers {
-        hooks,
-        shutdown,
-        tracker,
-    }
-    .stop()
-    .await;
+    workers.stop().await;
 }
