@@ -54,7 +54,7 @@ fn to_json(rec: &OutboxRecord) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Refused(format!("serialising an outbox record: {e}")))
 }
 
-/// A stored record read as much as `T` needs ([`OutboxRecord`], [`Head`]);
+/// A stored record read as much as `T` needs ([`OutboxRecord`], [`EventId`]);
 /// `None` when it does not parse.
 fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     serde_json::from_slice(bytes).ok()
@@ -134,15 +134,6 @@ pub(crate) struct Row<T = OutboxRecord> {
     pub record: Option<T>,
 }
 
-/// What the worker's schedule needs of a record: read without its payload
-/// (serde skips the `payload` and `event_id` fields without building them),
-/// so a scan allocates one string per row.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Head {
-    pub message_id: String,
-    pub next_attempt_ms: u64,
-}
-
 /// A record's event id alone (serde skips the rest without building it).
 #[derive(Debug, Deserialize)]
 struct EventId {
@@ -200,7 +191,7 @@ impl Outbox {
     }
 
     /// Up to `limit` rows of `client` with seq greater than `after`, in
-    /// order, each read as much as `T` needs ([`OutboxRecord`], [`Head`]).
+    /// order, each read as much as `T` needs ([`OutboxRecord`], or less).
     pub(crate) fn scan<T: serde::de::DeserializeOwned>(
         &self,
         client: &str,
@@ -348,8 +339,8 @@ mod tests {
         assert_eq!(seqs, [0, 2, 3]);
         assert_eq!(a[0].1.next_attempt_ms, 100);
         assert_eq!(a[0].1.data()["id"], "m1");
-        assert_eq!(ob.scan::<Head>("a", Some(0), 10).unwrap().len(), 2);
-        assert_eq!(ob.scan::<Head>("a", Some(2), 10).unwrap()[0].seq, 3);
+        assert_eq!(ob.scan::<Created>("a", Some(0), 10).unwrap().len(), 2);
+        assert_eq!(ob.scan::<Created>("a", Some(2), 10).unwrap()[0].seq, 3);
 
         // Only the matching event id is touched.
         assert!(!ob.remove("a", 0, "evt_other").await.unwrap());
