@@ -398,6 +398,38 @@ async fn daily_cap_accepts_exactly_cap_under_concurrency() {
     );
 }
 
+/// A daily count is taken in memory: the send goes on to its submit_sm
+/// without waiting for a commit, and the change reaches the file with the
+/// next commit (here: the close's).
+#[tokio::test]
+async fn a_daily_count_is_taken_at_once_and_written_with_a_later_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (brand, day) = ("brand:BQ7A1Z0", "2025-01-02");
+    {
+        let store = Store::open(dir.path(), None).unwrap();
+        let shared = LocalShared::new(store.clone());
+        let commits = store.stats().commits;
+        assert_eq!(shared.add_daily(brand, day, 3, 4).await.unwrap(), Ok(3));
+        assert_eq!(
+            store.stats().commits,
+            commits,
+            "the count was taken without waiting for a commit"
+        );
+        // The count in memory is the truth at once.
+        assert_eq!(shared.add_daily(brand, day, 2, 4).await.unwrap(), Err(3));
+        shared.release_daily(brand, day, 1).await.unwrap();
+        assert_eq!(shared.daily(brand, day).await.unwrap(), 2);
+        // A graceful close commits what is queued.
+        store.close().await.unwrap();
+    }
+    let store = Store::open(dir.path(), None).unwrap();
+    let shared = LocalShared::new(store.clone());
+    assert_eq!(shared.daily(brand, day).await.unwrap(), 2);
+    assert_eq!(shared.add_daily(brand, day, 2, 4).await.unwrap(), Ok(4));
+    assert_eq!(shared.add_daily(brand, day, 1, 4).await.unwrap(), Err(4));
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn opt_out_survives_reopen_and_opt_in_clears_it() {
     let dir = tempfile::tempdir().unwrap();

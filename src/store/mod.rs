@@ -146,6 +146,9 @@ struct Inner {
     /// [`shared::OptOutMirror`]). Here, not in [`LocalShared`], so every
     /// handle over this store sees one copy.
     opt_outs: std::sync::OnceLock<shared::OptOutMirror>,
+    /// The daily counters in memory (see [`shared::DailyMirror`]), here for
+    /// the same reason.
+    daily: shared::DailyMirror,
 }
 
 impl std::fmt::Debug for Store {
@@ -217,6 +220,7 @@ impl Store {
                 wake,
                 thread: Mutex::new(Some(thread)),
                 opt_outs: std::sync::OnceLock::new(),
+                daily: shared::DailyMirror::default(),
             }),
         })
     }
@@ -287,6 +291,34 @@ impl Store {
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        let rx = self.queue(wait, op).await?;
+        // The sender is dropped unanswered only if the op (or the writer)
+        // panicked; every queued op is otherwise answered, even on close.
+        rx.await.unwrap_or(Err(StoreError::OpPanicked))
+    }
+
+    /// Queues `op` as [`Store::write_within`] does, and returns once it is
+    /// queued, without waiting for its commit: for a write nobody waits on,
+    /// whose loss in a crash is acceptable (an in-memory value it persists
+    /// stays authoritative while the process runs). A graceful close still
+    /// commits it (the writer commits what is queued). A failure to commit
+    /// is the store's to report (it turns unhealthy), not this caller's.
+    pub(crate) async fn write_detached<F>(&self, wait: Duration, op: F) -> Result<(), StoreError>
+    where
+        F: FnMut(&Tx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        self.queue(wait, op).await.map(drop)
+    }
+
+    async fn queue<T, F>(
+        &self,
+        wait: Duration,
+        op: F,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
+    where
+        F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
         if !self.is_healthy() {
             return Err(self.inner.live.refusal());
         }
@@ -305,9 +337,7 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         self.inner.wake.queued(due);
-        // The sender is dropped unanswered only if the op (or the writer)
-        // panicked; every queued op is otherwise answered, even on close.
-        rx.await.unwrap_or(Err(StoreError::OpPanicked))
+        Ok(rx)
     }
 
     /// Runs `f` on a consistent snapshot. Synchronous and fast; never waits

@@ -42,8 +42,8 @@ use crate::types::E164;
 
 mod local;
 
-pub(crate) use local::OptOutMirror;
 pub use local::{put_carrier_ids, put_consent, LocalShared, CONSENTS};
+pub(crate) use local::{DailyMirror, OptOutMirror};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn SharedState>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
