@@ -173,7 +173,8 @@ pub(super) fn set_server_cert_expiry(metrics: &Metrics, config: &Config) {
     }
 }
 
-/// Prunes message metadata and audit records past their retention, hourly.
+/// Prunes message metadata and audit records past their retention, and
+/// the local daily counters of past days, hourly.
 pub(super) async fn retention(
     config: Config,
     audit: Audit,
@@ -209,6 +210,15 @@ pub(super) async fn retention(
         }
         if let Err(e) = audit.prune(config.audit.retention_days, now).await {
             tracing::error!("pruning the audit log: {e}");
+        }
+        // The local daily counters of days no zone is still in (every local
+        // date is within a day of the UTC date): nothing reads them again.
+        let done = (now - chrono::TimeDelta::days(2))
+            .format("%Y-%m-%d")
+            .to_string();
+        let local = crate::store::LocalShared::new(audit.store().clone());
+        if let Err(e) = local.prune_daily_before(&done).await {
+            tracing::error!("pruning past daily counters: {e}");
         }
     }
 }

@@ -140,7 +140,8 @@ const DAILY_COMMIT_WAIT: Duration = Duration::from_millis(20);
 /// Coherence: a counter is read from the file the first time a day of a
 /// brand is used, then only changed here; only [`LocalShared`] changes the
 /// table (and `prune_daily_before`, for days before today, drops the same
-/// days here).
+/// days here). A brand's earlier days leave memory when its next day is
+/// first used: nothing checks a cap against them any more.
 #[derive(Default)]
 pub(crate) struct DailyMirror {
     counts: Mutex<HashMap<(String, String), u64>>,
@@ -171,6 +172,12 @@ impl DailyMirror {
         // both read, the first to insert wins and both change that one.
         let loaded = stored()?;
         let mut m = self.counts.lock();
+        if !m.contains_key(&id) {
+            // A brand's new day: its earlier days are done with (a late
+            // give-back for one reads the file again), so memory holds a
+            // day or two per brand, not every day since the start.
+            m.retain(|(k, d), _| k != key || d.as_str() >= day);
+        }
         Ok(change(m.entry(id).or_insert(loaded)))
     }
 
@@ -468,5 +475,41 @@ impl SharedState for LocalShared {
                 Ok(None)
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_brands_new_day_drops_its_earlier_days_from_memory() {
+        let m = DailyMirror::default();
+        let none = || Ok(0);
+        m.update("a", "2025-01-02", none, |c| *c += 3).unwrap();
+        m.update("b", "2025-01-02", none, |c| *c += 1).unwrap();
+        assert_eq!(m.get("a", "2025-01-02"), Some(3));
+        // The stored value is read only the first time.
+        m.update("a", "2025-01-02", || Ok(100), |c| *c += 1)
+            .unwrap();
+        assert_eq!(m.get("a", "2025-01-02"), Some(4));
+        m.update("a", "2025-01-03", || Ok(7), |c| *c += 1).unwrap();
+        assert_eq!(m.get("a", "2025-01-03"), Some(8));
+        assert_eq!(m.get("a", "2025-01-02"), None, "a's day before is gone");
+        assert_eq!(m.get("b", "2025-01-02"), Some(1), "b's day stays");
+        // A late give-back for the day before reads the file again.
+        let back = m.update(
+            "a",
+            "2025-01-02",
+            || Ok(4),
+            |c| {
+                *c -= 1;
+                *c
+            },
+        );
+        assert_eq!(back.unwrap(), 3);
+        m.prune_before("2025-01-03");
+        assert_eq!(m.get("b", "2025-01-02"), None);
+        assert_eq!(m.get("a", "2025-01-03"), Some(8));
     }
 }
