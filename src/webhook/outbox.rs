@@ -68,14 +68,18 @@ fn remove_if_holds(
     seq: u64,
     event_id: &str,
 ) -> Result<bool, StoreError> {
-    let holds = match t.get((client, seq))? {
-        Some(v) => from_json::<EventId>(v.value()).is_none_or(|r| r.event_id == event_id),
-        None => false,
+    // Removed first and put back in the rare case it holds another event:
+    // one B-tree walk for the usual case instead of a get and a remove.
+    let Some(old) = t.remove((client, seq))? else {
+        return Ok(false);
     };
-    if holds {
-        t.remove((client, seq))?;
+    if from_json::<EventId>(old.value()).is_none_or(|r| r.event_id == event_id) {
+        return Ok(true);
     }
-    Ok(holds)
+    let other = old.value().to_vec();
+    drop(old);
+    t.insert((client, seq), other.as_slice())?;
+    Ok(false)
 }
 
 fn next_seq(txn: &Tx<'_>) -> Result<u64, StoreError> {
