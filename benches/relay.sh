@@ -12,7 +12,8 @@
 #
 #   benches/relay.sh [MESSAGES] [CONNECTIONS]
 #
-# Env: BIN (default target/release/sms-conduit), TOOLS_BIN, RATE, HTTP2=1, FLAT_ONLY=1
+# Env: BIN (default target/release/sms-conduit), TOOLS_BIN, RATE, HTTP2=1,
+# IDEMPOTENCY=1 (an Idempotency-Key on every message), FLAT_ONLY=1
 # (skip the fixed-rate run), RATE_ONLY=1 (only the fixed-rate run: RATE
 # messages/s for MESSAGES messages), NO_WEBHOOK=1 (receipts are not
 # delivered to the client: the figures of sessions before 9).
@@ -69,6 +70,7 @@ RUST_LOG=warn ${RELAY_WRAP:-} "$BINABS" run --config c.toml 2> relay.err &
 RELAY=$!
 for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
+[ "${IDEMPOTENCY:-}" = 1 ] && extra+=(--idempotency-keys)
 run() {
   "$TOOLS" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
     --campaign CBENCH1 --from +15551230001 --relay-pid $RELAY --connections "$C" "${extra[@]}" "${sink[@]}" "$@"

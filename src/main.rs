@@ -163,6 +163,11 @@ struct BenchArgs {
     /// One multiplexed HTTP/2 connection instead of HTTP/1.1 keep-alive connections.
     #[arg(long)]
     http2: bool,
+    /// Send every message with an `Idempotency-Key` of its own, as a
+    /// careful client does (the relay then claims the key durably before
+    /// the submit_sm).
+    #[arg(long)]
+    idempotency_keys: bool,
     /// PEM CA to trust (a self-signed relay).
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -485,6 +490,7 @@ mod tools {
             connections,
             rate,
             http2,
+            idempotency_keys,
             ca_file,
             from,
             campaign,
@@ -503,6 +509,7 @@ mod tools {
             connections,
             rate,
             http2,
+            idempotency_keys,
             ca_file,
             from,
             campaign,

@@ -34,6 +34,9 @@ pub struct BenchOptions {
     /// Messages per second; `None` = as fast as possible.
     pub rate: Option<f64>,
     pub http2: bool,
+    /// Each message with an `Idempotency-Key` of its own
+    /// (`bench-<run>-<n>`).
+    pub idempotency_keys: bool,
     /// PEM CA to trust (self-signed relays); else the public web roots.
     pub ca_file: Option<PathBuf>,
     pub from: String,
@@ -245,6 +248,9 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
 }
 
 struct Shared {
+    /// Tells this run's idempotency keys from an earlier run's against the
+    /// same relay (unix ns at its start).
+    run_id: u128,
     next: AtomicU64,
     accepted: AtomicU64,
     errors: parking_lot::Mutex<BTreeMap<String, u64>>,
@@ -260,6 +266,9 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| BenchError::Url(format!("histogram: {e}")))?;
     let shared = Arc::new(Shared {
+        run_id: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
         next: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         errors: Default::default(),
@@ -387,10 +396,13 @@ async fn send_loop(
             "text": opts.text,
             "campaign_id": opts.campaign,
         });
-        let req = Request::post(uri.clone())
+        let mut req = Request::post(uri.clone())
             .header(hyper::header::AUTHORIZATION, auth.as_ref())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())));
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if opts.idempotency_keys {
+            req = req.header("Idempotency-Key", format!("bench-{}-{i}", shared.run_id));
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string())));
         let Ok(req) = req else { break };
         let t0 = Instant::now();
         let resp = match &mut sender {
