@@ -4,6 +4,9 @@
 //! not taken, TLS certificate expiry (ours, the carrier's, the webhook
 //! endpoint's) and rate-limit and daily-cap usage.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::Duration;

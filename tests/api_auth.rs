@@ -1,5 +1,8 @@
 //! The client API's authentication and error documents, over real HTTPS.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

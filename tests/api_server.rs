@@ -1,6 +1,9 @@
 //! The HTTPS listener's connection handling: limit, timeouts, graceful
 //! shutdown. Real TLS over loopback.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

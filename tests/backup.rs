@@ -4,6 +4,9 @@
 //! and its audit chain verifies; a tampered backup and a non-empty state
 //! dir are refused; the backup holds no message text (canary).
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::process::{Command, Output};

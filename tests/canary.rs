@@ -3,6 +3,9 @@
 //! requests — must appear in no file the appliance wrote, in no log line (at
 //! TRACE, every crate) and in no response body.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! `Idempotency-Key` gets the documented "outcome unknown" answer and is
 //! never sent a second time.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::{Duration, Instant};

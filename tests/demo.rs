@@ -3,6 +3,9 @@
 //! for), no text may reach the output, and `--keep` must leave a config the
 //! printed `audit verify` command accepts.
 
+// `demo` is part of the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;

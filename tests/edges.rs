@@ -4,6 +4,9 @@
 //! every hop on loopback, the crate's own SMPP server as the carrier
 //! ([`ManualSmsc`], which holds answers as the test says).
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -12,6 +12,9 @@
 //! Without `redis-server` installed the tests fail under `CI=true` and are
 //! skipped (with the reason printed) otherwise.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::path::PathBuf;

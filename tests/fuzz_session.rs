@@ -13,6 +13,9 @@
 //! search harder. The figures (executions, crashes) are in README
 //! "Security".
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::net::SocketAddr;

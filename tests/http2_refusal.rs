@@ -5,6 +5,9 @@
 //! Real HTTP/2 over TLS (ALPN h2), with curl when installed and with
 //! reqwest's HTTP/2 client.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::process::Command;

@@ -8,6 +8,9 @@
 //!   first segment): the message is settled `delivered` with one webhook
 //!   (item 4).
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

@@ -11,6 +11,9 @@
 //! The first run installs node-smpp into `tests/interop/node/node_modules`
 //! from the npm registry (`npm install`); later runs reuse it.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,9 @@
 //! `PR_SET_DUMPABLE=0`); without it the test says so and passes, except
 //! under CI, where it fails.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::io::{Read, Seek, SeekFrom};

@@ -1,6 +1,9 @@
 //! The metrics listener: scraped over real HTTP on loopback (and TLS), checked
 //! with `promtool`, and request counting by route template.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::io::Write;

@@ -6,6 +6,9 @@
 //! are bounded and shown on the metrics page. Every text carries a canary
 //! that must not appear in any log line.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::Duration;

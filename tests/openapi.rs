@@ -4,6 +4,9 @@
 //! in the repository. `.ci/run` also runs a property-based fuzzer
 //! (schemathesis) reading it against the live relay.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

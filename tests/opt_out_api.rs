@@ -2,6 +2,9 @@
 //! /v1/campaigns/{id}/opt-outs/{e164}`, over real HTTPS against the real
 //! relay, with the send path honouring what it set.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use support::expect_problem;

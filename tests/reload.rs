@@ -1,6 +1,9 @@
 //! SIGHUP semantics for carriers (SPEC §2): a reload rebinds only the
 //! carriers whose settings changed; the others keep their sessions.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! reload reaches the caller (`sms-conduit reload`, the unit's ExecReload)
 //! as a non-zero exit with the reason.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,9 @@
 //! §5). Nothing is mocked. The last test extends the canary check to MO
 //! texts and to the `text:` snippet of receipts.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::collections::{HashMap, HashSet};

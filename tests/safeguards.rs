@@ -2,6 +2,9 @@
 //! store): keys that expire, a client certificate as a second factor,
 //! backup and restore, documented consent.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::{Duration, Instant};

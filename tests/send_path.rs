@@ -3,6 +3,9 @@
 //! the brand daily cap across a restart and at local midnight, failover,
 //! idempotent retries and the metadata look-up.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::{Duration, Instant};

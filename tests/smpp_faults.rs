@@ -1,6 +1,9 @@
 //! Fault behaviour: carriers that die, stall or send garbage (a raw-socket
 //! fake SMSC written here), and peers that misbehave against our server.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};

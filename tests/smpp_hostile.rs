@@ -3,6 +3,9 @@
 //! binds that skip the client certificate, floods of receipts for unknown
 //! ids; and the server side's keep-alive, carrier mapping and metric.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::net::SocketAddr;

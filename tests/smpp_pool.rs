@@ -1,6 +1,9 @@
 //! Outbound pools against the simulated carrier and against our own server,
 //! over real TLS on loopback.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::collections::HashSet;

@@ -1,6 +1,9 @@
 //! The session engine over `tokio::io::duplex`: keep-alive, clean unbind on
 //! shutdown, and answering the peer's enquire_link.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

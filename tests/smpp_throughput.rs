@@ -1,6 +1,9 @@
 //! One TLS session, window 256, against the simulator on loopback.
 //! Run: `cargo test --release --test smpp_throughput -- --ignored --nocapture`
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::time::Duration;

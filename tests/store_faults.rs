@@ -5,6 +5,9 @@
 //! its database by itself once the fault is gone. The webhook worker does
 //! not resend a delivered event while the store cannot record the delivery.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -3,6 +3,9 @@
 //! clients at once. Every message must be accepted, and the carrier must see
 //! about one submit_sm per message, not a storm of retries.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! TLS of the listeners: protocol versions, ALPN, plaintext refusal,
 //! certificate reload, and client certificates (for the SMPP listener).
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 mod support;
 
 use std::sync::Arc;

@@ -3,6 +3,9 @@
 //! down or hanging, restarts, expiry, reload, the synchronous MO path, and
 //! the conduit rule that an MO text never reaches the state directory.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

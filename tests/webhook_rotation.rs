@@ -5,6 +5,9 @@
 //! - a failing endpoint is logged once per failure series (with status and
 //!   back-off) and once when it recovers, not per attempt.
 
+// The test doubles and the simulator are the `tools` feature (on by default).
+#![cfg(feature = "tools")]
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
