@@ -323,8 +323,9 @@ pub const COMMIT_WAIT_MAX_MS_DEFAULT: u32 = 5;
 pub struct Store {
     pub metadata_retention_days: u32,
     /// The longest a send's commit waits for other ops to share it, at a
-    /// steady rate (1–50 ms, default [`COMMIT_WAIT_MAX_MS_DEFAULT`]): CPU
-    /// per message against latency.
+    /// steady rate (0–50 ms, default [`COMMIT_WAIT_MAX_MS_DEFAULT`]): CPU
+    /// per message against latency. 0: latency first (see
+    /// `store::writer::floor_for`).
     pub commit_wait_max: Duration,
 }
 

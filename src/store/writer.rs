@@ -183,6 +183,26 @@ fn linger_for(rate: usize, max: Duration) -> Duration {
     (BUSY_WINDOW * COMPANY / rate).clamp(LINGER, max.max(LINGER))
 }
 
+/// Until when a batch whose first op came at `first_at` waits for company
+/// (`None`: only until its ops are due), given the previous batch's size,
+/// the ops of the last [`BUSY_WINDOW`] and `store.commit_wait_max_ms`.
+///
+/// Busy (the previous batch had [`LINGER_AFTER`] ops, or [`BUSY_OPS`] came
+/// in the last window): [`linger_for`]. With a maximum of 0, latency
+/// first: a batch waits ([`LINGER`]) only after a batch of
+/// [`LINGER_AFTER`] or more, which a steady moderate rate seldom makes, so
+/// nearly every send commits at once. That is the policy of the issue-21
+/// baseline (`ad3dd5e`): its p99 at 1,000 msg/s, at ~0.8 of its CPU
+/// (BENCHMARKS.md, session 13), where the default's 5 ms costs ~0.4 of it
+/// and twice the p99.
+fn floor_for(first_at: Instant, previous: usize, rate: usize, max: Duration) -> Option<Instant> {
+    if max.is_zero() {
+        return (previous >= LINGER_AFTER).then(|| first_at + LINGER);
+    }
+    let busy = previous >= LINGER_AFTER || rate >= BUSY_OPS;
+    busy.then(|| first_at + linger_for(rate, max))
+}
+
 /// The previous batch size from which the writer lingers (below it, ops
 /// arrive one by one and waiting would only add latency).
 pub(crate) const LINGER_AFTER: usize = 8;
@@ -333,9 +353,8 @@ pub(crate) fn run(
             window_ops = 0;
         }
         let rate = last_window_ops.max(window_ops + ops);
-        let busy = previous >= LINGER_AFTER || rate >= BUSY_OPS;
         let max = Duration::from_micros(live.commit_wait_max_us.load(Ordering::Relaxed));
-        let floor = busy.then(|| first_at + linger_for(rate, max));
+        let floor = floor_for(first_at, previous, rate, max);
         linger(&mut rx, &mut batch, &mut ops, floor, &wake);
         previous = ops;
         window_ops += ops;
@@ -729,9 +748,11 @@ fn durable_commit(db: &Database) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::super::{tables, Store, StoreError, Tx};
-    use super::{linger_for, BUSY_OPS, BUSY_WINDOW, COMPANY, LINGER, LINGER_MAX};
+    use super::{
+        floor_for, linger_for, BUSY_OPS, BUSY_WINDOW, COMPANY, LINGER, LINGER_AFTER, LINGER_MAX,
+    };
     use redb::ReadableTable;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// The wait is the time [`COMPANY`] ops take at the recent rate: it
     /// falls as the rate rises, never past [`LINGER_MAX`] (the latency it
@@ -790,6 +811,28 @@ mod tests {
         let n = hooks_in(&*t)?;
         t.insert("hooks", (n + 1).to_le_bytes().as_slice())?;
         Ok(())
+    }
+
+    #[test]
+    fn the_wait_for_company_follows_the_load_and_the_maximum() {
+        let t = Instant::now();
+        let five = Duration::from_millis(5);
+        // Idle: a lone op waits for nothing past its due time.
+        assert_eq!(floor_for(t, 1, 3, five), None);
+        // Busy by rate: the rate-scaled wait (50 ms · 20 / 100), capped.
+        assert_eq!(floor_for(t, 1, 100, five), Some(t + five));
+        assert_eq!(
+            floor_for(t, 1, 1_000, five),
+            Some(t + Duration::from_millis(1))
+        );
+        // Busy by the last batch's size.
+        assert_eq!(floor_for(t, LINGER_AFTER, 3, five), Some(t + five));
+        // A maximum of 0: the rate alone makes no wait; a large batch, LINGER.
+        assert_eq!(floor_for(t, 1, 10_000, Duration::ZERO), None);
+        assert_eq!(
+            floor_for(t, LINGER_AFTER, 3, Duration::ZERO),
+            Some(t + LINGER)
+        );
     }
 
     /// A burst of 30 ops, then one more: how long the one waits for its

@@ -149,6 +149,12 @@ impl Check<'_> {
             self.err(key, format!("must be between 1 and {max}, got {value}"));
         }
     }
+
+    fn at_most(&mut self, key: &str, value: u64, max: u64) {
+        if value > max {
+            self.err(key, format!("must be between 0 and {max}, got {value}"));
+        }
+    }
 }
 
 pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Config, ConfigErrors> {
@@ -216,7 +222,7 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         u64::from(raw.store.metadata_retention_days),
         36_500,
     );
-    c.positive(
+    c.at_most(
         "store.commit_wait_max_ms",
         u64::from(raw.store.commit_wait_max_ms),
         50,
