@@ -192,7 +192,7 @@ fn linger_for(rate: usize, max: Duration) -> Duration {
 /// first: a batch waits ([`LINGER`]) only after a batch of
 /// [`LINGER_AFTER`] or more, which a steady moderate rate seldom makes, so
 /// nearly every send commits at once. That is the policy of the issue-21
-/// baseline (`ad3dd5e`): its p99 at 1,000 msg/s, at ~0.8 of its CPU
+/// baseline (`ad3dd5e`): its p99 at 1,000 msg/s, at ~0.7 of its CPU
 /// (BENCHMARKS.md, session 13), where the default's 5 ms costs ~0.4 of it
 /// and twice the p99.
 fn floor_for(first_at: Instant, previous: usize, rate: usize, max: Duration) -> Option<Instant> {

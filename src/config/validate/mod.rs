@@ -145,14 +145,12 @@ impl Check<'_> {
     }
 
     fn positive(&mut self, key: &str, value: u64, max: u64) {
-        if value == 0 || value > max {
-            self.err(key, format!("must be between 1 and {max}, got {value}"));
-        }
+        self.between(key, value, 1, max);
     }
 
-    fn at_most(&mut self, key: &str, value: u64, max: u64) {
-        if value > max {
-            self.err(key, format!("must be between 0 and {max}, got {value}"));
+    fn between(&mut self, key: &str, value: u64, min: u64, max: u64) {
+        if value < min || value > max {
+            self.err(key, format!("must be between {min} and {max}, got {value}"));
         }
     }
 }
@@ -222,9 +220,10 @@ pub(super) fn validate(raw: RawConfig, files: &FileResolver<'_>) -> Result<Confi
         u64::from(raw.store.metadata_retention_days),
         36_500,
     );
-    c.at_most(
+    c.between(
         "store.commit_wait_max_ms",
         u64::from(raw.store.commit_wait_max_ms),
+        0,
         50,
     );
 

@@ -144,15 +144,15 @@ const DAILY_COMMIT_WAIT: Duration = Duration::from_millis(20);
 /// first used: nothing checks a cap against them any more.
 #[derive(Default)]
 pub(crate) struct DailyMirror {
-    counts: Mutex<HashMap<(String, String), u64>>,
+    /// Brand key → its days' counts: a day or two (see `update`), so a
+    /// look-up is a hash of the key (no key built per send) and a short scan.
+    counts: Mutex<HashMap<String, Vec<(String, u64)>>>,
 }
 
 impl DailyMirror {
     fn get(&self, key: &str, day: &str) -> Option<u64> {
-        self.counts
-            .lock()
-            .get(&(key.to_owned(), day.to_owned()))
-            .copied()
+        let m = self.counts.lock();
+        m.get(key)?.iter().find(|(d, _)| d == day).map(|(_, n)| *n)
     }
 
     /// Applies `change` to the counter, loading it from the file with
@@ -164,25 +164,40 @@ impl DailyMirror {
         stored: impl FnOnce() -> Result<u64, StoreError>,
         change: impl FnOnce(&mut u64) -> R,
     ) -> Result<R, StoreError> {
-        let id = (key.to_owned(), day.to_owned());
-        if let Some(c) = self.counts.lock().get_mut(&id) {
-            return Ok(change(c));
+        {
+            let mut m = self.counts.lock();
+            let held = m
+                .get_mut(key)
+                .and_then(|days| days.iter_mut().find(|(d, _)| d == day));
+            if let Some((_, count)) = held {
+                return Ok(change(count));
+            }
         }
         // Read outside the lock (a read transaction); two first uses may
         // both read, the first to insert wins and both change that one.
         let loaded = stored()?;
         let mut m = self.counts.lock();
-        if !m.contains_key(&id) {
-            // A brand's new day: its earlier days are done with (a late
-            // give-back for one reads the file again), so memory holds a
-            // day or two per brand, not every day since the start.
-            m.retain(|(k, d), _| k != key || d.as_str() >= day);
-        }
-        Ok(change(m.entry(id).or_insert(loaded)))
+        let days = m.entry(key.to_owned()).or_default();
+        let i = match days.iter().position(|(d, _)| d == day) {
+            Some(i) => i,
+            None => {
+                // A brand's new day: its earlier days are done with (a late
+                // give-back for one reads the file again), so memory holds a
+                // day or two per brand, not every day since the start.
+                days.retain(|(d, _)| d.as_str() >= day);
+                days.push((day.to_owned(), loaded));
+                days.len() - 1
+            }
+        };
+        Ok(change(&mut days[i].1))
     }
 
     fn prune_before(&self, day: &str) {
-        self.counts.lock().retain(|(_, d), _| d.as_str() >= day);
+        let mut m = self.counts.lock();
+        for days in m.values_mut() {
+            days.retain(|(d, _)| d.as_str() >= day);
+        }
+        m.retain(|_, days| !days.is_empty());
     }
 }
 
@@ -197,7 +212,7 @@ fn stored_daily(store: &Store, key: &str, day: &str) -> Result<u64, StoreError> 
 }
 
 /// Adds `delta` (or takes it back, never below zero) to the stored counter.
-fn persist_daily(
+fn apply_daily_delta(
     txn: &Tx<'_>,
     key: &str,
     day: &str,
@@ -308,7 +323,7 @@ impl LocalShared {
         let queued = self
             .store
             .write_detached(DAILY_COMMIT_WAIT, move |txn| {
-                persist_daily(txn, &k, &d, delta, add)
+                apply_daily_delta(txn, &k, &d, delta, add)
             })
             .await;
         if let Err(e) = queued {
