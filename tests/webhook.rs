@@ -760,3 +760,127 @@ async fn a_refused_http2_stream_is_sent_again_at_once() {
     .await;
     workers.stop().await;
 }
+
+/// What an [`http1_endpoint`] saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    answered: AtomicUsize,
+    /// Each request's version, Authorization and Conduit-Signature headers.
+    requests: parking_lot::Mutex<Vec<(hyper::Version, Option<String>, bool)>>,
+}
+
+/// An HTTP/1.1-only endpoint (hyper's http1 server): over TLS offering only
+/// ALPN http/1.1 when `tls` is set, else plain TCP. Answers 200 with a
+/// short body, keeps connections alive, and records what it saw.
+async fn http1_endpoint(dir: &Path, tls: bool, userinfo: &str) -> (config::Webhook, Arc<Seen>) {
+    use hyper_util::rt::TokioIo;
+    let acceptor = tls.then(|| {
+        let ss = sms_conduit::tls::self_signed(&["127.0.0.1"]).unwrap();
+        let (cert_file, key_file) = (dir.join("h1.crt"), dir.join("h1.key"));
+        std::fs::write(&cert_file, &ss.cert_pem).unwrap();
+        std::fs::write(&key_file, &ss.key_pem).unwrap();
+        let tls = sms_conduit::tls::ServerTls::load(
+            &config::Tls {
+                cert_file,
+                key_file,
+                client_ca_file: None,
+            },
+            &[b"http/1.1"],
+            sms_conduit::tls::ClientAuth::None,
+        )
+        .unwrap();
+        tls.acceptor()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Seen::default());
+    let state = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            state.connections.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, state) = (acceptor.clone(), state.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let state = state.clone();
+                    async move {
+                        let h = |name: &str| {
+                            req.headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                        };
+                        let entry = (req.version(), h("authorization"), h(sign::HEADER).is_some());
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                        state.requests.lock().push(entry);
+                        state.answered.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(s) = a.accept(tcp).await {
+                            let _ = http.serve_connection(TokioIo::new(s), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                }
+            });
+        }
+    });
+    let hook = config::Webhook {
+        url: if tls {
+            format!("https://{userinfo}127.0.0.1:{port}/events")
+        } else {
+            format!("http://{userinfo}127.0.0.1:{port}/events")
+        },
+        secret: Secret::new(SECRET.to_vec()),
+        secret_next: None,
+        ca_file: tls.then(|| dir.join("h1.crt")),
+        concurrency: 2,
+    };
+    (hook, seen)
+}
+
+/// An endpoint that speaks only HTTP/1.1 (ALPN http/1.1 over TLS, or plain
+/// http to a loopback sidecar, which config allows) gets every event, signed,
+/// over at most `concurrency` kept-alive connections; a URL's user info
+/// goes as `Authorization: Basic`, percent-decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_endpoint_gets_its_events_over_kept_alive_connections() {
+    for (tls, userinfo, auth) in [
+        (true, "", None),
+        (false, "app:p%40ss@", Some("Basic YXBwOnBAc3M=")),
+    ] {
+        let rig = Rig::new().await;
+        let ep_dir = tempfile::tempdir().unwrap();
+        let (hook, seen) = http1_endpoint(ep_dir.path(), tls, userinfo).await;
+        enqueue_statuses(&rig.store, CLIENT, "h", 8).await;
+        let workers = rig.start_for(&[client(CLIENT, hook)], fast());
+        eventually("24 events answered", Duration::from_secs(20), || {
+            seen.answered.load(Ordering::SeqCst) == 24
+        })
+        .await;
+        eventually("the outbox emptied", Duration::from_secs(10), || {
+            rig.outbox().depth().unwrap() == 0
+        })
+        .await;
+        assert_eq!(attempts(&rig.metrics, "ok"), 24, "tls {tls}");
+        let connections = seen.connections.load(Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&connections),
+            "tls {tls}: {connections} connections for 24 requests at concurrency 2"
+        );
+        for (version, authorization, signed) in seen.requests.lock().iter() {
+            assert_eq!(*version, hyper::Version::HTTP_11, "tls {tls}");
+            assert_eq!(authorization.as_deref(), auth, "tls {tls}");
+            assert!(signed, "tls {tls}: unsigned");
+        }
+        workers.stop().await;
+    }
+}

@@ -75,9 +75,6 @@ use crate::store::{Store, StoreError};
 /// whatever the rate of events.
 const GAUGES_EVERY: Duration = Duration::from_millis(250);
 
-/// ALPN offered to webhooks.
-const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

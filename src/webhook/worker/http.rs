@@ -3,18 +3,33 @@
 //! was, and [`EndpointHealth`], which logs a failing endpoint once per
 //! failure series.
 //!
+//! The client is hyper-util's pooled client over hyper-rustls (ALPN h2 and
+//! http/1.1, plain http only where config allows it: a loopback sidecar),
+//! not reqwest: per webhook reqwest parsed the URL twice (its redirect
+//! policy, with redirects off, and its response), cloned its default
+//! headers and added ~10 allocations, ~3% of the relay's CPU flat out
+//! (BENCHMARKS.md, session 14). Here the URL is parsed once, at build.
+//!
 //! Must not know: the outbox, the schedule or the store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
 use super::super::sign::{sign_all, HEADER};
 use super::super::{Options, WebhookError};
-use super::{ms, now_ms, ALPN};
+use super::{ms, now_ms};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::tls;
@@ -22,25 +37,18 @@ use crate::types::Secret;
 
 /// Where and how to send one client's events.
 pub(super) struct Target {
-    pub(super) url: reqwest::Url,
+    uri: Uri,
+    /// `Authorization: Basic` from the URL's user info, when it has one
+    /// (reqwest, the client before, sent it so).
+    basic: Option<HeaderValue>,
     pub(super) secret: Secret,
     /// The next secret during a rotation: both sign every request.
     pub(super) secret_next: Option<Secret>,
-    pub(super) http: reqwest::Client,
+    http: Client<CertWatch, Chunks>,
     pub(super) concurrency: usize,
-    /// For `tls_cert_expiry{role="webhook",name=<client>}`, set from the
-    /// certificate the endpoint presents (read from each answered request:
-    /// reqwest hands it over with the response, no extra connection). The
-    /// series appears only once a certificate was seen: a series created
-    /// at 0 would read as long expired.
-    pub(super) client: String,
-    pub(super) metrics: Arc<Metrics>,
-    /// Unix ms from which the next answer's certificate is read.
-    pub(super) cert_checked_ms: AtomicU64,
+    client: String,
+    metrics: Arc<Metrics>,
 }
-
-/// How often a webhook endpoint's certificate is read for its expiry.
-const CERT_CHECK_EVERY_MS: u64 = 60_000;
 
 impl Target {
     pub(super) fn build(
@@ -49,39 +57,126 @@ impl Target {
         opts: &Options,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, WebhookError> {
-        let url = reqwest::Url::parse(&hook.url).map_err(|_| WebhookError::Url {
+        let bad_url = || WebhookError::Url {
             client: client.to_owned(),
-        })?;
-        let tls = tls::client_config(hook.ca_file.as_deref(), ALPN).map_err(|source| {
+        };
+        // Config checked the URL (url's parser, WHATWG); http's parser
+        // takes what goes on the wire, without user info or fragment.
+        let mut url = url::Url::parse(&hook.url).map_err(|_| bad_url())?;
+        let basic = basic_auth(&url);
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_fragment(None);
+        let uri: Uri = url.as_str().parse().map_err(|_| bad_url())?;
+        let tls = tls::client_config(hook.ca_file.as_deref(), &[]).map_err(|source| {
             WebhookError::Tls {
                 client: client.to_owned(),
                 source,
             }
         })?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
-            .connect_timeout(opts.connect_timeout)
-            // No request timeout here or on the request: `post` bounds each
-            // request with one timer of its own (a reqwest timeout would add
-            // a second timer, and a body wrapper, to every webhook).
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")))
-            .tls_info(true)
-            .build()
-            .map_err(|e| WebhookError::Client {
-                client: client.to_owned(),
-                reason: e.without_url().to_string(),
-            })?;
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(opts.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tcp);
+        let connector = CertWatch {
+            inner: https,
+            client: client.into(),
+            metrics: metrics.clone(),
+        };
+        // No timeout in the client: `post` bounds each request with one
+        // timer of its own. No proxy from the environment, no redirects
+        // (this client follows none).
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
         Ok(Target {
-            url,
+            uri,
+            basic,
             secret: hook.secret.clone(),
             secret_next: hook.secret_next.clone(),
             http,
             concurrency: usize::try_from(hook.concurrency).unwrap_or(1).max(1),
             client: client.to_owned(),
             metrics: metrics.clone(),
-            cert_checked_ms: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The `Authorization: Basic` value of a URL's user info, if any.
+fn basic_auth(url: &url::Url) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or(""))
+    );
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
+    let mut v = HeaderValue::from_str(&value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// The connector: hyper-rustls's, and on each new TLS connection the
+/// endpoint's certificate expiry into
+/// `tls_cert_expiry{role="webhook",name=<client>}`. A connection keeps its
+/// certificate, so once per connection is as current as once per answer.
+/// The series appears only once a certificate was seen: a series created
+/// at 0 would read as long expired.
+#[derive(Clone)]
+struct CertWatch {
+    inner: HttpsConnector<HttpConnector>,
+    client: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for CertWatch {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let (client, metrics) = (self.client.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let stream = connecting.await?;
+            if let MaybeHttpsStream::Https(tls) = &stream {
+                let (_, session) = tls.inner().get_ref();
+                if let Some(t) = session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| tls::not_after_unix(leaf))
+                {
+                    metrics
+                        .tls_cert_expiry
+                        .with_label_values(&["webhook", &client])
+                        .set(t);
+                }
+            }
+            Ok(stream)
         })
     }
 }
@@ -114,18 +209,33 @@ impl Failure {
     }
 }
 
-/// A transport error as text, without the URL (it may hold a token).
-fn reason(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
+/// The errors `e` wraps, itself first.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
 }
+
+/// A transport error as text with its causes (hyper's errors carry no URL,
+/// which may hold a token).
+fn reason(e: &hyper_util::client::legacy::Error) -> String {
+    chain(e)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Whether connecting ran out of `connect_timeout`.
+fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+    chain(e).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
+}
+
+static UA: HeaderValue =
+    HeaderValue::from_static(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")));
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// One signed POST of `body`; Ok on 2xx within `timeout`.
 pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Result<(), Failure> {
@@ -134,6 +244,8 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
         None => sign_all(&[target.secret.expose()], t, &body),
         Some(next) => sign_all(&[target.secret.expose(), next.expose()], t, &body),
     };
+    let signature = HeaderValue::from_str(&signature)
+        .map_err(|_| Failure::Transport("signature header".to_owned()))?;
     // The response body is not read: the status is the answer. Dropping the
     // response resets an h2 stream, or closes an HTTP/1.1 connection whose
     // body is still coming.
@@ -141,61 +253,37 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
     let send = async {
         let mut retries = 0;
         loop {
-            let req = target
-                .http
-                .post(target.url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(HEADER, signature.as_str())
-                .body(reqwest::Body::wrap(Chunks::new(body.clone())));
-            match req.send().await {
+            let mut req = Request::post(target.uri.clone())
+                .header(CONTENT_TYPE, JSON.clone())
+                .header(USER_AGENT, UA.clone())
+                .header(HEADER, signature.clone());
+            if let Some(b) = &target.basic {
+                req = req.header(AUTHORIZATION, b.clone());
+            }
+            let req = req
+                .body(Chunks::new(body.clone()))
+                .map_err(|e| Failure::Transport(e.to_string()))?;
+            match target.http.request(req).await {
                 Err(e) if retries < UNPROCESSED_RETRIES && never_processed(&e) => retries += 1,
-                r => return r,
+                Err(e) if timed_out(&e) => return Err(Failure::Timeout),
+                Err(e) => return Err(Failure::Transport(reason(&e))),
+                Ok(resp) => return Ok(resp),
             }
         }
     };
-    match tokio::time::timeout(timeout, send).await {
-        Err(_) => Err(Failure::Timeout),
-        Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
-        Ok(Err(e)) => Err(Failure::Transport(reason(e))),
-        Ok(Ok(resp)) => {
-            target
-                .metrics
-                .webhook_latency
-                .with_label_values(&[&target.client])
-                .observe(started.elapsed().as_secs_f64());
-            // The endpoint's certificate is parsed at most once a minute,
-            // not per event.
-            let now = now_ms();
-            let due = target.cert_checked_ms.load(Ordering::Relaxed);
-            let check = now >= due
-                && target
-                    .cert_checked_ms
-                    .compare_exchange(
-                        due,
-                        now + CERT_CHECK_EVERY_MS,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok();
-            if let Some(t) = resp
-                .extensions()
-                .get::<reqwest::tls::TlsInfo>()
-                .filter(|_| check)
-                .and_then(reqwest::tls::TlsInfo::peer_certificate)
-                .and_then(tls::not_after_unix)
-            {
-                target
-                    .metrics
-                    .tls_cert_expiry
-                    .with_label_values(&["webhook", &target.client])
-                    .set(t);
-            }
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(Failure::Status(resp.status().as_u16()))
-            }
-        }
+    let resp = match tokio::time::timeout(timeout, send).await {
+        Err(_) => return Err(Failure::Timeout),
+        Ok(r) => r?,
+    };
+    target
+        .metrics
+        .webhook_latency
+        .with_label_values(&[&target.client])
+        .observe(started.elapsed().as_secs_f64());
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(Failure::Status(resp.status().as_u16()))
     }
 }
 
@@ -276,31 +364,28 @@ fn explain_transport(reason: &str) -> String {
 }
 
 /// How many times a request the endpoint never processed is sent again at
-/// once (as reqwest does for a body it can clone; [`Chunks`] is not one).
+/// once (hyper's pool retries only a request that never left).
 const UNPROCESSED_RETRIES: u32 = 2;
 
 /// Whether the endpoint's HTTP/2 server said it never processed the
 /// request, so sending it again at once is safe (RFC 9113 §8.7): it
 /// refused the stream (REFUSED_STREAM), or it is shutting down gracefully
 /// (GOAWAY with NO_ERROR) and the stream was past its last one. The same
-/// test reqwest makes before its own retry.
-fn never_processed(e: &reqwest::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = src {
-        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+/// test reqwest made before its own retry.
+fn never_processed(e: &hyper_util::client::legacy::Error) -> bool {
+    chain(e)
+        .find_map(|err| err.downcast_ref::<h2::Error>())
+        .is_some_and(|h2e| {
             let refused = h2e.is_reset() && h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
             let going_away = h2e.is_go_away() && h2e.reason() == Some(h2::Reason::NO_ERROR);
-            return h2e.is_remote() && (refused || going_away);
-        }
-        src = err.source();
-    }
-    false
+            h2e.is_remote() && (refused || going_away)
+        })
 }
 
 /// A request body handed to the HTTP client in pieces of at most
 /// [`Chunks::MAX`] bytes.
 ///
-/// Why by hand: h2 (0.4, under hyper and reqwest) writes a DATA frame of
+/// Why by hand: h2 (0.4, under hyper) writes a DATA frame of
 /// 256 bytes or more without copying it (`FramedWrite`'s
 /// `CHAIN_THRESHOLD`) and so must flush before it takes the next frame:
 /// every webhook (~300 bytes of JSON) left in a socket write, and a TLS
@@ -309,13 +394,11 @@ fn never_processed(e: &reqwest::Error) -> bool {
 /// together (the worker takes new events every few ms while they keep
 /// coming: `INGEST_EVERY`) leave in one write. Measured at a steady 1,000
 /// msg/s: 1.16 → 0.32 webhook writes per message, 0.94 of the relay's CPU
-/// (BENCHMARKS.md, session 12). Neither reqwest nor hyper lets us set that
-/// threshold, and reqwest's connection type cannot be wrapped. The bytes
-/// on the wire are the same JSON (the receiver sees one body of the
-/// declared length); an MO body's owner (`WipeOnDrop`) is shared by the
-/// pieces and wiped when the last is dropped. reqwest cannot clone such a
-/// body to retry a stream the endpoint refused: `post` does that itself
-/// ([`never_processed`]).
+/// (BENCHMARKS.md, session 12). hyper does not let us set that threshold.
+/// The bytes on the wire are the same JSON (the receiver sees one body of
+/// the declared length); an MO body's owner (`WipeOnDrop`) is shared by the
+/// pieces and wiped when the last is dropped. A stream the endpoint refused
+/// is sent again by `post` itself ([`never_processed`]).
 struct Chunks {
     data: Bytes,
 }
