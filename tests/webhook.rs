@@ -884,3 +884,43 @@ async fn an_http1_endpoint_gets_its_events_over_kept_alive_connections() {
         workers.stop().await;
     }
 }
+
+/// A connection that fails says why (refused; a certificate nobody
+/// trusts), as `Unreachable` and the `connect_error` outcome, and names
+/// neither the URL's path and query (which may carry a token) nor its
+/// user info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_says_why_without_the_url() {
+    let rig = Rig::new().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let refused = config::Webhook {
+        url: format!("https://app:tok-pass@127.0.0.1:{dead_port}/hook?token=tok-query"),
+        ..rig.sink.webhook(1)
+    };
+    let untrusted = config::Webhook {
+        url: format!("{}?token=tok-query", rig.sink.url()),
+        ca_file: None,
+        ..rig.sink.webhook(1)
+    };
+    for (hook, cause) in [(refused, "refused"), (untrusted, "certificate")] {
+        let w = rig.start_for(&[client(CLIENT, hook)], Options::default());
+        let err = w
+            .hooks
+            .deliver_now(CLIENT, mo("hello"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let WebhookError::Unreachable { reason, .. } = &err else {
+            panic!("{cause}: {err:?}");
+        };
+        assert!(reason.to_lowercase().contains(cause), "{cause}: {reason}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("tok-"), "{shown}");
+            assert!(!shown.contains("/hook"), "{shown}");
+        }
+        w.stop().await;
+    }
+    assert_eq!(attempts(&rig.metrics, "connect_error"), 2);
+    assert_eq!(rig.sink.count(), 0);
+}
