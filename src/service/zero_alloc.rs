@@ -3,7 +3,7 @@
 //! SPEC §1.1: a body exists only while it is relayed. The relay's own body
 //! buffers are `Zeroizing`, but copies also pass through buffers it does
 //! not own: hyper's request and response buffers, rustls's record buffers,
-//! serde's scratch space, reqwest's webhook bodies, vectors that grew and
+//! serde's scratch space, the webhook client's bodies, vectors that grew and
 //! left their old storage behind. Freed, those bytes stay in the
 //! allocator's pages until reused: a memory dump of a running relay found
 //! 97 copies of 32 canary texts a few seconds after they were relayed
