@@ -78,8 +78,12 @@ impl Target {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(opts.connect_timeout));
+        // hyper-rustls sets the ALPN list itself (h2, http/1.1) and asserts
+        // the config came without one.
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp);
