@@ -664,11 +664,9 @@ async fn an_mo_text_never_reaches_the_state_dir() {
     assert!(control_found, "the search sees what the store holds");
 }
 
-/// An HTTP/2 endpoint over TLS that refuses its first `refuse` streams
-/// (REFUSED_STREAM: never processed, RFC 9113 §8.7) and answers 200 to the
-/// rest, counting them. Written on the h2 crate directly: the sink's hyper
-/// server cannot refuse a stream.
-async fn refusing_endpoint(dir: &Path, refuse: usize) -> (config::Webhook, Arc<AtomicUsize>) {
+/// A TLS acceptor offering `alpn` with a new self-signed certificate for
+/// 127.0.0.1, written to `dir/ep.crt` (the webhook's CA file, returned).
+fn endpoint_tls(dir: &Path, alpn: &[&[u8]]) -> (tokio_rustls::TlsAcceptor, PathBuf) {
     let ss = sms_conduit::tls::self_signed(&["127.0.0.1"]).unwrap();
     let (cert_file, key_file) = (dir.join("ep.crt"), dir.join("ep.key"));
     std::fs::write(&cert_file, &ss.cert_pem).unwrap();
@@ -679,14 +677,23 @@ async fn refusing_endpoint(dir: &Path, refuse: usize) -> (config::Webhook, Arc<A
             key_file,
             client_ca_file: None,
         },
-        &[b"h2"],
+        alpn,
         sms_conduit::tls::ClientAuth::None,
     )
     .unwrap();
+    (tls.acceptor(), cert_file)
+}
+
+/// An HTTP/2 endpoint over TLS that refuses its first `refuse` streams
+/// (REFUSED_STREAM: never processed, RFC 9113 §8.7) and answers 200 to the
+/// rest, counting them. Written on the h2 crate directly: the sink's hyper
+/// server cannot refuse a stream.
+async fn refusing_endpoint(dir: &Path, refuse: usize) -> (config::Webhook, Arc<AtomicUsize>) {
+    let (acceptor, cert_file) = endpoint_tls(dir, &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let answered = Arc::new(AtomicUsize::new(0));
-    let (acceptor, count) = (tls.acceptor(), answered.clone());
+    let count = answered.clone();
     tokio::spawn(async move {
         let mut refused = 0;
         while let Ok((tcp, _)) = listener.accept().await {
@@ -775,23 +782,13 @@ struct Seen {
 /// short body, keeps connections alive, and records what it saw.
 async fn http1_endpoint(dir: &Path, tls: bool, userinfo: &str) -> (config::Webhook, Arc<Seen>) {
     use hyper_util::rt::TokioIo;
-    let acceptor = tls.then(|| {
-        let ss = sms_conduit::tls::self_signed(&["127.0.0.1"]).unwrap();
-        let (cert_file, key_file) = (dir.join("h1.crt"), dir.join("h1.key"));
-        std::fs::write(&cert_file, &ss.cert_pem).unwrap();
-        std::fs::write(&key_file, &ss.key_pem).unwrap();
-        let tls = sms_conduit::tls::ServerTls::load(
-            &config::Tls {
-                cert_file,
-                key_file,
-                client_ca_file: None,
-            },
-            &[b"http/1.1"],
-            sms_conduit::tls::ClientAuth::None,
-        )
-        .unwrap();
-        tls.acceptor()
-    });
+    let (acceptor, ca_file) = match tls {
+        true => {
+            let (a, ca) = endpoint_tls(dir, &[b"http/1.1"]);
+            (Some(a), Some(ca))
+        }
+        false => (None, None),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Seen::default());
@@ -841,7 +838,7 @@ async fn http1_endpoint(dir: &Path, tls: bool, userinfo: &str) -> (config::Webho
         },
         secret: Secret::new(SECRET.to_vec()),
         secret_next: None,
-        ca_file: tls.then(|| dir.join("h1.crt")),
+        ca_file,
         concurrency: 2,
     };
     (hook, seen)
