@@ -250,9 +250,6 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
     };
     let signature = HeaderValue::from_str(&signature)
         .map_err(|_| Failure::Transport("signature header".to_owned()))?;
-    // The response body is not read: the status is the answer. Dropping the
-    // response resets an h2 stream, or closes an HTTP/1.1 connection whose
-    // body is still coming.
     let started = std::time::Instant::now();
     let send = async {
         let mut retries = 0;
@@ -275,7 +272,8 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
             }
         }
     };
-    let resp = match tokio::time::timeout(timeout, send).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let resp = match tokio::time::timeout_at(deadline, send).await {
         Err(_) => return Err(Failure::Timeout),
         Ok(r) => r?,
     };
@@ -284,10 +282,39 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
         .webhook_latency
         .with_label_values(&[&target.client])
         .observe(started.elapsed().as_secs_f64());
-    if resp.status().is_success() {
+    let status = resp.status();
+    // The status is the answer; the body is read only so that the
+    // connection stays usable (see `drain`), within what is left of the
+    // request's time: a body that stalls loses the connection, not the 2xx.
+    let body = resp.into_body();
+    if !hyper::body::Body::is_end_stream(&body) {
+        let _ = tokio::time::timeout_at(deadline, drain(body)).await;
+    }
+    if status.is_success() {
         Ok(())
     } else {
-        Err(Failure::Status(resp.status().as_u16()))
+        Err(Failure::Status(status.as_u16()))
+    }
+}
+
+/// The most of an answer's body that is read (and dropped) to keep its
+/// connection: an HTTP/1.1 connection whose body was left unread is
+/// closed, and the next webhook pays a new TCP and TLS handshake (seen: an
+/// endpoint answering 20 kB took 5 connections for 24 requests, against 2
+/// when its body was read); an h2 stream left unread is reset.
+const DRAIN_MAX: usize = 64 * 1024;
+
+/// Reads `body` to its end, or until [`DRAIN_MAX`] bytes or an error.
+async fn drain(mut body: hyper::body::Incoming) {
+    use http_body_util::BodyExt as _;
+    let mut left = DRAIN_MAX;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            match left.checked_sub(data.len()) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
     }
 }
 
