@@ -90,9 +90,6 @@ pub enum WebhookError {
         #[source]
         source: TlsError,
     },
-    /// The HTTP client could not be built.
-    #[error("client {client}: webhook HTTP client: {reason}")]
-    Client { client: String, reason: String },
     /// The event could not be serialised.
     #[error("encoding webhook event: {0}")]
     Encode(String),
