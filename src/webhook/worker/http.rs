@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Uri};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
-use super::super::sign::{sign_all, HEADER};
+use super::super::sign::sign_all;
 use super::super::{Options, WebhookError};
 use super::{ms, now_ms};
 use crate::config;
@@ -237,6 +237,9 @@ fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
     })
 }
 
+/// [`HEADER`] as a header name made once: `Conduit-Signature` given as a
+/// string would be lower-cased into a new allocation on every request.
+static SIGNATURE: HeaderName = HeaderName::from_static("conduit-signature");
 static UA: HeaderValue =
     HeaderValue::from_static(concat!("sms-conduit/", env!("CARGO_PKG_VERSION")));
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -261,7 +264,7 @@ pub(super) async fn post(target: &Target, body: Bytes, timeout: Duration) -> Res
             let mut req = Request::post(target.uri.clone())
                 .header(CONTENT_TYPE, JSON.clone())
                 .header(USER_AGENT, UA.clone())
-                .header(HEADER, signature.clone());
+                .header(SIGNATURE.clone(), signature.clone());
             if let Some(b) = &target.basic {
                 req = req.header(AUTHORIZATION, b.clone());
             }
@@ -474,7 +477,13 @@ impl hyper::body::Body for Chunks {
 
 #[cfg(test)]
 mod tests {
-    use super::Chunks;
+    use super::{Chunks, SIGNATURE};
+    use crate::webhook::sign::HEADER;
+
+    #[test]
+    fn the_signature_header_name_is_the_documented_one() {
+        assert_eq!(SIGNATURE.as_str(), HEADER.to_ascii_lowercase());
+    }
     use bytes::Bytes;
     use http_body_util::BodyExt;
     use hyper::body::Body;
