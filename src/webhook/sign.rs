@@ -19,6 +19,11 @@ use sha2::Sha256;
 /// The request header carrying the signature.
 pub const HEADER: &str = "Conduit-Signature";
 
+/// [`HEADER`] as a header name, made once: given as a string it is
+/// lower-cased into a new allocation on every request.
+pub(crate) static HEADER_NAME: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("conduit-signature");
+
 /// How far a signature's timestamp may be from the receiver's clock.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -118,6 +123,11 @@ mod tests {
     use super::*;
 
     const TOL: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn the_header_name_is_the_documented_one() {
+        assert_eq!(HEADER_NAME.as_str(), HEADER.to_ascii_lowercase());
+    }
 
     #[test]
     fn sign_matches_a_reference_hmac() {
