@@ -9,9 +9,11 @@
 # Each round runs `benches/relay.sh $MESSAGES $CONNECTIONS` once per binary,
 # flat out (or at RATE msg/s when RATE is set), in the order given; at the
 # end it prints, per binary, the median and range of the relay's CPU per
-# message, the mean throughput, the median p99 latency, and the ratio of
-# each median to the first binary's. Receipts go to the client as signed
-# webhooks unless NO_WEBHOOK=1 (see relay.sh).
+# message, the mean throughput, the median p99 latency, the ratio of each
+# median to the first binary's, and the medians of the carrier simulator's
+# and the load generator's own CPU per message (their cost of the same
+# exchanges: when they move, the sitting did). Receipts go to the client
+# as signed webhooks unless NO_WEBHOOK=1 (see relay.sh).
 #
 # Env: MESSAGES (default 60000, or 10 s worth at RATE), CONNECTIONS (default
 # 64), RATE, NO_WEBHOOK.
@@ -39,17 +41,22 @@ trap 'rm -f "$out"' EXIT
 for round in $(seq "$pairs"); do
   for b in "$@"; do
     line=$(env BIN="$b" "${mode[@]}" benches/relay.sh "$N" "$C" 2>&1 |
-      awk '/^throughput/ {t=$2} /^relay CPU/ {c=$3} /^latency/ {p99=$9} END {print t, c, p99}')
+      awk '/^throughput/ {t=$2} /^relay CPU/ {c=$3} /^carrier CPU/ {s=$3} /^bench CPU/ {g=$3} /^latency/ {p99=$9}
+        END {print t, c, p99, (s == "" ? "-" : s), (g == "" ? "-" : g)}')
     echo "$b $line" >> "$out"
-    echo "round $round: $b  msg/s cpu_us p99_ms = $line"
+    echo "round $round: $b  msg/s cpu_us p99_ms carrier_us bench_us = $line"
   done
 done
 python3 - "$out" "$@" <<'PY'
 import statistics, sys
 path, bins = sys.argv[1], sys.argv[2:]
-rows = [l.split() for l in open(path) if len(l.split()) == 4]
+rows = [l.split() for l in open(path) if len(l.split()) == 6]
+def med6(r, i):
+    # The carrier's and the bench's CPU per message ("-": tools too old).
+    xs = [float(x[i]) for x in r if x[i] != "-"]
+    return f"{statistics.median(xs):.1f}" if xs else "-"
 base = None
-print(f"{'binary':40} {'runs':>4} {'median µs/msg':>14} {'range':>13} {'mean msg/s':>10} {'p99 ms':>7} {'ratio':>6}")
+print(f"{'binary':40} {'runs':>4} {'median µs/msg':>14} {'range':>13} {'mean msg/s':>10} {'p99 ms':>7} {'ratio':>6} {'carrier':>8} {'bench':>7}")
 for b in bins:
     r = [x for x in rows if x[0] == b]
     if not r:
@@ -60,5 +67,5 @@ for b in bins:
     p99 = statistics.median(float(x[3]) for x in r)
     med = statistics.median(cpu)
     base = base or med
-    print(f"{b:40} {len(r):>4} {med:>14.1f} {min(cpu):>6.1f}–{max(cpu):<6.1f} {statistics.mean(tput):>10.0f} {p99:>7.1f} {med / base:>6.2f}")
+    print(f"{b:40} {len(r):>4} {med:>14.1f} {min(cpu):>6.1f}–{max(cpu):<6.1f} {statistics.mean(tput):>10.0f} {p99:>7.1f} {med / base:>6.2f} {med6(r, 4):>8} {med6(r, 5):>7}")
 PY

@@ -2,7 +2,9 @@
 # Whole-path benchmark: `sms-conduit bench` → relay (HTTPS, TLS) → sim-carrier
 # (SMPP over TLS), all on loopback, release build. Prints the bench tables:
 # flat out, then at a fixed rate (half of the flat-out figure unless RATE is
-# set). The relay's CPU time per message comes from /proc (user+sys).
+# set). The relay's CPU time per message comes from /proc (user+sys), and
+# beside it the simulator's and the load generator's own: the same
+# exchanges' cost at the other end of each socket, on the same cores.
 #
 # As a client runs it: every receipt goes to the client as a signed webhook,
 # received and verified by the load generator (`bench --webhook-sink`), and
@@ -70,6 +72,8 @@ RUST_LOG=warn ${RELAY_WRAP:-} "$BINABS" run --config c.toml 2> relay.err &
 RELAY=$!
 for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
+# Tools older than --carrier-pid (TOOLS_BIN) report the relay's CPU only.
+"$TOOLS" bench --help | grep -q -- --carrier-pid && extra+=(--carrier-pid "$SIM")
 [ "${IDEMPOTENCY:-}" = 1 ] && extra+=(--idempotency-keys)
 run() {
   "$TOOLS" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \

@@ -186,6 +186,10 @@ struct BenchArgs {
     /// PID of the relay, to report its CPU time per message.
     #[arg(long)]
     relay_pid: Option<u32>,
+    /// PID of the carrier (`sim-carrier`), to report its CPU time per
+    /// message beside the relay's.
+    #[arg(long)]
+    carrier_pid: Option<u32>,
     /// Receive the relay's webhooks on this address (HTTPS, with
     /// --sink-cert/--sink-key, verified with --webhook-secret-file) and
     /// wait for every accepted message's receipt before reporting.
@@ -497,6 +501,7 @@ mod tools {
             to_prefix,
             text,
             relay_pid,
+            carrier_pid,
             webhook_sink,
             sink_cert,
             sink_key,
@@ -516,6 +521,7 @@ mod tools {
             to_prefix,
             text,
             relay_pid,
+            carrier_pid,
             progress: true,
             webhook_sink: match (webhook_sink, sink_cert, sink_key, webhook_secret_file) {
                 (Some(listen), Some(cert_file), Some(key_file), Some(secret_file)) => {

@@ -4,7 +4,9 @@
 //! per connection) or one multiplexed HTTP/2 connection, pacing to a fixed
 //! rate or running flat out, and the end table: msg/s, latency percentiles
 //! (HdrHistogram), answers by status and problem `code`, and — given the
-//! relay's PID — its CPU time per message from `/proc`.
+//! relay's PID — its CPU time per message from `/proc`; beside it the
+//! carrier simulator's (given its PID) and the bench's own, the cost of the
+//! same exchanges seen from the other end of each socket.
 //!
 //! It speaks hyper directly instead of reqwest so the generator itself costs
 //! little CPU: on a 2-core machine it shares the cores with the relay it
@@ -46,6 +48,9 @@ pub struct BenchOptions {
     pub text: String,
     /// PID of the relay, to report its CPU time per message.
     pub relay_pid: Option<u32>,
+    /// PID of the carrier (`sim-carrier`), to report its CPU time per
+    /// message too.
+    pub carrier_pid: Option<u32>,
     pub progress: bool,
     /// Receive the relay's webhooks here, as a client would: the run ends
     /// when every accepted message's receipt was delivered (or after
@@ -83,6 +88,11 @@ pub struct BenchReport {
     /// Relay user+system CPU per message, when its PID was given (until
     /// the last webhook, with a sink).
     pub relay_cpu_per_msg: Option<Duration>,
+    /// The carrier's, over the same window, when its PID was given.
+    pub carrier_cpu_per_msg: Option<Duration>,
+    /// The bench's own (load generator and webhook sink), over the same
+    /// window.
+    pub bench_cpu_per_msg: Option<Duration>,
     /// With a sink: verified webhook events received, and how long after
     /// the last answer the last of them came.
     pub webhooks: Option<(u64, Duration)>,
@@ -120,11 +130,22 @@ impl BenchReport {
                 after.as_secs_f64()
             ));
         }
-        if let Some(c) = self.relay_cpu_per_msg {
-            s.push_str(&format!(
-                "relay CPU     {:.1} µs/msg (user+sys)\n",
-                c.as_secs_f64() * 1e6
-            ));
+        let lines = [
+            ("relay CPU  ", self.relay_cpu_per_msg, "(user+sys)"),
+            ("carrier CPU", self.carrier_cpu_per_msg, "(the simulator)"),
+            (
+                "bench CPU  ",
+                self.bench_cpu_per_msg,
+                "(load generator and webhook sink)",
+            ),
+        ];
+        for (name, cpu, what) in lines {
+            if let Some(c) = cpu {
+                s.push_str(&format!(
+                    "{name}   {:.1} µs/msg {what}\n",
+                    c.as_secs_f64() * 1e6
+                ));
+            }
         }
         s
     }
@@ -306,7 +327,8 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         });
         Arc::new(Mutex::new(rx))
     });
-    let cpu_before = opts.relay_pid.and_then(process_cpu);
+    let me = std::process::id();
+    let cpu_before = [opts.relay_pid, opts.carrier_pid, Some(me)].map(|p| p.and_then(process_cpu));
     let started = Instant::now();
     let opts = Arc::new(opts);
     let auth = Bytes::from(format!("Bearer {}", opts.api_key));
@@ -341,17 +363,20 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         }
         None => None,
     };
-    let relay_cpu_per_msg = match (cpu_before, opts.relay_pid.and_then(process_cpu)) {
-        (Some(a), Some(b)) => {
-            let n = shared
-                .next
-                .load(Ordering::Relaxed)
-                .min(opts.messages)
-                .max(1);
-            Some(b.saturating_sub(a) / n as u32)
-        }
-        _ => None,
-    };
+    let n = shared
+        .next
+        .load(Ordering::Relaxed)
+        .min(opts.messages)
+        .max(1);
+    let per_msg =
+        |before: Option<Duration>, pid: Option<u32>| match (before, pid.and_then(process_cpu)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) / n as u32),
+            _ => None,
+        };
+    let [relay_before, carrier_before, bench_before] = cpu_before;
+    let relay_cpu_per_msg = per_msg(relay_before, opts.relay_pid);
+    let carrier_cpu_per_msg = per_msg(carrier_before, opts.carrier_pid);
+    let bench_cpu_per_msg = per_msg(bench_before, Some(me));
     let h = shared.hist.lock().clone();
     let q = |p: f64| Duration::from_micros(h.value_at_quantile(p));
     let errors = shared.errors.lock().clone();
@@ -365,6 +390,8 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         p99: q(0.99),
         max: Duration::from_micros(h.max()),
         relay_cpu_per_msg,
+        carrier_cpu_per_msg,
+        bench_cpu_per_msg,
         webhooks,
     })
 }
