@@ -491,3 +491,62 @@ fn progress_bar(opts: &BenchOptions) -> indicatif::ProgressBar {
 fn record_error(shared: &Shared, key: String) {
     *shared.errors.lock().entry(key).or_insert(0) += 1;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> BenchReport {
+        BenchReport {
+            sent: 10,
+            accepted: 10,
+            errors: BTreeMap::new(),
+            elapsed: Duration::from_secs(1),
+            p50: Duration::from_millis(4),
+            p90: Duration::from_millis(6),
+            p99: Duration::from_millis(9),
+            max: Duration::from_millis(30),
+            relay_cpu_per_msg: Some(Duration::from_micros(212)),
+            carrier_cpu_per_msg: Some(Duration::from_micros(90)),
+            bench_cpu_per_msg: None,
+            webhooks: None,
+        }
+    }
+
+    /// `benches/ab.sh` finds these lines by their first words and takes the
+    /// third field as the figure.
+    #[test]
+    fn the_cpu_lines_keep_the_form_the_scripts_read() {
+        let table = report().table();
+        let field = |prefix: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned())
+        };
+        assert_eq!(field("relay CPU").as_deref(), Some("212.0"), "{table}");
+        assert_eq!(field("carrier CPU").as_deref(), Some("90.0"), "{table}");
+        assert_eq!(field("bench CPU"), None, "no figure, no line: {table}");
+    }
+
+    /// The bench reads its own CPU time the way it reads the relay's.
+    #[test]
+    fn a_process_cpu_time_is_read_and_grows() {
+        let me = std::process::id();
+        let before = process_cpu(me).expect("own /proc stat");
+        // Spin until a clock tick is counted (a field read wrongly would
+        // stand still), for 5 s of wall time at most.
+        let started = Instant::now();
+        let mut x = 0u64;
+        while process_cpu(me).expect("own /proc stat") <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "CPU time stood still"
+            );
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        assert_eq!(process_cpu(u32::MAX), None);
+    }
+}
