@@ -33,7 +33,8 @@
 # 50 ms; sms-conduit: the bench's exit); CPU seconds (user+sys from
 # /proc/PID/stat) of bearerbox+smsbox or of the relay over that same window,
 # and µs of CPU per message; p50/p99 request latency from the load
-# generator; the callback sink's own CPU. Then, after the flat-out run, one
+# generator; the callback sink's own CPU; the simulator's CPU over the same
+# window (the same work for both systems). Then, after the flat-out run, one
 # canary message goes through each system and the script counts the lines
 # holding its text in that system's logs and state.
 #
@@ -184,12 +185,12 @@ end
 LUA
 
 RESULTS=()
-# system load messages answered_msg_s e2e_s cpu_ticks p50_ms p99_ms callbacks sink_ticks hwm_kb
+# system load messages answered_msg_s e2e_s cpu_ticks p50_ms p99_ms callbacks sink_ticks hwm_kb sim_ticks
 row() {
   RESULTS+=("$(awk -v n="$1" -v l="$2" -v m="$3" -v a="$4" -v w="$5" -v t="$6" -v p50="$7" -v p99="$8" \
-    -v cb="$9" -v st="${10}" -v k="${11}" -v hz="$TICK" \
-    'BEGIN {printf "%s|%s|%d|%.0f|%.2f|%.0f|%.2f|%.0f|%s|%s|%d|%s|%.1f", n, l, m, a, w, m / w, t / hz, t / hz / m * 1e6,
-      p50, p99, cb, (st == "-" ? "-" : sprintf("%.0f", st / hz / m * 1e6)), k / 1024}')")
+    -v cb="$9" -v st="${10}" -v k="${11}" -v sm="${12}" -v hz="$TICK" \
+    'BEGIN {printf "%s|%s|%d|%.0f|%.2f|%.0f|%.2f|%.0f|%s|%s|%d|%s|%.1f|%.0f", n, l, m, a, w, m / w, t / hz, t / hz / m * 1e6,
+      p50, p99, cb, (st == "-" ? "-" : sprintf("%.0f", st / hz / m * 1e6)), k / 1024, sm / hz / m * 1e6}')")
 }
 # A callback sink (node) on a fresh port → CB_PID, CB_PORT.
 start_callback_sink() { # dir
@@ -287,7 +288,7 @@ CONF
   local base="/cgi-bin/sendsms?username=bench&password=bench-pw&from=%2B15551230001&dlr-mask=3&dlr-url=$dlr_url&text=$TEXT_Q"
 
   local p50 p99 answered out
-  c0=$(ticks $bb $sb); s0=$(ticks $CB_PID); t0=$(now)
+  c0=$(ticks $bb $sb); s0=$(ticks $CB_PID); m0=$(ticks $SIM_PID); t0=$(now)
   if [ "$rate" = 0 ]; then
     echo "== Kannel $KANNEL_VERSION, SMPP $mode, store ${KANNEL_STORE:-none}: flat out, $n messages, $C connections (wrk)"
     WRK_MESSAGES=$n WRK_THREADS=2 WRK_PATH=$base \
@@ -315,12 +316,12 @@ CONF
   # Until the last callback; if some never come, until the last one that
   # did (the CPU then includes the STALL s of waiting, mostly idle).
   wait_progress callbacks "$n" "${STALL:-5}" || true
-  t1=$LAST_MOVE; c1=$(ticks $bb $sb); s1=$(ticks $CB_PID)
+  t1=$LAST_MOVE; c1=$(ticks $bb $sb); s1=$(ticks $CB_PID); m1=$(ticks $SIM_PID)
   local cb; cb=$(callbacks)
   echo "callbacks received: $cb"
   curl -sf "$status" | grep -E '^(SMS|DLR): received' | sed 's/^/kannel status: /'
   row "Kannel $KANNEL_VERSION (SMPP $mode)" "$load" "$n" "${answered:-0}" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
-    $((c1 - c0)) "${p50:--}" "${p99:--}" "$cb" $((s1 - s0)) "$(hwm $bb $sb)"
+    $((c1 - c0)) "${p50:--}" "${p99:--}" "$cb" $((s1 - s0)) "$(hwm $bb $sb)" $((m1 - m0))
 
   if [ "$want_canary" = 1 ]; then
     canary="CANARY-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
@@ -365,13 +366,13 @@ run_conduit() { # rate(0 = flat out) messages canary(0|1)
     echo "== sms-conduit, SMPP tls, webhooks: $rate msg/s, $n messages, $C connections (sms-conduit bench --rate, HTTPS)"
     ratearg=(--rate "$rate")
   fi
-  c0=$(ticks $relay); t0=$(now)
+  c0=$(ticks $relay); m0=$(ticks $SIM_PID); t0=$(now)
   # The bench receives and verifies every webhook and exits once all are in.
   (cd "$dir" && exec "$BINABS" bench --url "https://127.0.0.1:$api" --api-key "$key" --ca-file example/server.crt \
     --campaign CBENCH1 --from +15551230001 --text "$TEXT" --messages "$n" --connections "$C" "${ratearg[@]}" \
     --relay-pid $relay --webhook-sink "127.0.0.1:$sinkp" --sink-cert example/server.crt --sink-key example/server.key \
     --webhook-secret-file example/clinic-app.whsec > bench.out 2>&1) || true
-  t1=$(now); c1=$(ticks $relay)
+  t1=$(now); c1=$(ticks $relay); m1=$(ticks $SIM_PID)
   out=$(grep -vE '^\s*$' "$dir/bench.out" | tr -d '\r' | grep -v '\[' || true)
   sed 's/^/bench: /' <<< "$out"
   answered=$(awk '/^throughput/ {print $2}' <<< "$out")
@@ -379,7 +380,7 @@ run_conduit() { # rate(0 = flat out) messages canary(0|1)
   wh=$(awk '/^webhooks/ {print $2}' <<< "$out")
   curl -sf "$metrics" | grep -E '^sms_conduit_(messages_total|store_commit_batch_size_(sum|count))' | sed 's/^/relay metrics: /'
   row "sms-conduit (SMPP tls)" "$load" "$n" "${answered:-0}" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
-    $((c1 - c0)) "${p50:--}" "${p99:--}" "${wh:-0}" - "$(hwm $relay)"
+    $((c1 - c0)) "${p50:--}" "${p99:--}" "${wh:-0}" - "$(hwm $relay)" $((m1 - m0))
 
   if [ "$want_canary" = 1 ]; then
     canary="CANARY-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
@@ -413,9 +414,10 @@ done
 echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); load generators and sinks on the same cores; Kannel store: ${KANNEL_STORE:-none}"
 echo "   e2e: from launching the load generator until the last receipt's callback (Kannel) or verified webhook (sms-conduit)"
-echo "   CPU: bearerbox+smsbox or the relay, user+sys over e2e; sink µs/msg: Kannel's callback sink (node), the bench's sink is in the bench"
+echo "   CPU: bearerbox+smsbox or the relay, user+sys over e2e; sink µs/msg: Kannel's callback sink (node), the bench's sink is in the bench;"
+echo "   sim µs/msg: the simulated carrier over the same window, the same work for both systems (when it moves, the sitting did)"
 {
-  echo "system|load|messages|answered msg/s|e2e s|e2e msg/s|CPU s|µs CPU/msg|p50 ms|p99 ms|callbacks|sink µs/msg|peak RSS MB"
+  echo "system|load|messages|answered msg/s|e2e s|e2e msg/s|CPU s|µs CPU/msg|p50 ms|p99 ms|callbacks|sink µs/msg|peak RSS MB|sim µs/msg"
   printf '%s\n' "${RESULTS[@]}"
 } | column -t -s'|'
 echo
