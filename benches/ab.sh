@@ -53,16 +53,16 @@ python3 - "$out" "$@" <<'PY'
 import statistics, sys
 path, bins = sys.argv[1], sys.argv[2:]
 rows = [l.split() for l in open(path) if len(l.split()) == 6]
-def med6(r, i):
+def median_of(r, i):
     # The carrier's and the bench's CPU per message ("-": tools too old).
     xs = [float(x[i]) for x in r if x[i] != "-"]
     return f"{statistics.median(xs):.1f}" if xs else "-"
-base = None
 def per_peers(r):
     # Each run's relay CPU over the carrier's and the bench's together.
     xs = [float(x[2]) / (float(x[4]) + float(x[5])) for x in r if "-" not in (x[4], x[5])]
     return f"{statistics.median(xs):.2f}" if xs else "-"
 print(f"{'binary':40} {'runs':>4} {'median µs/msg':>14} {'range':>13} {'mean msg/s':>10} {'p99 ms':>7} {'ratio':>6} {'carrier':>8} {'bench':>7} {'÷ peers':>7}")
+base = None
 for b in bins:
     r = [x for x in rows if x[0] == b]
     if not r:
@@ -73,5 +73,5 @@ for b in bins:
     p99 = statistics.median(float(x[3]) for x in r)
     med = statistics.median(cpu)
     base = base or med
-    print(f"{b:40} {len(r):>4} {med:>14.1f} {min(cpu):>6.1f}–{max(cpu):<6.1f} {statistics.mean(tput):>10.0f} {p99:>7.1f} {med / base:>6.2f} {med6(r, 4):>8} {med6(r, 5):>7} {per_peers(r):>7}")
+    print(f"{b:40} {len(r):>4} {med:>14.1f} {min(cpu):>6.1f}–{max(cpu):<6.1f} {statistics.mean(tput):>10.0f} {p99:>7.1f} {med / base:>6.2f} {median_of(r, 4):>8} {median_of(r, 5):>7} {per_peers(r):>7}")
 PY

@@ -73,7 +73,10 @@ RELAY=$!
 for _ in $(seq 100); do curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 extra=(); [ "${HTTP2:-}" = 1 ] && extra+=(--http2)
 # Tools older than --carrier-pid (TOOLS_BIN) report the relay's CPU only.
-"$TOOLS" bench --help | grep -q -- --carrier-pid && extra+=(--carrier-pid "$SIM")
+# The help is read whole first: piped into `grep -q` under pipefail, an
+# early match could end the pipeline with the writer's SIGPIPE, a failure.
+tools_help=$("$TOOLS" bench --help)
+[[ $tools_help == *--carrier-pid* ]] && extra+=(--carrier-pid "$SIM")
 [ "${IDEMPOTENCY:-}" = 1 ] && extra+=(--idempotency-keys)
 run() {
   "$TOOLS" bench --url "https://127.0.0.1:$API_PORT" --api-key "$KEY" --ca-file example/server.crt \
